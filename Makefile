@@ -1,0 +1,35 @@
+# Two commands: `make run` serves everything; `make test` runs the suite. Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+E2E := tests/e2e
+
+.PHONY: install run test stop e2e-deps clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/python -m trigger_project.dev
+
+# The SDK end-to-end test needs Node.js; without npm it is skipped with a visible reason.
+e2e-deps:
+	@if command -v npm >/dev/null 2>&1; then \
+		test -f $(E2E)/node_modules/.package-lock.json -a $(E2E)/node_modules/.package-lock.json -nt $(E2E)/package-lock.json \
+		|| (cd $(E2E) && npm ci --no-audit --no-fund --loglevel=error); \
+	else echo "npm not found: the SDK end-to-end test will be skipped"; fi
+
+test: install e2e-deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+stop:
+	$(BIN)/python -m trigger_project.embedded stop
+
+clean: stop
+	rm -rf .dev $(VENV) $(E2E)/node_modules

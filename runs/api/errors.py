@@ -1,0 +1,63 @@
+"""The one place where errors become HTTP answers: always ``{"error": "<message>"}``.
+
+Domain errors map by class; DRF's own errors keep their status; a database that cannot be reached is
+a 503 (the SDK retries it); anything else is logged and answered 500 without internals.
+"""
+
+import logging
+
+from django.db import InterfaceError, OperationalError
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+from rest_framework.views import set_rollback
+
+from runs import exceptions as domain
+
+logger = logging.getLogger(__name__)
+
+DOMAIN_STATUS = {
+    domain.RunNotFound: status.HTTP_404_NOT_FOUND,
+    domain.BatchNotFound: status.HTTP_404_NOT_FOUND,
+    domain.IdempotencyKeyNotFound: status.HTTP_404_NOT_FOUND,
+    domain.InvalidRequest: status.HTTP_400_BAD_REQUEST,
+    domain.ServiceUnavailable: status.HTTP_503_SERVICE_UNAVAILABLE,
+}
+
+
+def _messages(detail, path: str = ""):
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            name = "" if key == "non_field_errors" else str(key)
+            yield from _messages(value, f"{path}.{name}" if path and name else path or name)
+    elif isinstance(detail, list):
+        for item in detail:
+            yield from _messages(item, path)
+    else:
+        yield f"{path}: {detail}" if path else str(detail)
+
+
+def error_response(message: str, status_code: int, headers: dict | None = None, **extra) -> Response:
+    return Response({"error": message, **extra}, status=status_code, headers=headers)
+
+
+def exception_handler(exc, context):
+    for error_class, status_code in DOMAIN_STATUS.items():
+        if isinstance(exc, error_class):
+            set_rollback()
+            return error_response(exc.message, status_code, **getattr(exc, "extra", {}))
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        set_rollback()
+        logger.warning("runs.api.database_unavailable", exc_info=True)
+        return error_response("Database unavailable, retry later", status.HTTP_503_SERVICE_UNAVAILABLE)
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        set_rollback()
+        logger.exception("runs.api.unhandled_error")
+        return error_response("Something went wrong", status.HTTP_500_INTERNAL_SERVER_ERROR)
+    if isinstance(exc, exceptions.ValidationError):
+        message = "; ".join(_messages(exc.detail)) or "Invalid request body"
+    else:
+        message = str(exc.detail) if isinstance(exc.detail, str) else "; ".join(_messages(exc.detail))
+    response.data = {"error": message}
+    return response

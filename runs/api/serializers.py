@@ -1,0 +1,192 @@
+"""Input serializers: the wire shapes of API.md, validated into plain Python values.
+
+Option fields the server does not use (``payloadSize``, ``context``, …) are accepted and ignored,
+as the SDK sends many. Optional fields may be absent or ``null``; both mean "not given".
+"""
+
+import json
+from datetime import datetime
+
+from django.conf import settings
+from rest_framework import serializers
+
+from runs import durations
+from runs.options import TriggerOptions
+
+MACHINES = ["micro", "small-1x", "small-2x", "medium-1x", "medium-2x", "large-1x", "large-2x"]
+MAX_KEY_LENGTH = 2048
+MAX_TASK_LENGTH = 128
+
+
+class ScalarStringField(serializers.Field):
+    """A string, or a number sent where a string is meant (the SDK keeps `concurrencyKey: 42` a number)."""
+
+    def __init__(self, *, max_length: int, **kwargs):
+        self.max_length = max_length
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, (str, int, float)):
+            raise serializers.ValidationError("Must be a string or a number.")
+        value = str(data)
+        if not value or len(value) > self.max_length:
+            raise serializers.ValidationError(f"Must be 1 to {self.max_length} characters.")
+        return value
+
+    def to_representation(self, value):
+        return value
+
+
+class TagsField(serializers.Field):
+    """One tag or a list of them; each 1-128 characters, at most MAX_TAGS_PER_RUN after de-duplication."""
+
+    def to_internal_value(self, data):
+        items = [data] if isinstance(data, str) else data
+        if not isinstance(items, list) or not all(isinstance(t, str) for t in items):
+            raise serializers.ValidationError("Must be a string or a list of strings.")
+        tags = list(dict.fromkeys(items))
+        if any(not tag or len(tag) > 128 for tag in tags):
+            raise serializers.ValidationError("Each tag must be 1 to 128 characters.")
+        limit = settings.TRIGGER["MAX_TAGS_PER_RUN"]
+        if len(tags) > limit:
+            raise serializers.ValidationError(f"At most {limit} tags per run, got {len(tags)}.")
+        return tags
+
+    def to_representation(self, value):
+        return value
+
+
+class TtlField(serializers.Field):
+    """Run TTL: a duration string (``10m``, ``1h30m``) or non-negative whole seconds."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, int) and not isinstance(data, bool):
+            if data < 0 or data > durations.MAX_DURATION.total_seconds():
+                raise serializers.ValidationError("Must be between 0 and 3650 days in seconds.")
+            return f"{data}s"
+        if isinstance(data, str) and durations.parse_natural_duration(data) is not None:
+            return data.strip()
+        raise serializers.ValidationError('Must be a duration like "10m" or "1h30m", or whole seconds.')
+
+    def to_representation(self, value):
+        return value
+
+
+class QueueSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=256)
+
+
+class IdempotencyKeyOptionsSerializer(serializers.Serializer):
+    key = serializers.CharField(max_length=MAX_KEY_LENGTH)
+    scope = serializers.ChoiceField(choices=["run", "attempt", "global"], required=False)
+
+
+class TriggerOptionsSerializer(serializers.Serializer):
+    payloadType = serializers.CharField(max_length=64, required=False, allow_null=True)
+    idempotencyKey = serializers.CharField(max_length=MAX_KEY_LENGTH, required=False, allow_null=True)
+    idempotencyKeyTTL = serializers.CharField(max_length=32, required=False, allow_null=True)
+    idempotencyKeyOptions = IdempotencyKeyOptionsSerializer(required=False, allow_null=True)
+    delay = serializers.CharField(max_length=64, required=False, allow_null=True)
+    ttl = TtlField(required=False, allow_null=True)
+    tags = TagsField(required=False, allow_null=True)
+    queue = QueueSerializer(required=False, allow_null=True)
+    concurrencyKey = ScalarStringField(max_length=256, required=False, allow_null=True)
+    maxAttempts = serializers.IntegerField(min_value=1, max_value=100, required=False, allow_null=True)
+    maxDuration = serializers.IntegerField(min_value=0, max_value=30 * 86400, required=False, allow_null=True)
+    metadata = serializers.JSONField(required=False, allow_null=True)
+    metadataType = serializers.CharField(max_length=64, required=False, allow_null=True)
+    machine = serializers.ChoiceField(choices=MACHINES, required=False, allow_null=True)
+    priority = serializers.IntegerField(min_value=0, max_value=30 * 86400, required=False, allow_null=True)
+    region = serializers.CharField(max_length=64, required=False, allow_null=True)
+    lockToVersion = serializers.CharField(max_length=128, required=False, allow_null=True)
+    test = serializers.BooleanField(required=False, allow_null=True)
+    parentRunId = serializers.CharField(max_length=64, required=False, allow_null=True)
+    resumeParentOnCompletion = serializers.BooleanField(required=False, allow_null=True)
+    debounce = serializers.DictField(required=False, allow_null=True)
+    oneTimeUseToken = serializers.CharField(max_length=4096, required=False, allow_null=True)
+
+    def validate_idempotencyKeyTTL(self, value):
+        if value is not None and durations.parse_idempotency_ttl(value) is None:
+            raise serializers.ValidationError('Must be a number and one unit of s, m, h or d, like "1h" or "30d".')
+        return value
+
+    def validate_delay(self, value):
+        if value is not None and durations.parse_delay(value, now=datetime.now().astimezone()) is None:
+            raise serializers.ValidationError('Must be a duration like "30s" or "1h30m", or an ISO 8601 date.')
+        return value
+
+    def validate_metadata(self, value):
+        if value is not None and not isinstance(value, dict):
+            raise serializers.ValidationError("Must be a JSON object.")
+        return value
+
+
+class TriggerBodySerializer(serializers.Serializer):
+    payload = serializers.JSONField(required=False, allow_null=True)
+    options = TriggerOptionsSerializer(required=False, allow_null=True)
+
+
+class BatchItemSerializer(serializers.Serializer):
+    index = serializers.IntegerField(min_value=0)
+    task = serializers.CharField(max_length=MAX_TASK_LENGTH)
+    payload = serializers.JSONField(required=False, allow_null=True)
+    options = TriggerOptionsSerializer(required=False, allow_null=True)
+
+
+class BatchCreateSerializer(serializers.Serializer):
+    runCount = serializers.IntegerField(min_value=1)
+    taskIdentifiers = serializers.ListField(
+        child=serializers.CharField(max_length=MAX_TASK_LENGTH), required=False, allow_null=True, max_length=1000
+    )
+    parentRunId = serializers.CharField(max_length=64, required=False, allow_null=True)
+    resumeParentOnCompletion = serializers.BooleanField(required=False, allow_null=True)
+    idempotencyKey = serializers.CharField(max_length=MAX_KEY_LENGTH, required=False, allow_null=True)
+    idempotencyKeyOptions = IdempotencyKeyOptionsSerializer(required=False, allow_null=True)
+
+    def validate_runCount(self, value):
+        limit = settings.TRIGGER["MAX_BATCH_ITEMS"]
+        if value > limit:
+            raise serializers.ValidationError(f"At most {limit} items per batch.")
+        return value
+
+
+class ResetIdempotencyKeySerializer(serializers.Serializer):
+    taskIdentifier = serializers.CharField(max_length=MAX_TASK_LENGTH)
+
+
+def trigger_options_from(validated: dict, *, now: datetime) -> TriggerOptions:
+    """Turn a validated trigger (or batch item) body into TriggerOptions."""
+    opts = {k: v for k, v in (validated.get("options") or {}).items() if v is not None}
+    payload = validated.get("payload")
+    payload_type = opts.get("payloadType") or "application/json"
+    if payload is not None and not isinstance(payload, str):
+        # A client that is not the SDK sent a JSON value rather than a serialised string.
+        payload = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+        payload_type = "application/json"
+    ttl = opts.get("idempotencyKeyTTL")
+    metadata = opts.get("metadata")
+    return TriggerOptions(
+        payload=payload,
+        payload_type=payload_type,
+        idempotency_key=opts.get("idempotencyKey") or None,
+        idempotency_key_ttl=durations.parse_idempotency_ttl(ttl) if ttl else None,
+        idempotency_key_options=dict(opts["idempotencyKeyOptions"]) if "idempotencyKeyOptions" in opts else None,
+        delay_until=durations.parse_delay(opts["delay"], now=now) if "delay" in opts else None,
+        ttl=opts.get("ttl"),
+        tags=opts.get("tags") or [],
+        queue=opts["queue"]["name"] if "queue" in opts else None,
+        concurrency_key=opts.get("concurrencyKey"),
+        max_attempts=opts.get("maxAttempts"),
+        max_duration=opts.get("maxDuration"),
+        metadata=json.dumps(metadata, separators=(",", ":"), ensure_ascii=False) if metadata is not None else None,
+        metadata_type=opts.get("metadataType") or "application/json",
+        machine=opts.get("machine"),
+        priority=opts.get("priority") or 0,
+        region=opts.get("region"),
+        lock_to_version=opts.get("lockToVersion"),
+        is_test=bool(opts.get("test")),
+        parent_run_id=opts.get("parentRunId"),
+        resume_parent_on_completion=bool(opts.get("resumeParentOnCompletion")),
+        debounce=opts.get("debounce"),
+        one_time_use_token=opts.get("oneTimeUseToken"),
+    )

@@ -1,0 +1,22 @@
+"""API routes at the SDK's own paths: no trailing slashes (API.md §10)."""
+
+from django.urls import path, re_path
+
+from runs.api import views
+
+urlpatterns = [
+    # Task ids may contain "/" (the SDK percent-encodes it, Django decodes it before routing).
+    re_path(r"^api/v1/tasks/(?P<task_id>.+)/trigger$", views.TaskTriggerApi.as_view(), name="task-trigger"),
+    path("api/v3/runs/<str:run_id>", views.RunRetrieveApi.as_view(), name="run-retrieve"),
+    path("api/v2/runs/<str:run_id>/cancel", views.RunCancelApi.as_view(), name="run-cancel"),
+    path("api/v1/runs", views.RunListApi.as_view(), name="run-list"),
+    path("api/v1/projects/<str:project_ref>/runs", views.ProjectRunListApi.as_view(), name="project-run-list"),
+    re_path(
+        r"^api/v1/idempotencyKeys/(?P<key>.+)/reset$",
+        views.IdempotencyKeyResetApi.as_view(),
+        name="idempotency-key-reset",
+    ),
+    path("api/v3/batches", views.BatchCreateApi.as_view(), name="batch-create"),
+    path("api/v3/batches/<str:batch_id>/items", views.BatchItemsApi.as_view(), name="batch-items"),
+    path("api/v2/batches/<str:batch_id>", views.BatchRetrieveApi.as_view(), name="batch-retrieve"),
+]

@@ -1,0 +1,191 @@
+"""The REST API the trigger.dev SDK speaks (API.md). Views parse and render; services decide."""
+
+import re
+
+from django.utils import timezone
+from rest_framework import status
+from rest_framework.exceptions import ParseError, ValidationError
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from runs.api import presenters, serializers
+from runs.api.errors import error_response
+from runs.api.filters import parse_run_list_query
+from runs.api.parsers import read_ndjson
+from runs.api.tokens import public_token
+from runs.exceptions import RunNotFound
+from runs.models import Project
+from runs.selectors import task_run_get, task_run_list
+from runs.services.batches import BatchItem, batch_add_items, batch_create, batch_get, batch_run_ids
+from runs.services.cancel import task_run_cancel
+from runs.services.idempotency import idempotency_key_reset
+from runs.services.trigger import task_run_trigger
+
+REQUEST_KEY_HEADER = "x-trigger-request-idempotency-key"
+_PRINTABLE = re.compile(r"^[\x21-\x7e]{1,128}$")
+
+
+class EnvironmentApi(APIView):
+    """Base: every endpoint acts inside the environment of the caller's secret key."""
+
+    @property
+    def environment(self):
+        return self.request.user.environment
+
+    def request_key(self) -> str | None:
+        value = self.request.headers.get(REQUEST_KEY_HEADER)
+        if value is None:
+            return None
+        if not _PRINTABLE.match(value):
+            raise ParseError(f"{REQUEST_KEY_HEADER} must be 1 to 128 printable characters")
+        return value
+
+    def body(self, serializer_class) -> dict:
+        """The validated JSON object body; 400 when it is missing, not an object, or invalid."""
+        if not self.request.META.get("CONTENT_LENGTH", "0").strip("0"):
+            raise ParseError("Request body is empty")
+        if not isinstance(self.request.data, dict):
+            raise ParseError("Request body must be a JSON object")
+        serializer = serializer_class(data=self.request.data)
+        serializer.is_valid(raise_exception=True)
+        return serializer.validated_data
+
+
+def _task_identifier(value: str) -> str:
+    if not value or len(value) > serializers.MAX_TASK_LENGTH:
+        raise ValidationError({"taskId": f"Must be 1 to {serializers.MAX_TASK_LENGTH} characters."})
+    return value
+
+
+class TaskTriggerApi(EnvironmentApi):
+    def post(self, request, task_id: str):
+        task_identifier = _task_identifier(task_id)
+        request_key = self.request_key()
+        options = serializers.trigger_options_from(self.body(serializers.TriggerBodySerializer), now=timezone.now())
+        outcome = task_run_trigger(
+            environment=self.environment, task_identifier=task_identifier, options=options, request_key=request_key
+        )
+        run_id = outcome.run.friendly_id
+        token = public_token(secret_key=request.auth, environment=self.environment, scopes=[f"read:runs:{run_id}"])
+        return Response({"id": run_id, "isCached": outcome.is_cached}, headers={"x-trigger-jwt": token})
+
+
+class RunRetrieveApi(EnvironmentApi):
+    def get(self, request, run_id: str):
+        try:
+            run = task_run_get(environment=self.environment, run_id=run_id)
+        except RunNotFound as error:
+            # Tell the SDK to retry: a run accepted a moment ago may not be readable yet.
+            return error_response(error.message, status.HTTP_404_NOT_FOUND, headers={"x-should-retry": "true"})
+        return Response(presenters.run_detail(run))
+
+
+class RunCancelApi(EnvironmentApi):
+    def post(self, request, run_id: str):
+        run = task_run_cancel(run=task_run_get(environment=self.environment, run_id=run_id))
+        return Response({"id": run.friendly_id})
+
+
+class RunListApi(EnvironmentApi):
+    def get(self, request):
+        query = parse_run_list_query(request.query_params)
+        return self.render_page(query)
+
+    def render_page(self, query):
+        page = task_run_list(
+            environment=self.environment,
+            filters=query.filters,
+            page_size=query.page_size,
+            after=query.after,
+            before=query.before,
+        )
+        pagination = {}
+        if page.next:
+            pagination["next"] = page.next.encode()
+        if page.previous:
+            pagination["previous"] = page.previous.encode()
+        return Response({"data": [presenters.run_list_item(run) for run in page.runs], "pagination": pagination})
+
+
+class ProjectRunListApi(RunListApi):
+    """``runs.list("proj_…", …)``: a secret key sees its own environment of its own project only."""
+
+    def get(self, request, project_ref: str):
+        environment = self.environment
+        if not Project.objects.filter(pk=environment.project_id, external_ref=project_ref).exists():
+            return error_response("Project not found", status.HTTP_404_NOT_FOUND)
+        query = parse_run_list_query(request.query_params)
+        wanted = {name.lower() for name in query.environments}
+        names = {environment.slug.lower(), environment.type.lower(), environment.KEY_PREFIXES[environment.type]}
+        if wanted and not wanted & names:
+            return Response({"data": [], "pagination": {}})
+        return self.render_page(query)
+
+
+class IdempotencyKeyResetApi(EnvironmentApi):
+    def post(self, request, key: str):
+        body = self.body(serializers.ResetIdempotencyKeySerializer)
+        if not key or len(key) > serializers.MAX_KEY_LENGTH:
+            raise ValidationError({"key": f"Must be 1 to {serializers.MAX_KEY_LENGTH} characters."})
+        idempotency_key_reset(environment_id=self.environment.pk, task_identifier=body["taskIdentifier"], key=key)
+        return Response({"id": key})
+
+
+class BatchCreateApi(EnvironmentApi):
+    def post(self, request):
+        body = {k: v for k, v in self.body(serializers.BatchCreateSerializer).items() if v is not None}
+        batch, is_cached = batch_create(
+            environment=self.environment,
+            run_count=body["runCount"],
+            task_identifiers=body.get("taskIdentifiers", []),
+            idempotency_key=body.get("idempotencyKey"),
+            idempotency_key_options=dict(body["idempotencyKeyOptions"]) if "idempotencyKeyOptions" in body else None,
+            parent_run_id=body.get("parentRunId"),
+            resume_parent_on_completion=bool(body.get("resumeParentOnCompletion")),
+            request_key=self.request_key(),
+        )
+        data = {"id": batch.friendly_id, "runCount": batch.run_count, "isCached": is_cached}
+        if batch.idempotency_key:
+            data["idempotencyKey"] = batch.idempotency_key
+        token = public_token(
+            secret_key=request.auth, environment=self.environment, scopes=[f"read:batch:{batch.friendly_id}"]
+        )
+        return Response(data, status=status.HTTP_202_ACCEPTED, headers={"x-trigger-jwt": token})
+
+
+class BatchItemsApi(EnvironmentApi):
+    def post(self, request, batch_id: str):
+        batch_get(environment=self.environment, batch_id=batch_id)  # 404 before reading a large body
+        now = timezone.now()
+        items = []
+        for line, raw in enumerate(read_ndjson(request), start=1):
+            serializer = serializers.BatchItemSerializer(data=raw)
+            if not serializer.is_valid():
+                raise ValidationError({f"line {line}": serializer.errors})
+            validated = serializer.validated_data
+            items.append(
+                BatchItem(
+                    index=validated["index"],
+                    task_identifier=validated["task"],
+                    options=serializers.trigger_options_from(validated, now=now),
+                )
+            )
+        outcome = batch_add_items(environment=self.environment, batch_id=batch_id, items=items, now=now)
+        return Response(
+            {
+                "id": outcome.batch.friendly_id,
+                "itemsAccepted": outcome.accepted,
+                "itemsDeduplicated": outcome.deduplicated,
+                "sealed": outcome.sealed,
+                "enqueuedCount": outcome.stored,
+                "expectedCount": outcome.batch.run_count,
+            }
+        )
+
+
+class BatchRetrieveApi(EnvironmentApi):
+    def get(self, request, batch_id: str):
+        batch = batch_get(environment=self.environment, batch_id=batch_id)
+        return Response(presenters.batch_detail(batch, batch_run_ids(batch=batch)))
+
+

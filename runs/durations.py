@@ -1,0 +1,56 @@
+"""Parsing the duration and date strings of trigger options, as the official server does.
+
+Two grammars: the idempotency-key TTL is strict (``^\\d+[smhd]$``); ``delay`` and ``ttl`` take the
+looser natural form (``1w2d3h4m5s``, ``hr`` for hours). Dates are ISO 8601; a string that is not a
+valid date is rejected, never read as "now" or as truthy.
+"""
+
+import re
+from datetime import datetime, timedelta, timezone as dt_timezone
+
+from django.utils.dateparse import parse_datetime
+from django.utils import timezone
+
+_IDEMPOTENCY_TTL = re.compile(r"^(\d+)([smhd])$")
+_NATURAL = re.compile(r"^(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)(?:hr|h))?(?:(\d+)m)?(?:(\d+)s)?$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# Far enough for any real schedule, small enough that datetime arithmetic cannot overflow.
+MAX_DURATION = timedelta(days=3650)
+
+
+def parse_idempotency_ttl(value: str) -> timedelta | None:
+    match = _IDEMPOTENCY_TTL.match(value)
+    if not match:
+        return None
+    duration = timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]])
+    return duration if duration <= MAX_DURATION else None
+
+
+def parse_natural_duration(value: str) -> timedelta | None:
+    match = _NATURAL.match(value.strip())
+    if not match or not any(match.groups()):
+        return None
+    weeks, days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    total = weeks * 604800 + days * 86400 + hours * 3600 + minutes * 60 + seconds
+    duration = timedelta(seconds=total)
+    return duration if duration <= MAX_DURATION else None
+
+
+def parse_date(value: str) -> datetime | None:
+    """An aware datetime for an ISO 8601 string, or None when it is not one."""
+    try:
+        parsed = parse_datetime(value.strip())
+    except ValueError:
+        return None
+    if parsed is None:
+        return None
+    if timezone.is_naive(parsed):
+        parsed = timezone.make_aware(parsed, dt_timezone.utc)
+    return parsed
+
+
+def parse_delay(value: str, *, now: datetime) -> datetime | None:
+    """When a run with ``delay`` should start: ``now`` + a duration, or an ISO date."""
+    if (duration := parse_natural_duration(value)) is not None:
+        return now + duration
+    return parse_date(value)

@@ -1,0 +1,29 @@
+"""Domain errors of the run API; runs/api/errors.py maps each to its HTTP answer."""
+
+
+class RunError(Exception):
+    """Base class: ``message`` is safe to show to the API caller."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class RunNotFound(RunError):
+    pass
+
+
+class BatchNotFound(RunError):
+    pass
+
+
+class InvalidRequest(RunError):
+    """The request is well-formed JSON but asks for something that cannot be done (400)."""
+
+
+class IdempotencyKeyNotFound(RunError):
+    pass
+
+
+class ServiceUnavailable(RunError):
+    """A store the answer depends on could not be reached; the SDK retries 503s."""

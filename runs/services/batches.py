@@ -1,0 +1,123 @@
+"""Batches (two-phase, SDK ≥ 4.3.1): create the batch, then stream its items as NDJSON.
+
+Items are deduplicated by ``(batch, index)``, so the SDK may resend the whole stream safely. A batch
+is sealed once ``run_count`` distinct items have arrived.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from runs import ids
+from runs.exceptions import BatchNotFound, InvalidRequest
+from runs.models import BatchTaskRun, BatchTaskRunItem, RuntimeEnvironment
+from runs.options import TriggerOptions
+from runs.services.request_idempotency import request_lookup, request_remember
+from runs.services.trigger import task_run_trigger
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    index: int
+    task_identifier: str
+    options: TriggerOptions
+
+
+@dataclass(frozen=True)
+class BatchItemsOutcome:
+    batch: BatchTaskRun
+    accepted: int
+    deduplicated: int
+    sealed: bool
+    stored: int  # distinct items the batch holds now
+
+
+def batch_create(
+    *,
+    environment: RuntimeEnvironment,
+    run_count: int,
+    task_identifiers: list[str],
+    idempotency_key: str | None = None,
+    idempotency_key_options: dict | None = None,
+    parent_run_id: str | None = None,
+    resume_parent_on_completion: bool = False,
+    request_key: str | None = None,
+) -> tuple[BatchTaskRun, bool]:
+    """Create a batch, or return the one this call repeats; the bool says "cached" (skip the items)."""
+    scope = ["batch", *sorted(set(task_identifiers))]
+    if (known_id := request_lookup(request_key=request_key, environment_id=environment.pk, scope=scope)) is not None:
+        if (batch := BatchTaskRun.objects.filter(environment=environment, id=known_id).first()) is not None:
+            return batch, False
+    if idempotency_key is not None:
+        if (batch := BatchTaskRun.objects.filter(environment=environment, idempotency_key=idempotency_key).first()):
+            return batch, True
+    batch = BatchTaskRun(
+        environment=environment,
+        run_count=run_count,
+        task_identifiers=sorted(set(task_identifiers)),
+        idempotency_key=idempotency_key,
+        idempotency_key_options=idempotency_key_options if idempotency_key else None,
+        parent_run_id=parent_run_id,
+        resume_parent_on_completion=resume_parent_on_completion,
+    )
+    try:
+        with transaction.atomic():
+            batch.save(force_insert=True)
+    except IntegrityError:
+        # A concurrent create with the same key won.
+        return BatchTaskRun.objects.get(environment=environment, idempotency_key=idempotency_key), True
+    request_remember(request_key=request_key, environment_id=environment.pk, scope=scope, value=batch.id)
+    return batch, False
+
+
+def batch_get(*, environment: RuntimeEnvironment, batch_id: str) -> BatchTaskRun:
+    internal = ids.from_friendly(ids.BATCH, batch_id)
+    batch = BatchTaskRun.objects.filter(environment=environment, id=internal).first() if internal else None
+    if batch is None:
+        raise BatchNotFound("Batch not found")
+    return batch
+
+
+def batch_add_items(
+    *, environment: RuntimeEnvironment, batch_id: str, items: list[BatchItem], now: datetime | None = None
+) -> BatchItemsOutcome:
+    """Trigger every item not yet in the batch. Items are checked before anything is written."""
+    now = now or timezone.now()
+    batch = batch_get(environment=environment, batch_id=batch_id)
+    if (bad := next((item for item in items if item.index >= batch.run_count), None)) is not None:
+        raise InvalidRequest(f"Item index {bad.index} is out of range: the batch has {batch.run_count} runs.")
+    accepted = deduplicated = 0
+    with transaction.atomic():
+        batch = BatchTaskRun.objects.select_for_update().get(pk=batch.pk)  # one items stream at a time
+        seen = set(BatchTaskRunItem.objects.filter(batch=batch).values_list("index", flat=True))
+        for item in items:
+            if item.index in seen:
+                deduplicated += 1
+                continue
+            seen.add(item.index)
+            task_run_trigger(
+                environment=environment,
+                task_identifier=item.task_identifier,
+                options=item.options,
+                batch=batch,
+                batch_index=item.index,
+                now=now,
+            )
+            accepted += 1
+        sealed = len(seen) >= batch.run_count
+        if sealed and not batch.sealed:
+            batch.sealed = True
+            batch.status = BatchTaskRun.Status.COMPLETED
+            batch.completed_at = now
+            batch.save(update_fields=["sealed", "status", "completed_at", "updated_at"])
+    return BatchItemsOutcome(batch=batch, accepted=accepted, deduplicated=deduplicated, sealed=sealed, stored=len(seen))
+
+
+def batch_run_ids(*, batch: BatchTaskRun) -> list[str]:
+    """The batch's runs as friendly ids, in item order."""
+    return [
+        ids.to_friendly(ids.RUN, run_id)
+        for run_id in BatchTaskRunItem.objects.filter(batch=batch).order_by("index").values_list("task_run_id", flat=True)
+    ]

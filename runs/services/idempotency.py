@@ -1,0 +1,56 @@
+"""Task idempotency keys: one live run per (environment, task, key).
+
+A key is released when it expires (``idempotencyKeyTTL``, default 30 days) or when its run ended
+failed-like or expired; the old run then loses the key and a new run may take it. A completed or
+cancelled run keeps its key. The unique constraint on (environment, task, key) is the final arbiter
+between concurrent triggers.
+"""
+
+from datetime import datetime, timedelta
+
+from django.utils import timezone
+
+from runs.exceptions import IdempotencyKeyNotFound
+from runs.models import RunStatus, TaskRun
+
+DEFAULT_TTL = timedelta(days=30)
+# Runs in these states give their key back (the official server's rule).
+RELEASING_STATUSES = frozenset(
+    {RunStatus.FAILED, RunStatus.CRASHED, RunStatus.SYSTEM_FAILURE, RunStatus.TIMED_OUT, RunStatus.EXPIRED}
+)
+UNIQUE_CONSTRAINT = "run_env_task_idem_uniq"
+
+
+def key_is_live(*, run: TaskRun, now: datetime) -> bool:
+    if run.status in RELEASING_STATUSES:
+        return False
+    return run.idempotency_key_expires_at is None or run.idempotency_key_expires_at > now
+
+
+def idempotent_run_find(*, environment_id: int, task_identifier: str, key: str, now: datetime) -> TaskRun | None:
+    """The run holding ``key`` now, or None; a stale holder is stripped of the key first."""
+    run = TaskRun.objects.filter(
+        environment_id=environment_id, task_identifier=task_identifier, idempotency_key=key
+    ).first()
+    if run is None:
+        return None
+    if key_is_live(run=run, now=now):
+        return run
+    idempotency_key_clear(environment_id=environment_id, task_identifier=task_identifier, key=key, only_run_id=run.id)
+    return None
+
+
+def idempotency_key_clear(
+    *, environment_id: int, task_identifier: str, key: str, only_run_id: str | None = None
+) -> int:
+    """Take ``key`` off the runs holding it; returns how many rows changed."""
+    runs = TaskRun.objects.filter(environment_id=environment_id, task_identifier=task_identifier, idempotency_key=key)
+    if only_run_id is not None:
+        runs = runs.filter(id=only_run_id)
+    return runs.update(idempotency_key=None, idempotency_key_expires_at=None, updated_at=timezone.now())
+
+
+def idempotency_key_reset(*, environment_id: int, task_identifier: str, key: str) -> None:
+    """Release ``key`` so the next trigger with it makes a new run; IdempotencyKeyNotFound if unheld."""
+    if not idempotency_key_clear(environment_id=environment_id, task_identifier=task_identifier, key=key):
+        raise IdempotencyKeyNotFound(f"No runs found with idempotency key: {key} and task: {task_identifier}")

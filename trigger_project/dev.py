@@ -1,0 +1,88 @@
+"""``make run``: embedded servers (unless URLs are set), migrations, a demo key, and the server.
+
+Runs in the foreground. Ctrl-C (or SIGTERM) stops the web server and every embedded server this
+process started; servers that were already running (for instance started by a ``manage.py``
+command) are left as they were.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from trigger_project import embedded
+
+
+def _manage(*args: str, env: dict) -> str:
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args], env=env, check=True, stdout=subprocess.PIPE, text=True
+    )
+    return result.stdout
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM shuts down exactly like Ctrl-C
+
+
+def main() -> int:
+    env = os.environ.copy()
+    stops = []
+    if not env.get("DATABASE_URL"):
+        if not embedded.postgres_running():
+            stops.append(embedded.stop_postgres)
+        env["DATABASE_URL"] = embedded.ensure_postgres()
+        print(f"embedded Postgres: {env['DATABASE_URL']}", flush=True)
+    if not env.get("REDIS_URL"):
+        if not embedded.redis_running():
+            stops.append(embedded.stop_redis)
+        env["REDIS_URL"] = embedded.ensure_redis()
+        print(f"embedded Redis:    {env['REDIS_URL']}", flush=True)
+
+    children: list[subprocess.Popen] = []
+
+    def shutdown(*_):
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        deadline = time.monotonic() + 20
+        for child in children:
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+        for stop in stops:
+            stop()
+        print("stopped.", flush=True)
+
+    try:
+        _manage("migrate", "--noinput", env=env)
+        print(_manage("seed_demo", env=env), end="", flush=True)
+        port = env.get("PORT", "8000")
+        workers = env.get("WEB_CONCURRENCY", str(os.cpu_count() or 2))
+        children.append(
+            subprocess.Popen(
+                [
+                    sys.executable, "-m", "gunicorn", "trigger_project.wsgi",
+                    "--workers", workers,
+                    "--bind", f"127.0.0.1:{port}",
+                    "--access-logfile", "-" if env.get("ACCESS_LOG") else "/dev/null",
+                    "--graceful-timeout", "10",
+                ],
+                env=env,
+            )
+        )
+        print(f"serving on http://127.0.0.1:{port}  (admin: /admin/)  Ctrl-C stops", flush=True)
+        signal.signal(signal.SIGTERM, _interrupt)
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+        print("a child process exited; stopping.", flush=True)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
