@@ -66,7 +66,11 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
-DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = env_int("DB_CONNECT_TIMEOUT", 5)
+_db_options = DATABASES["default"].setdefault("OPTIONS", {})
+# A unix-socket URL (`?host=/dir`, as the embedded server gives) belongs in HOST, where Django looks.
+if _socket_dir := _db_options.pop("host", None):
+    DATABASES["default"]["HOST"] = _socket_dir
+_db_options["connect_timeout"] = env_int("DB_CONNECT_TIMEOUT", 5)
 
 REDIS_URL = env("REDIS_URL", "") or embedded.ensure_redis()
 CACHES = {
