@@ -27,3 +27,11 @@ class IdempotencyKeyNotFound(RunError):
 
 class ServiceUnavailable(RunError):
     """A store the answer depends on could not be reached; the SDK retries 503s."""
+
+
+class BufferFull(RunError):
+    """The organisation's buffer is at its cap: 429 with x-ratelimit-reset / Retry-After."""
+
+    def __init__(self, message: str, *, retry_after_ms: int):
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms

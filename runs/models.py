@@ -6,6 +6,7 @@ from django.db import models
 from django.utils import timezone
 
 from runs import ids
+from runs.managers import TaskRunManager
 
 
 class Organization(models.Model):
@@ -128,6 +129,8 @@ class BatchTaskRun(models.Model):
 
 class TaskRun(models.Model):
     id = models.CharField(max_length=32, primary_key=True, editable=False)
+    objects = TaskRunManager()
+
     environment = models.ForeignKey(RuntimeEnvironment, on_delete=models.CASCADE, related_name="runs")
     # Denormalised for filtering without joins.
     organization_id = models.BigIntegerField(db_index=True)
@@ -155,8 +158,13 @@ class TaskRun(models.Model):
     is_test = models.BooleanField(default=False)
     delay_until = models.DateTimeField(null=True, blank=True)
     depth = models.PositiveIntegerField(default=0)
-    parent_run = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
-    root_run = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    # No database constraint: a child may reach Postgres before its parent leaves the buffer.
+    parent_run = models.ForeignKey(
+        "self", on_delete=models.DO_NOTHING, null=True, blank=True, related_name="+", db_constraint=False
+    )
+    root_run = models.ForeignKey(
+        "self", on_delete=models.DO_NOTHING, null=True, blank=True, related_name="+", db_constraint=False
+    )
     resume_parent_on_completion = models.BooleanField(default=False)
     batch = models.ForeignKey(BatchTaskRun, on_delete=models.SET_NULL, null=True, blank=True, related_name="runs")
     trace_id = models.CharField(max_length=64, blank=True, default="")

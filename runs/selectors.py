@@ -13,12 +13,12 @@ from runs.models import RuntimeEnvironment, TaskRun
 
 
 def task_run_get(*, environment: RuntimeEnvironment, run_id: str) -> TaskRun:
-    """The run with friendly id ``run_id`` in ``environment``; RunNotFound otherwise (also for other tenants')."""
-    internal = ids.from_friendly(ids.RUN, run_id)
-    run = TaskRun.objects.filter(environment=environment, id=internal).select_related("batch").first() if internal else None
-    if run is None:
-        raise RunNotFound("Run not found")
-    return run
+    """The run with friendly id ``run_id`` in ``environment``, in Postgres or still in the buffer;
+    RunNotFound otherwise (also for another tenant's run)."""
+    try:
+        return TaskRun.objects.get_with_fallback(environment=environment, run_id=run_id)
+    except TaskRun.DoesNotExist:
+        raise RunNotFound("Run not found") from None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -23,6 +23,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.postgres",
     "rest_framework",
+    "mollifier",
     "runs",
 ]
 
@@ -118,6 +119,36 @@ TRIGGER = {
     "MAX_BATCH_ITEMS": env_int("TRIGGER_MAX_BATCH_ITEMS", 1000),
     "MAX_TAGS_PER_RUN": env_int("TRIGGER_MAX_TAGS_PER_RUN", 10),
     "REQUEST_IDEMPOTENCY_TTL_SECONDS": env_int("TRIGGER_REQUEST_IDEMPOTENCY_TTL_SECONDS", 24 * 3600),
+}
+
+# The mollifier (README: Configuration). Where trigger.dev has the same knob, the name is the same
+# without its TRIGGER_ prefix. mollifier/conf.py reads this at call time, never at import.
+MOLLIFIER = {
+    "ENABLED": env_bool("MOLLIFIER_ENABLED", False),
+    "SHADOW_MODE": env_bool("MOLLIFIER_SHADOW_MODE", False),
+    "TRIP_THRESHOLD": env_int("MOLLIFIER_TRIP_THRESHOLD", 100),
+    "TRIP_WINDOW_MS": env_int("MOLLIFIER_TRIP_WINDOW_MS", 200),
+    "HOLD_MS": env_int("MOLLIFIER_HOLD_MS", 500),
+    "GLOBAL_TRIP_THRESHOLD": env_int("MOLLIFIER_GLOBAL_TRIP_THRESHOLD", 0),  # 0: no global gate
+    "GLOBAL_TRIP_WINDOW_MS": env_int("MOLLIFIER_GLOBAL_TRIP_WINDOW_MS", 200),
+    "GLOBAL_HOLD_MS": env_int("MOLLIFIER_GLOBAL_HOLD_MS", 500),
+    "CLAIM_TTL_SECONDS": env_int("MOLLIFIER_CLAIM_TTL_SECONDS", 30),
+    "CLAIM_MIN_TTL_SECONDS": env_int("MOLLIFIER_CLAIM_MIN_TTL_SECONDS", 5),
+    "CLAIM_WAIT_MS": env_int("MOLLIFIER_CLAIM_WAIT_MS", 5000),
+    "CLAIM_POLL_MS": env_int("MOLLIFIER_CLAIM_POLL_MS", 25),
+    "ORG_BUFFER_CAP": env_int("MOLLIFIER_ORG_BUFFER_CAP", 100_000),
+    "ACK_GRACE_MS": env_int("MOLLIFIER_ACK_GRACE_MS", 30_000),
+    "DRAIN_BATCH_SIZE": env_int("MOLLIFIER_DRAIN_BATCH_SIZE", 100),
+    "DRAIN_MAX_ROWS_PER_SEC": env_int("MOLLIFIER_DRAIN_MAX_ROWS_PER_SEC", 5000),
+    "DRAIN_LEASE_MS": env_int("MOLLIFIER_DRAIN_LEASE_MS", 30_000),
+    "DRAIN_MAX_ATTEMPTS": env_int("MOLLIFIER_DRAIN_MAX_ATTEMPTS", 8),
+    "DRAIN_BACKOFF_BASE_MS": env_int("MOLLIFIER_DRAIN_BACKOFF_BASE_MS", 250),
+    "DRAIN_BACKOFF_MAX_MS": env_int("MOLLIFIER_DRAIN_BACKOFF_MAX_MS", 30_000),
+    "DRAIN_IDLE_SLEEP_MS": env_int("MOLLIFIER_DRAIN_IDLE_SLEEP_MS", 100),
+    "STALE_AFTER_MS": env_int("MOLLIFIER_STALE_AFTER_MS", 60_000),
+    "SINK": env("MOLLIFIER_SINK", "runs.services.materialise.materialise_entries"),
+    "REDIS_ALIAS": "default",
+    "REDIS_CLUSTER_URL": env("MOLLIFIER_REDIS_CLUSTER_URL", ""),
 }
 
 LOGGING = {

@@ -5,6 +5,8 @@ a 503 (the SDK retries it); anything else is logged and answered 500 without int
 """
 
 import logging
+import math
+import time
 
 from django.db import InterfaceError, OperationalError
 from rest_framework import exceptions, status
@@ -12,6 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
 
+from mollifier.exceptions import BufferUnavailable
 from runs import exceptions as domain
 
 logger = logging.getLogger(__name__)
@@ -41,11 +44,27 @@ def error_response(message: str, status_code: int, headers: dict | None = None, 
     return Response({"error": message, **extra}, status=status_code, headers=headers)
 
 
+def _buffer_full(exc: domain.BufferFull) -> Response:
+    reset_ms = int(time.time() * 1000) + exc.retry_after_ms
+    headers = {
+        "x-ratelimit-reset": str(reset_ms),  # epoch milliseconds: what the SDK's 429 handling reads
+        "Retry-After": str(math.ceil(exc.retry_after_ms / 1000)),
+    }
+    return error_response(exc.message, status.HTTP_429_TOO_MANY_REQUESTS, headers=headers)
+
+
 def exception_handler(exc, context):
+    if isinstance(exc, domain.BufferFull):
+        set_rollback()
+        return _buffer_full(exc)
     for error_class, status_code in DOMAIN_STATUS.items():
         if isinstance(exc, error_class):
             set_rollback()
             return error_response(exc.message, status_code, **getattr(exc, "extra", {}))
+    if isinstance(exc, BufferUnavailable):
+        set_rollback()
+        logger.warning("runs.api.buffer_unavailable", exc_info=True)
+        return error_response("Run buffer unavailable, retry later", status.HTTP_503_SERVICE_UNAVAILABLE)
     if isinstance(exc, (OperationalError, InterfaceError)):
         set_rollback()
         logger.warning("runs.api.database_unavailable", exc_info=True)

@@ -66,8 +66,10 @@ class TaskTriggerApi(EnvironmentApi):
             environment=self.environment, task_identifier=task_identifier, options=options, request_key=request_key
         )
         run_id = outcome.run.friendly_id
-        token = public_token(secret_key=request.auth, environment=self.environment, scopes=[f"read:runs:{run_id}"])
-        return Response({"id": run_id, "isCached": outcome.is_cached}, headers={"x-trigger-jwt": token})
+        headers = {"x-trigger-jwt": public_token(secret_key=request.auth, environment=self.environment, scopes=[f"read:runs:{run_id}"])}
+        if outcome.buffered:
+            headers["x-mollifier"] = "buffered"  # harmless to the SDK, useful to humans
+        return Response({"id": run_id, "isCached": outcome.is_cached}, headers=headers)
 
 
 class RunRetrieveApi(EnvironmentApi):
@@ -127,7 +129,7 @@ class IdempotencyKeyResetApi(EnvironmentApi):
         body = self.body(serializers.ResetIdempotencyKeySerializer)
         if not key or len(key) > serializers.MAX_KEY_LENGTH:
             raise ValidationError({"key": f"Must be 1 to {serializers.MAX_KEY_LENGTH} characters."})
-        idempotency_key_reset(environment_id=self.environment.pk, task_identifier=body["taskIdentifier"], key=key)
+        idempotency_key_reset(environment=self.environment, task_identifier=body["taskIdentifier"], key=key)
         return Response({"id": key})
 
 

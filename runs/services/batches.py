@@ -11,7 +11,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from runs import ids
-from runs.exceptions import BatchNotFound, InvalidRequest
+from mollifier import buffer, conf
+from mollifier.exceptions import BufferUnavailable
+from runs.exceptions import BatchNotFound, InvalidRequest, ServiceUnavailable
 from runs.models import BatchTaskRun, BatchTaskRunItem, RuntimeEnvironment
 from runs.options import TriggerOptions
 from runs.services.request_idempotency import request_lookup, request_remember
@@ -74,7 +76,7 @@ def batch_create(
 
 def batch_get(*, environment: RuntimeEnvironment, batch_id: str) -> BatchTaskRun:
     internal = ids.from_friendly(ids.BATCH, batch_id)
-    batch = BatchTaskRun.objects.filter(environment=environment, id=internal).first() if internal else None
+    batch = BatchTaskRun.objects.filter(environment=environment, id=internal).select_related("environment").first() if internal else None
     if batch is None:
         raise BatchNotFound("Batch not found")
     return batch
@@ -90,8 +92,9 @@ def batch_add_items(
         raise InvalidRequest(f"Item index {bad.index} is out of range: the batch has {batch.run_count} runs.")
     accepted = deduplicated = 0
     with transaction.atomic():
-        batch = BatchTaskRun.objects.select_for_update().get(pk=batch.pk)  # one items stream at a time
+        batch = BatchTaskRun.objects.select_for_update().select_related("environment").get(pk=batch.pk)  # one stream at a time
         seen = set(BatchTaskRunItem.objects.filter(batch=batch).values_list("index", flat=True))
+        seen |= set(_buffered_items(batch))
         for item in items:
             if item.index in seen:
                 deduplicated += 1
@@ -109,15 +112,40 @@ def batch_add_items(
         sealed = len(seen) >= batch.run_count
         if sealed and not batch.sealed:
             batch.sealed = True
-            batch.status = BatchTaskRun.Status.COMPLETED
-            batch.completed_at = now
+            batch_refresh_status(batch=batch, now=now)
             batch.save(update_fields=["sealed", "status", "completed_at", "updated_at"])
     return BatchItemsOutcome(batch=batch, accepted=accepted, deduplicated=deduplicated, sealed=sealed, stored=len(seen))
 
 
+def _buffered_items(batch: BatchTaskRun) -> dict[int, str]:
+    """index → friendly run id of the batch's items still in the mollifier buffer."""
+    if not conf.enabled():
+        return {}
+    try:
+        return buffer.batch_buffered_items(org_id=str(batch.environment.organization_id), batch_id=batch.id)
+    except BufferUnavailable:
+        # Without the buffer's half, resent items could be triggered twice: let the SDK retry.
+        raise ServiceUnavailable("Run buffer unavailable, retry later") from None
+
+
+def batch_refresh_status(*, batch: BatchTaskRun, now: datetime) -> None:
+    """COMPLETED once every item's run is in Postgres; PROCESSING while some are still buffered."""
+    if not batch.sealed:
+        return
+    stored = BatchTaskRunItem.objects.filter(batch=batch).count()
+    if stored >= batch.run_count:
+        batch.status = BatchTaskRun.Status.COMPLETED
+        batch.completed_at = batch.completed_at or now
+    else:
+        batch.status = BatchTaskRun.Status.PROCESSING
+
+
 def batch_run_ids(*, batch: BatchTaskRun) -> list[str]:
-    """The batch's runs as friendly ids, in item order."""
-    return [
-        ids.to_friendly(ids.RUN, run_id)
-        for run_id in BatchTaskRunItem.objects.filter(batch=batch).order_by("index").values_list("task_run_id", flat=True)
-    ]
+    """The batch's runs as friendly ids, in item order, wherever each run lives."""
+    by_index = {
+        index: ids.to_friendly(ids.RUN, run_id)
+        for index, run_id in BatchTaskRunItem.objects.filter(batch=batch).values_list("index", "task_run_id")
+    }
+    for index, run_id in _buffered_items(batch).items():
+        by_index.setdefault(index, run_id)
+    return [by_index[index] for index in sorted(by_index)]

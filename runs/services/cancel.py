@@ -1,9 +1,15 @@
-"""Cancelling a run. Cancelling a run that already finished is a no-op, as upstream."""
+"""Cancelling a run, wherever it lives. Cancelling a finished run is a no-op, as upstream.
+
+Cancel wins: a run cancelled while buffered is written CANCELED and never queued.
+"""
 
 from django.db import transaction
 from django.utils import timezone
 
+from mollifier import buffer
 from runs.models import RunStatus, TaskRun
+from runs.services.mid_drain import retry_while_draining
+from runs.snapshots import to_ms
 
 CANCELLABLE_STATUSES = frozenset(
     {
@@ -17,8 +23,28 @@ CANCELLABLE_STATUSES = frozenset(
 )
 
 
-@transaction.atomic
 def task_run_cancel(*, run: TaskRun, reason: str = "Canceled by user") -> TaskRun:
+    """Cancel ``run`` (a row or a buffered run). Raises ServiceUnavailable when it stays mid-drain."""
+    if not run.is_buffered:
+        return _cancel_row(run=run, reason=reason)
+    result = retry_while_draining(
+        lambda: buffer.cancel(
+            org_id=str(run.organization_id), env_id=str(run.environment_id), run_id=run.friendly_id,
+            now_ms=to_ms(timezone.now()), reason=reason,
+        ),
+        busy=lambda outcome: outcome.status == "busy",
+    )
+    if result.status == "applied":
+        return TaskRun.objects.get_with_fallback(environment=run.environment, run_id=run.friendly_id)
+    # Written meanwhile ("materialised", or gone after its grace period): the row is the run now.
+    row = TaskRun.objects.filter(environment=run.environment, id=run.id).first()
+    if row is None:
+        raise TaskRun.DoesNotExist(run.friendly_id)
+    return _cancel_row(run=row, reason=reason)
+
+
+@transaction.atomic
+def _cancel_row(*, run: TaskRun, reason: str) -> TaskRun:
     run = TaskRun.objects.select_for_update().get(pk=run.pk)
     if run.status not in CANCELLABLE_STATUSES:
         return run

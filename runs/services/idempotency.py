@@ -10,8 +10,11 @@ from datetime import datetime, timedelta
 
 from django.utils import timezone
 
-from runs.exceptions import IdempotencyKeyNotFound
-from runs.models import RunStatus, TaskRun
+from mollifier import buffer
+from mollifier.exceptions import BufferUnavailable
+from runs.exceptions import IdempotencyKeyNotFound, ServiceUnavailable
+from runs.models import RunStatus, RuntimeEnvironment, TaskRun
+from runs.services.mid_drain import retry_while_draining
 
 DEFAULT_TTL = timedelta(days=30)
 # Runs in these states give their key back (the official server's rule).
@@ -50,7 +53,28 @@ def idempotency_key_clear(
     return runs.update(idempotency_key=None, idempotency_key_expires_at=None, updated_at=timezone.now())
 
 
-def idempotency_key_reset(*, environment_id: int, task_identifier: str, key: str) -> None:
-    """Release ``key`` so the next trigger with it makes a new run; IdempotencyKeyNotFound if unheld."""
-    if not idempotency_key_clear(environment_id=environment_id, task_identifier=task_identifier, key=key):
-        raise IdempotencyKeyNotFound(f"No runs found with idempotency key: {key} and task: {task_identifier}")
+def idempotency_key_reset(*, environment: RuntimeEnvironment, task_identifier: str, key: str) -> None:
+    """Release ``key`` in both stores so the next trigger with it makes a new run.
+
+    Raises IdempotencyKeyNotFound when no run held it, and ServiceUnavailable when Postgres had
+    nothing and the buffer could not be checked (or its holder stayed mid-drain).
+    """
+    scope = {"environment_id": environment.pk, "task_identifier": task_identifier, "key": key}
+    cleared = idempotency_key_clear(**scope)
+    try:
+        result = retry_while_draining(
+            lambda: buffer.reset_idempotency(
+                org_id=str(environment.organization_id), env_id=str(environment.pk), task=task_identifier, key=key
+            ),
+            busy=lambda outcome: outcome.status == "busy",
+        )
+    except BufferUnavailable:
+        if cleared:
+            return
+        raise ServiceUnavailable("Unable to verify buffered idempotency state right now; please retry") from None
+    if cleared or result.status == "reset":
+        return
+    # The holder may have been written to Postgres between the two steps above.
+    if idempotency_key_clear(**scope):
+        return
+    raise IdempotencyKeyNotFound(f"No runs found with idempotency key: {key} and task: {task_identifier}")

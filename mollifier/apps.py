@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class MollifierConfig(AppConfig):
+    name = "mollifier"
+    verbose_name = "Mollifier buffer"

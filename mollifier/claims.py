@@ -1,0 +1,102 @@
+"""The pre-gate idempotency claim: one trigger at a time per (environment, task, key).
+
+Why: during the burst that trips the gate, the first same-key triggers go to Postgres and later
+ones to the buffer; each store dedupes only itself. The claim serialises them across both stores.
+The holder owns ``pending:<token>``; only that token can publish (the run id, for the callers that
+waited) or release it, so a holder whose claim expired cannot touch the next owner's.
+
+Fails open: when Redis cannot be reached the trigger proceeds unclaimed (``unavailable``) and
+Postgres's unique constraint still decides between same-key writers.
+"""
+
+import logging
+import math
+import random
+import time
+import uuid
+from dataclasses import dataclass
+
+from redis.exceptions import RedisError
+
+from mollifier import client as redis_client
+from mollifier import conf, keys, scripts
+from mollifier.exceptions import ClaimTimeout
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Claim:
+    org_id: str
+    env_id: str
+    task: str
+    key: str
+    marker: str  # pending:<token>
+    publish_ttl: int  # seconds the published run id stays readable
+
+    @property
+    def redis_key(self) -> str:
+        return keys.claim(self.org_id, self.env_id, self.task, self.key)
+
+
+@dataclass(frozen=True)
+class ClaimOutcome:
+    kind: str  # claimed | buffered (a buffered run holds the key) | resolved (a winner published) | unavailable
+    run_id: str = ""
+    claim: Claim | None = None
+
+
+def claim_ttl_seconds(*, now_ms: int, key_expires_ms: int | None) -> int:
+    """The customer's key lifetime, floored so the claim outlives a trigger, capped at CLAIM_TTL."""
+    cap, floor = conf.claim_ttl_seconds(), conf.claim_min_ttl_seconds()
+    if key_expires_ms is None:
+        return cap
+    return min(cap, max(floor, math.ceil((key_expires_ms - now_ms) / 1000)))
+
+
+def acquire(*, org_id: str, env_id: str, task: str, key: str, key_expires_ms: int | None, now_ms: int) -> ClaimOutcome:
+    """Claim the key, or find who holds it. Waits (polling) while another trigger holds the claim.
+
+    Raises ClaimTimeout after CLAIM_WAIT_MS of waiting; the API answers 503, which the SDK retries.
+    """
+    ttl = claim_ttl_seconds(now_ms=now_ms, key_expires_ms=key_expires_ms)
+    claim = Claim(org_id, env_id, task, key, f"pending:{uuid.uuid4().hex}", ttl)
+    redis_keys = [claim.redis_key, keys.idempotency(org_id, env_id, task, key)]
+    deadline = time.monotonic() + conf.claim_wait_ms() / 1000
+    poll = conf.claim_poll_ms() / 1000
+    try:
+        redis = redis_client.get()
+        while True:
+            reply = scripts.CLAIM(keys=redis_keys, args=[claim.marker, ttl], client=redis)
+            kind = reply[0].decode()
+            if kind == "claimed":
+                return ClaimOutcome("claimed", claim=claim)
+            if kind in ("buffered", "resolved"):
+                return ClaimOutcome(kind, reply[1].decode())
+            if time.monotonic() >= deadline:
+                raise ClaimTimeout(f"Idempotency claim resolution timed out for key {key!r}")
+            time.sleep(poll * random.uniform(0.5, 1.5))  # jitter: waiters do not poll in lockstep
+    except RedisError:
+        logger.warning("mollifier.claim.redis_unavailable org=%s env=%s", org_id, env_id, exc_info=True)
+        return ClaimOutcome("unavailable")
+
+
+def publish(claim: Claim, run_id: str) -> bool:
+    """Hand the claim's waiters our run id. False when the claim was no longer ours (or Redis failed)."""
+    try:
+        published = bool(scripts.PUBLISH(keys=[claim.redis_key], args=[claim.marker, run_id, claim.publish_ttl], client=redis_client.get()))
+    except RedisError:
+        logger.warning("mollifier.claim.publish_failed org=%s", claim.org_id, exc_info=True)
+        return False
+    if not published:
+        logger.warning("mollifier.claim.lost org=%s env=%s run=%s", claim.org_id, claim.env_id, run_id)
+    return published
+
+
+def release(claim: Claim) -> bool:
+    """Let the next trigger claim (after ours failed). Never deletes another owner's claim."""
+    try:
+        return bool(scripts.RELEASE(keys=[claim.redis_key], args=[claim.marker], client=redis_client.get()))
+    except RedisError:
+        logger.warning("mollifier.claim.release_failed org=%s", claim.org_id, exc_info=True)
+        return False

@@ -1,0 +1,104 @@
+"""The gate: does this trigger go to Postgres now, or into the buffer? (DESIGN §6)
+
+Cascade: master switch → bypass → enrolment (or shadow mode) → global trip → the environment's trip.
+With the switch off the gate touches nothing in Redis. An enrolled organisation's trigger is
+evaluated and, when its environment is tripped, accepted in the same script (one round trip).
+
+Fails open: any Redis error means pass-through, logged. Postgres's unique constraints on the run id
+and the idempotency key stay the final arbiter, so a double write is impossible either way.
+"""
+
+import enum
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from redis.exceptions import RedisError
+
+from mollifier import client as redis_client
+from mollifier import conf, keys, scripts
+from mollifier.buffer import AcceptResult, accept_args, accept_keys, accept_result
+from mollifier.codec import Entry
+
+logger = logging.getLogger(__name__)
+
+
+class Decision(enum.StrEnum):
+    PASS_THROUGH = "pass_through"
+    MOLLIFY = "mollify"
+    SHADOW = "shadow"  # would have been mollified; the organisation is not enrolled
+
+
+@dataclass(frozen=True)
+class Admission:
+    decision: Decision
+    reason: str  # disabled, bypass:<why>, not_enrolled, under_threshold, per_env_rate, global_rate, redis_error
+    accepted: AcceptResult | None = None  # set when mollified: what the buffer did with the entry
+
+
+def _global_tripped(redis, now_ms: int) -> bool:
+    threshold = conf.global_trip_threshold()
+    if not threshold:
+        return False
+    _, tripped = scripts.TRIP(
+        keys=[keys.global_rate(), keys.global_tripped()],
+        args=[now_ms, conf.global_trip_window_ms(), threshold, conf.global_hold_ms()],
+        client=redis,
+    )
+    return bool(int(tripped))
+
+
+def admit(
+    *,
+    org_id: str,
+    env_id: str,
+    enrolled: bool,
+    bypass: str | None,
+    entry: Callable[[], Entry],
+    now_ms: int,
+    claim_marker: str = "",
+    claim_ttl: int = 0,
+) -> Admission:
+    """Decide for one trigger, and buffer it when the decision is to mollify.
+
+    ``entry`` builds the buffer entry; it is called only when the trigger may be buffered.
+    ``bypass`` names why this trigger must go straight to Postgres (debounce, one-time token,
+    triggerAndWait); bypassed triggers are not counted against the rate.
+    """
+    if not conf.enabled():
+        return Admission(Decision.PASS_THROUGH, "disabled")
+    if bypass:
+        return Admission(Decision.PASS_THROUGH, f"bypass:{bypass}")
+    if not enrolled and not conf.shadow_mode():
+        return Admission(Decision.PASS_THROUGH, "not_enrolled")
+    window, threshold, hold = conf.trip_window_ms(), conf.trip_threshold(), conf.hold_ms()
+    try:
+        redis = redis_client.get()
+        forced = _global_tripped(redis, now_ms)
+        reason = "global_rate" if forced else "per_env_rate"
+        if not enrolled:
+            _, tripped = scripts.TRIP(
+                keys=[keys.rate(org_id, env_id), keys.tripped(org_id, env_id)],
+                args=[now_ms, window, threshold, hold],
+                client=redis,
+            )
+            if forced or int(tripped):
+                logger.debug("mollifier.gate.would_mollify org=%s env=%s reason=%s", org_id, env_id, reason)
+                return Admission(Decision.SHADOW, reason)
+            return Admission(Decision.PASS_THROUGH, "under_threshold")
+        candidate = entry()
+        reply = scripts.GATE_ACCEPT(
+            keys=[keys.rate(org_id, env_id), keys.tripped(org_id, env_id), *accept_keys(candidate)],
+            args=[
+                now_ms, window, threshold, hold, "1" if forced else "0",
+                *accept_args(candidate, claim_marker=claim_marker, claim_ttl=claim_ttl),
+            ],
+            client=redis,
+        )
+        if reply[0] in (b"pass_through", "pass_through"):
+            return Admission(Decision.PASS_THROUGH, "under_threshold")
+        logger.debug("mollifier.gate.mollified org=%s env=%s reason=%s", org_id, env_id, reason)
+        return Admission(Decision.MOLLIFY, reason, accept_result(reply, candidate, client=redis))
+    except RedisError:
+        logger.warning("mollifier.gate.redis_unavailable org=%s env=%s", org_id, env_id, exc_info=True)
+        return Admission(Decision.PASS_THROUGH, "redis_error")

@@ -1,0 +1,104 @@
+"""Every Redis key the mollifier uses; the docstrings are the key glossary.
+
+All keys start with ``mollifier:``. Keys of one organisation share the hash tag ``{o:<org>}``, so
+every script (which touches one organisation's keys only) stays in one Redis Cluster hash slot.
+Customer-supplied segments (task ids, idempotency keys) are base64url-encoded, so that
+``("a:b", "c")`` can never alias ``("a", "b:c")``.
+"""
+
+import base64
+
+PREFIX = "mollifier"
+
+
+def _b64(segment: str) -> str:
+    return base64.urlsafe_b64encode(segment.encode()).decode().rstrip("=")
+
+
+def _org(org_id: str) -> str:
+    return f"{PREFIX}:{{o:{org_id}}}"
+
+
+def entry(org_id: str, run_id: str) -> str:
+    """HASH: one buffered run — its envelope fields, mutable fields and the ``snapshot`` JSON."""
+    return f"{_org(org_id)}:entry:{run_id}"
+
+
+def ready(org_id: str, env_id: str) -> str:
+    """ZSET: run ids of one environment waiting to be drained, scored by not-before time (ms)."""
+    return f"{_org(org_id)}:env:{_b64(env_id)}:ready"
+
+
+def leases(org_id: str, env_id: str) -> str:
+    """ZSET: run ids of one environment being drained, scored by lease expiry (ms)."""
+    return f"{_org(org_id)}:env:{_b64(env_id)}:leases"
+
+
+def listing(org_id: str, env_id: str) -> str:
+    """ZSET: every not-yet-materialised run id of one environment, scored by trigger time (ms)."""
+    return f"{_org(org_id)}:env:{_b64(env_id)}:all"
+
+
+def envs(org_id: str) -> str:
+    """SET: the organisation's environments with ready or leased entries."""
+    return f"{_org(org_id)}:envs"
+
+
+def stats(org_id: str) -> str:
+    """HASH: ``buffered`` (entries not yet materialised, for the cap) and ``gen`` (activation count)."""
+    return f"{_org(org_id)}:stats"
+
+
+def idempotency(org_id: str, env_id: str, task: str, key: str) -> str:
+    """STRING: the run id of the buffered run holding this idempotency key."""
+    return f"{_org(org_id)}:idem:{_b64(env_id)}:{_b64(task)}:{_b64(key)}"
+
+
+def claim(org_id: str, env_id: str, task: str, key: str) -> str:
+    """STRING with TTL: ``pending:<token>`` while a trigger holds the pre-gate claim, then its run id."""
+    return f"{_org(org_id)}:claim:{_b64(env_id)}:{_b64(task)}:{_b64(key)}"
+
+
+def batch_items(org_id: str, batch_id: str) -> str:
+    """HASH: index → run id of a batch's items that are still buffered."""
+    return f"{_org(org_id)}:batch:{_b64(batch_id)}"
+
+
+def rate(org_id: str, env_id: str) -> str:
+    """HASH with TTL: the environment's sliding-window trigger counter (w, c, p)."""
+    return f"{_org(org_id)}:rate:{_b64(env_id)}"
+
+
+def tripped(org_id: str, env_id: str) -> str:
+    """STRING with TTL: present while the environment's trip holds."""
+    return f"{_org(org_id)}:tripped:{_b64(env_id)}"
+
+
+def unused(org_id: str) -> str:
+    """Never written: stands in for an optional key a script takes (it must be in the same slot)."""
+    return f"{_org(org_id)}:unused"
+
+
+def global_rate() -> str:
+    """HASH with TTL: the fleet-wide trigger counter of the global gate."""
+    return f"{PREFIX}:{{global}}:rate"
+
+
+def global_tripped() -> str:
+    """STRING with TTL: present while the global gate's trip holds."""
+    return f"{PREFIX}:{{global}}:tripped"
+
+
+def orgs() -> str:
+    """ZSET: organisations with buffered work, scored by activation generation (see org_unindex.lua)."""
+    return f"{PREFIX}:orgs"
+
+
+def org_pattern() -> str:
+    """SCAN pattern of every organisation's active-environment set (the sweep's reconcile)."""
+    return f"{PREFIX}:{{o:*}}:envs"
+
+
+def sweep_lease() -> str:
+    """STRING with TTL: the holder of the stale sweep (one at a time)."""
+    return f"{PREFIX}:sweep:lease"

@@ -1,0 +1,43 @@
+--[[ ack: the runs' rows are committed in Postgres; release them from the buffer.
+
+Each entry is kept for grace_ms marked materialised (reads racing the drain still find it), its
+idempotency lookup and batch slot are released, and the organisation's buffered count drops. Acking
+twice, or acking an entry already gone, changes nothing. When the environment has nothing ready or
+leased any more it leaves the organisation's active set; when the organisation has no active
+environment left, the reply carries its generation so the caller can un-index it.
+
+KEYS: 1 ready, 2 leases, 3 envs, 4 stats, 5 listing, then per run: entry, idem, batch (idem/batch may be
+      placeholders in the same slot)
+ARGV: 1 now_ms, 2 grace_ms, 3 env, 4.. runs (same order as the per-run keys)
+returns: {acked_count, idle_gen ('' while the organisation is still active)}
+]]
+local acked = 0
+for i = 4, #ARGV do
+  local run = ARGV[i]
+  local base = 5 + (i - 4) * 3
+  local entry, idem, batch = KEYS[base + 1], KEYS[base + 2], KEYS[base + 3]
+  redis.call('ZREM', KEYS[2], run)
+  redis.call('ZREM', KEYS[1], run)
+  redis.call('ZREM', KEYS[5], run)
+  if redis.call('EXISTS', entry) == 1 and redis.call('HGET', entry, 'materialised') ~= '1' then
+    redis.call('HSET', entry, 'materialised', '1', 'materialised_at_ms', ARGV[1])
+    redis.call('PEXPIRE', entry, tonumber(ARGV[2]))
+    redis.call('HINCRBY', KEYS[4], 'buffered', -1)
+    if redis.call('GET', idem) == run then
+      redis.call('DEL', idem)
+    end
+    local index = redis.call('HGET', entry, 'batch_index')
+    if index and index ~= '' and redis.call('HGET', batch, index) == run then
+      redis.call('HDEL', batch, index)
+    end
+    acked = acked + 1
+  end
+end
+if redis.call('ZCARD', KEYS[1]) == 0 and redis.call('ZCARD', KEYS[2]) == 0 then
+  redis.call('SREM', KEYS[3], ARGV[3])
+end
+local idle_gen = ''
+if redis.call('SCARD', KEYS[3]) == 0 then
+  idle_gen = redis.call('HGET', KEYS[4], 'gen') or '0'
+end
+return {acked, idle_gen}

@@ -1,0 +1,61 @@
+--[[ mutate: change a buffered run that is waiting (not leased, not materialised).
+
+KEYS: 1 entry, 2 leases
+ARGV: 1 op, 2 env (the caller's: another environment's run is not_found), 3 run, 4 now_ms, 5.. op args
+  cancel        5 reason                       first cancel wins; repeating it is applied again
+  add_tags      5 tags (JSON array), 6 max     de-duplicated, in order; over max writes nothing
+  set_delay     5 delay_until_ms ('' clears)
+  set_metadata  5 expected version ('' for any), 6 metadata (JSON text), 7 metadata type
+returns: {'applied'} | {'applied', new_metadata_version} | {'not_found'} | {'materialised'} |
+         {'busy'} (leased by a drainer) | {'limit_exceeded', count} | {'conflict', current_version}
+]]
+local entry, op = KEYS[1], ARGV[1]
+if redis.call('EXISTS', entry) == 0 then
+  return {'not_found'}
+end
+local state = redis.call('HMGET', entry, 'env', 'materialised')
+if state[1] ~= ARGV[2] then
+  return {'not_found'}
+end
+if state[2] == '1' then
+  return {'materialised'}
+end
+if redis.call('ZSCORE', KEYS[2], ARGV[3]) then
+  return {'busy'}
+end
+
+if op == 'cancel' then
+  if not redis.call('HGET', entry, 'cancelled_at_ms') then
+    redis.call('HSET', entry, 'cancelled_at_ms', ARGV[4], 'cancel_reason', ARGV[5])
+  end
+  return {'applied'}
+elseif op == 'add_tags' then
+  local merged, seen = {}, {}
+  -- cjson reads an empty JSON array as an empty table either way; readers treat {} as [].
+  for _, source in ipairs({cjson.decode(redis.call('HGET', entry, 'tags') or '[]'), cjson.decode(ARGV[5])}) do
+    for _, tag in ipairs(source) do
+      if not seen[tag] then
+        seen[tag] = true
+        merged[#merged + 1] = tag
+      end
+    end
+  end
+  if #merged > tonumber(ARGV[6]) then
+    return {'limit_exceeded', tostring(#merged)}
+  end
+  if #merged > 0 then
+    redis.call('HSET', entry, 'tags', cjson.encode(merged))
+  end
+  return {'applied'}
+elseif op == 'set_delay' then
+  redis.call('HSET', entry, 'delay_until_ms', ARGV[5])
+  return {'applied'}
+elseif op == 'set_metadata' then
+  local current = redis.call('HGET', entry, 'metadata_version') or '0'
+  if ARGV[5] ~= '' and ARGV[5] ~= current then
+    return {'conflict', current}
+  end
+  redis.call('HSET', entry, 'metadata', ARGV[6], 'metadata_type', ARGV[7])
+  return {'applied', tostring(redis.call('HINCRBY', entry, 'metadata_version', 1))}
+end
+return redis.error_reply('unknown mutate op ' .. op)

@@ -1,0 +1,32 @@
+"""The Lua scripts, loaded once from ``mollifier/lua`` (shipped as package data).
+
+A script may start with libraries from ``lua/lib`` (shared functions), prepended at load time.
+The SHA is computed from the bytes, with no connection; the client is passed per call and redis-py
+loads the script on the first NOSCRIPT.
+"""
+
+from importlib.resources import files
+
+from redis.commands.core import Script
+
+_LUA = files("mollifier").joinpath("lua")
+
+
+def _load(name: str, *libs: str) -> Script:
+    source = b"\n".join([*(_LUA.joinpath("lib", lib).read_bytes() for lib in libs), _LUA.joinpath(name).read_bytes()])
+    return Script(None, source)  # type: ignore[arg-type]  # redis-py types the client as required
+
+
+TRIP = _load("trip.lua", "trip.lua")
+GATE_ACCEPT = _load("gate_accept.lua", "trip.lua", "accept.lua")
+ACCEPT = _load("accept.lua", "accept.lua")
+POP = _load("pop.lua")
+ACK = _load("ack.lua")
+RETRY = _load("retry.lua")
+FAIL = _load("fail.lua")
+MUTATE = _load("mutate.lua")
+RESET_IDEMPOTENCY = _load("reset_idempotency.lua")
+CLAIM = _load("claim.lua")
+PUBLISH = _load("publish.lua")
+RELEASE = _load("release.lua")
+ORG_UNINDEX = _load("org_unindex.lua")

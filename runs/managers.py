@@ -1,0 +1,35 @@
+"""TaskRun's manager: Postgres first, then the mollifier buffer (DESIGN §8)."""
+
+from django.db import models
+
+from runs import ids
+
+
+class TaskRunQuerySet(models.QuerySet):
+    def for_environment(self, environment) -> "TaskRunQuerySet":
+        return self.filter(environment=environment)
+
+
+class TaskRunManager(models.Manager.from_queryset(TaskRunQuerySet)):  # type: ignore[misc]
+    def get_with_fallback(self, *, environment, run_id: str):
+        """The run ``run_id`` (``run_…``) of ``environment``, wherever it lives right now.
+
+        Postgres → buffer → Postgres again: a run acked between the first two reads is in
+        Postgres by then. A buffered run comes back as an unsaved TaskRun built from its snapshot
+        (``run.is_buffered``). Raises DoesNotExist (also for another environment's run) and a
+        redis error when the buffer cannot be read after a Postgres miss.
+        """
+        from runs.snapshots import entry_to_run  # runs.snapshots imports the models
+
+        from mollifier import buffer
+
+        internal = ids.from_friendly(ids.RUN, run_id)
+        if internal is None:
+            raise self.model.DoesNotExist(run_id)
+        rows = self.for_environment(environment).filter(id=internal).select_related("environment")
+        if (run := rows.first()) is not None:
+            return run
+        entry = buffer.get(org_id=str(environment.organization_id), run_id=ids.to_friendly(ids.RUN, internal))
+        if entry is not None and not entry.materialised and entry.env_id == str(environment.pk):
+            return entry_to_run(entry, environment=environment)
+        return rows.get()  # the drain race: materialised meanwhile, or DoesNotExist

@@ -1,0 +1,126 @@
+"""A TaskRun as a mollifier buffer entry, and back.
+
+The entry's ``snapshot`` holds every column the row needs that cannot change while the run waits;
+tags, metadata, delay, cancellation and the idempotency key ride beside it as entry fields, so the
+buffer can change them atomically. Ids only, never secrets: the environment is referenced by id and
+re-read from Postgres when the row is written.
+"""
+
+from datetime import datetime, timezone as dt_timezone
+
+from django.utils import timezone
+
+from mollifier.codec import Entry
+from runs import ids
+from runs.models import RunStatus, RuntimeEnvironment, TaskRun
+
+SNAPSHOT_VERSION = 1
+# TaskRun columns copied into the snapshot verbatim (JSON-safe values).
+SNAPSHOT_FIELDS = (
+    "organization_id",
+    "project_id",
+    "payload",
+    "payload_type",
+    "idempotency_key_options",
+    "task_version",
+    "queue",
+    "concurrency_key",
+    "ttl",
+    "max_attempts",
+    "max_duration",
+    "machine",
+    "priority",
+    "region",
+    "is_test",
+    "depth",
+    "parent_run_id",
+    "root_run_id",
+    "resume_parent_on_completion",
+    "trace_id",
+    "span_id",
+)
+
+
+def to_ms(value: datetime | None) -> int | None:
+    return None if value is None else int(value.timestamp() * 1000)
+
+
+def from_ms(value: int | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return datetime.fromtimestamp(value / 1000, tz=dt_timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return None  # an absurd stored value reads as absent, never as "now"
+
+
+def run_to_entry(run: TaskRun, *, batch_index: int | None = None) -> Entry:
+    snapshot = {"v": SNAPSHOT_VERSION, **{name: getattr(run, name) for name in SNAPSHOT_FIELDS}}
+    return Entry(
+        run_id=run.friendly_id,
+        org_id=str(run.organization_id),
+        env_id=str(run.environment_id),
+        task=run.task_identifier,
+        accepted_at_ms=to_ms(run.created_at),
+        snapshot=snapshot,
+        tags=list(run.tags),
+        metadata=run.metadata,
+        metadata_type=run.metadata_type,
+        delay_until_ms=to_ms(run.delay_until),
+        idempotency_key=run.idempotency_key,
+        idempotency_expires_ms=to_ms(run.idempotency_key_expires_at),
+        batch_id=run.batch_id,
+        batch_index=batch_index if run.batch_id else None,
+    )
+
+
+def entry_status(entry: Entry, *, now: datetime) -> str:
+    """What a buffered run is, to a reader now (and what its row will say when written now)."""
+    if entry.snapshot is None or entry.terminal_error:
+        return RunStatus.SYSTEM_FAILURE
+    if entry.cancelled_at_ms is not None:
+        return RunStatus.CANCELED
+    delay_until = from_ms(entry.delay_until_ms)
+    if delay_until is not None and delay_until > now:
+        return RunStatus.DELAYED
+    return RunStatus.QUEUED
+
+
+def entry_to_run(entry: Entry, *, environment: RuntimeEnvironment, now: datetime | None = None) -> TaskRun:
+    """An unsaved TaskRun for ``entry``: what retrieve shows now and what the drainer inserts.
+
+    A snapshot that cannot be read still gives a run (SYSTEM_FAILURE, built from the envelope).
+    """
+    now = now or timezone.now()
+    snapshot = entry.snapshot or {}
+    created_at = from_ms(entry.accepted_at_ms) or now
+    status = entry_status(entry, now=now)
+    cancelled_at = from_ms(entry.cancelled_at_ms)
+    delay_until = from_ms(entry.delay_until_ms)
+    run = TaskRun(
+        id=ids.from_friendly(ids.RUN, entry.run_id) or entry.run_id,
+        environment=environment,
+        organization_id=environment.organization_id,
+        project_id=environment.project_id,
+        task_identifier=entry.task,
+        **{name: snapshot[name] for name in SNAPSHOT_FIELDS if name in snapshot and name not in ("organization_id", "project_id")},
+        status=status,
+        tags=sorted(entry.tags),
+        metadata=entry.metadata,
+        metadata_type=entry.metadata_type or "application/json",
+        delay_until=delay_until if status == RunStatus.DELAYED else None,
+        idempotency_key=entry.idempotency_key,
+        idempotency_key_expires_at=from_ms(entry.idempotency_expires_ms) if entry.idempotency_key else None,
+        batch_id=entry.batch_id,
+        created_at=created_at,
+        updated_at=cancelled_at or created_at,
+        cancelled_at=cancelled_at,
+        cancel_reason=entry.cancel_reason if cancelled_at else None,
+        completed_at=cancelled_at if status == RunStatus.CANCELED else None,
+        buffered_at=created_at,
+    )
+    if status == RunStatus.SYSTEM_FAILURE:
+        error = entry.terminal_error or {"code": "snapshot_unreadable", "message": "The buffered snapshot could not be read."}
+        run.error = {"message": f"{error.get('code')}: {error.get('message')}", "name": "MollifierError"}
+        run.completed_at = run.updated_at = now
+    return run
