@@ -11,6 +11,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from redis.cluster import RedisCluster
+
 from mollifier import client as redis_client
 from mollifier import conf, keys, scripts
 from mollifier.codec import Entry, error_json, from_fields, to_fields
@@ -136,7 +138,7 @@ def pop(*, org_id: str, env_id: str, limit: int, lease_ms: int, now_ms: int) -> 
     return Popped(entries, int(reclaimed), [run_id for run_id in run_ids if run_id not in found])
 
 
-def _ack_call(pipe, *, org_id: str, env_id: str, run_ids: list[str], entries: dict[str, Entry], now_ms: int):
+def _ack_call(*, org_id: str, env_id: str, run_ids: list[str], entries: dict[str, Entry | None], now_ms: int):
     keys_list = [
         keys.ready(org_id, env_id),
         keys.leases(org_id, env_id),
@@ -153,11 +155,22 @@ def _ack_call(pipe, *, org_id: str, env_id: str, run_ids: list[str], entries: di
             else keys.unused(org_id)
         )
         keys_list.append(keys.batch_items(org_id, entry.batch_id) if entry and entry.batch_id else keys.unused(org_id))
-    scripts.ACK(keys=keys_list, args=[now_ms, conf.ack_grace_ms(), env_id, *run_ids], client=pipe)
+    return keys_list, [now_ms, conf.ack_grace_ms(), env_id, *run_ids]
+
+
+def _run_script_calls(redis, script, calls: list[tuple[list, list]]) -> list:
+    """Run one script several times: pipelined in one round trip on a single node; one call per
+    slot on a cluster (redis-py's cluster pipeline refuses EVALSHA)."""
+    if isinstance(redis, RedisCluster):
+        return [script(keys=call_keys, args=call_args, client=redis) for call_keys, call_args in calls]
+    pipe = redis.pipeline(transaction=False)
+    for call_keys, call_args in calls:
+        script(keys=call_keys, args=call_args, client=pipe)
+    return pipe.execute()
 
 
 def ack(entries: Iterable[Entry], *, now_ms: int, missing: Iterable[tuple[str, str, str]] = ()) -> int:
-    """Release materialised entries, grouped per environment, in one round trip.
+    """Release materialised entries, grouped per environment (one round trip on a single node).
 
     ``missing`` are (org, env, run) leases whose hash is already gone; they are released too.
     Returns how many entries were acked by this call (acking twice counts once).
@@ -170,12 +183,13 @@ def ack(entries: Iterable[Entry], *, now_ms: int, missing: Iterable[tuple[str, s
     if not groups:
         return 0
     redis = redis_client.get()
-    pipe = redis.pipeline(transaction=False)
-    for (org_id, env_id), by_run in groups.items():
-        _ack_call(pipe, org_id=org_id, env_id=env_id, run_ids=list(by_run), entries=by_run, now_ms=now_ms)
+    calls = [
+        _ack_call(org_id=org_id, env_id=env_id, run_ids=list(by_run), entries=by_run, now_ms=now_ms)
+        for (org_id, env_id), by_run in groups.items()
+    ]
     acked = 0
     idle: dict[str, int] = {}
-    for (org_id, _), (count, idle_gen) in zip(groups, pipe.execute()):
+    for (org_id, _), (count, idle_gen) in zip(groups, _run_script_calls(redis, scripts.ACK, calls)):
         acked += int(count)
         if _str(idle_gen):
             idle[org_id] = int(_str(idle_gen))

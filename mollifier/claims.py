@@ -16,11 +16,9 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from redis.exceptions import RedisError
-
 from mollifier import client as redis_client
 from mollifier import conf, keys, scripts
-from mollifier.exceptions import ClaimTimeout
+from mollifier.exceptions import BufferUnavailable, ClaimTimeout
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +74,7 @@ def acquire(*, org_id: str, env_id: str, task: str, key: str, key_expires_ms: in
             if time.monotonic() >= deadline:
                 raise ClaimTimeout(f"Idempotency claim resolution timed out for key {key!r}")
             time.sleep(poll * random.uniform(0.5, 1.5))  # jitter: waiters do not poll in lockstep
-    except RedisError:
+    except BufferUnavailable:
         logger.warning("mollifier.claim.redis_unavailable org=%s env=%s", org_id, env_id, exc_info=True)
         return ClaimOutcome("unavailable")
 
@@ -85,7 +83,7 @@ def publish(claim: Claim, run_id: str) -> bool:
     """Hand the claim's waiters our run id. False when the claim was no longer ours (or Redis failed)."""
     try:
         published = bool(scripts.PUBLISH(keys=[claim.redis_key], args=[claim.marker, run_id, claim.publish_ttl], client=redis_client.get()))
-    except RedisError:
+    except BufferUnavailable:
         logger.warning("mollifier.claim.publish_failed org=%s", claim.org_id, exc_info=True)
         return False
     if not published:
@@ -97,6 +95,6 @@ def release(claim: Claim) -> bool:
     """Let the next trigger claim (after ours failed). Never deletes another owner's claim."""
     try:
         return bool(scripts.RELEASE(keys=[claim.redis_key], args=[claim.marker], client=redis_client.get()))
-    except RedisError:
+    except BufferUnavailable:
         logger.warning("mollifier.claim.release_failed org=%s", claim.org_id, exc_info=True)
         return False

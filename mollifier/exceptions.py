@@ -1,9 +1,10 @@
 """What the mollifier raises; callers decide how each maps to an answer."""
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
-# Any Redis failure: connection refused, timeout, cluster errors, script errors.
-BufferUnavailable = RedisError
+# Any Redis failure: connection refused, timeout, script errors, and the cluster client's own
+# exception (which redis-py does not derive from RedisError). Use in ``except`` and isinstance.
+BufferUnavailable = (RedisError, RedisClusterException)
 
 
 class BufferFull(Exception):

@@ -13,12 +13,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from redis.exceptions import RedisError
-
 from mollifier import client as redis_client
 from mollifier import conf, keys, scripts
 from mollifier.buffer import AcceptResult, accept_args, accept_keys, accept_result
 from mollifier.codec import Entry
+from mollifier.exceptions import BufferUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +98,6 @@ def admit(
             return Admission(Decision.PASS_THROUGH, "under_threshold")
         logger.debug("mollifier.gate.mollified org=%s env=%s reason=%s", org_id, env_id, reason)
         return Admission(Decision.MOLLIFY, reason, accept_result(reply, candidate, client=redis))
-    except RedisError:
+    except BufferUnavailable:
         logger.warning("mollifier.gate.redis_unavailable org=%s env=%s", org_id, env_id, exc_info=True)
         return Admission(Decision.PASS_THROUGH, "redis_error")

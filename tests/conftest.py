@@ -38,3 +38,43 @@ def api(environment):
 @pytest.fixture
 def other_api(other_environment):
     return client_for(other_environment)
+
+
+@pytest.fixture
+def dead_redis(settings):
+    """Point the mollifier at a Redis that refuses connections (the request cache keeps working)."""
+    settings.CACHES = {
+        **settings.CACHES,
+        "dead": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2},
+        },
+    }
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "REDIS_ALIAS": "dead", "REDIS_CLUSTER_URL": ""}
+
+
+@pytest.fixture
+def mollifier_on(settings):
+    """The master switch on, with a gate that trips after 5 triggers in a minute and holds a minute
+    (so which triggers are buffered does not depend on timing)."""
+    settings.MOLLIFIER = {
+        **settings.MOLLIFIER,
+        "ENABLED": True,
+        "TRIP_THRESHOLD": 5,
+        "TRIP_WINDOW_MS": 60_000,
+        "HOLD_MS": 60_000,
+    }
+    return settings.MOLLIFIER
+
+
+def enroll(environment, value=True):
+    environment.organization.feature_flags = {**environment.organization.feature_flags, "mollifierEnabled": value}
+    environment.organization.save(update_fields=["feature_flags"])
+    return environment
+
+
+@pytest.fixture
+def enrolled(environment, mollifier_on):
+    """The caller's organisation enrolled in the mollifier, with the master switch on."""
+    return enroll(environment)

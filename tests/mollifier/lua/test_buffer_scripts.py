@@ -1,0 +1,268 @@
+"""Each buffer script against real Redis — single node and a 3-master cluster (no CROSSSLOT) —
+with its return codes and the keys and TTLs it leaves."""
+
+import json
+
+import pytest
+
+from mollifier import buffer, keys
+from mollifier.codec import Entry
+
+NOW = 1_800_000_000_000
+ORG, ENV = "7", "42"
+
+
+def make_entry(run_id="run_a", **overrides) -> Entry:
+    fields = dict(
+        run_id=run_id, org_id=ORG, env_id=ENV, task="hello-world", accepted_at_ms=NOW,
+        snapshot={"payload": '{"json":1}', "n": 2**70, "empty": [], "text": "zaĺ ✓ 𝄞", "nested": {"a": [1, {}]}},
+    )
+    fields.update(overrides)
+    return Entry(**fields)
+
+
+def accept(entry: Entry, now_ms=NOW) -> buffer.AcceptResult:
+    return buffer.accept(entry, now_ms=now_ms)
+
+
+def test_accept_writes_the_entry_without_ttl_and_indexes_the_org(store):
+    result = accept(make_entry(tags=[]))
+
+    assert result == buffer.AcceptResult("accepted", "run_a")
+    assert store.ttl(keys.entry(ORG, "run_a")) == -1  # waiting entries never expire
+    assert store.zscore(keys.ready(ORG, ENV), "run_a") == NOW
+    assert store.zscore(keys.listing(ORG, ENV), "run_a") == NOW
+    assert store.smembers(keys.envs(ORG)) == {b"42"}
+    assert buffer.buffered_count(ORG) == 1
+    assert buffer.active_orgs() == [ORG]
+
+
+def test_snapshot_round_trips_exactly(store):
+    original = make_entry(tags=["b", "a"], metadata='{"m":1}', metadata_type="application/json")
+    accept(original)
+
+    entry = buffer.get(org_id=ORG, run_id="run_a")
+
+    assert entry.snapshot == original.snapshot
+    assert entry.snapshot["n"] == 2**70 and entry.snapshot["empty"] == [] and entry.snapshot["nested"] == {"a": [1, {}]}
+    assert entry.tags == ["b", "a"] and entry.metadata == '{"m":1}'
+    assert entry.accepted_at_ms == NOW and entry.attempts == 0 and not entry.materialised
+
+
+def test_accept_deduplicates_by_run_id(store):
+    accept(make_entry())
+
+    assert accept(make_entry(task="other")).status == "duplicate_run"
+    assert buffer.get(org_id=ORG, run_id="run_a").task == "hello-world"
+    assert buffer.buffered_count(ORG) == 1
+
+
+def test_accept_deduplicates_by_idempotency_key(store):
+    accept(make_entry("run_a", idempotency_key="k"))
+
+    result = accept(make_entry("run_b", idempotency_key="k"))
+
+    assert result == buffer.AcceptResult("duplicate_idempotency", "run_a")
+    assert buffer.get(org_id=ORG, run_id="run_b") is None
+    assert buffer.lookup_idempotency(org_id=ORG, env_id=ENV, task="hello-world", key="k", now_ms=NOW).run_id == "run_a"
+
+
+def test_idempotency_keys_are_scoped_and_segments_never_alias(store):
+    assert keys.idempotency(ORG, ENV, "a:b", "c") != keys.idempotency(ORG, ENV, "a", "b:c")
+    accept(make_entry("run_a", task="a:b", idempotency_key="c"))
+
+    assert accept(make_entry("run_b", task="a", idempotency_key="b:c")).status == "accepted"
+    assert accept(make_entry("run_c", env_id="43", task="a:b", idempotency_key="c")).status == "accepted"
+
+
+def test_an_expired_key_is_released_on_lookup(store):
+    accept(make_entry("run_a", idempotency_key="k", idempotency_expires_ms=NOW + 2000))
+
+    assert buffer.lookup_idempotency(org_id=ORG, env_id=ENV, task="hello-world", key="k", now_ms=NOW + 1000)
+    assert buffer.lookup_idempotency(org_id=ORG, env_id=ENV, task="hello-world", key="k", now_ms=NOW + 3000) is None
+    assert buffer.get(org_id=ORG, run_id="run_a").idempotency_key is None
+    assert accept(make_entry("run_b", idempotency_key="k")).status == "accepted"
+
+
+def test_the_org_cap_refuses_and_writes_nothing(store, settings):
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "ORG_BUFFER_CAP": 2}
+    accept(make_entry("run_a"))
+    accept(make_entry("run_b"))
+
+    result = accept(make_entry("run_c"))
+
+    assert result.status == "over_cap" and result.count == 2
+    assert buffer.get(org_id=ORG, run_id="run_c") is None
+    assert store.zcard(keys.ready(ORG, ENV)) == 2
+    assert accept(make_entry("run_x", org_id="8")).status == "accepted"  # other organisations are not affected
+
+
+def test_pop_leases_oldest_first_and_reclaims_expired_leases(store):
+    for i, run in enumerate(["run_1", "run_2", "run_3"]):
+        accept(make_entry(run), now_ms=NOW + i)
+
+    first = buffer.pop(org_id=ORG, env_id=ENV, limit=2, lease_ms=1000, now_ms=NOW + 10)
+    assert [e.run_id for e in first.entries] == ["run_1", "run_2"]
+    assert store.zscore(keys.leases(ORG, ENV), "run_1") == NOW + 1010
+
+    again = buffer.pop(org_id=ORG, env_id=ENV, limit=5, lease_ms=1000, now_ms=NOW + 20)
+    after_expiry = buffer.pop(org_id=ORG, env_id=ENV, limit=5, lease_ms=1000, now_ms=NOW + 2000)
+
+    assert [e.run_id for e in again.entries] == ["run_3"]
+    assert after_expiry.reclaimed == 3 and sorted(e.run_id for e in after_expiry.entries) == ["run_1", "run_2", "run_3"]
+
+
+def test_ack_releases_key_slot_and_count_keeps_entry_for_grace(store):
+    accept(make_entry("run_a", idempotency_key="k", batch_id="b1", batch_index=0))
+    popped = buffer.pop(org_id=ORG, env_id=ENV, limit=10, lease_ms=1000, now_ms=NOW)
+
+    acked = buffer.ack(popped.entries, now_ms=NOW + 5)
+    again = buffer.ack(popped.entries, now_ms=NOW + 6)
+
+    assert (acked, again) == (1, 0)
+    entry = buffer.get(org_id=ORG, run_id="run_a")
+    assert entry.materialised
+    assert 0 < store.pttl(keys.entry(ORG, "run_a")) <= 30_000
+    assert store.get(keys.idempotency(ORG, ENV, "hello-world", "k")) is None
+    assert buffer.batch_buffered_items(org_id=ORG, batch_id="b1") == {}
+    assert buffer.buffered_count(ORG) == 0
+    assert store.smembers(keys.envs(ORG)) == set()
+    assert buffer.active_orgs() == []  # idle: un-indexed
+
+
+def test_reactivation_after_idle_keeps_the_org_indexed(store):
+    accept(make_entry("run_a"))
+    popped = buffer.pop(org_id=ORG, env_id=ENV, limit=10, lease_ms=1000, now_ms=NOW)
+    accept(make_entry("run_b"))  # the org has work again before the ack
+
+    buffer.ack(popped.entries, now_ms=NOW)
+
+    assert buffer.active_orgs() == [ORG]
+
+
+def test_retry_backs_off_and_counts_attempts(store):
+    accept(make_entry())
+    entry = buffer.pop(org_id=ORG, env_id=ENV, limit=1, lease_ms=1000, now_ms=NOW).entries[0]
+
+    attempts = buffer.retry(entry, now_ms=NOW + 1, backoff_ms=500, code="db", message="down")
+    lost = buffer.retry(entry, now_ms=NOW + 2, backoff_ms=500, code="db", message="down")
+
+    assert (attempts, lost) == (1, 0)
+    assert store.zscore(keys.ready(ORG, ENV), "run_a") == NOW + 501
+    stored = buffer.get(org_id=ORG, run_id="run_a")
+    assert stored.attempts == 1 and stored.last_error == {"code": "db", "message": "down"}
+    assert buffer.pop(org_id=ORG, env_id=ENV, limit=1, lease_ms=1000, now_ms=NOW + 100).entries == []
+
+
+def test_fail_marks_terminal_and_makes_it_ready_at_once(store):
+    accept(make_entry())
+    entry = buffer.pop(org_id=ORG, env_id=ENV, limit=1, lease_ms=1000, now_ms=NOW).entries[0]
+
+    assert buffer.fail(entry, now_ms=NOW + 1, code="attempts_exhausted", message="8 attempts")
+
+    again = buffer.pop(org_id=ORG, env_id=ENV, limit=1, lease_ms=1000, now_ms=NOW + 1).entries[0]
+    assert again.terminal_error == {"code": "attempts_exhausted", "message": "8 attempts"}
+
+
+def mutate_kwargs(**extra):
+    return {"org_id": ORG, "env_id": ENV, "run_id": "run_a", "now_ms": NOW, **extra}
+
+
+def test_cancel_first_wins_and_is_refused_while_leased(store):
+    accept(make_entry())
+
+    assert buffer.cancel(**mutate_kwargs(reason="first")).status == "applied"
+    assert buffer.cancel(**mutate_kwargs(reason="second", now_ms=NOW + 9)).status == "applied"
+    entry = buffer.get(org_id=ORG, run_id="run_a")
+    assert (entry.cancelled_at_ms, entry.cancel_reason) == (NOW, "first")
+
+    buffer.pop(org_id=ORG, env_id=ENV, limit=1, lease_ms=1000, now_ms=NOW)
+    assert buffer.cancel(**mutate_kwargs(reason="late")).status == "busy"
+
+
+def test_mutations_refuse_another_environment_and_materialised_entries(store):
+    accept(make_entry())
+
+    assert buffer.cancel(**mutate_kwargs(env_id="999", reason="x")).status == "not_found"
+    assert buffer.cancel(**mutate_kwargs(run_id="run_missing", reason="x")).status == "not_found"
+    buffer.ack(buffer.pop(org_id=ORG, env_id=ENV, limit=1, lease_ms=1000, now_ms=NOW).entries, now_ms=NOW)
+    assert buffer.cancel(**mutate_kwargs(reason="x")).status == "materialised"
+
+
+def test_add_tags_dedupes_and_respects_the_cap(store):
+    accept(make_entry(tags=[]))
+
+    assert buffer.add_tags(**mutate_kwargs(tags=["a", "b", "a"], max_tags=3)).status == "applied"
+    assert buffer.add_tags(**mutate_kwargs(tags=["b", "c"], max_tags=3)).status == "applied"
+    over = buffer.add_tags(**mutate_kwargs(tags=["d"], max_tags=3))
+
+    assert (over.status, over.value) == ("limit_exceeded", "4")
+    assert buffer.get(org_id=ORG, run_id="run_a").tags == ["a", "b", "c"]
+
+
+def test_empty_tags_written_by_lua_read_back_as_a_list(store):
+    accept(make_entry(tags=[]))
+    store.hset(keys.entry(ORG, "run_a"), "tags", "{}")  # what cjson makes of an empty array
+
+    assert buffer.get(org_id=ORG, run_id="run_a").tags == []
+    assert buffer.add_tags(**mutate_kwargs(tags=["x"], max_tags=10)).status == "applied"
+    assert buffer.get(org_id=ORG, run_id="run_a").tags == ["x"]
+
+
+def test_set_delay_and_metadata_compare_and_set(store):
+    accept(make_entry(metadata='{"v":0}'))
+
+    assert buffer.set_delay(**mutate_kwargs(delay_until_ms=NOW + 60_000)).status == "applied"
+    first = buffer.set_metadata(**mutate_kwargs(metadata='{"v":1}', metadata_type="application/json", expected_version=0))
+    stale = buffer.set_metadata(**mutate_kwargs(metadata='{"v":9}', metadata_type="application/json", expected_version=0))
+
+    assert (first.status, first.value) == ("applied", "1")
+    assert (stale.status, stale.value) == ("conflict", "1")
+    entry = buffer.get(org_id=ORG, run_id="run_a")
+    assert entry.delay_until_ms == NOW + 60_000 and json.loads(entry.metadata) == {"v": 1} and entry.metadata_version == 1
+
+
+def test_reset_idempotency_clears_lookup_claim_and_entry_fields(store):
+    accept(make_entry(idempotency_key="k"))
+    store.set(keys.claim(ORG, ENV, "hello-world", "k"), "run_a")
+
+    result = buffer.reset_idempotency(org_id=ORG, env_id=ENV, task="hello-world", key="k")
+
+    assert result == buffer.ResetResult("reset", "run_a")
+    assert store.get(keys.idempotency(ORG, ENV, "hello-world", "k")) is None
+    assert store.get(keys.claim(ORG, ENV, "hello-world", "k")) is None
+    assert buffer.get(org_id=ORG, run_id="run_a").idempotency_key is None
+    assert buffer.reset_idempotency(org_id=ORG, env_id=ENV, task="hello-world", key="k").status == "none"
+
+
+def test_reset_idempotency_is_busy_while_leased(store):
+    accept(make_entry(idempotency_key="k"))
+    buffer.pop(org_id=ORG, env_id=ENV, limit=1, lease_ms=1000, now_ms=NOW)
+
+    assert buffer.reset_idempotency(org_id=ORG, env_id=ENV, task="hello-world", key="k").status == "busy"
+
+
+def test_batch_items_are_tracked_while_buffered(store):
+    accept(make_entry("run_a", batch_id="b1", batch_index=0))
+    accept(make_entry("run_b", batch_id="b1", batch_index=3))
+
+    assert buffer.batch_buffered_items(org_id=ORG, batch_id="b1") == {0: "run_a", 3: "run_b"}
+
+
+def test_unreadable_snapshot_is_kept_not_dropped(store):
+    accept(make_entry())
+    store.hset(keys.entry(ORG, "run_a"), "snapshot", "{broken")
+
+    entry = buffer.pop(org_id=ORG, env_id=ENV, limit=1, lease_ms=1000, now_ms=NOW).entries[0]
+
+    assert entry.run_id == "run_a" and entry.snapshot is None and entry.raw_snapshot == "{broken"
+
+
+@pytest.mark.parametrize("value", ["abc", "", "9" * 40])
+def test_garbage_times_read_as_absent(store, value):
+    accept(make_entry(delay_until_ms=NOW))
+    store.hset(keys.entry(ORG, "run_a"), "delay_until_ms", value)
+
+    entry = buffer.get(org_id=ORG, run_id="run_a")
+
+    assert entry.delay_until_ms is None or entry.delay_until_ms == int(value)
