@@ -19,3 +19,7 @@ class BufferFull(Exception):
 
 class ClaimTimeout(Exception):
     """Another trigger with the same idempotency key held the claim past the wait limit."""
+
+
+class SinkUnavailable(Exception):
+    """The sink's database could not be reached: retry the whole round later (with backoff)."""

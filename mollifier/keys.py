@@ -99,6 +99,11 @@ def org_pattern() -> str:
     return f"{PREFIX}:{{o:*}}:envs"
 
 
+def drain_rate() -> str:
+    """STRING with TTL: the drainers' shared token bucket (theoretical arrival time, ms)."""
+    return f"{PREFIX}:{{drain}}:rate"
+
+
 def sweep_lease() -> str:
     """STRING with TTL: the holder of the stale sweep (one at a time)."""
     return f"{PREFIX}:sweep:lease"

@@ -1,0 +1,184 @@
+"""The drainer: buffered runs into Postgres, fairly across tenants, at a bounded rate (DESIGN §7).
+
+One round: rotate organisations (then environments within each), lease at most DRAIN_BATCH_SIZE
+entries per environment and at most one round's budget in all, wait for the shared rate limiter,
+hand the whole round to the sink (one transaction), then ack it in one Redis round trip.
+
+At least once, and idempotent: entries are leased, written, then acked. A drainer that dies
+mid-round leaves leases that expire and are re-driven; the sink treats a row that already exists
+with the same id as written. Nothing is acked without its row.
+"""
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mollifier import buffer, conf, keys, scripts
+from mollifier import client as redis_client
+from mollifier.codec import Entry
+from mollifier.exceptions import BufferUnavailable, SinkUnavailable
+from mollifier.sink import Sink, SinkReport, get_sink
+
+logger = logging.getLogger(__name__)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def round_budget() -> int:
+    """Entries per round: a twentieth of a second's worth of writes, so the rate limiter's
+    granularity stays within 5% of the cap."""
+    return max(1, conf.drain_max_rows_per_sec() // 20)
+
+
+def backoff_ms(attempts: int) -> int:
+    """Exponential backoff with jitter, capped: retries spread out instead of retrying each tick."""
+    base = min(conf.drain_backoff_max_ms(), conf.drain_backoff_base_ms() * 2 ** max(0, attempts - 1))
+    return int(base * random.uniform(0.8, 1.2))
+
+
+@dataclass
+class RoundResult:
+    popped: int = 0
+    reclaimed: int = 0  # expired leases moved back to ready before popping
+    report: SinkReport = field(default_factory=SinkReport)
+    acked: int = 0
+    retried: int = 0  # given back with a backoff (database unavailable, or an entry failed)
+    failed: int = 0  # marked terminal: the next round writes their SYSTEM_FAILURE rows
+    envs: int = 0
+    waited_ms: int = 0  # time spent waiting for the shared rate limiter
+
+
+class Drainer:
+    """Drains rounds until stopped. Any number may run at once, in any number of processes."""
+
+    def __init__(self, *, sink: Sink | None = None, stop: threading.Event | None = None, clock: Callable[[], int] = now_ms):
+        self.sink = sink or get_sink()
+        self.stop = stop or threading.Event()
+        self.clock = clock
+        self._org_turn = 0
+        self._env_turns: dict[str, int] = {}
+
+    # -- one round --------------------------------------------------------------------------
+
+    def drain_round(self) -> RoundResult:
+        result = RoundResult()
+        entries, missing = self._pop_round(result)
+        result.popped = len(entries)
+        if entries or missing:
+            if entries:
+                result.waited_ms = self._wait_for_rate(len(entries))
+            self._write(entries, missing, result)
+        return result
+
+    def _pop_round(self, result: RoundResult) -> tuple[list[Entry], list[tuple[str, str, str]]]:
+        orgs = buffer.active_orgs()
+        if not orgs:
+            return [], []
+        start = self._org_turn % len(orgs)
+        self._org_turn += 1
+        budget, batch, lease = round_budget(), conf.drain_batch_size(), conf.drain_lease_ms()
+        entries: list[Entry] = []
+        missing: list[tuple[str, str, str]] = []
+        for org in orgs[start:] + orgs[:start]:
+            envs = buffer.active_envs(org)
+            if not envs:
+                continue
+            turn = self._env_turns.get(org, 0)
+            self._env_turns[org] = turn + 1
+            turn %= len(envs)
+            for env in envs[turn:] + envs[:turn]:
+                if budget <= 0:
+                    return entries, missing
+                popped = buffer.pop(org_id=org, env_id=env, limit=min(batch, budget), lease_ms=lease, now_ms=self.clock())
+                result.envs += 1
+                result.reclaimed += popped.reclaimed
+                entries += popped.entries
+                missing += [(org, env, run_id) for run_id in popped.missing]
+                budget -= len(popped.entries)
+        return entries, missing
+
+    def _wait_for_rate(self, rows: int) -> int:
+        """Block until the shared bucket grants ``rows`` (the round is leased: it finishes even
+        when a stop was asked meanwhile)."""
+        waited = 0
+        redis = redis_client.get()
+        while True:
+            wait = int(scripts.DRAIN_RATE(keys=[keys.drain_rate()], args=[self.clock(), rows, conf.drain_max_rows_per_sec()], client=redis))
+            if wait <= 0:
+                return waited
+            time.sleep(wait / 1000)
+            waited += wait
+
+    def _write(self, entries: list[Entry], missing: list[tuple[str, str, str]], result: RoundResult) -> None:
+        try:
+            result.report = self.sink(entries) if entries else SinkReport()
+        except SinkUnavailable:
+            logger.warning("mollifier.drain.database_unavailable entries=%d", len(entries), exc_info=True)
+            for entry in entries:
+                result.retried += bool(buffer.retry(entry, now_ms=self.clock(), backoff_ms=backoff_ms(entry.attempts + 1), code="database_unavailable", message="the database could not be reached"))
+            self._ack([], missing, result)
+            return
+        except Exception:
+            # Some entry cannot be written: find which, one transaction each.
+            logger.exception("mollifier.drain.round_failed entries=%d; isolating", len(entries))
+            self._write_one_by_one(entries, result)
+            self._ack([], missing, result)
+            return
+        self._ack(entries, missing, result)
+
+    def _write_one_by_one(self, entries: list[Entry], result: RoundResult) -> None:
+        for entry in entries:
+            try:
+                result.report += self.sink([entry])
+            except SinkUnavailable:
+                result.retried += bool(buffer.retry(entry, now_ms=self.clock(), backoff_ms=backoff_ms(entry.attempts + 1), code="database_unavailable", message="the database could not be reached"))
+                continue
+            except Exception as error:
+                logger.exception("mollifier.drain.entry_failed run=%s attempts=%d", entry.run_id, entry.attempts + 1)
+                if entry.attempts + 1 >= conf.drain_max_attempts() or entry.terminal_error:
+                    result.failed += buffer.fail(entry, now_ms=self.clock(), code="attempts_exhausted", message=f"{type(error).__name__}: {error}")
+                else:
+                    result.retried += bool(buffer.retry(entry, now_ms=self.clock(), backoff_ms=backoff_ms(entry.attempts + 1), code=type(error).__name__, message=str(error)))
+                continue
+            self._ack([entry], [], result)
+
+    def _ack(self, entries: list[Entry], missing: list[tuple[str, str, str]], result: RoundResult) -> None:
+        try:
+            result.acked += buffer.ack(entries, now_ms=self.clock(), missing=missing)
+        except BufferUnavailable:
+            # The rows are committed. The leases expire and the entries are re-driven; the sink
+            # then finds their rows and they are acked: no duplicate, no failure row.
+            logger.warning("mollifier.drain.ack_failed entries=%d", len(entries), exc_info=True)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self, *, once: bool = False, on_round: Callable[[RoundResult], None] | None = None) -> None:
+        """Drain until ``stop`` is set (or, with ``once``, until the buffer has nothing ready).
+
+        Redis or sink failures between rounds are logged and retried with a capped backoff.
+        """
+        failures = 0
+        while not self.stop.is_set():
+            try:
+                result = self.drain_round()
+                failures = 0
+            except BufferUnavailable:
+                failures += 1
+                logger.warning("mollifier.drain.redis_unavailable failures=%d", failures, exc_info=True)
+                self.stop.wait(backoff_ms(failures) / 1000)
+                continue
+            if on_round:
+                on_round(result)
+            if result.popped == 0 and result.acked == 0:
+                if once and not self._has_waiting():
+                    return
+                self.stop.wait(conf.drain_idle_sleep_ms() / 1000)
+
+    def _has_waiting(self) -> bool:
+        """Anything not yet materialised (ready, backing off, or leased)?"""
+        return any(buffer.buffered_count(org) for org in buffer.active_orgs())

@@ -1,0 +1,90 @@
+import signal
+import sys
+import threading
+import time
+
+from django.core.management.base import BaseCommand
+
+from mollifier import buffer, conf
+from mollifier.drainer import Drainer, RoundResult
+from mollifier.exceptions import BufferUnavailable
+from mollifier.sink import SinkReport
+
+
+class Progress:
+    """A live line on a terminal (every second), a log line otherwise (every 10 s), and totals."""
+
+    def __init__(self, out, *, live: bool, quiet: bool = False):
+        self.out, self.live, self.quiet = out, live, quiet
+        self.started = self.last_print = time.monotonic()
+        self.report = SinkReport()
+        self.rounds = self.retried = self.failed = self.reclaimed = self.acked = 0
+        self.window_start, self.window_rows = time.monotonic(), 0
+
+    def __call__(self, result: RoundResult) -> None:
+        self.rounds += 1
+        self.report += result.report
+        self.retried += result.retried
+        self.failed += result.failed
+        self.reclaimed += result.reclaimed
+        self.acked += result.acked
+        self.window_rows += result.acked
+        now = time.monotonic()
+        if not self.quiet and now - self.last_print >= (1 if self.live else 10):
+            rate = self.window_rows / max(now - self.window_start, 1e-6)
+            line = f"drained {self.acked} runs  {rate:,.0f} rows/s  backlog {self._backlog()}  retried {self.retried}  failed {self.failed}"
+            if self.live:
+                self.out.write("\r" + line.ljust(100), ending="")
+                self.out.flush()
+            else:
+                self.out.write(f"mollifier.drain.progress {line}")
+            self.last_print, self.window_start, self.window_rows = now, now, 0
+
+    @staticmethod
+    def _backlog() -> str:
+        try:
+            return f"{sum(buffer.buffered_count(org) for org in buffer.active_orgs()):,}"
+        except BufferUnavailable:
+            return "?"
+
+    def summary(self) -> str:
+        elapsed = time.monotonic() - self.started
+        r = self.report
+        return (
+            f"mollifier_drain: {self.acked} runs acked in {elapsed:.1f}s ({self.acked / max(elapsed, 1e-6):,.0f}/s): "
+            f"{r.inserted} inserted, {r.already} already written, {r.failed} SYSTEM_FAILURE rows, {r.dropped} dropped "
+            f"(environment gone); {self.retried} retries, {self.failed} marked terminal, {self.reclaimed} leases reclaimed, "
+            f"{self.rounds} rounds"
+        )
+
+
+class Command(BaseCommand):
+    help = (
+        "Drain the mollifier buffer into Postgres: fairly across organisations and environments, "
+        "in bulk, under MOLLIFIER_DRAIN_MAX_ROWS_PER_SEC shared by every drainer. Run as many as you "
+        "like. SIGTERM or Ctrl-C finishes the current round, acks it and exits."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--once", action="store_true", help="drain until nothing is waiting, then exit")
+        parser.add_argument("--quiet", action="store_true", help="no progress output, only the summary")
+
+    def handle(self, *args, once, quiet, **options):
+        stop = threading.Event()
+
+        def request_stop(signum, frame):
+            stop.set()  # the loop finishes the round in hand, acks it, then returns
+
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+        progress = Progress(self.stdout, live=self.stdout.isatty() and not quiet, quiet=quiet)
+        if not quiet:
+            self.stdout.write(
+                f"mollifier_drain: batch {conf.drain_batch_size()} per environment, "
+                f"cap {conf.drain_max_rows_per_sec():,} rows/s{' (once)' if once else ''}"
+            )
+        Drainer(stop=stop).run(once=once, on_round=progress)
+        if progress.live:
+            self.stdout.write("")
+        self.stdout.write(progress.summary())
+        sys.stdout.flush()

@@ -1,0 +1,29 @@
+"""Filling the buffer quickly for drain tests: real entries of real environments, accepted by the
+real accept script (pipelined), as the trigger path would have buffered them."""
+
+from django.utils import timezone
+
+from mollifier import buffer, scripts
+from mollifier.client import get as redis_client
+from runs.api.serializers import trigger_options_from
+from runs.services.trigger import _build_run
+from runs.snapshots import run_to_entry, to_ms
+
+
+def fill_buffer(environment, count: int, *, task: str = "hello-world", batch=None, **options) -> list[str]:
+    """Buffer ``count`` runs of ``environment``; returns their run ids (run_…) in trigger order."""
+    now = timezone.now()
+    opts = trigger_options_from({"payload": {"n": 1}, "options": options}, now=now)
+    redis = redis_client()
+    run_ids = []
+    for start in range(0, count, 1000):
+        pipe = redis.pipeline(transaction=False)
+        entries = []
+        for i in range(start, min(count, start + 1000)):
+            run = _build_run(environment=environment, task_identifier=task, options=opts, now=now, batch=batch)
+            entries.append(run_to_entry(run, batch_index=i if batch else None))
+            scripts.ACCEPT(keys=buffer.accept_keys(entries[-1]), args=[to_ms(now), *buffer.accept_args(entries[-1])], client=pipe)
+        for reply, entry in zip(pipe.execute(), entries):
+            assert buffer.accept_result(reply, entry, client=redis).status == "accepted"
+            run_ids.append(entry.run_id)
+    return run_ids

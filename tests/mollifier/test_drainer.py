@@ -1,0 +1,204 @@
+"""Draining: fair, bulk, exactly once, and every outcome a row."""
+
+import pytest
+
+from mollifier import buffer, keys, scripts
+from mollifier.client import get as redis_client
+from mollifier.drainer import Drainer, now_ms
+from runs.models import BatchTaskRun, BatchTaskRunItem, RunStatus, TaskRun
+from tests.buffering import fill_buffer
+from tests.conftest import client_for, enroll
+from tests.factories import EnvironmentFactory, TaskRunFactory
+from tests.helpers import trigger
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def drain_settings(settings, mollifier_on):
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "DRAIN_BATCH_SIZE": 100, "DRAIN_MAX_ROWS_PER_SEC": 100_000}
+    return settings.MOLLIFIER
+
+
+def drain(**kwargs) -> Drainer:
+    drainer = Drainer(**kwargs)
+    drainer.run(once=True)
+    return drainer
+
+
+def internal(run_id: str) -> str:
+    return run_id.removeprefix("run_")
+
+
+def test_a_burst_lands_with_the_answered_ids_and_the_trigger_time(enrolled, drain_settings):
+    api = client_for(enrolled)
+    responses = [trigger(api, payload={"i": i}, tags=["t"]) for i in range(30)]
+    answered = {r.json()["id"]: r for r in responses}
+    buffered = [r.json()["id"] for r in responses if r.headers.get("x-mollifier")]
+    before = {run_id: api.get(f"/api/v3/runs/{run_id}").json()["createdAt"] for run_id in buffered}
+
+    drain()
+
+    assert TaskRun.objects.count() == 30
+    assert {run.friendly_id for run in TaskRun.objects.all()} == set(answered)
+    for run_id in buffered:
+        run = TaskRun.objects.get(id=internal(run_id))
+        assert run.buffered_at is not None and run.materialised_at >= run.buffered_at
+        assert run.created_at == run.buffered_at
+        assert api.get(f"/api/v3/runs/{run_id}").json()["createdAt"] == before[run_id]  # the trigger time
+        assert run.tags == ["t"] and run.status == RunStatus.QUEUED
+    assert buffer.buffered_count(str(enrolled.organization_id)) == 0
+    assert buffer.active_orgs() == []
+
+
+def test_a_small_tenant_drains_within_two_rounds_beside_a_big_backlog(drain_settings):
+    big, small = EnvironmentFactory(), EnvironmentFactory()
+    fill_buffer(big, 10_000)
+    small_ids = fill_buffer(small, 10)
+    drainer = Drainer()
+
+    rounds = [drainer.drain_round() for _ in range(2)]
+
+    assert TaskRun.objects.filter(environment=small).count() == 10
+    assert {run.friendly_id for run in TaskRun.objects.filter(environment=small)} == set(small_ids)
+    assert TaskRun.objects.filter(environment=big).count() <= 200  # at most one batch per round
+    assert sum(r.popped for r in rounds) <= 210
+
+
+def test_one_environment_gives_at_most_a_batch_per_round(drain_settings):
+    environment = EnvironmentFactory()
+    fill_buffer(environment, 250)
+
+    result = Drainer().drain_round()
+
+    assert result.popped == 100 and result.acked == 100 and result.report.inserted == 100
+
+
+def test_a_replayed_round_is_already_written_not_a_failure(drain_settings):
+    environment = EnvironmentFactory()
+    fill_buffer(environment, 20)
+    org, env = str(environment.organization_id), str(environment.pk)
+    from runs.services.materialise import materialise_entries
+
+    popped = buffer.pop(org_id=org, env_id=env, limit=100, lease_ms=1000, now_ms=now_ms())
+    materialise_entries(popped.entries)  # committed; the drainer "dies" before its ack
+
+    later = now_ms() + 5_000  # the lease has expired
+    drainer = Drainer(clock=lambda: later)
+    result = drainer.drain_round()
+
+    assert result.reclaimed == 20 and result.report.already == 20 and result.report.failed == 0
+    assert TaskRun.objects.count() == 20
+    assert not TaskRun.objects.filter(status=RunStatus.SYSTEM_FAILURE).exists()
+    assert buffer.buffered_count(org) == 0
+
+
+def test_cancelled_and_delayed_runs_land_as_such(enrolled, drain_settings):
+    api = client_for(enrolled)
+    [trigger(api, payload=i) for i in range(5)]
+    cancelled = trigger(api, payload="c").json()["id"]
+    delayed = trigger(api, payload="d", delay="1h").json()["id"]
+    api.post(f"/api/v2/runs/{cancelled}/cancel")
+
+    drain()
+
+    run = TaskRun.objects.get(id=internal(cancelled))
+    assert run.status == RunStatus.CANCELED and run.cancelled_at is not None and run.completed_at is not None
+    assert TaskRun.objects.get(id=internal(delayed)).status == RunStatus.DELAYED
+    assert api.get(f"/api/v3/runs/{cancelled}").json()["status"] == "CANCELED"
+
+
+def test_a_key_taken_in_postgres_meanwhile_becomes_a_failure_row_naming_the_winner(drain_settings):
+    environment = EnvironmentFactory()
+    (buffered,) = fill_buffer(environment, 1, idempotencyKey="k")
+    winner = TaskRunFactory(environment=environment, idempotency_key="k", task_identifier="hello-world")
+
+    drain()
+
+    run = TaskRun.objects.get(id=internal(buffered))
+    assert run.status == RunStatus.SYSTEM_FAILURE
+    assert winner.friendly_id in run.error["message"]
+    assert run.idempotency_key is None
+    assert TaskRun.objects.get(id=winner.id).idempotency_key == "k"
+
+
+def test_a_stale_holder_of_the_key_gives_it_up(drain_settings):
+    environment = EnvironmentFactory()
+    (buffered,) = fill_buffer(environment, 1, idempotencyKey="k")
+    stale = TaskRunFactory(environment=environment, idempotency_key="k", status=RunStatus.CRASHED)
+
+    drain()
+
+    assert TaskRun.objects.get(id=internal(buffered)).status == RunStatus.QUEUED
+    assert TaskRun.objects.get(id=internal(buffered)).idempotency_key == "k"
+    assert TaskRun.objects.get(id=stale.id).idempotency_key is None
+
+
+def test_an_unreadable_snapshot_becomes_a_failure_row(drain_settings):
+    environment = EnvironmentFactory()
+    (run_id,) = fill_buffer(environment, 1)
+    redis_client().hset(keys.entry(str(environment.organization_id), run_id), "snapshot", "{not json")
+
+    drain()
+
+    run = TaskRun.objects.get(id=internal(run_id))
+    assert run.status == RunStatus.SYSTEM_FAILURE and "snapshot" in run.error["message"]
+    assert run.task_identifier == "hello-world" and run.environment == environment
+
+
+def test_a_terminal_entry_becomes_a_failure_row(drain_settings):
+    environment = EnvironmentFactory()
+    (run_id,) = fill_buffer(environment, 1)
+    org, env = str(environment.organization_id), str(environment.pk)
+    entry = buffer.pop(org_id=org, env_id=env, limit=1, lease_ms=1000, now_ms=now_ms()).entries[0]
+    buffer.fail(entry, now_ms=now_ms(), code="attempts_exhausted", message="8 attempts")
+
+    drain()
+
+    run = TaskRun.objects.get(id=internal(run_id))
+    assert run.status == RunStatus.SYSTEM_FAILURE and "attempts_exhausted" in run.error["message"]
+
+
+def test_batch_members_get_their_items_and_the_batch_completes(drain_settings):
+    environment = EnvironmentFactory()
+    batch = BatchTaskRun.objects.create(environment=environment, run_count=3, sealed=True, status="PROCESSING")
+    run_ids = fill_buffer(environment, 3, batch=batch)
+
+    drain()
+
+    items = BatchTaskRunItem.objects.filter(batch=batch).order_by("index")
+    assert [f"run_{item.task_run_id}" for item in items] == run_ids
+    batch.refresh_from_db()
+    assert batch.status == "COMPLETED" and batch.completed_at is not None
+
+
+def test_entries_of_a_deleted_environment_are_dropped_not_stuck(drain_settings):
+    environment = EnvironmentFactory()
+    fill_buffer(environment, 3)
+    org = str(environment.organization_id)
+    environment.delete()
+
+    drainer = Drainer()
+    result = drainer.drain_round()
+
+    assert result.report.dropped == 3 and result.acked == 3
+    assert buffer.buffered_count(org) == 0
+
+
+def test_the_rate_limiter_grants_only_what_the_rate_allows():
+    redis, key, now = redis_client(), [keys.drain_rate()], 1_800_000_000_000
+
+    def ask(at_ms, rows):
+        return int(scripts.DRAIN_RATE(keys=key, args=[at_ms, rows, 1000], client=redis))
+
+    assert ask(now, 100) == 0  # 100 rows at 1000/s: paid off at now + 100 ms
+    assert ask(now + 10, 100) == 90
+    assert ask(now + 100, 100) == 0
+    assert ask(now + 150, 1) == 50
+    # Over one second, grants stay within rate x time plus one request.
+    granted, t = 0, now + 1_000_000
+    while t < now + 1_000_000 + 1000:
+        if ask(t, 50) == 0:
+            granted += 50
+        t += 1
+    assert 1000 <= granted <= 1050
