@@ -78,3 +78,15 @@ def running_server(workers: int = 2, **env_overrides: str):
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def start_manage(*args: str, **env_overrides: str) -> subprocess.Popen:
+    """Start ``manage.py <args>`` against the test stores (output captured)."""
+    return subprocess.Popen(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=server_env(**env_overrides),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )

@@ -27,6 +27,8 @@ def _interrupt(signum, frame):
 
 def main() -> int:
     env = os.environ.copy()
+    # The demo is the product: the mollifier is on and the demo organisation enrolled (seed_demo).
+    env.setdefault("MOLLIFIER_ENABLED", "1")
     stops = []
     if not env.get("DATABASE_URL"):
         if not embedded.postgres_running():
@@ -72,7 +74,8 @@ def main() -> int:
                 env=env,
             )
         )
-        print(f"serving on http://127.0.0.1:{port}  (admin: /admin/)  Ctrl-C stops", flush=True)
+        children.append(subprocess.Popen([sys.executable, "manage.py", "mollifier_drain"], env=env))
+        print(f"serving on http://127.0.0.1:{port}  (admin: /admin/)  with a drainer beside it; Ctrl-C stops", flush=True)
         signal.signal(signal.SIGTERM, _interrupt)
         while all(child.poll() is None for child in children):
             time.sleep(0.5)

@@ -1,0 +1,46 @@
+"""What is in the buffer right now, per organisation and environment (status command, dashboard)."""
+
+from dataclasses import dataclass
+
+from mollifier import buffer, keys
+from mollifier import client as redis_client
+
+
+@dataclass(frozen=True)
+class EnvStats:
+    org_id: str
+    env_id: str
+    waiting: int  # not yet materialised (ready, backing off or leased)
+    ready: int  # waiting for a drainer (including entries backing off)
+    leased: int  # held by a drainer right now
+    expired_leases: int  # held by a drainer that is gone: the next pop or sweep reclaims them
+    oldest_accepted_ms: int | None  # trigger time of the oldest waiting run
+    tripped: bool  # the environment's gate is holding its trip
+
+    def oldest_age_ms(self, now_ms: int) -> int:
+        return max(0, now_ms - self.oldest_accepted_ms) if self.oldest_accepted_ms is not None else 0
+
+
+def env_stats(*, now_ms: int) -> list[EnvStats]:
+    """One row per environment with buffered work, ordered by organisation then environment."""
+    redis = redis_client.get()
+    rows = []
+    for org in sorted(buffer.active_orgs(), key=lambda o: (len(o), o)):
+        envs = buffer.active_envs(org)
+        if not envs:
+            continue
+        pipe = redis.pipeline(transaction=False)
+        for env in envs:
+            pipe.zcard(keys.listing(org, env))
+            pipe.zcard(keys.ready(org, env))
+            pipe.zcard(keys.leases(org, env))
+            pipe.zcount(keys.leases(org, env), "-inf", now_ms)
+            pipe.zrange(keys.listing(org, env), 0, 0, withscores=True)
+            pipe.exists(keys.tripped(org, env))
+        replies = pipe.execute()
+        for i, env in enumerate(envs):
+            waiting, ready, leased, expired, oldest, tripped = replies[i * 6 : i * 6 + 6]
+            rows.append(
+                EnvStats(org, env, int(waiting), int(ready), int(leased), int(expired), int(oldest[0][1]) if oldest else None, bool(tripped))
+            )
+    return rows

@@ -1,0 +1,73 @@
+"""The stale sweep: one holder at a time (a Redis lease), it reports what is stuck and repairs it.
+
+- reclaims expired leases (a drainer died) so the next round re-drives them;
+- reports entries waiting longer than MOLLIFIER_STALE_AFTER_MS and the oldest age;
+- reconciles the organisation index: indexes organisations that have work but were never indexed
+  (a web process died between accept and indexing) and drops idle ones.
+"""
+
+import uuid
+from dataclasses import dataclass
+
+from mollifier import buffer, conf, keys, scripts
+from mollifier import client as redis_client
+from mollifier.stats import env_stats
+
+SWEEP_LEASE_MS = 60_000
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    orgs: int
+    envs: int
+    waiting: int
+    stale: int  # waiting longer than the stale threshold
+    oldest_age_ms: int
+    expired_leases: int  # found (and reclaimed)
+    reindexed_orgs: int
+    unindexed_orgs: int
+
+
+def sweep(*, now_ms: int) -> SweepReport | None:
+    """Run one sweep, or return None when another sweeper holds the lease."""
+    redis = redis_client.get()
+    marker = f"pending:{uuid.uuid4().hex}"
+    if not redis.set(keys.sweep_lease(), marker, nx=True, px=SWEEP_LEASE_MS):
+        return None
+    try:
+        return _sweep(redis, now_ms=now_ms)
+    finally:
+        scripts.RELEASE(keys=[keys.sweep_lease()], args=[marker], client=redis)
+
+
+def _sweep(redis, *, now_ms: int) -> SweepReport:
+    indexed = set(buffer.active_orgs())
+    reindexed = unindexed = 0
+    for key in redis.scan_iter(match=keys.org_pattern(), count=500):
+        org = key.decode().split("{o:", 1)[1].split("}", 1)[0]
+        if org not in indexed and redis.scard(key):
+            redis.zadd(keys.orgs(), {org: int(redis.hget(keys.stats(org), "gen") or 0)}, gt=True)
+            reindexed += 1
+    for org in buffer.active_orgs():
+        if not buffer.active_envs(org):
+            unindexed += scripts.ORG_UNINDEX(keys=[keys.orgs()], args=[org, int(redis.hget(keys.stats(org), "gen") or 0)], client=redis)
+
+    rows = env_stats(now_ms=now_ms)
+    threshold = now_ms - conf.stale_after_ms()
+    stale = expired = 0
+    for row in rows:
+        stale += int(redis.zcount(keys.listing(row.org_id, row.env_id), "-inf", threshold))
+        if row.expired_leases:
+            expired += int(
+                scripts.RECLAIM(keys=[keys.ready(row.org_id, row.env_id), keys.leases(row.org_id, row.env_id)], args=[now_ms], client=redis)
+            )
+    return SweepReport(
+        orgs=len({row.org_id for row in rows}),
+        envs=len(rows),
+        waiting=sum(row.waiting for row in rows),
+        stale=stale,
+        oldest_age_ms=max((row.oldest_age_ms(now_ms) for row in rows), default=0),
+        expired_leases=expired,
+        reindexed_orgs=reindexed,
+        unindexed_orgs=unindexed,
+    )

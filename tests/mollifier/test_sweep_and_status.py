@@ -1,0 +1,88 @@
+import io
+
+import pytest
+from django.core.management import call_command
+
+from mollifier import buffer, keys
+from mollifier.client import get as redis_client
+from mollifier.drainer import now_ms
+from mollifier.sweep import sweep
+from runs.models import TaskRun
+from tests.buffering import fill_buffer
+from tests.factories import EnvironmentFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def test_sweep_reclaims_expired_leases_and_reports_stale_runs(settings):
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "STALE_AFTER_MS": 60_000}
+    environment = EnvironmentFactory()
+    fill_buffer(environment, 5)
+    org, env = str(environment.organization_id), str(environment.pk)
+    buffer.pop(org_id=org, env_id=env, limit=3, lease_ms=1000, now_ms=now_ms())
+
+    report = sweep(now_ms=now_ms() + 120_000)
+
+    assert report.expired_leases == 3 and report.waiting == 5 and report.stale == 5
+    assert report.oldest_age_ms >= 120_000
+    assert redis_client().zcard(keys.leases(org, env)) == 0
+    assert redis_client().zcard(keys.ready(org, env)) == 5
+
+
+def test_sweep_repairs_the_organisation_index():
+    environment = EnvironmentFactory()
+    fill_buffer(environment, 2)
+    redis_client().zrem(keys.orgs(), str(environment.organization_id))  # lost between accept and index
+
+    report = sweep(now_ms=now_ms())
+
+    assert report.reindexed_orgs == 1
+    assert buffer.active_orgs() == [str(environment.organization_id)]
+
+
+def test_one_sweeper_at_a_time():
+    redis_client().set(keys.sweep_lease(), "pending:someone-else", px=60_000)
+
+    assert sweep(now_ms=now_ms()) is None
+    with pytest.raises(SystemExit) as exit_info:
+        call_command("mollifier_sweep", stdout=io.StringIO(), stderr=io.StringIO())
+    assert exit_info.value.code == 3
+
+
+def test_sweep_command_exits_2_on_stale_runs(settings):
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "STALE_AFTER_MS": 1}
+    fill_buffer(EnvironmentFactory(), 1)
+    out = io.StringIO()
+
+    with pytest.raises(SystemExit) as exit_info:
+        call_command("mollifier_sweep", stdout=out)
+
+    assert exit_info.value.code == 2
+    assert "1 waiting" in out.getvalue()
+
+
+def test_status_shows_depth_per_environment():
+    environment = EnvironmentFactory()
+    fill_buffer(environment, 7)
+    out = io.StringIO()
+
+    call_command("mollifier_status", stdout=out)
+
+    text = out.getvalue()
+    assert str(environment) in text and "7" in text and "total waiting: 7" in text
+
+
+def test_status_of_an_empty_buffer():
+    out = io.StringIO()
+    call_command("mollifier_status", stdout=out)
+    assert "buffer empty" in out.getvalue()
+
+
+def test_drain_once_prints_a_summary(settings):
+    fill_buffer(EnvironmentFactory(), 12)
+    out = io.StringIO()
+
+    call_command("mollifier_drain", "--once", "--quiet", stdout=out)
+
+    assert TaskRun.objects.count() == 12
+    assert "12 runs acked" in out.getvalue() and "12 inserted" in out.getvalue()
