@@ -26,6 +26,9 @@ def _interrupt(signum, frame):
 
 
 def main() -> int:
+    # Installed explicitly: a shell that starts us in the background leaves SIGINT ignored.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     env = os.environ.copy()
     # The demo is the product: the mollifier is on and the demo organisation enrolled (seed_demo).
     env.setdefault("MOLLIFIER_ENABLED", "1")
@@ -76,7 +79,6 @@ def main() -> int:
         )
         children.append(subprocess.Popen([sys.executable, "manage.py", "mollifier_drain"], env=env))
         print(f"serving on http://127.0.0.1:{port}  (admin: /admin/)  with a drainer beside it; Ctrl-C stops", flush=True)
-        signal.signal(signal.SIGTERM, _interrupt)
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
         print("a child process exited; stopping.", flush=True)
