@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 E2E := tests/e2e
 
-.PHONY: install run test stop e2e-deps clean
+.PHONY: install run test bench stop e2e-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ e2e-deps:
 
 test: install e2e-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Benchmarks: `make bench` (full) or `make bench QUICK=1` (about two minutes). Figures: docs/BENCHMARKS.md.
+bench: install
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	QUICK=$(QUICK) $(BIN)/python -m bench
 
 stop:
 	$(BIN)/python -m trigger_project.embedded stop

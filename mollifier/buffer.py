@@ -15,7 +15,7 @@ from redis.cluster import RedisCluster
 
 from mollifier import client as redis_client
 from mollifier import conf, keys, scripts
-from mollifier.codec import Entry, error_json, from_fields, to_fields
+from mollifier.codec import Entry, error_json, from_fields, pack_snapshot, to_fields
 
 
 def _str(value) -> str:
@@ -33,6 +33,7 @@ def accept_keys(entry: Entry) -> list[str]:
     org = entry.org_id
     return [
         keys.entry(org, entry.run_id),
+        keys.snapshot(org, entry.run_id),
         keys.ready(org, entry.env_id),
         keys.listing(org, entry.env_id),
         keys.envs(org),
@@ -53,6 +54,7 @@ def accept_args(entry: Entry, *, claim_marker: str = "", claim_ttl: int = 0) -> 
         "" if entry.batch_index is None or not entry.batch_id else str(entry.batch_index),
         claim_marker,
         str(claim_ttl),
+        pack_snapshot(entry),
         *to_fields(entry),
     ]
 
@@ -85,18 +87,21 @@ def accept(entry: Entry, *, now_ms: int, claim_marker: str = "", claim_ttl: int 
 
 def get(*, org_id: str, run_id: str) -> Entry | None:
     """The entry (also one materialised within its grace period), or None."""
-    return from_fields(redis_client.get().hgetall(keys.entry(org_id, run_id)))
+    entries = get_many(org_id=org_id, run_ids=[run_id])
+    return entries[0] if entries else None
 
 
 def get_many(*, org_id: str, run_ids: Iterable[str]) -> list[Entry]:
-    """Entries for ``run_ids`` in one round trip, skipping the ones that are gone."""
-    run_ids = list(run_ids)
-    if not run_ids:
+    """Entries of one organisation for ``run_ids``, in one round trip, skipping the ones that are gone."""
+    entry_keys = [key for run_id in run_ids for key in (keys.entry(org_id, run_id), keys.snapshot(org_id, run_id))]
+    if not entry_keys:
         return []
-    pipe = redis_client.get().pipeline(transaction=False)
-    for run_id in run_ids:
-        pipe.hgetall(keys.entry(org_id, run_id))
-    return [entry for entry in map(from_fields, pipe.execute()) if entry is not None]
+    replies = scripts.READ(keys=entry_keys, client=redis_client.get())
+    return [entry for entry in (from_fields(_pairs(flat), snapshot) for flat, snapshot in replies) if entry is not None]
+
+
+def _pairs(flat: list) -> dict:
+    return dict(zip(flat[::2], flat[1::2]))
 
 
 def is_leased(entry: Entry) -> bool:
@@ -149,6 +154,7 @@ def _ack_call(*, org_id: str, env_id: str, run_ids: list[str], entries: dict[str
     for run_id in run_ids:
         entry = entries.get(run_id)
         keys_list.append(keys.entry(org_id, run_id))
+        keys_list.append(keys.snapshot(org_id, run_id))
         keys_list.append(
             keys.idempotency(org_id, env_id, entry.task, entry.idempotency_key)
             if entry and entry.idempotency_key

@@ -1,16 +1,18 @@
 """A buffered run in Python (``Entry``) and as the fields of its Redis hash.
 
 The ``snapshot`` is what the caller needs to write the row later; the mollifier never looks inside
-it. It is written once, as JSON, and never rewritten by Lua, so it round-trips exactly (empty lists
-stay lists, integers of any size stay exact). The fields a run may change while it waits (tags,
-metadata, delay, cancel, the idempotency key) live beside it as their own hash fields.
+it. It is written once, as JSON (zlib-compressed from SNAPSHOT_COMPRESS_AT bytes), in a string key
+of its own, and never rewritten by Lua, so it round-trips exactly (empty lists stay lists, integers
+of any size stay exact). The fields a run may change while it waits (tags, metadata, delay, cancel,
+the idempotency key) live in the entry's hash, which stays small (Redis keeps small hashes compact).
 """
 
 import json
+import zlib
 from dataclasses import dataclass, field
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True, slots=True)  # not frozen: frozen dataclasses are slow to build, and the drainer builds many
 class Entry:
     run_id: str  # friendly id (run_…), as the caller was answered
     org_id: str
@@ -37,6 +39,9 @@ class Entry:
     raw_snapshot: str = ""
 
 
+SNAPSHOT_COMPRESS_AT = 256  # bytes of JSON; smaller snapshots gain nothing from compression
+
+
 def _json(value) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
@@ -52,7 +57,6 @@ def to_fields(entry: Entry) -> list[str]:
         "attempts": str(entry.attempts),
         "metadata_version": str(entry.metadata_version),
         "tags": _json(list(entry.tags)),
-        "snapshot": entry.raw_snapshot or _json(entry.snapshot),
     }
     optional = {
         "metadata": entry.metadata,
@@ -69,60 +73,88 @@ def to_fields(entry: Entry) -> list[str]:
     return [part for pair in fields.items() for part in pair]
 
 
-def _int(value: str | None) -> int | None:
+def pack_snapshot(entry: Entry) -> bytes:
+    raw = (entry.raw_snapshot or _json(entry.snapshot)).encode()
+    return zlib.compress(raw, 1) if len(raw) >= SNAPSHOT_COMPRESS_AT else raw
+
+
+def unpack_snapshot(stored) -> str:
+    """The snapshot's JSON text ('' when absent or unreadable). JSON starts with '{'; anything else
+    is zlib."""
+    if not stored:
+        return ""
+    if isinstance(stored, str):
+        return stored
+    if stored[:1] != b"{":
+        try:
+            stored = zlib.decompress(stored)
+        except zlib.error:
+            return stored.decode("utf-8", "replace")
+    return stored.decode("utf-8", "replace")
+
+
+def _int(value) -> int | None:
     try:
-        return int(value) if value not in (None, "") else None
+        return int(value) if value not in (None, b"", "") else None
     except ValueError:
         return None
 
 
-def _loads(value: str | None):
+def _loads(value):
     if not value:
         return None
     try:
-        return json.loads(value)
+        return json.loads(value)  # bytes or str
     except ValueError:
         return None
 
 
-def _tags(value: str | None) -> list[str]:
+def _text(value) -> str | None:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _tags(value) -> list[str]:
     tags = _loads(value)
     # Lua's cjson writes an empty array as {}: anything but a list of strings reads as no tags.
     return [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
 
 
-def from_fields(raw: dict) -> Entry | None:
-    """The Entry for an HGETALL reply (bytes or str), or None for an empty or foreign hash."""
-    fields = {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode("utf-8", "replace") if isinstance(v, bytes) else v)
-        for k, v in raw.items()
-    }
-    if not fields.get("run") or not fields.get("env") or not fields.get("org"):
+def from_fields(raw: dict, stored_snapshot=None) -> Entry | None:
+    """The Entry for an HGETALL reply (bytes or str) and its stored snapshot, or None for an empty
+    or foreign hash.
+
+    Hot in the drainer: values are decoded only where a string is needed (json and int read bytes).
+    """
+    fields = {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
+    get = fields.get
+    run, env, org = _text(get("run")), _text(get("env")), _text(get("org"))
+    if not run or not env or not org:
         return None
-    snapshot = _loads(fields.get("snapshot"))
+    raw_snapshot = unpack_snapshot(stored_snapshot)
+    snapshot = _loads(raw_snapshot)
     return Entry(
-        run_id=fields["run"],
-        org_id=fields["org"],
-        env_id=fields["env"],
-        task=fields.get("task", ""),
-        accepted_at_ms=_int(fields.get("accepted_at_ms")) or 0,
+        run_id=run,
+        org_id=org,
+        env_id=env,
+        task=_text(get("task")) or "",
+        accepted_at_ms=_int(get("accepted_at_ms")) or 0,
         snapshot=snapshot if isinstance(snapshot, dict) else None,
-        tags=_tags(fields.get("tags")),
-        metadata=fields.get("metadata"),
-        metadata_type=fields.get("metadata_type"),
-        delay_until_ms=_int(fields.get("delay_until_ms")),
-        idempotency_key=fields.get("idem_key") or None,
-        idempotency_expires_ms=_int(fields.get("idem_expires_ms")),
-        batch_id=fields.get("batch_id") or None,
-        batch_index=_int(fields.get("batch_index")),
-        attempts=_int(fields.get("attempts")) or 0,
-        metadata_version=_int(fields.get("metadata_version")) or 0,
-        cancelled_at_ms=_int(fields.get("cancelled_at_ms")),
-        cancel_reason=fields.get("cancel_reason"),
-        last_error=_loads(fields.get("last_error")),
-        terminal_error=_loads(fields.get("terminal_error")),
-        materialised=fields.get("materialised") == "1",
-        raw_snapshot=fields.get("snapshot", ""),
+        tags=_tags(get("tags")),
+        metadata=_text(get("metadata")),
+        metadata_type=_text(get("metadata_type")),
+        delay_until_ms=_int(get("delay_until_ms")),
+        idempotency_key=_text(get("idem_key")) or None,
+        idempotency_expires_ms=_int(get("idem_expires_ms")),
+        batch_id=_text(get("batch_id")) or None,
+        batch_index=_int(get("batch_index")),
+        attempts=_int(get("attempts")) or 0,
+        metadata_version=_int(get("metadata_version")) or 0,
+        cancelled_at_ms=_int(get("cancelled_at_ms")),
+        cancel_reason=_text(get("cancel_reason")),
+        last_error=_loads(get("last_error")),
+        terminal_error=_loads(get("terminal_error")),
+        materialised=get("materialised") in (b"1", "1"),
+        raw_snapshot=raw_snapshot,
     )
 
 

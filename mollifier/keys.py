@@ -20,8 +20,14 @@ def _org(org_id: str) -> str:
 
 
 def entry(org_id: str, run_id: str) -> str:
-    """HASH: one buffered run — its envelope fields, mutable fields and the ``snapshot`` JSON."""
+    """HASH: one buffered run — its envelope and the fields that may change while it waits."""
     return f"{_org(org_id)}:entry:{run_id}"
+
+
+def snapshot(org_id: str, run_id: str) -> str:
+    """STRING: the run's snapshot (JSON, zlib-compressed when large). Kept out of the hash so the
+    hash stays small enough for Redis's compact encoding."""
+    return f"{_org(org_id)}:snap:{run_id}"
 
 
 def ready(org_id: str, env_id: str) -> str:

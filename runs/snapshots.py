@@ -86,29 +86,31 @@ def entry_status(entry: Entry, *, now: datetime) -> str:
     return RunStatus.QUEUED
 
 
-def entry_to_run(entry: Entry, *, environment: RuntimeEnvironment, now: datetime | None = None) -> TaskRun:
-    """An unsaved TaskRun for ``entry``: what retrieve shows now and what the drainer inserts.
+# Every column's default, for the columns a buffered run does not set.
+_DEFAULTS = {field.attname: field.get_default() for field in TaskRun._meta.concrete_fields}
+_SNAPSHOT_COLUMNS = tuple(name for name in SNAPSHOT_FIELDS if name not in ("organization_id", "project_id"))
+_FAILURE_FALLBACK = {"code": "snapshot_unreadable", "message": "The buffered snapshot could not be read."}
 
-    A snapshot that cannot be read still gives a run (SYSTEM_FAILURE, built from the envelope).
-    """
-    now = now or timezone.now()
+
+def entry_values(entry: Entry, *, environment: RuntimeEnvironment, now: datetime) -> dict:
+    """Every TaskRun column (by attname) for ``entry``, as a reader sees it now and as the drainer
+    writes it now. A snapshot that cannot be read still gives a run: SYSTEM_FAILURE, from the envelope."""
     snapshot = entry.snapshot or {}
     created_at = from_ms(entry.accepted_at_ms) or now
     status = entry_status(entry, now=now)
     cancelled_at = from_ms(entry.cancelled_at_ms)
-    delay_until = from_ms(entry.delay_until_ms)
-    run = TaskRun(
+    values = {**_DEFAULTS, **{name: snapshot[name] for name in _SNAPSHOT_COLUMNS if name in snapshot}}
+    values.update(
         id=ids.from_friendly(ids.RUN, entry.run_id) or entry.run_id,
-        environment=environment,
+        environment_id=environment.pk,
         organization_id=environment.organization_id,
         project_id=environment.project_id,
         task_identifier=entry.task,
-        **{name: snapshot[name] for name in SNAPSHOT_FIELDS if name in snapshot and name not in ("organization_id", "project_id")},
         status=status,
         tags=sorted(entry.tags),
         metadata=entry.metadata,
         metadata_type=entry.metadata_type or "application/json",
-        delay_until=delay_until if status == RunStatus.DELAYED else None,
+        delay_until=from_ms(entry.delay_until_ms) if status == RunStatus.DELAYED else None,
         idempotency_key=entry.idempotency_key,
         idempotency_key_expires_at=from_ms(entry.idempotency_expires_ms) if entry.idempotency_key else None,
         batch_id=entry.batch_id,
@@ -120,7 +122,14 @@ def entry_to_run(entry: Entry, *, environment: RuntimeEnvironment, now: datetime
         buffered_at=created_at,
     )
     if status == RunStatus.SYSTEM_FAILURE:
-        error = entry.terminal_error or {"code": "snapshot_unreadable", "message": "The buffered snapshot could not be read."}
-        run.error = {"message": f"{error.get('code')}: {error.get('message')}", "name": "MollifierError"}
-        run.completed_at = run.updated_at = now
+        error = entry.terminal_error or _FAILURE_FALLBACK
+        values["error"] = {"message": f"{error.get('code')}: {error.get('message')}", "name": "MollifierError"}
+        values["completed_at"] = values["updated_at"] = now
+    return values
+
+
+def entry_to_run(entry: Entry, *, environment: RuntimeEnvironment, now: datetime | None = None) -> TaskRun:
+    """An unsaved TaskRun for ``entry`` (``run.is_buffered`` is true): one shape for serializers."""
+    run = TaskRun(**entry_values(entry, environment=environment, now=now or timezone.now()))
+    run.environment = environment  # cached: no query when presenters read it
     return run

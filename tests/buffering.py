@@ -10,10 +10,12 @@ from runs.services.trigger import _build_run
 from runs.snapshots import run_to_entry, to_ms
 
 
-def fill_buffer(environment, count: int, *, task: str = "hello-world", batch=None, **options) -> list[str]:
-    """Buffer ``count`` runs of ``environment``; returns their run ids (run_…) in trigger order."""
+def fill_buffer(environment, count: int, *, task: str = "hello-world", batch=None, payload=None, **options) -> list[str]:
+    """Buffer ``count`` runs of ``environment``; returns their run ids (run_…) in trigger order.
+
+    ``payload`` is the wire payload (a string, as the SDK sends it); ``options`` the trigger options."""
     now = timezone.now()
-    opts = trigger_options_from({"payload": {"n": 1}, "options": options}, now=now)
+    opts = trigger_options_from({"payload": payload if payload is not None else {"n": 1}, "options": options}, now=now)
     redis = redis_client()
     run_ids = []
     for start in range(0, count, 1000):

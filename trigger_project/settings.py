@@ -37,7 +37,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
-ROOT_URLCONF = "trigger_project.urls"
+ROOT_URLCONF = env("DJANGO_ROOT_URLCONF", "trigger_project.urls")  # the benchmark adds a no-op view
 WSGI_APPLICATION = "trigger_project.wsgi.application"
 ASGI_APPLICATION = "trigger_project.asgi.application"
 # The SDK's paths have no trailing slash; redirecting a POST would break it.

@@ -6,22 +6,23 @@ twice, or acking an entry already gone, changes nothing. When the environment ha
 leased any more it leaves the organisation's active set; when the organisation has no active
 environment left, the reply carries its generation so the caller can un-index it.
 
-KEYS: 1 ready, 2 leases, 3 envs, 4 stats, 5 listing, then per run: entry, idem, batch (idem/batch may be
-      placeholders in the same slot)
+KEYS: 1 ready, 2 leases, 3 envs, 4 stats, 5 listing, then per run: entry, snapshot, idem, batch
+      (idem/batch may be placeholders in the same slot)
 ARGV: 1 now_ms, 2 grace_ms, 3 env, 4.. runs (same order as the per-run keys)
 returns: {acked_count, idle_gen ('' while the organisation is still active)}
 ]]
 local acked = 0
 for i = 4, #ARGV do
   local run = ARGV[i]
-  local base = 5 + (i - 4) * 3
-  local entry, idem, batch = KEYS[base + 1], KEYS[base + 2], KEYS[base + 3]
+  local base = 5 + (i - 4) * 4
+  local entry, snapshot, idem, batch = KEYS[base + 1], KEYS[base + 2], KEYS[base + 3], KEYS[base + 4]
   redis.call('ZREM', KEYS[2], run)
   redis.call('ZREM', KEYS[1], run)
   redis.call('ZREM', KEYS[5], run)
   if redis.call('EXISTS', entry) == 1 and redis.call('HGET', entry, 'materialised') ~= '1' then
     redis.call('HSET', entry, 'materialised', '1', 'materialised_at_ms', ARGV[1])
     redis.call('PEXPIRE', entry, tonumber(ARGV[2]))
+    redis.call('PEXPIRE', snapshot, tonumber(ARGV[2]))
     redis.call('HINCRBY', KEYS[4], 'buffered', -1)
     if redis.call('GET', idem) == run then
       redis.call('DEL', idem)

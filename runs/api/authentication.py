@@ -28,13 +28,12 @@ class SecretKeyAuthentication(authentication.BaseAuthentication):
         if scheme.lower() != self.keyword.lower() or not key.strip():
             raise exceptions.NotAuthenticated("Invalid or Missing API key")
         key = key.strip()
-        environment = (
-            RuntimeEnvironment.objects.select_related("organization", "project")
-            .filter(api_key_hash=RuntimeEnvironment.hash_api_key(key))
-            .first()
-        )
-        if environment is None:
-            raise exceptions.AuthenticationFailed("Invalid API Key")
+        try:
+            environment = RuntimeEnvironment.objects.select_related("organization", "project").get(
+                api_key_hash=RuntimeEnvironment.hash_api_key(key)
+            )
+        except RuntimeEnvironment.DoesNotExist:
+            raise exceptions.AuthenticationFailed("Invalid API Key") from None
         return EnvironmentPrincipal(environment), key
 
     def authenticate_header(self, request):

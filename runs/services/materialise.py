@@ -2,7 +2,8 @@
 
 The hot insert goes through psycopg directly (COPY into a temporary table, then one
 ``INSERT … SELECT … ON CONFLICT DO NOTHING``), on Django's connection and inside Django's
-transaction: Django's bulk_create was ~25× slower here (DESIGN §7). Everything else is the ORM.
+transaction: Django's bulk_create was ~25× slower here (DESIGN §7), and so was building model
+instances, so rows go from entry to tuple (``entry_values``). Everything else is the ORM.
 
 Outcomes per entry:
 - inserted as intended: QUEUED, DELAYED (delay still ahead), CANCELED (cancelled while buffered);
@@ -14,7 +15,6 @@ Batch members get their BatchTaskRunItem in the same transaction.
 """
 
 import logging
-from collections import defaultdict
 
 from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import JSONField
@@ -27,13 +27,14 @@ from mollifier.sink import SinkReport
 from runs.models import BatchTaskRun, RunStatus, RuntimeEnvironment, TaskRun
 from runs.services import idempotency
 from runs.services.batches import batch_refresh_status
-from runs.snapshots import entry_to_run
+from runs.snapshots import entry_values
 
 logger = logging.getLogger(__name__)
 
 FIELDS = TaskRun._meta.concrete_fields
+ATTRS = tuple(field.attname for field in FIELDS)
 COLUMNS = ", ".join(connection.ops.quote_name(field.column) for field in FIELDS)
-JSON_ATTRS = {field.attname for field in FIELDS if isinstance(field, JSONField)}
+JSON_POSITIONS = tuple(i for i, field in enumerate(FIELDS) if isinstance(field, JSONField))
 STAGING = "mollifier_incoming_runs"
 
 
@@ -50,7 +51,7 @@ def materialise_entries(entries: list[Entry]) -> SinkReport:
 def _materialise(entries: list[Entry]) -> SinkReport:
     now = timezone.now()
     environments = RuntimeEnvironment.objects.in_bulk({int(entry.env_id) for entry in entries if entry.env_id.isdigit()})
-    runs: list[tuple[Entry, TaskRun]] = []
+    runs: list[tuple[Entry, dict]] = []
     dropped = 0
     for entry in entries:
         environment = environments.get(int(entry.env_id)) if entry.env_id.isdigit() else None
@@ -58,39 +59,35 @@ def _materialise(entries: list[Entry]) -> SinkReport:
             logger.warning("mollifier.drain.environment_gone run=%s env=%s", entry.run_id, entry.env_id)
             dropped += 1
             continue
-        run = entry_to_run(entry, environment=environment, now=now)
-        run.materialised_at = now
-        runs.append((entry, run))
+        values = entry_values(entry, environment=environment, now=now)
+        values["materialised_at"] = now
+        runs.append((entry, values))
 
-    inserted = _insert([run for _, run in runs])
-    pending = [(entry, run) for entry, run in runs if run.id not in inserted]
-    existing = set(TaskRun.objects.filter(id__in=[run.id for _, run in pending]).values_list("id", flat=True))
-    contested = [(entry, run) for entry, run in pending if run.id not in existing]
-    failed = _resolve_key_conflicts(contested, now=now) if contested else 0
+    inserted = _insert([values for _, values in runs])
+    pending = [(entry, values) for entry, values in runs if values["id"] not in inserted]
+    existing = set(TaskRun.objects.filter(id__in=[values["id"] for _, values in pending]).values_list("id", flat=True))
+    contested = [values for _, values in pending if values["id"] not in existing]
+    key_failures = _resolve_key_conflicts(contested, now=now) if contested else 0
 
-    _link_batch_items([(entry, run) for entry, run in runs], now=now)
+    _link_batch_items(runs, now=now)
+    terminal = sum(values["status"] == RunStatus.SYSTEM_FAILURE for _, values in runs if values["id"] in inserted)
     return SinkReport(
-        inserted=len(inserted) - sum(run.status == RunStatus.SYSTEM_FAILURE for _, run in runs if run.id in inserted),
-        already=len(existing),
-        failed=failed + sum(run.status == RunStatus.SYSTEM_FAILURE for _, run in runs if run.id in inserted),
-        dropped=dropped,
+        inserted=len(inserted) - terminal, already=len(existing), failed=terminal + key_failures, dropped=dropped
     )
 
 
-def _row(run: TaskRun) -> tuple:
-    values = []
-    for field in FIELDS:
-        value = getattr(run, field.attname)
-        if field.attname in JSON_ATTRS and value is not None:
-            value = Jsonb(value)
-        values.append(value)
-    return tuple(values)
+def _row(values: dict) -> tuple:
+    row = [values[attname] for attname in ATTRS]
+    for position in JSON_POSITIONS:
+        if row[position] is not None:
+            row[position] = Jsonb(row[position])
+    return tuple(row)
 
 
-def _insert(runs: list[TaskRun]) -> set[str]:
+def _insert(rows: list[dict]) -> set[str]:
     """COPY the rows into a session temp table, then insert what does not conflict; returns the ids
     inserted. ON CONFLICT DO NOTHING covers both the id and the idempotency-key constraints."""
-    if not runs:
+    if not rows:
         return set()
     with connection.cursor() as cursor:
         raw = cursor.cursor  # the psycopg cursor, inside Django's transaction
@@ -99,8 +96,8 @@ def _insert(runs: list[TaskRun]) -> set[str]:
             "ON COMMIT DELETE ROWS"
         )
         with raw.copy(f"COPY {STAGING} ({COLUMNS}) FROM STDIN") as copy:
-            for run in runs:
-                copy.write_row(_row(run))
+            for values in rows:
+                copy.write_row(_row(values))
         raw.execute(
             f"INSERT INTO {TaskRun._meta.db_table} ({COLUMNS}) SELECT {COLUMNS} FROM {STAGING} "
             "ON CONFLICT DO NOTHING RETURNING id"
@@ -110,50 +107,54 @@ def _insert(runs: list[TaskRun]) -> set[str]:
     return inserted
 
 
-def _resolve_key_conflicts(contested: list[tuple[Entry, TaskRun]], *, now) -> int:
+def _resolve_key_conflicts(contested: list[dict], *, now) -> int:
     """Rows refused because another run holds their idempotency key: release stale holders and
     insert again; for live holders write a SYSTEM_FAILURE row that names the winner."""
     holders = {
         (run.environment_id, run.task_identifier, run.idempotency_key): run
         for run in TaskRun.objects.filter(
-            idempotency_key__in={run.idempotency_key for _, run in contested if run.idempotency_key},
-            environment_id__in={run.environment_id for _, run in contested},
+            idempotency_key__in={values["idempotency_key"] for values in contested if values["idempotency_key"]},
+            environment_id__in={values["environment_id"] for values in contested},
         )
     }
     retry, failures = [], []
-    for entry, run in contested:
-        holder = holders.get((run.environment_id, run.task_identifier, run.idempotency_key))
+    for values in contested:
+        scope = (values["environment_id"], values["task_identifier"], values["idempotency_key"])
+        holder = holders.get(scope)
         if holder is not None and not idempotency.key_is_live(run=holder, now=now):
             idempotency.idempotency_key_clear(
-                environment_id=run.environment_id, task_identifier=run.task_identifier, key=run.idempotency_key, only_run_id=holder.id
+                environment_id=scope[0], task_identifier=scope[1], key=scope[2], only_run_id=holder.id
             )
             holder = None
         if holder is None:
-            retry.append(run)
+            retry.append(values)
         else:
-            failures.append(_failure_row(run, winner=holder, now=now))
+            failures.append(_failure_row(values, winner=holder.friendly_id, now=now))
     inserted = _insert(retry)
     # A row refused twice (the key was taken again in between) is written as a failure too.
-    failures += [_failure_row(run, winner=None, now=now) for run in retry if run.id not in inserted]
-    written = _insert(failures)
-    return len(written)
+    failures += [_failure_row(values, winner=None, now=now) for values in retry if values["id"] not in inserted]
+    return len(_insert(failures))
 
 
-def _failure_row(run: TaskRun, *, winner: TaskRun | None, now) -> TaskRun:
-    winner_id = winner.friendly_id if winner else "another run"
-    run.status = RunStatus.SYSTEM_FAILURE
-    run.error = {
-        "name": "IdempotencyKeyTaken",
-        "message": f"Idempotency key {run.idempotency_key!r} was taken by {winner_id} while this run waited in the buffer.",
+def _failure_row(values: dict, *, winner: str | None, now) -> dict:
+    return {
+        **values,
+        "status": RunStatus.SYSTEM_FAILURE,
+        "error": {
+            "name": "IdempotencyKeyTaken",
+            "message": f"Idempotency key {values['idempotency_key']!r} was taken by {winner or 'another run'} "
+            "while this run waited in the buffer.",
+        },
+        "idempotency_key": None,
+        "idempotency_key_expires_at": None,
+        "idempotency_key_options": None,
+        "completed_at": now,
+        "updated_at": now,
     }
-    run.idempotency_key = run.idempotency_key_expires_at = None
-    run.idempotency_key_options = None
-    run.completed_at = run.updated_at = now
-    return run
 
 
-def _link_batch_items(runs: list[tuple[Entry, TaskRun]], *, now) -> None:
-    members = [(entry, run) for entry, run in runs if entry.batch_id and entry.batch_index is not None]
+def _link_batch_items(runs: list[tuple[Entry, dict]], *, now) -> None:
+    members = [(entry, values) for entry, values in runs if entry.batch_id and entry.batch_index is not None]
     if not members:
         return
     with connection.cursor() as cursor:
@@ -161,11 +162,10 @@ def _link_batch_items(runs: list[tuple[Entry, TaskRun]], *, now) -> None:
             'INSERT INTO runs_batchtaskrunitem (batch_id, task_run_id, "index", created_at) '
             "SELECT b, r, i, %s FROM unnest(%s::text[], %s::text[], %s::int[]) AS t(b, r, i) "
             'ON CONFLICT (batch_id, "index") DO NOTHING',
-            [now, [e.batch_id for e, _ in members], [r.id for _, r in members], [e.batch_index for e, _ in members]],
+            [now, [e.batch_id for e, _ in members], [v["id"] for _, v in members], [e.batch_index for e, _ in members]],
         )
-    by_batch = defaultdict(list)
-    for entry, _ in members:
-        by_batch[entry.batch_id].append(entry)
-    for batch in BatchTaskRun.objects.select_for_update().filter(id__in=list(by_batch)):
+    for batch in BatchTaskRun.objects.select_for_update().filter(id__in={entry.batch_id for entry, _ in members}):
         batch_refresh_status(batch=batch, now=now)
         batch.save(update_fields=["status", "completed_at", "updated_at"])
+
+

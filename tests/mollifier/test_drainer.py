@@ -137,7 +137,7 @@ def test_a_stale_holder_of_the_key_gives_it_up(drain_settings):
 def test_an_unreadable_snapshot_becomes_a_failure_row(drain_settings):
     environment = EnvironmentFactory()
     (run_id,) = fill_buffer(environment, 1)
-    redis_client().hset(keys.entry(str(environment.organization_id), run_id), "snapshot", "{not json")
+    redis_client().set(keys.snapshot(str(environment.organization_id), run_id), "{not json")
 
     drain()
 

@@ -1,8 +1,8 @@
 --[[ Library: accepting an entry into the buffer (prepended to the scripts that use it).
 
 accept_entry(k, a) -> reply table
-  k.entry, k.ready, k.listing, k.envs, k.stats, k.idem, k.claim, k.batch: key names (one hash slot)
-  a.run, a.env, a.now_ms, a.cap, a.fields (flat list of hash field/value pairs), a.idem_key,
+  k.entry, k.snapshot, k.ready, k.listing, k.envs, k.stats, k.idem, k.claim, k.batch: key names (one slot)
+  a.run, a.env, a.now_ms, a.cap, a.snapshot, a.fields (flat list of hash field/value pairs), a.idem_key,
   a.batch_index, a.claim_marker ('' or 'pending:<token>'), a.claim_ttl
 
 Replies:
@@ -28,6 +28,7 @@ local function accept_entry(k, a)
   end
 
   redis.call('HSET', k.entry, unpack(a.fields))
+  redis.call('SET', k.snapshot, a.snapshot)
   redis.call('ZADD', k.ready, a.now_ms, a.run)
   redis.call('ZADD', k.listing, a.now_ms, a.run)
   redis.call('HINCRBY', k.stats, 'buffered', 1)

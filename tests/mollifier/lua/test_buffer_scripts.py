@@ -30,6 +30,7 @@ def test_accept_writes_the_entry_without_ttl_and_indexes_the_org(store):
 
     assert result == buffer.AcceptResult("accepted", "run_a")
     assert store.ttl(keys.entry(ORG, "run_a")) == -1  # waiting entries never expire
+    assert store.ttl(keys.snapshot(ORG, "run_a")) == -1
     assert store.zscore(keys.ready(ORG, ENV), "run_a") == NOW
     assert store.zscore(keys.listing(ORG, ENV), "run_a") == NOW
     assert store.smembers(keys.envs(ORG)) == {b"42"}
@@ -47,6 +48,16 @@ def test_snapshot_round_trips_exactly(store):
     assert entry.snapshot["n"] == 2**70 and entry.snapshot["empty"] == [] and entry.snapshot["nested"] == {"a": [1, {}]}
     assert entry.tags == ["b", "a"] and entry.metadata == '{"m":1}'
     assert entry.accepted_at_ms == NOW and entry.attempts == 0 and not entry.materialised
+
+
+def test_a_large_snapshot_is_compressed_and_round_trips(store):
+    big = {"payload": '{"json":' + '"' + "é✓ " * 2000 + '"}', "tags": [], "n": 10**30}
+    accept(make_entry(snapshot=big))
+
+    stored = store.get(keys.snapshot(ORG, "run_a"))
+    assert len(stored) < 1000 and not stored.startswith(b"{")  # zlib, not JSON
+    assert buffer.get(org_id=ORG, run_id="run_a").snapshot == big
+    assert store.object("encoding", keys.entry(ORG, "run_a")) in (b"listpack", b"ziplist")  # the compact hash
 
 
 def test_accept_deduplicates_by_run_id(store):
@@ -123,6 +134,7 @@ def test_ack_releases_key_slot_and_count_keeps_entry_for_grace(store):
     entry = buffer.get(org_id=ORG, run_id="run_a")
     assert entry.materialised
     assert 0 < store.pttl(keys.entry(ORG, "run_a")) <= 30_000
+    assert 0 < store.pttl(keys.snapshot(ORG, "run_a")) <= 30_000
     assert store.get(keys.idempotency(ORG, ENV, "hello-world", "k")) is None
     assert buffer.batch_buffered_items(org_id=ORG, batch_id="b1") == {}
     assert buffer.buffered_count(ORG) == 0
@@ -251,7 +263,7 @@ def test_batch_items_are_tracked_while_buffered(store):
 
 def test_unreadable_snapshot_is_kept_not_dropped(store):
     accept(make_entry())
-    store.hset(keys.entry(ORG, "run_a"), "snapshot", "{broken")
+    store.set(keys.snapshot(ORG, "run_a"), "{broken")
 
     entry = buffer.pop(org_id=ORG, env_id=ENV, limit=1, lease_ms=1000, now_ms=NOW).entries[0]
 

@@ -1,0 +1,73 @@
+"""`make bench` (full) / `make bench QUICK=1` (about two minutes): figures P1–P5 with their baselines.
+
+Runs the server as `make run` serves it (gunicorn sync workers, one per core, DEBUG off) on this
+machine's Postgres and Redis (or the embedded ones), in a database and a Redis DB of its own, with
+load generators in separate processes. Writes docs/bench/results[-quick].json and PNG plots, and
+prints the targets table.
+"""
+
+import os
+import platform
+import sys
+import time
+
+from bench import stores
+
+QUICK = os.environ.get("QUICK") == "1"
+SIZES = {
+    "p1_requests": 1500 if QUICK else 5000,
+    "p1_rounds": 1 if QUICK else 2,
+    "p1_concurrency": 16,
+    "p2_entries": 10_000 if QUICK else 50_000,
+    "p2_single_rows": 1000 if QUICK else 3000,
+    "p3_burst": 5_000 if QUICK else 20_000,
+    "p3_concurrency": 64,
+    "p3_neighbour_rate": 20,
+    "p4_triggers": 200,
+    "p5_small": 1_000,
+    "p5_large": 20_000 if QUICK else 100_000,
+    "p5_redis_entries": 5_000,
+}
+
+
+def main() -> int:
+    started = time.monotonic()
+
+    def say(message: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {message}", flush=True)
+
+    where = stores.configure()
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    from bench import measures, report
+
+    say(f"bench {'QUICK' if QUICK else 'full'}: Postgres {where['postgres']}, Redis {where['redis']}, {os.cpu_count()} cores")
+    call_command("migrate", verbosity=0)
+    tenants = measures.Tenants()
+    results = {"machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+               "quick": QUICK, "sizes": SIZES}
+    results["P4"] = measures.p4_round_trips(tenants, triggers=SIZES["p4_triggers"], say=say)
+    results["P2"] = measures.p2_drain(tenants, entries=SIZES["p2_entries"], single_rows=SIZES["p2_single_rows"], say=say)
+    results["P5"] = measures.p5_memory(
+        tenants, small=SIZES["p5_small"], large=SIZES["p5_large"], redis_entries=SIZES["p5_redis_entries"], say=say
+    )
+    results["P1"], p1_latencies = measures.p1_throughput(
+        tenants, requests=SIZES["p1_requests"], concurrency=SIZES["p1_concurrency"], rounds=SIZES["p1_rounds"], say=say
+    )
+    results["P3"] = measures.p3_burst(
+        tenants, burst=SIZES["p3_burst"], concurrency=SIZES["p3_concurrency"], neighbour_rate=SIZES["p3_neighbour_rate"], say=say
+    )
+    results["seconds"] = round(time.monotonic() - started, 1)
+    paths = report.write(results, p1_latencies, suffix="-quick" if QUICK else "")
+    print()
+    print(report.table(results))
+    print()
+    say(f"wrote {', '.join(str(p.relative_to(report.OUT.parent.parent)) for p in paths)} and docs/bench/results{'-quick' if QUICK else ''}.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

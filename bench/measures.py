@@ -1,0 +1,411 @@
+"""The figures P1–P5 (issue: "Benchmarks"), each with its baseline measured in the same run."""
+
+import json
+import statistics
+import threading
+import time
+
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+
+from bench import processes
+from mollifier import buffer
+from mollifier.client import get as redis_client
+from runs.api.serializers import trigger_options_from
+from runs.models import RuntimeEnvironment, TaskRun
+from runs.services.environments import environment_create, environment_rotate_key
+from runs.services.flags import MOLLIFIER_ENABLED, organization_set_flag
+from runs.services.materialise import COLUMNS
+from runs.services.trigger import task_run_trigger
+
+from tests.buffering import fill_buffer
+
+# A realistic trigger: a superjson payload of ~600 bytes, a few options.
+PAYLOAD = {"json": {"user": "u_12345", "order": 987654, "items": [{"sku": f"SKU-{i:04d}", "qty": i, "price": 19.99} for i in range(10)],
+                    "note": "x" * 120}}
+BODY = {"payload": json.dumps(PAYLOAD), "options": {"payloadType": "application/super+json", "tags": ["bench"], "ttl": "10m"}}
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def latency_summary(results: list, wall_s: float | None = None) -> dict:
+    latencies = [r[1] for r in results]
+    ok = [r for r in results if r[2] == 200]
+    span = wall_s or (max(r[0] + r[1] / 1000 for r in results) - min(r[0] for r in results)) if results else 1
+    return {
+        "requests": len(results),
+        "errors": len(results) - len(ok),
+        "throughput": round(len(results) / span, 1) if span else 0,
+        "p50_ms": round(percentile(latencies, 50), 2),
+        "p99_ms": round(percentile(latencies, 99), 2),
+        "mean_ms": round(statistics.fmean(latencies), 2) if latencies else 0,
+    }
+
+
+class Tenants:
+    """The burst tenant (enrolled or not, per phase) and a neighbour tenant, with fresh keys."""
+
+    def __init__(self):
+        self.burst, self.burst_key = self._make("bench-burst")
+        self.neighbour, self.neighbour_key = self._make("bench-neighbour")
+
+    @staticmethod
+    def _make(slug: str):
+        environment, key = environment_create(org_slug=slug, project_slug=slug, env="prod")
+        return environment, key or environment_rotate_key(environment=environment)
+
+    def enrol(self, enrolled: bool) -> None:
+        organization_set_flag(organization=self.burst.organization, name=MOLLIFIER_ENABLED, enabled=enrolled)
+
+
+def reset_stores() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE runs_batchtaskrunitem, runs_taskrun CASCADE")
+    redis_client().flushdb()
+
+
+# -- P1 ------------------------------------------------------------------------------------------
+
+def p1_throughput(tenants: Tenants, *, requests: int, concurrency: int, rounds: int, say) -> dict:
+    """Trigger throughput and latency: no-op DRF view vs pass-through vs mollified, same server."""
+    modes = {"noop": ("/bench/noop", False), "pass_through": ("/api/v1/tasks/bench/trigger", False),
+             "mollified": ("/api/v1/tasks/bench/trigger", True)}
+    samples: dict[str, list[dict]] = {mode: [] for mode in modes}
+    latencies: dict[str, list[float]] = {mode: [] for mode in modes}
+    server_env = {"MOLLIFIER_ENABLED": "1", "MOLLIFIER_TRIP_THRESHOLD": "1", "MOLLIFIER_TRIP_WINDOW_MS": "1000",
+                  "MOLLIFIER_HOLD_MS": "600000", "MOLLIFIER_ORG_BUFFER_CAP": "100000000"}
+    with processes.server(**server_env) as url:
+        for round_no in range(rounds):
+            for mode, (path, enrolled) in modes.items():
+                tenants.enrol(enrolled)
+                spec = {"url": url, "path": path, "key": tenants.burst_key, "body": BODY, "concurrency": concurrency}
+                processes.run_load({**spec, "total": 300})  # warm up connections and caches
+                started = time.perf_counter()
+                results = processes.run_load({**spec, "total": requests})
+                summary = latency_summary(results, time.perf_counter() - started)
+                samples[mode].append(summary)
+                latencies[mode] += [r[1] for r in results]
+                say(f"P1 round {round_no + 1}/{rounds} {mode:<13} {summary['throughput']:>8,.0f} req/s  p50 {summary['p50_ms']:.1f} ms  p99 {summary['p99_ms']:.1f} ms")
+        tenants.enrol(False)
+    figures = {
+        mode: {
+            "throughput": round(statistics.fmean(s["throughput"] for s in runs), 1),
+            "p50_ms": round(percentile(latencies[mode], 50), 2),
+            "p99_ms": round(percentile(latencies[mode], 99), 2),
+            "errors": sum(s["errors"] for s in runs),
+        }
+        for mode, runs in samples.items()
+    }
+    figures["ratio_mollified_to_noop"] = round(figures["mollified"]["throughput"] / figures["noop"]["throughput"], 3)
+    figures["ratio_pass_through_to_noop"] = round(figures["pass_through"]["throughput"] / figures["noop"]["throughput"], 3)
+    figures["concurrency"] = concurrency
+    figures["requests_per_mode_per_round"] = requests
+    return figures, latencies
+
+
+# -- P2 ------------------------------------------------------------------------------------------
+
+def p2_drain(tenants: Tenants, *, entries: int, single_rows: int, say) -> dict:
+    """Drain throughput vs psycopg COPY of the same rows vs one row per transaction."""
+    reset_stores()
+    environments = [tenants.burst] + [
+        environment_create(org_slug=f"bench-drain-{i}", project_slug="p", env="prod")[0] for i in range(9)
+    ]
+    say(f"P2 filling the buffer with {entries:,} entries in {len(environments)} environments")
+    for environment in environments:
+        fill_buffer(environment, entries // len(environments), task="bench", payload=BODY["payload"], **BODY["options"])
+    drain_s = {}
+    for drainers in (1, 2):
+        if drainers == 2:  # the same rows again, for two drainer processes
+            reset_stores()
+            for environment in environments:
+                fill_buffer(environment, entries // len(environments), task="bench", payload=BODY["payload"], **BODY["options"])
+        drain_s[drainers] = _timed_drain(drainers, entries)
+        say(f"P2 {drainers} drainer process(es): {entries:,} rows in {drain_s[drainers]:.2f}s ({entries / drain_s[drainers]:,.0f} rows/s)")
+    written = TaskRun.objects.count()
+
+    with connection.cursor() as cursor:
+        raw = cursor.cursor
+        raw.execute("DROP TABLE IF EXISTS bench_copy_target")
+        raw.execute("CREATE TABLE bench_copy_target (LIKE runs_taskrun INCLUDING ALL)")  # same indexes
+        raw.execute(f"SELECT {COLUMNS} FROM runs_taskrun")
+        rows = raw.fetchall()
+    from psycopg.types.json import Jsonb
+
+    json_cols = [i for i, name in enumerate(c.strip('"') for c in COLUMNS.split(", ")) if name in ("idempotency_key_options", "error")]
+    rows = [tuple(Jsonb(v) if i in json_cols and v is not None else v for i, v in enumerate(row)) for row in rows]
+    with connection.cursor() as cursor:
+        raw = cursor.cursor
+        started = time.perf_counter()
+        with connection.connection.transaction():
+            with raw.copy(f"COPY bench_copy_target ({COLUMNS}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        copy_s = time.perf_counter() - started
+        raw.execute("TRUNCATE bench_copy_target")
+        placeholders = ", ".join(["%s"] * len(rows[0]))
+        started = time.perf_counter()
+        for row in rows[:single_rows]:
+            with connection.connection.transaction():
+                raw.execute(f"INSERT INTO bench_copy_target ({COLUMNS}) VALUES ({placeholders})", row)
+        single_s = time.perf_counter() - started
+        raw.execute("DROP TABLE bench_copy_target")
+    copy_rate = len(rows) / copy_s
+    single_rate = min(single_rows, len(rows)) / single_s
+    say(f"P2 COPY {copy_rate:,.0f} rows/s, one row per transaction {single_rate:,.0f} rows/s")
+    one, two = written / drain_s[1], written / drain_s[2]
+    return {
+        "entries": written,
+        "environments": len(environments),
+        "drain_rows_per_s": round(one),
+        "drain_rows_per_s_two_drainers": round(two),
+        "copy_rows_per_s": round(copy_rate),
+        "single_row_tx_rows_per_s": round(single_rate),
+        "ratio_drain_to_copy": round(one / copy_rate, 3),
+        "ratio_two_drainers_to_copy": round(two / copy_rate, 3),
+        "ratio_drain_to_single": round(one / single_rate, 2),
+    }
+
+
+def _timed_drain(drainers: int, rows: int) -> float:
+    """Seconds from the first row written to the last, with ``drainers`` drainer processes
+    (their start-up, Django's import time, is not the drain's)."""
+    started = [processes.start_drainer("--once", MOLLIFIER_DRAIN_MAX_ROWS_PER_SEC="10000000") for _ in range(drainers)]
+    while not TaskRun.objects.exists():
+        time.sleep(0.005)
+    first = time.perf_counter()
+    while TaskRun.objects.count() < rows:
+        time.sleep(0.02)
+    elapsed = time.perf_counter() - first
+    for process in started:
+        processes.stop(process)
+    return elapsed
+
+
+# -- P4 ------------------------------------------------------------------------------------------
+
+class CommandCounter:
+    """Counts the commands clients send Redis (MONITOR), leaving out those a Lua script runs: each
+    counted command is one round trip on the trigger path, where nothing is pipelined."""
+
+    MARKER = "bench-counter-end"
+
+    def __init__(self):
+        self.count = 0
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        self._ready.wait(5)
+
+    def _watch(self):
+        with redis_client().monitor() as monitor:
+            self._ready.set()
+            for event in monitor.listen():
+                if self.MARKER in event["command"]:
+                    return
+                if event.get("client_type") != "lua":
+                    self.count += 1
+
+    def stop(self) -> int:
+        redis_client().echo(self.MARKER)
+        self._thread.join(10)
+        return self.count
+
+
+def p4_round_trips(tenants: Tenants, *, triggers: int, say) -> dict:
+    """Redis round trips per trigger, by configuration (in-process, through the trigger service)."""
+    reset_stores()
+    redis = redis_client()
+    base = dict(settings.MOLLIFIER)
+    configs = {
+        "mollifier_off": ({"ENABLED": False}, False, True),
+        "not_enrolled": ({"ENABLED": True}, False, True),
+        "enrolled_no_key": ({"ENABLED": True, "TRIP_THRESHOLD": 10_000_000}, True, False),
+        "enrolled_with_key": ({"ENABLED": True, "TRIP_THRESHOLD": 10_000_000}, True, True),
+        "mollified_no_key": ({"ENABLED": True, "TRIP_THRESHOLD": 1, "HOLD_MS": 600_000}, True, False),
+        "mollified_with_key": ({"ENABLED": True, "TRIP_THRESHOLD": 1, "HOLD_MS": 600_000}, True, True),
+    }
+    figures = {}
+    for name, (knobs, enrolled, keyed) in configs.items():
+        settings.MOLLIFIER = {**base, **knobs}
+        tenants.enrol(enrolled)
+        environment = RuntimeEnvironment.objects.select_related("organization").get(pk=tenants.burst.pk)
+        redis.flushdb()
+        if name.startswith("mollified"):  # trip the gate first
+            for _ in range(3):
+                task_run_trigger(environment=environment, task_identifier="warm", options=trigger_options_from(BODY, now=timezone.now()))
+        counter = CommandCounter()
+        for i in range(triggers):
+            body = {**BODY, "options": {**BODY["options"], **({"idempotencyKey": f"{name}-{i}"} if keyed else {})}}
+            task_run_trigger(environment=environment, task_identifier="bench", options=trigger_options_from(body, now=timezone.now()))
+        used = counter.stop()
+        figures[name] = round(used / triggers, 2)
+        say(f"P4 {name:<20} {figures[name]} Redis commands per trigger")
+    settings.MOLLIFIER = base
+    tenants.enrol(False)
+    return figures
+
+
+# -- P5 ------------------------------------------------------------------------------------------
+
+def p5_memory(tenants: Tenants, *, small: int, large: int, redis_entries: int, say) -> dict:
+    figures = {}
+    for size in (small, large):
+        reset_stores()
+        say(f"P5 filling {size:,} entries, then draining them in a fresh drainer process")
+        fill_buffer(tenants.burst, size, task="bench", payload=BODY["payload"], **BODY["options"])
+        drainer = processes.start_drainer("--once", MOLLIFIER_DRAIN_MAX_ROWS_PER_SEC="10000000")
+        figures[f"drainer_peak_rss_mb_{size}"] = round(processes.peak_rss_mb(drainer), 1)
+        assert TaskRun.objects.count() == size, "the drainer did not drain everything"
+        say(f"P5 drainer peak RSS draining {size:,}: {figures[f'drainer_peak_rss_mb_{size}']} MB")
+    figures["ratio_rss_large_to_small"] = round(figures[f"drainer_peak_rss_mb_{large}"] / figures[f"drainer_peak_rss_mb_{small}"], 3)
+
+    reset_stores()
+    redis = redis_client()
+    before = int(redis.info("memory")["used_memory"])
+    run_ids = fill_buffer(tenants.burst, redis_entries, task="bench", payload=BODY["payload"], **BODY["options"])
+    after = int(redis.info("memory")["used_memory"])
+    sample = buffer.get_many(org_id=str(tenants.burst.organization_id), run_ids=run_ids[:200])
+    snapshot_bytes = statistics.fmean(len(entry.raw_snapshot.encode()) for entry in sample)
+    per_entry = (after - before) / redis_entries
+    figures.update(
+        redis_entries=redis_entries,
+        redis_bytes_per_entry=round(per_entry),
+        snapshot_bytes=round(snapshot_bytes),
+        ratio_entry_to_snapshot=round(per_entry / snapshot_bytes, 3),
+    )
+    say(f"P5 Redis: {per_entry:,.0f} bytes per entry for a {snapshot_bytes:,.0f}-byte snapshot ({per_entry / snapshot_bytes:.2f}x)")
+    return figures
+
+
+# -- P3 ------------------------------------------------------------------------------------------
+
+class Monitor(threading.Thread):
+    """Samples rows in Postgres, active Postgres connections and the buffer depth every 100 ms."""
+
+    def __init__(self, org_id: str):
+        super().__init__(daemon=True)
+        self.org_id = org_id
+        self.samples: list[tuple[float, int, int, int]] = []
+        self.halt = threading.Event()
+        self.started = time.perf_counter()
+
+    def run(self):
+        import psycopg
+
+        db = settings.DATABASES["default"]
+        conn = psycopg.connect(
+            dbname=db["NAME"], user=db["USER"], password=db["PASSWORD"] or None, host=db["HOST"] or None,
+            port=db["PORT"] or None, autocommit=True,
+        )
+        redis = redis_client()
+        while not self.halt.is_set():
+            rows = conn.execute("SELECT count(*) FROM runs_taskrun").fetchone()[0]
+            active = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' "
+                "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            ).fetchone()[0]
+            depth = int(redis.hget(f"mollifier:{{o:{self.org_id}}}:stats", "buffered") or 0)
+            self.samples.append((round(time.perf_counter() - self.started, 2), rows, active, depth))
+            self.halt.wait(0.1)
+        conn.close()
+
+
+def _insert_rate_per_second() -> list[tuple[float, int]]:
+    """Rows written per second, by the time each row reached Postgres."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT extract(epoch FROM date_trunc('second', coalesce(materialised_at, created_at))), count(*) "
+            "FROM runs_taskrun GROUP BY 1 ORDER BY 1"
+        )
+        rows = cursor.fetchall()
+    if not rows:
+        return []
+    first = float(rows[0][0])
+    return [(float(second) - first, int(count)) for second, count in rows]
+
+
+def _drained_per_second() -> list[int]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM runs_taskrun WHERE materialised_at IS NOT NULL "
+            "GROUP BY date_trunc('second', materialised_at)"
+        )
+        return [int(row[0]) for row in cursor.fetchall()]
+
+
+def p3_burst(tenants: Tenants, *, burst: int, concurrency: int, neighbour_rate: float, say, cap: int | None = None) -> dict:
+    """A burst with the mollifier off, then on, with a neighbour tenant trickling beside it."""
+    # This machine serves a few hundred triggers/s, under the default trip (100 per 200 ms = 500/s):
+    # the bench trips at 20 per 200 ms (100/s) so the burst is mollified, as a bigger fleet's would be.
+    server_env = {"MOLLIFIER_ENABLED": "1", "MOLLIFIER_ORG_BUFFER_CAP": "10000000", "MOLLIFIER_TRIP_THRESHOLD": "20"}
+    burst_spec = {"path": "/api/v1/tasks/burst/trigger", "key": tenants.burst_key, "body": BODY, "total": burst, "concurrency": concurrency}
+    neighbour_spec = {"path": "/api/v1/tasks/steady/trigger", "key": tenants.neighbour_key, "body": BODY, "rate_per_s": neighbour_rate}
+    phases: dict = {}
+    with processes.server(**server_env) as url:
+        reset_stores()
+        idle = processes.run_load({**neighbour_spec, "url": url, "duration_s": 5})
+        phases["neighbour_idle_p99_ms"] = round(percentile([r[1] for r in idle], 99), 2)
+        say(f"P3 neighbour alone: p99 {phases['neighbour_idle_p99_ms']} ms")
+        for mode in ("off", "on"):
+            reset_stores()
+            tenants.enrol(mode == "on")
+            drainer = None
+            if mode == "on":
+                cap = cap or max(100, int(round(phases["off"]["mean_insert_rate"] * 0.5, -1)))
+                drainer = processes.start_drainer(MOLLIFIER_DRAIN_MAX_ROWS_PER_SEC=str(cap))
+            monitor = Monitor(str(tenants.burst.organization_id))
+            monitor.start()
+            expected_neighbour = int(neighbour_rate * max(10, burst / 400))
+            neighbour = processes.start_load({**neighbour_spec, "url": url, "duration_s": expected_neighbour / neighbour_rate})
+            started = time.perf_counter()
+            results = processes.run_load({**burst_spec, "url": url})
+            burst_s = time.perf_counter() - started
+            answered = {r[3] for r in results if r[2] == 200}
+            say(f"P3 {mode}: burst of {burst:,} answered in {burst_s:.1f}s; waiting until every run is in Postgres")
+            while TaskRun.objects.filter(environment=tenants.burst).count() < len(answered):
+                if drainer is not None and drainer.poll() is not None:
+                    raise RuntimeError(f"the drainer exited: {drainer.stdout.read()}")
+                time.sleep(0.2)
+            materialised_s = time.perf_counter() - started
+            neighbour_results = processes.load_results(neighbour)
+            monitor.halt.set()
+            monitor.join()
+            if drainer is not None:
+                processes.stop(drainer)
+            ids = set(TaskRun.objects.filter(environment=tenants.burst).values_list("id", flat=True))
+            rates = _insert_rate_per_second()
+            summary = latency_summary(results, burst_s)
+            phases[mode] = {
+                "burst": summary,
+                "buffered": sum(1 for r in results if r[4]),
+                "seconds_until_all_materialised": round(materialised_s, 2),
+                "exactly_once": ids == {run_id.removeprefix("run_") for run_id in answered} and len(ids) == len(answered) == burst,
+                "rows": len(ids),
+                "max_active_pg_connections": max(s[2] for s in monitor.samples),
+                "mean_active_pg_connections": round(statistics.fmean(s[2] for s in monitor.samples), 2),
+                "max_insert_rate": max(count for _, count in rates),
+                "mean_insert_rate": round(statistics.fmean(count for _, count in rates[1:-1] or rates), 1),
+                "insert_rate": rates,
+                "timeline": monitor.samples,
+                "neighbour_p99_ms": round(percentile([r[1] for r in neighbour_results], 99), 2),
+                "neighbour_errors": sum(1 for r in neighbour_results if r[2] != 200),
+                "latencies": [r[1] for r in results],
+            }
+            if mode == "on":
+                drained = _drained_per_second()
+                phases[mode]["drain_cap"] = cap
+                phases[mode]["max_drained_per_second"] = max(drained) if drained else 0
+            say(
+                f"P3 {mode}: {summary['errors']} errors, p99 {summary['p99_ms']} ms, all in Postgres after {materialised_s:.1f}s, "
+                f"max {phases[mode]['max_insert_rate']} inserts/s, max {phases[mode]['max_active_pg_connections']} active PG connections, "
+                f"neighbour p99 {phases[mode]['neighbour_p99_ms']} ms"
+            )
+        tenants.enrol(False)
+    return phases

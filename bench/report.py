@@ -1,0 +1,98 @@
+"""The benchmark's outputs: a JSON file of every figure, PNG plots, and the targets table."""
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+OUT = Path(__file__).resolve().parent.parent / "docs" / "bench"
+
+
+def targets(results: dict) -> list[tuple[str, str, bool]]:
+    """(target, measured, met) for each target of the benchmark issue."""
+    p1, p2, p3, p4, p5 = (results[k] for k in ("P1", "P2", "P3", "P4", "P5"))
+    on, off = p3["on"], p3["off"]
+    return [
+        ("P1 mollified >= 0.6 x no-op throughput", f"{p1['ratio_mollified_to_noop']:.2f}x", p1["ratio_mollified_to_noop"] >= 0.6),
+        ("P2 drain >= 0.4 x raw COPY (one drainer)", f"{p2['ratio_drain_to_copy']:.2f}x", p2["ratio_drain_to_copy"] >= 0.4),
+        ("P2 drain >= 0.4 x raw COPY (two drainers)", f"{p2['ratio_two_drainers_to_copy']:.2f}x", p2["ratio_two_drainers_to_copy"] >= 0.4),
+        ("P2 drain >= 5 x one row per transaction", f"{p2['ratio_drain_to_single']:.1f}x", p2["ratio_drain_to_single"] >= 5),
+        ("P3 drain rate never > cap + 10%", f"max {on['max_drained_per_second']}/s vs cap {on['drain_cap']}/s", on["max_drained_per_second"] <= on["drain_cap"] * 1.1),
+        ("P3 zero errors", f"off {off['burst']['errors']}, on {on['burst']['errors']}", off["burst"]["errors"] == on["burst"]["errors"] == 0),
+        ("P3 exactly once (rows = answered ids)", f"off {off['exactly_once']}, on {on['exactly_once']}", off["exactly_once"] and on["exactly_once"]),
+        ("P3 mollified p99 <= 0.5 x pass-through p99", f"{on['burst']['p99_ms']:.0f} vs {off['burst']['p99_ms']:.0f} ms", on["burst"]["p99_ms"] <= 0.5 * off["burst"]["p99_ms"]),
+        ("P3 neighbour p99 (on) <= 1.5 x idle", f"{on['neighbour_p99_ms']:.1f} vs {p3['neighbour_idle_p99_ms']:.1f} ms", on["neighbour_p99_ms"] <= 1.5 * p3["neighbour_idle_p99_ms"]),
+        ("P4 mollifier off: 0 Redis commands", f"{p4['mollifier_off']}", p4["mollifier_off"] == 0),
+        ("P4 mollified, no key: 1 round trip", f"{p4['mollified_no_key']}", p4["mollified_no_key"] <= 1),
+        ("P5 drainer RSS flat (large <= 1.2 x small)", f"{p5['ratio_rss_large_to_small']:.2f}x", p5["ratio_rss_large_to_small"] <= 1.2),
+        ("P5 Redis bytes per entry <= 1.5 x snapshot", f"{p5['ratio_entry_to_snapshot']:.2f}x", p5["ratio_entry_to_snapshot"] <= 1.5),
+    ]
+
+
+def table(results: dict) -> str:
+    rows = targets(results)
+    width = max(len(target) for target, _, _ in rows)
+    lines = [f"{'target'.ljust(width)}  {'measured':<34} met"]
+    lines += [f"{target.ljust(width)}  {measured:<34} {'yes' if met else 'NO'}" for target, measured, met in rows]
+    return "\n".join(lines)
+
+
+def write(results: dict, latencies: dict, *, suffix: str) -> list[Path]:
+    OUT.mkdir(parents=True, exist_ok=True)
+    slim = json.loads(json.dumps(results))
+    for mode in ("off", "on"):
+        slim["P3"][mode].pop("latencies", None)
+    (OUT / f"results{suffix}.json").write_text(json.dumps(slim, indent=2) + "\n")
+    return [_plot_insert_rate(results, suffix), _plot_depth(results, suffix), _plot_latency(results, latencies, suffix)]
+
+
+def _plot_insert_rate(results: dict, suffix: str) -> Path:
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for mode, colour in (("off", "tab:red"), ("on", "tab:blue")):
+        rates = results["P3"][mode]["insert_rate"]
+        ax.step([t for t, _ in rates], [c for _, c in rates], where="post", color=colour, label=f"mollifier {mode}")
+    cap = results["P3"]["on"]["drain_cap"]
+    ax.axhline(cap, color="tab:blue", linestyle=":", label=f"drain cap {cap}/s")
+    ax.set(xlabel="seconds since the first insert", ylabel="rows inserted per second", title="P3: Postgres insert rate during a burst")
+    ax.legend()
+    return _save(fig, f"insert_rate{suffix}.png")
+
+
+def _plot_depth(results: dict, suffix: str) -> Path:
+    fig, ax1 = plt.subplots(figsize=(9, 4))
+    for mode, colour in (("off", "tab:red"), ("on", "tab:blue")):
+        timeline = results["P3"][mode]["timeline"]
+        ax1.plot([s[0] for s in timeline], [s[2] for s in timeline], color=colour, alpha=0.5, label=f"active PG connections ({mode})")
+    ax2 = ax1.twinx()
+    timeline = results["P3"]["on"]["timeline"]
+    ax2.plot([s[0] for s in timeline], [s[3] for s in timeline], color="black", label="buffer depth (on)")
+    ax1.set(xlabel="seconds since the burst started", ylabel="active Postgres connections", title="P3: buffer depth and database load")
+    ax2.set_ylabel("runs waiting in Redis")
+    fig.legend(loc="upper right")
+    return _save(fig, f"buffer_depth{suffix}.png")
+
+
+def _plot_latency(results: dict, latencies: dict, suffix: str) -> Path:
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for mode, values in latencies.items():
+        ordered = sorted(values)
+        ax1.plot(ordered, [i / len(ordered) for i in range(len(ordered))], label=mode)
+    ax1.set(xscale="log", xlabel="latency (ms, log)", ylabel="fraction of requests", title="P1: trigger latency CDF")
+    ax1.legend()
+    for mode, colour in (("off", "tab:red"), ("on", "tab:blue")):
+        ordered = sorted(results["P3"][mode]["latencies"])
+        ax2.plot(ordered, [i / len(ordered) for i in range(len(ordered))], color=colour, label=f"burst, mollifier {mode}")
+    ax2.set(xscale="log", xlabel="latency (ms, log)", title="P3: burst trigger latency CDF")
+    ax2.legend()
+    return _save(fig, f"latency{suffix}.png")
+
+
+def _save(fig, name: str) -> Path:
+    fig.tight_layout()
+    path = OUT / name
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
