@@ -119,6 +119,8 @@ TRIGGER = {
     "MAX_BATCH_ITEMS": env_int("TRIGGER_MAX_BATCH_ITEMS", 1000),
     "MAX_TAGS_PER_RUN": env_int("TRIGGER_MAX_TAGS_PER_RUN", 10),
     "REQUEST_IDEMPOTENCY_TTL_SECONDS": env_int("TRIGGER_REQUEST_IDEMPOTENCY_TTL_SECONDS", 24 * 3600),
+    # How long a web process trusts a key's environment (and its organisation's flags); 0 disables.
+    "AUTH_CACHE_SECONDS": float(env("TRIGGER_AUTH_CACHE_SECONDS", "2")),
 }
 
 # The mollifier (README: Configuration). Where trigger.dev has the same knob, the name is the same

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from trigger_project.env import env_int
 from trigger_project.settings import *  # noqa: F403
-from trigger_project.settings import CACHES, REDIS_URL
+from trigger_project.settings import CACHES, REDIS_URL, TRIGGER
 
 
 def _with_db(url: str, db: int) -> str:
@@ -26,3 +26,5 @@ if REDIS_TEST_DB == 0:
 REDIS_URL = _with_db(REDIS_URL, REDIS_TEST_DB)
 CACHES["default"]["LOCATION"] = REDIS_URL
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast user fixtures
+# Tests change keys and flags between requests; test_auth_cache covers the cache itself.
+TRIGGER = {**TRIGGER, "AUTH_CACHE_SECONDS": 0}

@@ -4,6 +4,7 @@ Option fields the server does not use (``payloadSize``, ``context``, …) are ac
 as the SDK sends many. Optional fields may be absent or ``null``; both mean "not given".
 """
 
+import copy
 import json
 from datetime import datetime
 
@@ -16,6 +17,19 @@ from runs.options import TriggerOptions
 MACHINES = ["micro", "small-1x", "small-2x", "medium-1x", "medium-2x", "large-1x", "large-2x"]
 MAX_KEY_LENGTH = 2048
 MAX_TASK_LENGTH = 128
+
+
+class CheapCopyFields:
+    """DRF deep-copies every declared field for each serializer instance, re-running every field's
+    __init__: ~0.9 ms of a trigger's ~2.5 ms here, for the 23 option fields. A shallow copy of a
+    simple field is enough (a field's only per-instance state is its binding, which bind() sets on the
+    copy). Fields holding a bound child (lists, dicts) are still deep-copied."""
+
+    def get_fields(self):
+        return {
+            name: copy.deepcopy(field) if hasattr(field, "child") else copy.copy(field)
+            for name, field in self._declared_fields.items()
+        }
 
 
 class ScalarStringField(serializers.Field):
@@ -72,16 +86,16 @@ class TtlField(serializers.Field):
         return value
 
 
-class QueueSerializer(serializers.Serializer):
+class QueueSerializer(CheapCopyFields, serializers.Serializer):
     name = serializers.CharField(max_length=256)
 
 
-class IdempotencyKeyOptionsSerializer(serializers.Serializer):
+class IdempotencyKeyOptionsSerializer(CheapCopyFields, serializers.Serializer):
     key = serializers.CharField(max_length=MAX_KEY_LENGTH)
     scope = serializers.ChoiceField(choices=["run", "attempt", "global"], required=False)
 
 
-class TriggerOptionsSerializer(serializers.Serializer):
+class TriggerOptionsSerializer(CheapCopyFields, serializers.Serializer):
     payloadType = serializers.CharField(max_length=64, required=False, allow_null=True)
     idempotencyKey = serializers.CharField(max_length=MAX_KEY_LENGTH, required=False, allow_null=True)
     idempotencyKeyTTL = serializers.CharField(max_length=32, required=False, allow_null=True)
@@ -121,12 +135,12 @@ class TriggerOptionsSerializer(serializers.Serializer):
         return value
 
 
-class TriggerBodySerializer(serializers.Serializer):
+class TriggerBodySerializer(CheapCopyFields, serializers.Serializer):
     payload = serializers.JSONField(required=False, allow_null=True)
     options = TriggerOptionsSerializer(required=False, allow_null=True)
 
 
-class BatchItemSerializer(serializers.Serializer):
+class BatchItemSerializer(CheapCopyFields, serializers.Serializer):
     index = serializers.IntegerField(min_value=0)
     task = serializers.CharField(max_length=MAX_TASK_LENGTH)
     payload = serializers.JSONField(required=False, allow_null=True)
