@@ -311,3 +311,17 @@ def batch_buffered_items(*, org_id: str, batch_id: str) -> dict[int, str]:
     """index → run id of a batch's items that are still in the buffer."""
     raw = redis_client.get().hgetall(keys.batch_items(org_id, batch_id))
     return {int(_str(index)): _str(run_id) for index, run_id in raw.items()}
+
+
+def listing(*, org_id: str, env_id: str, newest_first: bool, bound_ms: int | None, limit: int) -> tuple[list[Entry], bool]:
+    """Up to ``limit`` waiting runs of one environment by trigger time, from ``bound_ms`` (inclusive)
+    onwards — towards older runs when ``newest_first``, else towards newer ones. Returns the entries
+    and whether the scan stopped at ``limit`` (more may follow)."""
+    redis = redis_client.get()
+    key = keys.listing(org_id, env_id)
+    if newest_first:
+        run_ids = redis.zrevrangebyscore(key, "+inf" if bound_ms is None else bound_ms, "-inf", start=0, num=limit)
+    else:
+        run_ids = redis.zrangebyscore(key, "-inf" if bound_ms is None else bound_ms, "+inf", start=0, num=limit)
+    entries = get_many(org_id=org_id, run_ids=[_str(run_id) for run_id in run_ids])
+    return [entry for entry in entries if not entry.materialised], len(run_ids) >= limit

@@ -35,3 +35,11 @@ class BufferFull(RunError):
     def __init__(self, message: str, *, retry_after_ms: int):
         super().__init__(message)
         self.retry_after_ms = retry_after_ms
+
+
+class Unprocessable(RunError):
+    """Valid input the run cannot take now (422), e.g. more tags than a run may have."""
+
+
+class TooLarge(RunError):
+    """A value over its size limit (413)."""

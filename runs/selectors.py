@@ -2,6 +2,7 @@
 
 import base64
 import json
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -10,6 +11,8 @@ from django.db.models import Q, QuerySet
 from runs import ids
 from runs.exceptions import InvalidRequest, RunNotFound
 from runs.models import RuntimeEnvironment, TaskRun
+
+logger = logging.getLogger(__name__)
 
 
 def task_run_get(*, environment: RuntimeEnvironment, run_id: str) -> TaskRun:
@@ -91,6 +94,25 @@ def filter_runs(queryset: QuerySet[TaskRun], filters: RunListFilters) -> QuerySe
     return queryset
 
 
+def matches(run: TaskRun, filters: RunListFilters) -> bool:
+    """The same filters as ``filter_runs``, for a buffered run (an unsaved TaskRun)."""
+    checks = (
+        not filters.match_nothing,
+        not filters.statuses or run.status in filters.statuses,
+        not filters.task_identifiers or run.task_identifier in filters.task_identifiers,
+        not filters.versions or run.task_version in filters.versions,
+        not filters.tags or bool(set(filters.tags) & set(run.tags)),
+        not filters.queues or run.queue in filters.queues,
+        not filters.machines or run.machine in filters.machines,
+        not filters.regions or run.region in filters.regions,
+        filters.is_test is None or run.is_test == filters.is_test,
+        filters.created_from is None or run.created_at >= filters.created_from,
+        filters.created_to is None or run.created_at <= filters.created_to,
+        filters.batch_id is None or run.batch_id == filters.batch_id,
+    )
+    return all(checks)
+
+
 def task_run_list(
     *,
     environment: RuntimeEnvironment,
@@ -99,26 +121,80 @@ def task_run_list(
     after: Cursor | None = None,
     before: Cursor | None = None,
 ) -> RunPage:
-    """One page of runs, newest first by trigger time (ties broken by id), keyset-paginated."""
-    queryset = filter_runs(TaskRun.objects.filter(environment=environment), filters)
-    if before is not None:
-        # Walk towards newer runs, then turn the page back to newest-first.
-        newer = Q(created_at__gt=before.created_at) | Q(created_at=before.created_at, id__gt=before.run_id)
-        rows = list(queryset.filter(newer).order_by("created_at", "id")[: page_size + 1])
-        has_more = len(rows) > page_size
-        runs = list(reversed(rows[:page_size]))
-        return RunPage(
-            runs=runs,
-            next=Cursor.of(runs[-1]) if runs else None,
-            previous=Cursor.of(runs[0]) if runs and has_more else None,
-        )
-    if after is not None:
-        older = Q(created_at__lt=after.created_at) | Q(created_at=after.created_at, id__lt=after.run_id)
-        queryset = queryset.filter(older)
-    rows = list(queryset.order_by("-created_at", "-id")[: page_size + 1])
-    runs = rows[:page_size]
+    """One page of runs, newest first by trigger time (ties broken by id), keyset-paginated, with
+    the runs still in the mollifier buffer merged in (each run once: Postgres wins while a run is
+    in both during its drain). Redis work per page is bounded by BUFFER_SCAN_PER_PAGE entries; when
+    the scan stops there, the page ends at the oldest entry scanned (and may be short), so no
+    buffered run is ever skipped."""
+    newest_first = before is None
+    cursor = before if before is not None else after
+    rows = _postgres_page(environment, filters, page_size, cursor, newest_first)
+    buffered, scan_bound = _buffered_page(environment, filters, cursor, newest_first)
+    merged = {run.id: run for run in buffered}
+    merged.update({run.id: run for run in rows})  # Postgres wins
+    ordered = sorted(merged.values(), key=sort_key, reverse=newest_first)
+    if scan_bound is not None:
+        ordered = [run for run in ordered if (sort_key(run) >= scan_bound) == newest_first or sort_key(run) == scan_bound]
+    more = len(ordered) > page_size or len(rows) > page_size or scan_bound is not None
+    runs = ordered[:page_size]
+    if not runs and scan_bound is not None:
+        # Everything scanned was filtered out: carry on from where the scan stopped.
+        edge = Cursor(*scan_bound)
+        return RunPage(runs=[], next=edge if newest_first else None, previous=None if newest_first else edge)
+    if not newest_first:
+        runs.reverse()
+        return RunPage(runs=runs, next=Cursor.of(runs[-1]) if runs else None, previous=Cursor.of(runs[0]) if runs and more else None)
     return RunPage(
         runs=runs,
-        next=Cursor.of(runs[-1]) if len(rows) > page_size else None,
+        next=Cursor.of(runs[-1]) if runs and more else None,
         previous=Cursor.of(runs[0]) if runs and after is not None else None,
     )
+
+
+BUFFER_SCAN_PER_PAGE = 500
+
+
+def sort_key(run: TaskRun) -> tuple:
+    return (run.created_at, run.id)
+
+
+def _beyond(cursor: Cursor, newest_first: bool) -> Q:
+    if newest_first:
+        return Q(created_at__lt=cursor.created_at) | Q(created_at=cursor.created_at, id__lt=cursor.run_id)
+    return Q(created_at__gt=cursor.created_at) | Q(created_at=cursor.created_at, id__gt=cursor.run_id)
+
+
+def _postgres_page(environment, filters, page_size, cursor, newest_first) -> list[TaskRun]:
+    queryset = filter_runs(TaskRun.objects.filter(environment=environment), filters).select_related("environment")
+    if cursor is not None:
+        queryset = queryset.filter(_beyond(cursor, newest_first))
+    order = ("-created_at", "-id") if newest_first else ("created_at", "id")
+    return list(queryset.order_by(*order)[: page_size + 1])
+
+
+def _buffered_page(environment, filters, cursor, newest_first) -> tuple[list[TaskRun], tuple | None]:
+    """Buffered runs beyond the cursor that pass the filters, and the scan's bound when it stopped
+    at BUFFER_SCAN_PER_PAGE (None when it saw everything)."""
+    from mollifier import buffer
+    from mollifier.exceptions import BufferUnavailable
+    from runs.snapshots import entry_to_run, to_ms
+
+    if filters.match_nothing:
+        return [], None
+    try:
+        entries, truncated = buffer.listing(
+            org_id=str(environment.organization_id),
+            env_id=str(environment.pk),
+            newest_first=newest_first,
+            bound_ms=to_ms(cursor.created_at) if cursor else None,
+            limit=BUFFER_SCAN_PER_PAGE,
+        )
+    except BufferUnavailable:
+        logger.warning("runs.list.buffer_unavailable env=%s", environment.pk, exc_info=True)
+        return [], None
+    runs = [entry_to_run(entry, environment=environment) for entry in entries if entry.env_id == str(environment.pk)]
+    if cursor is not None:
+        cut = (cursor.created_at, cursor.run_id)
+        runs = [run for run in runs if (sort_key(run) < cut) == newest_first and sort_key(run) != cut]
+    bound = min(map(sort_key, runs)) if newest_first and runs else (max(map(sort_key, runs)) if runs else None)
+    return [run for run in runs if matches(run, filters)], bound if truncated else None

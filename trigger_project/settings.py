@@ -118,6 +118,7 @@ TRIGGER = {
     "MAX_BATCH_BODY_BYTES": env_int("TRIGGER_MAX_BATCH_BODY_BYTES", 32 * 1024 * 1024),
     "MAX_BATCH_ITEMS": env_int("TRIGGER_MAX_BATCH_ITEMS", 1000),
     "MAX_TAGS_PER_RUN": env_int("TRIGGER_MAX_TAGS_PER_RUN", 10),
+    "MAX_METADATA_BYTES": env_int("TRIGGER_MAX_METADATA_BYTES", 256 * 1024),
     "REQUEST_IDEMPOTENCY_TTL_SECONDS": env_int("TRIGGER_REQUEST_IDEMPOTENCY_TTL_SECONDS", 24 * 3600),
     # How long a web process trusts a key's environment (and its organisation's flags); 0 disables.
     "AUTH_CACHE_SECONDS": float(env("TRIGGER_AUTH_CACHE_SECONDS", "2")),

@@ -25,6 +25,8 @@ DOMAIN_STATUS = {
     domain.IdempotencyKeyNotFound: status.HTTP_404_NOT_FOUND,
     domain.InvalidRequest: status.HTTP_400_BAD_REQUEST,
     domain.ServiceUnavailable: status.HTTP_503_SERVICE_UNAVAILABLE,
+    domain.Unprocessable: status.HTTP_422_UNPROCESSABLE_ENTITY,
+    domain.TooLarge: status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
 }
 
 

@@ -164,6 +164,27 @@ class BatchCreateSerializer(serializers.Serializer):
         return value
 
 
+class AddTagsSerializer(serializers.Serializer):
+    tags = TagsField()
+
+
+class RescheduleSerializer(serializers.Serializer):
+    delay = serializers.CharField(max_length=64)
+
+
+class MetadataOperationSerializer(serializers.Serializer):
+    type = serializers.ChoiceField(choices=["update", "set", "delete", "append", "remove", "increment"])
+    key = serializers.CharField(max_length=1024, required=False)
+    value = serializers.JSONField(required=False)
+
+
+class UpdateMetadataSerializer(serializers.Serializer):
+    metadata = serializers.DictField(required=False, allow_null=True)
+    operations = MetadataOperationSerializer(many=True, required=False)
+    parentOperations = MetadataOperationSerializer(many=True, required=False)
+    rootOperations = MetadataOperationSerializer(many=True, required=False)
+
+
 class ResetIdempotencyKeySerializer(serializers.Serializer):
     taskIdentifier = serializers.CharField(max_length=MAX_TASK_LENGTH)
 

@@ -10,6 +10,10 @@ urlpatterns = [
     path("api/v3/runs/<str:run_id>", views.RunRetrieveApi.as_view(), name="run-retrieve"),
     path("api/v2/runs/<str:run_id>/cancel", views.RunCancelApi.as_view(), name="run-cancel"),
     path("api/v1/runs", views.RunListApi.as_view(), name="run-list"),
+    path("api/v1/runs/<str:run_id>/tags", views.RunTagsApi.as_view(), name="run-tags"),
+    path("api/v1/runs/<str:run_id>/metadata", views.RunMetadataApi.as_view(), name="run-metadata"),
+    path("api/v1/runs/<str:run_id>/reschedule", views.RunRescheduleApi.as_view(), name="run-reschedule"),
+    path("api/v1/runs/<str:run_id>/replay", views.RunReplayApi.as_view(), name="run-replay"),
     path("api/v1/projects/<str:project_ref>/runs", views.ProjectRunListApi.as_view(), name="project-run-list"),
     re_path(
         r"^api/v1/idempotencyKeys/(?P<key>.+)/reset$",

@@ -19,6 +19,13 @@ from runs.selectors import task_run_get, task_run_list
 from runs.services.batches import BatchItem, batch_add_items, batch_create, batch_get, batch_run_ids
 from runs.services.cancel import task_run_cancel
 from runs.services.idempotency import idempotency_key_reset
+from runs.services.mutations import (
+    metadata_of,
+    task_run_add_tags,
+    task_run_replay_body,
+    task_run_reschedule,
+    task_run_update_metadata,
+)
 from runs.services.trigger import task_run_trigger
 
 REQUEST_KEY_HEADER = "x-trigger-request-idempotency-key"
@@ -86,6 +93,55 @@ class RunCancelApi(EnvironmentApi):
     def post(self, request, run_id: str):
         run = task_run_cancel(run=task_run_get(environment=self.environment, run_id=run_id))
         return Response({"id": run.friendly_id})
+
+
+class RunTagsApi(EnvironmentApi):
+    def post(self, request, run_id: str):
+        run = task_run_get(environment=self.environment, run_id=run_id)
+        added = task_run_add_tags(run=run, tags=self.body(serializers.AddTagsSerializer)["tags"])
+        return Response({"message": f"Successfully set {added} new tags."})
+
+
+class RunMetadataApi(EnvironmentApi):
+    def get(self, request, run_id: str):
+        return Response({"metadata": metadata_of(task_run_get(environment=self.environment, run_id=run_id))})
+
+    def put(self, request, run_id: str):
+        run = task_run_get(environment=self.environment, run_id=run_id)
+        body = self.body(serializers.UpdateMetadataSerializer)
+        metadata = task_run_update_metadata(run=run, metadata=body.get("metadata"), operations=body.get("operations", []))
+        for relation, operations in (("parent_run_id", body.get("parentOperations")), ("root_run_id", body.get("rootOperations"))):
+            if operations and (related_id := getattr(run, relation)):
+                try:
+                    related = task_run_get(environment=self.environment, run_id=f"run_{related_id}")
+                except RunNotFound:
+                    continue  # the related run is not visible to this key: nothing to change
+                task_run_update_metadata(run=related, metadata=None, operations=operations)
+        return Response({"metadata": metadata})
+
+
+class RunRescheduleApi(EnvironmentApi):
+    def post(self, request, run_id: str):
+        run = task_run_get(environment=self.environment, run_id=run_id)
+        task_run_reschedule(run=run, delay=self.body(serializers.RescheduleSerializer)["delay"])
+        return Response(presenters.run_detail(task_run_get(environment=self.environment, run_id=run_id)))
+
+
+class RunReplayApi(EnvironmentApi):
+    def post(self, request, run_id: str):
+        run = task_run_get(environment=self.environment, run_id=run_id)
+        overrides = request.data if request.META.get("CONTENT_LENGTH", "0").strip("0") else {}
+        if not isinstance(overrides, dict):
+            raise ParseError("Request body must be a JSON object")
+        serializer = serializers.TriggerBodySerializer(data=task_run_replay_body(run=run, overrides=overrides))
+        serializer.is_valid(raise_exception=True)
+        outcome = task_run_trigger(
+            environment=self.environment,
+            task_identifier=run.task_identifier,
+            options=serializers.trigger_options_from(serializer.validated_data, now=timezone.now()),
+            request_key=self.request_key(),
+        )
+        return Response({"id": outcome.run.friendly_id})
 
 
 class RunListApi(EnvironmentApi):

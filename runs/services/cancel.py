@@ -7,6 +7,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from mollifier import buffer
+from runs.exceptions import RunNotFound
 from runs.models import RunStatus, TaskRun
 from runs.services.mid_drain import retry_while_draining
 from runs.snapshots import to_ms
@@ -39,7 +40,7 @@ def task_run_cancel(*, run: TaskRun, reason: str = "Canceled by user") -> TaskRu
     # Written meanwhile ("materialised", or gone after its grace period): the row is the run now.
     row = TaskRun.objects.filter(environment=run.environment, id=run.id).first()
     if row is None:
-        raise TaskRun.DoesNotExist(run.friendly_id)
+        raise RunNotFound("Run not found")
     return _cancel_row(run=row, reason=reason)
 
 

@@ -1,0 +1,201 @@
+"""Changing a run after its trigger — tags, metadata, reschedule, replay — wherever it lives.
+
+A buffered run changes atomically in its buffer entry; a written run changes in its row; a run a
+drainer holds right now is waited for briefly, then 503 (runs.services.mid_drain). Either way the
+answer is the same, and a change acknowledged while buffered survives materialisation.
+"""
+
+import json
+
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from mollifier import buffer
+from runs import durations
+from runs.exceptions import InvalidRequest, RunNotFound, ServiceUnavailable, TooLarge, Unprocessable
+from runs.models import RunStatus, TaskRun
+from runs.services.mid_drain import retry_while_draining
+from runs.snapshots import to_ms
+
+METADATA_CAS_ATTEMPTS = 12  # covers ~50-way contention on one buffered run (the original's figure)
+
+
+def _buffer_args(run: TaskRun) -> dict:
+    return {"org_id": str(run.organization_id), "env_id": str(run.environment_id), "run_id": run.friendly_id}
+
+
+def _row(run: TaskRun) -> TaskRun:
+    """The row of a run that left the buffer while we looked (locked for update)."""
+    row = TaskRun.objects.select_for_update().filter(environment_id=run.environment_id, id=run.id).first()
+    if row is None:
+        raise RunNotFound("Run not found")
+    return row
+
+
+def _wait_in_buffer(run: TaskRun, change):
+    """Apply ``change`` (a buffer mutation) to a buffered run; None when it left the buffer."""
+    result = retry_while_draining(lambda: change(now_ms=to_ms(timezone.now()), **_buffer_args(run)), busy=lambda r: r.status == "busy")
+    return None if result.status in ("materialised", "not_found") else result
+
+
+# -- tags ----------------------------------------------------------------------------------------
+
+def task_run_add_tags(*, run: TaskRun, tags: list[str]) -> int:
+    """Add tags (de-duplicated); returns how many were new. Unprocessable past MAX_TAGS_PER_RUN."""
+    limit = settings.TRIGGER["MAX_TAGS_PER_RUN"]
+    if run.is_buffered:
+        before = set(run.tags)
+        result = _wait_in_buffer(run, lambda **kw: buffer.add_tags(tags=tags, max_tags=limit, **kw))
+        if result is not None:
+            if result.status == "limit_exceeded":
+                raise Unprocessable(f"Runs can only have {limit} tags, this would make {result.value}.")
+            return len(set(tags) - before)
+    with transaction.atomic():
+        row = _row(run)
+        merged = list(dict.fromkeys([*row.tags, *tags]))
+        if len(merged) > limit:
+            raise Unprocessable(f"Runs can only have {limit} tags, this would make {len(merged)}.")
+        added = len(merged) - len(row.tags)
+        if added:
+            row.tags, row.updated_at = sorted(merged), timezone.now()
+            row.save(update_fields=["tags", "updated_at"])
+        return added
+
+
+# -- metadata ------------------------------------------------------------------------------------
+
+def metadata_of(run: TaskRun) -> dict:
+    try:
+        value = json.loads(run.metadata) if run.metadata else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def apply_operations(metadata: dict, operations: list[dict]) -> dict:
+    """The SDK's metadata operations (update, set, delete, append, remove, increment), in order."""
+    result = dict(metadata)
+    for operation in operations:
+        kind, key = operation.get("type"), str(operation.get("key", "")).removeprefix("$.")
+        value = operation.get("value")
+        if kind == "update" and isinstance(value, dict):
+            result.update(value)
+        elif kind == "set":
+            result[key] = value
+        elif kind == "delete":
+            result.pop(key, None)
+        elif kind == "append":
+            current = result.get(key)
+            result[key] = [*current, value] if isinstance(current, list) else ([current, value] if key in result else [value])
+        elif kind == "remove" and isinstance(result.get(key), list):
+            result[key] = [item for item in result[key] if item != value]
+        elif kind == "increment" and isinstance(value, (int, float)):
+            current = result.get(key, 0)
+            result[key] = (current if isinstance(current, (int, float)) else 0) + value
+    return result
+
+
+def _encode_metadata(metadata: dict) -> str:
+    text = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False)
+    limit = settings.TRIGGER["MAX_METADATA_BYTES"]
+    if len(text.encode()) > limit:
+        raise TooLarge(f"Metadata is larger than {limit} bytes.")
+    return text
+
+
+def task_run_update_metadata(*, run: TaskRun, metadata: dict | None, operations: list[dict]) -> dict:
+    """Replace the metadata (when given), then apply the operations; returns the new metadata.
+
+    A buffered run is changed by compare-and-set on its metadata version, retried under contention."""
+    def change(current: dict) -> dict:
+        return apply_operations(metadata if metadata is not None else current, operations)
+
+    if run.is_buffered:
+        for _ in range(METADATA_CAS_ATTEMPTS):
+            entry = buffer.get(org_id=str(run.organization_id), run_id=run.friendly_id)
+            if entry is None or entry.materialised:
+                break
+            current = metadata_of(TaskRun(metadata=entry.metadata))
+            new = change(current)
+            result = _wait_in_buffer(
+                run,
+                lambda **kw: buffer.set_metadata(
+                    metadata=_encode_metadata(new), metadata_type="application/json", expected_version=entry.metadata_version, **kw
+                ),
+            )
+            if result is None:
+                break
+            if result.status == "applied":
+                return new
+        else:
+            raise ServiceUnavailable("Metadata is changing too fast; retry")
+    with transaction.atomic():
+        row = _row(run)
+        new = change(metadata_of(row))
+        row.metadata, row.metadata_type, row.updated_at = _encode_metadata(new), "application/json", timezone.now()
+        row.save(update_fields=["metadata", "metadata_type", "updated_at"])
+        return new
+
+
+# -- reschedule ----------------------------------------------------------------------------------
+
+def task_run_reschedule(*, run: TaskRun, delay: str) -> None:
+    """Move a DELAYED run's start. InvalidRequest when it is not delayed or ``delay`` is invalid."""
+    now = timezone.now()
+    delay_until = durations.parse_delay(delay, now=now)
+    if delay_until is None:
+        raise InvalidRequest('delay: Must be a duration like "30s" or "1h30m", or an ISO 8601 date.')
+    if run.status != RunStatus.DELAYED:
+        raise InvalidRequest(f"Cannot reschedule a run that is not delayed (it is {run.status}).")
+    if run.is_buffered:
+        result = _wait_in_buffer(run, lambda **kw: buffer.set_delay(delay_until_ms=to_ms(delay_until), **kw))
+        if result is not None:
+            return
+    with transaction.atomic():
+        row = _row(run)
+        if row.status != RunStatus.DELAYED:
+            raise InvalidRequest(f"Cannot reschedule a run that is not delayed (it is {row.status}).")
+        row.delay_until, row.updated_at = delay_until, now
+        row.save(update_fields=["delay_until", "updated_at"])
+
+
+# -- replay --------------------------------------------------------------------------------------
+
+REPLAY_OVERRIDES = {
+    "payloadType", "metadata", "tags", "queue", "concurrencyKey", "machine", "version", "region", "delay", "ttl",
+    "idempotencyKey", "idempotencyKeyTTL", "maxAttempts", "maxDuration", "priority",
+}
+
+
+def task_run_replay_body(*, run: TaskRun, overrides: dict) -> dict:
+    """The trigger body (wire shape) of a replay: the run's payload and options, with ``overrides``
+    (the SDK's ReplayRunRequestBody fields) replacing them. The view validates it like any trigger,
+    and the new run goes through the gate like any trigger."""
+    unknown = set(overrides) - REPLAY_OVERRIDES - {"payload"}
+    if unknown:
+        raise InvalidRequest(f"Unknown replay fields: {', '.join(sorted(unknown))}")
+    options = {
+        "payloadType": run.payload_type,
+        "tags": run.tags,
+        "queue": {"name": run.queue} if run.queue else None,
+        "concurrencyKey": run.concurrency_key,
+        "machine": run.machine,
+        "lockToVersion": run.task_version,
+        "region": run.region,
+        "ttl": run.ttl,
+        "maxAttempts": run.max_attempts,
+        "maxDuration": run.max_duration,
+        "priority": run.priority,
+        "metadata": metadata_of(run) or None,
+    }
+    for name, value in overrides.items():
+        if name == "version":
+            options["lockToVersion"] = value
+        elif name == "queue":
+            options["queue"] = {"name": value}
+        elif name != "payload":
+            options[name] = value
+    payload = overrides["payload"] if "payload" in overrides else run.payload
+    return {"payload": payload, "options": {k: v for k, v in options.items() if v is not None}}

@@ -1,0 +1,229 @@
+"""One run, three places — buffered, leased mid-drain, materialised — and every read and change
+answers the same wherever it is."""
+
+import threading
+import time
+
+import pytest
+
+from mollifier import buffer
+from mollifier.drainer import Drainer, now_ms
+from runs import selectors
+from runs.models import RunStatus, TaskRun
+from tests.conftest import client_for
+from tests.helpers import trigger
+
+pytestmark = pytest.mark.django_db
+
+
+def buffered_run(api, **options) -> str:
+    for i in range(5):
+        trigger(api, payload={"warm": i})
+    response = trigger(api, payload={"the": "run"}, **options)
+    assert response.headers["x-mollifier"] == "buffered"
+    return response.json()["id"]
+
+
+def lease(environment, run_id):
+    popped = buffer.pop(org_id=str(environment.organization_id), env_id=str(environment.pk), limit=1000, lease_ms=60_000, now_ms=now_ms())
+    return [entry for entry in popped.entries if entry.run_id == run_id]
+
+
+def drain():
+    Drainer().run(once=True)
+
+
+def comparable(body: dict) -> dict:
+    return {k: v for k, v in body.items() if k not in ("updatedAt",)}
+
+
+def test_reads_answer_the_same_in_all_three_places(api, enrolled):
+    run_id = buffered_run(api, tags=["x"], metadata={"m": 1}, delay="1h")
+    buffered = api.get(f"/api/v3/runs/{run_id}").json()
+    listed = api.get("/api/v1/runs").json()["data"]
+
+    entries = lease(enrolled, run_id)
+    leased = api.get(f"/api/v3/runs/{run_id}").json()
+    buffer.ack(entries, now_ms=now_ms())  # nothing was written: the lease is simply released below
+    drain()
+    materialised = api.get(f"/api/v3/runs/{run_id}").json()
+
+    assert buffered["status"] == "DELAYED" and buffered["tags"] == ["x"] and buffered["metadata"] == {"m": 1}
+    assert comparable(buffered) == comparable(leased)
+    assert [r["id"] for r in listed].count(run_id) == 1
+
+
+def test_changes_to_a_buffered_run_survive_materialisation(api, enrolled):
+    run_id = buffered_run(api, delay="1h", tags=["a"])
+    later = "2030-01-01T00:00:00.000Z"
+
+    assert api.post(f"/api/v1/runs/{run_id}/tags", {"tags": ["b", "a"]}, format="json").json() == {"message": "Successfully set 1 new tags."}
+    assert api.put(f"/api/v1/runs/{run_id}/metadata", {"metadata": {"k": 1}, "operations": [{"type": "increment", "key": "k", "value": 2}]}, format="json").json() == {"metadata": {"k": 3}}
+    rescheduled = api.post(f"/api/v1/runs/{run_id}/reschedule", {"delay": later}, format="json").json()
+    assert rescheduled["delayedUntil"] == later and rescheduled["status"] == "DELAYED"
+    assert TaskRun.objects.filter(id=run_id.removeprefix("run_")).count() == 0  # still buffered
+
+    drain()
+
+    row = TaskRun.objects.get(id=run_id.removeprefix("run_"))
+    assert row.tags == ["a", "b"] and row.metadata == '{"k":3}' and row.delay_until.isoformat().startswith("2030-01-01")
+    assert api.get(f"/api/v1/runs/{run_id}/metadata").json() == {"metadata": {"k": 3}}
+    # The same changes on the row answer the same way.
+    assert api.post(f"/api/v1/runs/{run_id}/tags", {"tags": ["c"]}, format="json").json() == {"message": "Successfully set 1 new tags."}
+    assert api.put(f"/api/v1/runs/{run_id}/metadata", {"operations": [{"type": "increment", "key": "k", "value": 1}]}, format="json").json() == {"metadata": {"k": 4}}
+
+
+def test_cancel_acknowledged_while_buffered_ends_as_a_canceled_row(api, enrolled):
+    run_id = buffered_run(api)
+
+    assert api.post(f"/api/v2/runs/{run_id}/cancel").json() == {"id": run_id}
+    drain()
+
+    assert TaskRun.objects.get(id=run_id.removeprefix("run_")).status == RunStatus.CANCELED
+
+
+@pytest.mark.django_db(transaction=True)  # the drain finishes on another thread's connection
+def test_a_change_mid_drain_waits_for_the_row(api, enrolled):
+    run_id = buffered_run(api)
+    entries = lease(enrolled, run_id)
+
+    def finish_the_drain():
+        time.sleep(0.3)
+        from runs.services.materialise import materialise_entries
+
+        materialise_entries(entries)
+        buffer.ack(entries, now_ms=now_ms())
+        from django.db import connection
+
+        connection.close()
+
+    threading.Thread(target=finish_the_drain).start()
+    response = api.post(f"/api/v2/runs/{run_id}/cancel")
+
+    assert response.status_code == 200
+    assert TaskRun.objects.get(id=run_id.removeprefix("run_")).status == RunStatus.CANCELED
+
+
+def test_a_change_that_stays_mid_drain_answers_503_and_changes_nothing(api, enrolled):
+    run_id = buffered_run(api)
+    lease(enrolled, run_id)
+
+    response = api.post(f"/api/v1/runs/{run_id}/tags", {"tags": ["late"]}, format="json")
+
+    assert response.status_code == 503 and response.json()["error"] == "Run materialisation timed out"
+    assert buffer.get(org_id=str(enrolled.organization_id), run_id=run_id).tags == []
+
+
+def test_tags_cap_holds_in_the_buffer(api, enrolled):
+    run_id = buffered_run(api, tags=[f"t{i}" for i in range(9)])
+
+    response = api.post(f"/api/v1/runs/{run_id}/tags", {"tags": ["x", "y"]}, format="json")
+
+    assert response.status_code == 422 and "10 tags" in response.json()["error"]
+
+
+def test_reschedule_refuses_a_run_that_is_not_delayed(api, enrolled):
+    run_id = buffered_run(api)
+    response = api.post(f"/api/v1/runs/{run_id}/reschedule", {"delay": "1h"}, format="json")
+    assert response.status_code == 400 and "not delayed" in response.json()["error"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_metadata_increments_on_a_buffered_run_all_count(mollifier_on):
+    from tests.conftest import enroll
+    from tests.factories import EnvironmentFactory
+
+    environment = enroll(EnvironmentFactory())
+    api = client_for(environment)
+    run_id = buffered_run(api)
+    errors = []
+
+    def bump():
+        try:
+            client = client_for(environment)
+            for _ in range(5):
+                response = client.put(f"/api/v1/runs/{run_id}/metadata", {"operations": [{"type": "increment", "key": "n", "value": 1}]}, format="json")
+                assert response.status_code == 200, response.content
+        except Exception as error:  # collected below
+            errors.append(error)
+        finally:
+            from django.db import connection
+
+            connection.close()
+
+    threads = [threading.Thread(target=bump) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert api.get(f"/api/v1/runs/{run_id}/metadata").json() == {"metadata": {"n": 40}}
+
+
+def test_replay_makes_a_new_run_with_the_same_payload_through_the_gate(api, enrolled):
+    run_id = buffered_run(api, tags=["orig"])
+
+    replayed = api.post(f"/api/v1/runs/{run_id}/replay").json()["id"]
+    overridden = api.post(f"/api/v1/runs/{run_id}/replay", {"tags": ["new"]}, format="json").json()["id"]
+
+    assert replayed != run_id
+    body = api.get(f"/api/v3/runs/{replayed}").json()
+    assert body["payload"] == {"the": "run"} and body["tags"] == ["orig"]
+    assert api.get(f"/api/v3/runs/{overridden}").json()["tags"] == ["new"]
+    assert buffer.get(org_id=str(enrolled.organization_id), run_id=replayed) is not None  # the gate still holds
+
+
+@pytest.mark.parametrize(
+    "method, path, body",
+    [
+        ("get", "/api/v3/runs/{id}", None),
+        ("post", "/api/v2/runs/{id}/cancel", None),
+        ("post", "/api/v1/runs/{id}/tags", {"tags": ["x"]}),
+        ("get", "/api/v1/runs/{id}/metadata", None),
+        ("put", "/api/v1/runs/{id}/metadata", {"metadata": {"a": 1}}),
+        ("post", "/api/v1/runs/{id}/reschedule", {"delay": "1h"}),
+        ("post", "/api/v1/runs/{id}/replay", None),
+    ],
+)
+@pytest.mark.parametrize("where", ["buffer", "postgres"])
+def test_another_environments_run_is_404_everywhere(api, enrolled, other_api, method, path, body, where):
+    run_id = buffered_run(api, delay="1h")
+    if where == "postgres":
+        drain()
+
+    response = getattr(other_api, method)(path.format(id=run_id), body, format="json")
+
+    assert response.status_code == 404, response.content
+    assert api.get(f"/api/v3/runs/{run_id}").json()["tags"] == []
+
+
+def test_listing_merges_both_stores_newest_first_once_across_pages(api, enrolled, monkeypatch):
+    monkeypatch.setattr(selectors, "BUFFER_SCAN_PER_PAGE", 7)  # a backlog far larger than the scan
+    answered = [trigger(api, payload={"i": i}).json()["id"] for i in range(60)]
+    org, env = str(enrolled.organization_id), str(enrolled.pk)
+    half = buffer.pop(org_id=org, env_id=env, limit=20, lease_ms=60_000, now_ms=now_ms())
+    from runs.services.materialise import materialise_entries
+
+    materialise_entries(half.entries[:10])  # in both stores for now: Postgres must win
+    buffer.ack(half.entries[10:], now_ms=now_ms())  # acked without rows: those vanish (not real life)
+    expected = [run_id for run_id in reversed(answered) if run_id not in {e.run_id for e in half.entries[10:]}]
+
+    seen, url = [], "/api/v1/runs?page%5Bsize%5D=6"
+    while url:
+        page = api.get(url).json()
+        seen += [run["id"] for run in page["data"]]
+        url = f"/api/v1/runs?page%5Bsize%5D=6&page%5Bafter%5D={page['pagination']['next']}" if page["pagination"].get("next") else None
+
+    assert seen == expected
+
+
+def test_buffered_runs_are_filtered_like_rows(api, enrolled):
+    for i in range(5):
+        trigger(api, payload=i)
+    tagged = trigger(api, payload=1, tags=["vip"]).json()["id"]
+    delayed = trigger(api, payload=1, delay="1h").json()["id"]
+
+    assert [r["id"] for r in api.get("/api/v1/runs?filter%5Btag%5D=vip").json()["data"]] == [tagged]
+    assert [r["id"] for r in api.get("/api/v1/runs?filter%5Bstatus%5D=DELAYED").json()["data"]] == [delayed]
+    assert len(api.get("/api/v1/runs?filter%5Bstatus%5D=QUEUED").json()["data"]) == 6
