@@ -150,6 +150,7 @@ def _ack_call(*, org_id: str, env_id: str, run_ids: list[str], entries: dict[str
         keys.envs(org_id),
         keys.stats(org_id),
         keys.listing(org_id, env_id),
+        keys.minute(org_id, now_ms // 60_000),
     ]
     for run_id in run_ids:
         entry = entries.get(run_id)
@@ -325,3 +326,8 @@ def listing(*, org_id: str, env_id: str, newest_first: bool, bound_ms: int | Non
         run_ids = redis.zrangebyscore(key, "-inf" if bound_ms is None else bound_ms, "+inf", start=0, num=limit)
     entries = get_many(org_id=org_id, run_ids=[_str(run_id) for run_id in run_ids])
     return [entry for entry in entries if not entry.materialised], len(run_ids) >= limit
+
+
+def leased_ids(*, org_id: str, env_id: str) -> set[str]:
+    """Run ids a drainer holds right now in one environment."""
+    return {_str(run_id) for run_id in redis_client.get().zrange(keys.leases(org_id, env_id), 0, -1)}

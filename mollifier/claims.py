@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass
 
 from mollifier import client as redis_client
-from mollifier import conf, keys, scripts
+from mollifier import conf, keys, metrics, scripts
 from mollifier.exceptions import BufferUnavailable, ClaimTimeout
 
 logger = logging.getLogger(__name__)
@@ -68,14 +68,18 @@ def acquire(*, org_id: str, env_id: str, task: str, key: str, key_expires_ms: in
             reply = scripts.CLAIM(keys=redis_keys, args=[claim.marker, ttl], client=redis)
             kind = reply[0].decode()
             if kind == "claimed":
+                metrics.CLAIM_OUTCOMES.labels(outcome="claimed").inc()
                 return ClaimOutcome("claimed", claim=claim)
             if kind in ("buffered", "resolved"):
+                metrics.CLAIM_OUTCOMES.labels(outcome=kind).inc()
                 return ClaimOutcome(kind, reply[1].decode())
             if time.monotonic() >= deadline:
+                metrics.CLAIM_OUTCOMES.labels(outcome="timeout").inc()
                 raise ClaimTimeout(f"Idempotency claim resolution timed out for key {key!r}")
             time.sleep(poll * random.uniform(0.5, 1.5))  # jitter: waiters do not poll in lockstep
     except BufferUnavailable:
         logger.warning("mollifier.claim.redis_unavailable org=%s env=%s", org_id, env_id, exc_info=True)
+        metrics.CLAIM_OUTCOMES.labels(outcome="unavailable").inc()
         return ClaimOutcome("unavailable")
 
 

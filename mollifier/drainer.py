@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mollifier import buffer, conf, keys, scripts
+from mollifier import buffer, conf, keys, metrics, scripts
 from mollifier import client as redis_client
 from mollifier.codec import Entry
 from mollifier.exceptions import BufferUnavailable, SinkUnavailable
@@ -51,6 +51,7 @@ class RoundResult:
     failed: int = 0  # marked terminal: the next round writes their SYSTEM_FAILURE rows
     envs: int = 0
     waited_ms: int = 0  # time spent waiting for the shared rate limiter
+    written: list[int] = field(default_factory=list)  # trigger times (ms) of the runs written, for dwell
 
 
 class Drainer:
@@ -69,10 +70,19 @@ class Drainer:
         result = RoundResult()
         entries, missing = self._pop_round(result)
         result.popped = len(entries)
+        metrics.LEASES_RECLAIMED.inc(result.reclaimed)
         if entries or missing:
             if entries:
                 result.waited_ms = self._wait_for_rate(len(entries))
+            started = time.monotonic()
             self._write(entries, missing, result)
+            metrics.DRAIN_ROUND_SECONDS.observe(time.monotonic() - started)
+            report = result.report
+            for outcome, count in zip(("inserted", "already", "failed", "dropped"), report.astuple()):
+                metrics.DRAINED_ROWS.labels(outcome=outcome).inc(count)
+            written_at = self.clock()
+            for accepted_at_ms in result.written:
+                metrics.DWELL_SECONDS.observe(max(0, written_at - accepted_at_ms) / 1000)
         return result
 
     def _pop_round(self, result: RoundResult) -> tuple[list[Entry], list[tuple[str, str, str]]]:
@@ -119,6 +129,7 @@ class Drainer:
             result.report = self.sink(entries) if entries else SinkReport()
         except SinkUnavailable:
             logger.warning("mollifier.drain.database_unavailable entries=%d", len(entries), exc_info=True)
+            metrics.DRAIN_FAILURES.labels(cause="database_unavailable").inc()
             for entry in entries:
                 result.retried += bool(buffer.retry(entry, now_ms=self.clock(), backoff_ms=backoff_ms(entry.attempts + 1), code="database_unavailable", message="the database could not be reached"))
             self._ack([], missing, result)
@@ -129,6 +140,7 @@ class Drainer:
             self._write_one_by_one(entries, result)
             self._ack([], missing, result)
             return
+        result.written += [entry.accepted_at_ms for entry in entries]
         self._ack(entries, missing, result)
 
     def _write_one_by_one(self, entries: list[Entry], result: RoundResult) -> None:
@@ -140,11 +152,14 @@ class Drainer:
                 continue
             except Exception as error:
                 logger.exception("mollifier.drain.entry_failed run=%s attempts=%d", entry.run_id, entry.attempts + 1)
+                metrics.DRAIN_FAILURES.labels(cause="entry_failed").inc()
                 if entry.attempts + 1 >= conf.drain_max_attempts() or entry.terminal_error:
                     result.failed += buffer.fail(entry, now_ms=self.clock(), code="attempts_exhausted", message=f"{type(error).__name__}: {error}")
+                    metrics.DRAIN_FAILURES.labels(cause="marked_terminal").inc()
                 else:
                     result.retried += bool(buffer.retry(entry, now_ms=self.clock(), backoff_ms=backoff_ms(entry.attempts + 1), code=type(error).__name__, message=str(error)))
                 continue
+            result.written.append(entry.accepted_at_ms)
             self._ack([entry], [], result)
 
     def _ack(self, entries: list[Entry], missing: list[tuple[str, str, str]], result: RoundResult) -> None:
@@ -154,6 +169,19 @@ class Drainer:
             # The rows are committed. The leases expire and the entries are re-driven; the sink
             # then finds their rows and they are acked: no duplicate, no failure row.
             logger.warning("mollifier.drain.ack_failed entries=%d", len(entries), exc_info=True)
+            metrics.DRAIN_FAILURES.labels(cause="ack_failed").inc()
+
+    def drain_environment(self, *, org_id: str, env_id: str) -> RoundResult:
+        """One round for one environment only (the dashboard's "drain now"), under the same rate cap."""
+        result = RoundResult()
+        popped = buffer.pop(org_id=org_id, env_id=env_id, limit=min(conf.drain_batch_size(), round_budget()), lease_ms=conf.drain_lease_ms(), now_ms=self.clock())
+        result.popped, result.reclaimed, result.envs = len(popped.entries), popped.reclaimed, 1
+        missing = [(org_id, env_id, run_id) for run_id in popped.missing]
+        if popped.entries:
+            result.waited_ms = self._wait_for_rate(len(popped.entries))
+        if popped.entries or missing:
+            self._write(popped.entries, missing, result)
+        return result
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -170,6 +198,7 @@ class Drainer:
             except BufferUnavailable:
                 failures += 1
                 logger.warning("mollifier.drain.redis_unavailable failures=%d", failures, exc_info=True)
+                metrics.DRAIN_FAILURES.labels(cause="redis_unavailable").inc()
                 self.stop.wait(backoff_ms(failures) / 1000)
                 continue
             if on_round:

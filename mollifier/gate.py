@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mollifier import client as redis_client
-from mollifier import conf, keys, scripts
+from mollifier import conf, keys, metrics, scripts
 from mollifier.buffer import AcceptResult, accept_args, accept_keys, accept_result
 from mollifier.codec import Entry
 from mollifier.exceptions import BufferUnavailable
@@ -40,14 +40,25 @@ def _global_tripped(redis, now_ms: int) -> bool:
     if not threshold:
         return False
     _, tripped = scripts.TRIP(
-        keys=[keys.global_rate(), keys.global_tripped()],
-        args=[now_ms, conf.global_trip_window_ms(), threshold, conf.global_hold_ms()],
+        keys=[keys.global_rate(), keys.global_tripped(), keys.global_rate()],  # third key: no counting
+        args=[now_ms, conf.global_trip_window_ms(), threshold, conf.global_hold_ms(), "0"],
         client=redis,
     )
     return bool(int(tripped))
 
 
-def admit(
+def admit(**kwargs) -> "Admission":
+    """See ``_admit``; counts every decision that reached the gate's Redis (mollifier_gate_decisions_total)."""
+    admission = _admit(**kwargs)
+    if admission.reason not in ("disabled", "not_enrolled") and not admission.reason.startswith("bypass"):
+        decision = admission.decision.value
+        if admission.accepted is not None and admission.accepted.status == "over_cap":
+            decision = "refused"
+        metrics.GATE_DECISIONS.labels(decision=decision, reason=admission.reason).inc()
+    return admission
+
+
+def _admit(
     *,
     org_id: str,
     env_id: str,
@@ -77,17 +88,21 @@ def admit(
         reason = "global_rate" if forced else "per_env_rate"
         if not enrolled:
             _, tripped = scripts.TRIP(
-                keys=[keys.rate(org_id, env_id), keys.tripped(org_id, env_id)],
-                args=[now_ms, window, threshold, hold],
+                keys=[keys.rate(org_id, env_id), keys.tripped(org_id, env_id), keys.minute(org_id, now_ms // 60_000)],
+                args=[now_ms, window, threshold, hold, "1"],
                 client=redis,
             )
             if forced or int(tripped):
                 logger.debug("mollifier.gate.would_mollify org=%s env=%s reason=%s", org_id, env_id, reason)
+                redis.zadd(keys.shadow_orgs(), {org_id: now_ms})  # the dashboard lists them
                 return Admission(Decision.SHADOW, reason)
             return Admission(Decision.PASS_THROUGH, "under_threshold")
         candidate = entry()
         reply = scripts.GATE_ACCEPT(
-            keys=[keys.rate(org_id, env_id), keys.tripped(org_id, env_id), *accept_keys(candidate)],
+            keys=[
+                keys.rate(org_id, env_id), keys.tripped(org_id, env_id), *accept_keys(candidate),
+                keys.minute(org_id, now_ms // 60_000),
+            ],
             args=[
                 now_ms, window, threshold, hold, "1" if forced else "0",
                 *accept_args(candidate, claim_marker=claim_marker, claim_ttl=claim_ttl),

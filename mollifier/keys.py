@@ -80,6 +80,17 @@ def tripped(org_id: str, env_id: str) -> str:
     return f"{_org(org_id)}:tripped:{_b64(env_id)}"
 
 
+def minute(org_id: str, epoch_minute: int) -> str:
+    """HASH with a 2 h TTL: the organisation's counts for one minute — gate decisions
+    (pass_through, mollify, shadow, refused) and rows drained — for the dashboard's charts."""
+    return f"{_org(org_id)}:minute:{epoch_minute}"
+
+
+def shadow_orgs() -> str:
+    """ZSET: organisations (not enrolled) that shadow mode would have mollified, by last time (ms)."""
+    return f"{PREFIX}:shadow_orgs"
+
+
 def unused(org_id: str) -> str:
     """Never written: stands in for an optional key a script takes (it must be in the same slot)."""
     return f"{_org(org_id)}:unused"

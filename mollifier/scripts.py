@@ -17,12 +17,12 @@ def _load(name: str, *libs: str) -> Script:
     return Script(None, source)  # type: ignore[arg-type]  # redis-py types the client as required
 
 
-TRIP = _load("trip.lua", "trip.lua")
-GATE_ACCEPT = _load("gate_accept.lua", "trip.lua", "accept.lua")
+TRIP = _load("trip.lua", "trip.lua", "count.lua")
+GATE_ACCEPT = _load("gate_accept.lua", "trip.lua", "accept.lua", "count.lua")
 ACCEPT = _load("accept.lua", "accept.lua")
 POP = _load("pop.lua")
 READ = _load("read.lua")
-ACK = _load("ack.lua")
+ACK = _load("ack.lua", "count.lua")
 RETRY = _load("retry.lua")
 FAIL = _load("fail.lua")
 MUTATE = _load("mutate.lua")

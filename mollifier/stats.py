@@ -44,3 +44,33 @@ def env_stats(*, now_ms: int) -> list[EnvStats]:
                 EnvStats(org, env, int(waiting), int(ready), int(leased), int(expired), int(oldest[0][1]) if oldest else None, bool(tripped))
             )
     return rows
+
+
+DECISIONS = ("pass_through", "mollify", "shadow", "refused")
+
+
+def timeline(*, org_ids: list[str], now_ms: int, minutes: int = 60) -> list[dict]:
+    """Per minute, oldest first: gate decisions and rows drained, summed over ``org_ids``."""
+    redis = redis_client.get()
+    last = now_ms // 60_000
+    span = range(last - minutes + 1, last + 1)
+    totals = {minute: dict.fromkeys((*DECISIONS, "drained"), 0) for minute in span}
+    if org_ids:
+        pipe = redis.pipeline(transaction=False)
+        for org in org_ids:
+            for minute in span:
+                pipe.hgetall(keys.minute(org, minute))
+        replies = iter(pipe.execute())
+        for _ in org_ids:
+            for minute in span:
+                for field, value in next(replies).items():
+                    name = field.decode() if isinstance(field, bytes) else field
+                    if name in totals[minute]:
+                        totals[minute][name] += int(value)
+    return [{"minute": minute, **counts} for minute, counts in totals.items()]
+
+
+def shadow_orgs(*, since_ms: int) -> list[str]:
+    """Organisations shadow mode would have mollified since ``since_ms``."""
+    raw = redis_client.get().zrangebyscore(keys.shadow_orgs(), since_ms, "+inf")
+    return [org.decode() if isinstance(org, bytes) else org for org in raw]

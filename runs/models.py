@@ -205,6 +205,15 @@ class TaskRun(models.Model):
         return self._state.adding
 
 
+class MollifierDashboard(models.Model):
+    """No table: the admin's entry point to the buffer dashboard (a Redis-backed page)."""
+
+    class Meta:
+        managed = False
+        verbose_name = verbose_name_plural = "Mollifier dashboard"
+        default_permissions = ("view",)
+
+
 class BatchTaskRunItem(models.Model):
     batch = models.ForeignKey(BatchTaskRun, on_delete=models.CASCADE, related_name="items")
     task_run = models.ForeignKey(TaskRun, on_delete=models.CASCADE, related_name="batch_items")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.db.models import Q, QuerySet
+from django.utils import timezone
 
 from runs import ids
 from runs.exceptions import InvalidRequest, RunNotFound
@@ -152,6 +153,45 @@ def task_run_list(
 
 
 BUFFER_SCAN_PER_PAGE = 500
+
+
+@dataclass(frozen=True)
+class BufferedRunRow:
+    run: TaskRun  # unsaved, built from the entry
+    entry: object  # mollifier.codec.Entry
+    where: str  # buffered | draining
+
+
+def buffered_runs(*, search: str = "", where: str | None = None, limit: int = 100) -> list[BufferedRunRow]:
+    """The newest waiting runs across every environment, for operators (the admin), optionally
+    narrowed to those a drainer holds (``where="draining"``) or matching ``search`` (a run id, an
+    idempotency key or a tag)."""
+    from mollifier import buffer
+    from mollifier.stats import env_stats
+    from runs.snapshots import entry_to_run
+
+    now_ms = int(timezone.now().timestamp() * 1000)
+    stats = env_stats(now_ms=now_ms)
+    environments = RuntimeEnvironment.objects.select_related("organization", "project").in_bulk(
+        [int(row.env_id) for row in stats if row.env_id.isdigit()]
+    )
+    term = search.strip()
+    rows = []
+    for row in stats:
+        environment = environments.get(int(row.env_id)) if row.env_id.isdigit() else None
+        if environment is None:
+            continue
+        entries, _ = buffer.listing(org_id=row.org_id, env_id=row.env_id, newest_first=True, bound_ms=None, limit=limit)
+        leased = buffer.leased_ids(org_id=row.org_id, env_id=row.env_id) if row.leased else set()
+        for entry in entries:
+            state = "draining" if entry.run_id in leased else "buffered"
+            if where and where != state:
+                continue
+            if term and term not in entry.run_id and term != (entry.idempotency_key or "") and term not in entry.tags:
+                continue
+            rows.append(BufferedRunRow(entry_to_run(entry, environment=environment), entry, state))
+    rows.sort(key=lambda r: sort_key(r.run), reverse=True)
+    return rows[:limit]
 
 
 def sort_key(run: TaskRun) -> tuple:

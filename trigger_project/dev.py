@@ -6,6 +6,7 @@ command) are left as they were.
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +31,11 @@ def main() -> int:
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     env = os.environ.copy()
+    # Every process of this run (web workers, the drainer) writes its metrics here; /metrics sums them.
+    metrics_dir = embedded.DEV_DIR / "prometheus"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
     # The demo is the product: the mollifier is on and the demo organisation enrolled (seed_demo).
     env.setdefault("MOLLIFIER_ENABLED", "1")
     stops = []

@@ -29,6 +29,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",  # the admin's CSS/JS, offline, under any server
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -95,7 +96,9 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / ".dev" / "static"
+STATIC_ROOT = env("STATIC_ROOT", "") or None  # only for `collectstatic`; WhiteNoise serves from the apps
+# Served straight from the apps' static folders: no collectstatic step for `make run`.
+WHITENOISE_USE_FINDERS = True
 
 # Request bodies are bounded by the API's own parsers (413 with a JSON error), not by Django's
 # 400-with-HTML guard, which would answer before the view could.
@@ -153,6 +156,8 @@ MOLLIFIER = {
     "REDIS_ALIAS": "default",
     "REDIS_CLUSTER_URL": env("MOLLIFIER_REDIS_CLUSTER_URL", ""),
 }
+
+METRICS_TOKEN = env("METRICS_TOKEN", "")
 
 LOGGING = {
     "version": 1,

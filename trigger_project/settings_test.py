@@ -25,6 +25,7 @@ if REDIS_TEST_DB == 0:
     raise RuntimeError("Refusing to run the test suite on Redis DB 0: set REDIS_TEST_DB to another number.")
 REDIS_URL = _with_db(REDIS_URL, REDIS_TEST_DB)
 CACHES["default"]["LOCATION"] = REDIS_URL
-PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast user fixtures
+# Fast user fixtures (MD5); PBKDF2 stays available for users a real server process must log in.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher", "django.contrib.auth.hashers.PBKDF2PasswordHasher"]
 # Tests change keys and flags between requests; test_auth_cache covers the cache itself.
 TRIGGER = {**TRIGGER, "AUTH_CACHE_SECONDS": 0}

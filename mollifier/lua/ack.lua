@@ -6,7 +6,7 @@ twice, or acking an entry already gone, changes nothing. When the environment ha
 leased any more it leaves the organisation's active set; when the organisation has no active
 environment left, the reply carries its generation so the caller can un-index it.
 
-KEYS: 1 ready, 2 leases, 3 envs, 4 stats, 5 listing, then per run: entry, snapshot, idem, batch
+KEYS: 1 ready, 2 leases, 3 envs, 4 stats, 5 listing, 6 minute, then per run: entry, snapshot, idem, batch
       (idem/batch may be placeholders in the same slot)
 ARGV: 1 now_ms, 2 grace_ms, 3 env, 4.. runs (same order as the per-run keys)
 returns: {acked_count, idle_gen ('' while the organisation is still active)}
@@ -14,7 +14,7 @@ returns: {acked_count, idle_gen ('' while the organisation is still active)}
 local acked = 0
 for i = 4, #ARGV do
   local run = ARGV[i]
-  local base = 5 + (i - 4) * 4
+  local base = 6 + (i - 4) * 4
   local entry, snapshot, idem, batch = KEYS[base + 1], KEYS[base + 2], KEYS[base + 3], KEYS[base + 4]
   redis.call('ZREM', KEYS[2], run)
   redis.call('ZREM', KEYS[1], run)
@@ -33,6 +33,9 @@ for i = 4, #ARGV do
     end
     acked = acked + 1
   end
+end
+if acked > 0 then
+  count(KEYS[6], 'drained', acked)
 end
 if redis.call('ZCARD', KEYS[1]) == 0 and redis.call('ZCARD', KEYS[2]) == 0 then
   redis.call('SREM', KEYS[3], ARGV[3])

@@ -6,6 +6,7 @@ cancelled run keeps its key. The unique constraint on (environment, task, key) i
 between concurrent triggers.
 """
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.utils import timezone
@@ -53,7 +54,13 @@ def idempotency_key_clear(
     return runs.update(idempotency_key=None, idempotency_key_expires_at=None, updated_at=timezone.now())
 
 
-def idempotency_key_reset(*, environment: RuntimeEnvironment, task_identifier: str, key: str) -> None:
+@dataclass(frozen=True)
+class KeyReset:
+    rows: int  # rows in Postgres that gave the key up
+    buffered_run: str | None  # the buffered run (run_…) that gave it up
+
+
+def idempotency_key_reset(*, environment: RuntimeEnvironment, task_identifier: str, key: str) -> KeyReset:
     """Release ``key`` in both stores so the next trigger with it makes a new run.
 
     Raises IdempotencyKeyNotFound when no run held it, and ServiceUnavailable when Postgres had
@@ -70,11 +77,12 @@ def idempotency_key_reset(*, environment: RuntimeEnvironment, task_identifier: s
         )
     except BufferUnavailable:
         if cleared:
-            return
+            return KeyReset(cleared, None)
         raise ServiceUnavailable("Unable to verify buffered idempotency state right now; please retry") from None
-    if cleared or result.status == "reset":
-        return
+    buffered = result.run_id if result.status == "reset" else None
+    if cleared or buffered:
+        return KeyReset(cleared, buffered)
     # The holder may have been written to Postgres between the two steps above.
-    if idempotency_key_clear(**scope):
-        return
+    if cleared := idempotency_key_clear(**scope):
+        return KeyReset(cleared, None)
     raise IdempotencyKeyNotFound(f"No runs found with idempotency key: {key} and task: {task_identifier}")

@@ -1,0 +1,170 @@
+"""The operator surfaces through Django's test client: admin pages, actions, /metrics, commands."""
+
+import io
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from django.core.management import CommandError, call_command
+from django.test import Client
+
+from mollifier import buffer
+from runs.models import Organization, RunStatus, TaskRun
+from tests.buffering import fill_buffer
+from tests.conftest import client_for
+from tests.factories import EnvironmentFactory
+from tests.helpers import trigger
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def admin_client():
+    user = User.objects.create_superuser("admin", "admin@example.com", "pw")
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def viewer_client():
+    """Staff who may view runs but not change them."""
+    user = User.objects.create_user("viewer", password="pw", is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(codename__in=["view_taskrun", "view_mollifierdashboard", "view_organization"]))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_the_admin_needs_a_staff_login():
+    for url in ["/admin/", "/admin/runs/taskrun/", "/admin/runs/mollifierdashboard/"]:
+        response = Client().get(url)
+        assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def test_the_enrolment_toggle_keeps_other_flags(admin_client, environment):
+    organization = environment.organization
+    organization.feature_flags = {"other": "kept"}
+    organization.save()
+
+    response = admin_client.post(
+        f"/admin/runs/organization/{organization.pk}/change/",
+        {"slug": organization.slug, "title": organization.title, "mollifier_enabled": "on", "feature_flags": '{"other": "kept"}'},
+    )
+
+    assert response.status_code == 302
+    organization.refresh_from_db()
+    assert organization.feature_flags == {"other": "kept", "mollifierEnabled": True}
+    page = admin_client.get(f"/admin/runs/organization/{organization.pk}/change/").content.decode()
+    assert 'name="mollifier_enabled"' in page and "checked" in page
+
+
+def test_bulk_enable_and_disable(admin_client):
+    orgs = [EnvironmentFactory().organization for _ in range(3)]
+    ids = [str(o.pk) for o in orgs]
+
+    admin_client.post("/admin/runs/organization/", {"action": "enable_mollifier", "_selected_action": ids})
+    assert all(o.feature_flags.get("mollifierEnabled") is True for o in Organization.objects.filter(pk__in=ids))
+    admin_client.post("/admin/runs/organization/", {"action": "disable_mollifier", "_selected_action": ids[:1]})
+    assert Organization.objects.get(pk=ids[0]).feature_flags["mollifierEnabled"] is False
+
+
+def test_the_organisation_list_shows_buffer_depth(admin_client):
+    environment = EnvironmentFactory()
+    fill_buffer(environment, 4)
+
+    page = admin_client.get("/admin/runs/organization/").content.decode()
+
+    assert ">4<" in page
+
+
+def test_the_run_list_shows_both_stores_and_filters_where(admin_client, enrolled):
+    api = client_for(enrolled)
+    responses = [trigger(api, payload=i, tags=["vip"] if i == 7 else []) for i in range(8)]
+    buffered = [r.json()["id"] for r in responses if r.headers.get("x-mollifier")]
+    direct = [r.json()["id"] for r in responses if not r.headers.get("x-mollifier")]
+
+    everything = admin_client.get("/admin/runs/taskrun/").content.decode()
+    only_buffered = admin_client.get("/admin/runs/taskrun/?where=buffered").content.decode()
+    by_tag = admin_client.get("/admin/runs/taskrun/?q=vip").content.decode()
+    by_id = admin_client.get(f"/admin/runs/taskrun/?q={direct[0]}").content.decode()
+
+    assert all(run_id in everything for run_id in buffered + direct)
+    assert all(run_id in only_buffered for run_id in buffered) and direct[0] not in only_buffered
+    assert buffered[-1] in by_tag and buffered[0] not in by_tag
+    assert direct[0] in by_id and direct[1] not in by_id
+
+
+def test_a_buffered_run_has_a_detail_page_and_can_be_cancelled(admin_client, enrolled):
+    api = client_for(enrolled)
+    run_id = [trigger(api, payload=i).json()["id"] for i in range(6)][-1]
+    org = str(enrolled.organization_id)
+
+    page = admin_client.get(f"/admin/runs/taskrun/buffered/{org}/{run_id}/").content.decode()
+    response = admin_client.post(f"/admin/runs/taskrun/buffered/{org}/{run_id}/cancel/")
+
+    assert run_id in page and "Snapshot" in page and "attempts" in page
+    assert response.status_code == 302
+    assert api.get(f"/api/v3/runs/{run_id}").json()["status"] == "CANCELED"
+
+
+def test_changing_actions_need_the_change_permission(viewer_client, enrolled):
+    api = client_for(enrolled)
+    run_id = [trigger(api, payload=i).json()["id"] for i in range(6)][-1]
+    org, env = str(enrolled.organization_id), str(enrolled.pk)
+
+    assert viewer_client.get(f"/admin/runs/taskrun/buffered/{org}/{run_id}/").status_code == 200
+    assert viewer_client.post(f"/admin/runs/taskrun/buffered/{org}/{run_id}/cancel/").status_code == 403
+    assert viewer_client.post(f"/admin/runs/mollifierdashboard/drain/{org}/{env}/").status_code == 403
+    assert api.get(f"/api/v3/runs/{run_id}").json()["status"] == "QUEUED"
+
+
+def test_row_actions_cancel_and_reset(admin_client, environment):
+    api = client_for(environment)
+    first = trigger(api, payload=1, idempotencyKey="k").json()["id"].removeprefix("run_")
+
+    admin_client.post("/admin/runs/taskrun/", {"action": "reset_idempotency_keys", "_selected_action": [first]})
+    admin_client.post("/admin/runs/taskrun/", {"action": "cancel_runs", "_selected_action": [first]})
+
+    run = TaskRun.objects.get(id=first)
+    assert run.idempotency_key is None and run.status == RunStatus.CANCELED
+
+
+def test_the_dashboard_shows_depth_charts_and_drains_now(admin_client, enrolled):
+    api = client_for(enrolled)
+    [trigger(api, payload=i) for i in range(12)]  # 7 buffered
+
+    page = admin_client.get("/admin/runs/mollifierdashboard/").content.decode()
+    response = admin_client.post(f"/admin/runs/mollifierdashboard/drain/{enrolled.organization_id}/{enrolled.pk}/")
+
+    assert 'id="waiting">7<' in page and "<svg" in page and str(enrolled) in page
+    assert "mollified" in page and "Drain this environment now" in page
+    assert response.status_code == 302
+    assert buffer.buffered_count(str(enrolled.organization_id)) == 0
+    assert TaskRun.objects.count() == 12
+
+
+def test_metrics_in_prometheus_format(enrolled, settings):
+    api = client_for(enrolled)
+    [trigger(api, payload=i) for i in range(7)]
+
+    body = Client().get("/metrics").content.decode()
+
+    assert 'mollifier_gate_decisions_total{decision="mollify",reason="per_env_rate"}' in body
+    assert "mollifier_buffer_depth 2.0" in body
+    assert "mollifier_buffer_oldest_age_seconds" in body
+    settings.METRICS_TOKEN = "s3cret"
+    assert Client().get("/metrics").status_code == 401
+    assert Client().get("/metrics", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+
+
+def test_reset_idempotency_command(environment):
+    api = client_for(environment)
+    trigger(api, payload=1, idempotencyKey="k")
+    spec = f"{environment.organization.slug}/{environment.project.slug}/{environment.slug}"
+    out = io.StringIO()
+
+    call_command("mollifier_reset_idempotency", "--env", spec, "--task", "hello-world", "--key", "k", stdout=out)
+
+    assert "released from 1 run(s) in Postgres" in out.getvalue()
+    with pytest.raises(CommandError, match="No runs found"):
+        call_command("mollifier_reset_idempotency", "--env", spec, "--task", "hello-world", "--key", "k")
