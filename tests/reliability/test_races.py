@@ -1,0 +1,94 @@
+"""Races with real threads and processes."""
+
+import random
+import threading
+import time
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from mollifier import buffer
+from runs.api.serializers import trigger_options_from
+from runs.models import RunStatus, TaskRun
+from runs.services.trigger import task_run_trigger
+from tests.conftest import client_for, enroll
+from tests.factories import EnvironmentFactory
+from tests.helpers import trigger
+from tests.server import start_manage
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_two_hundred_same_key_triggers_while_the_gate_flips_make_one_run(mollifier_on):
+    environment = enroll(EnvironmentFactory())
+    options = trigger_options_from({"options": {"idempotencyKey": "the-key"}}, now=timezone.now())
+    keyless = trigger_options_from({}, now=timezone.now())
+    organization = environment.organization
+    stop = threading.Event()
+    barrier = threading.Barrier(51)  # 50 threads x 4 triggers: 200 same-key triggers, without exhausting connections
+    outcomes, errors = [], []
+
+    def flip():
+        barrier.wait()
+        while not stop.is_set():  # enrolled ↔ not: pass-through and mollify interleave
+            organization.feature_flags = {"mollifierEnabled": random.random() < 0.5}
+            time.sleep(0.001)
+
+    def fire(i):
+        try:
+            barrier.wait()
+            for _ in range(4):
+                if i % 5 == 0:  # keyless triggers keep the gate's counter over the threshold
+                    task_run_trigger(environment=environment, task_identifier="t", options=keyless)
+                outcomes.append(task_run_trigger(environment=environment, task_identifier="t", options=options))
+        except Exception as error:  # collected, asserted below
+            errors.append(error)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=fire, args=(i,)) for i in range(50)] + [threading.Thread(target=flip)]
+    for thread in threads:
+        thread.start()
+    for thread in threads[:50]:
+        thread.join()
+    stop.set()
+    threads[50].join()
+
+    assert errors == []
+    assert len(outcomes) == 200
+    assert len({outcome.run.id for outcome in outcomes}) == 1
+    holders = list(TaskRun.objects.filter(idempotency_key="the-key").values_list("id", flat=True))
+    org, env = str(environment.organization_id), str(environment.pk)
+    waiting = buffer.get_many(org_id=org, run_ids=buffer.leased_ids(org_id=org, env_id=env) | {o.run.friendly_id for o in outcomes})
+    holders += [e.run_id.removeprefix("run_") for e in waiting if e.idempotency_key == "the-key" and not e.materialised]
+    assert holders == [outcomes[0].run.id]
+
+
+def test_cancels_racing_the_drain_all_end_canceled(mollifier_on):
+    environment = enroll(EnvironmentFactory())
+    api = client_for(environment)
+    [trigger(api, payload=i) for i in range(5)]
+    run_ids = [trigger(api, payload=i).json()["id"] for i in range(60)]
+    drainer = start_manage("mollifier_drain", MOLLIFIER_DRAIN_MAX_ROWS_PER_SEC="200", MOLLIFIER_DRAIN_BATCH_SIZE="5")
+    try:
+        cancelled = []
+        for run_id in run_ids[::2]:
+            for _ in range(10):  # the SDK retries a 503 the same way
+                response = api.post(f"/api/v2/runs/{run_id}/cancel")
+                if response.status_code == 200:
+                    cancelled.append(run_id)
+                    break
+                assert response.status_code == 503, response.content
+            time.sleep(0.005)
+        deadline = time.monotonic() + 60
+        while TaskRun.objects.filter(environment=environment).count() < 65 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        drainer.terminate()
+        drainer.wait(30)
+
+    assert len(cancelled) == 30
+    statuses = dict(TaskRun.objects.filter(environment=environment).values_list("id", "status"))
+    assert {statuses[run_id.removeprefix("run_")] for run_id in cancelled} == {RunStatus.CANCELED}
+    assert {statuses[run_id.removeprefix("run_")] for run_id in run_ids[1::2]} == {RunStatus.QUEUED}

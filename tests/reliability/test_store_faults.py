@@ -1,0 +1,163 @@
+"""Stores failing under a real server: Redis stopped mid-burst (and restarted from its AOF), and
+Postgres stopped under load. Each store here is a server the test starts and stops itself."""
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import redis
+
+from mollifier import keys
+from runs.models import TaskRun
+from tests.conftest import enroll
+from tests.factories import EnvironmentFactory
+from tests.redis_cluster import _server_binary
+from tests.server import running_server, start_manage
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisProcess:
+    """A redis-server with AOF (fsync on every write) in a folder of its own; stop() kills it (-9)."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="mollifier-redis-")
+        self.port = free_port()
+        self.process = None
+
+    def start(self):
+        self.process = subprocess.Popen(
+            [_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir, "--appendonly", "yes",
+             "--appendfsync", "always", "--save", ""],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis did not start")
+
+    def kill(self):
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def cleanup(self):
+        if self.process and self.process.poll() is None:
+            self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def call(method: str, url: str, key: str, body: dict | None = None, timeout: float = 30):
+    request = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.load(response), dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error), dict(error.headers)
+
+
+def trigger(base_url: str, key: str, i, **options):
+    return call("POST", f"{base_url}/api/v1/tasks/hello-world/trigger", key,
+                {"payload": json.dumps({"json": i}), "options": {"payloadType": "application/super+json", **options}})
+
+
+@pytest.fixture
+def own_redis():
+    store = RedisProcess()
+    store.start()
+    yield store
+    store.cleanup()
+
+
+def test_redis_down_mid_burst_fails_open_and_buffered_runs_survive_a_restart(own_redis):
+    environment = enroll(EnvironmentFactory())
+    key = environment.secret_key
+    gate = {"REDIS_URL": own_redis.url, "MOLLIFIER_ENABLED": "1", "MOLLIFIER_TRIP_THRESHOLD": "5",
+            "MOLLIFIER_TRIP_WINDOW_MS": "60000", "MOLLIFIER_HOLD_MS": "60000"}
+    with running_server(**gate) as base_url:
+        first = [trigger(base_url, key, i) for i in range(10)]
+        buffered = [body["id"] for status, body, headers in first if headers.get("x-mollifier") == "buffered"]
+        direct = [body["id"] for status, body, headers in first if "x-mollifier" not in headers]
+        assert len(buffered) == 5
+
+        own_redis.kill()
+        during = [trigger(base_url, key, i, idempotencyKey=f"k{i % 2}") for i in range(10)]
+        assert {status for status, _, _ in during} == {200}  # fail open: straight to Postgres
+        assert not [h for _, _, h in during if "x-mollifier" in h]
+        assert len({body["id"] for _, body, _ in during}) == 2  # idempotency held by Postgres alone
+        assert call("GET", f"{base_url}/api/v3/runs/{direct[0]}", key)[0] == 200
+        assert call("GET", f"{base_url}/api/v3/runs/{buffered[0]}", key)[0] == 503  # cannot be read now; retried
+
+        own_redis.start()  # same folder: the AOF brings the buffer back
+        assert redis.Redis(port=own_redis.port).zcard(keys.listing(str(environment.organization_id), str(environment.pk))) == 5
+        after = trigger(base_url, key, "back")
+        assert after[0] == 200 and after[2].get("x-mollifier") == "buffered"  # the gate resumed by itself
+        assert call("GET", f"{base_url}/api/v3/runs/{buffered[0]}", key)[1]["status"] == "QUEUED"
+
+        drainer = start_manage("mollifier_drain", "--once", REDIS_URL=own_redis.url)
+        assert drainer.wait(60) == 0
+    ids = {run.friendly_id for run in TaskRun.objects.filter(environment=environment)}
+    assert set(buffered) | set(direct) | {after[1]["id"]} <= ids
+    assert len(ids) == 10 + 2 + 1
+
+
+def test_postgres_down_answers_503_fast_and_the_drain_catches_up(tmp_path):
+    """A Postgres of the test's own (pgserver): stopped under a running server, then started again."""
+    import pgserver
+
+    from tests.server import ROOT
+
+    server = pgserver.get_server(tmp_path / "pg", cleanup_mode="stop")
+    url = server.get_uri()
+    env = {"DATABASE_URL": url, "DB_CONNECT_TIMEOUT": "1", "TRIGGER_AUTH_CACHE_SECONDS": "0",
+           "MOLLIFIER_ENABLED": "1", "MOLLIFIER_TRIP_THRESHOLD": "3", "MOLLIFIER_TRIP_WINDOW_MS": "60000", "MOLLIFIER_HOLD_MS": "60000"}
+    manage = lambda *args: subprocess.run([".venv/bin/python", "manage.py", *args], cwd=ROOT, env={**_env(), **env},  # noqa: E731
+                                          capture_output=True, text=True, check=True)
+    manage("migrate", "--noinput")
+    key = manage("create_environment", "--org", "pgdown", "--project", "p", "--env", "prod").stdout.strip().splitlines()[-1]
+    manage("shell", "-c", "from runs.models import Organization as O; o=O.objects.get(slug='pgdown'); o.feature_flags={'mollifierEnabled': True}; o.save()")
+    with running_server(**env) as base_url:
+        assert trigger(base_url, key, 0)[0] == 200
+        pgserver.pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=server.pgdata, user=server.system_user)
+
+        started = time.monotonic()
+        status, body, _ = trigger(base_url, key, 1, timeout=30)
+        assert status == 503 and "retry" in body["error"].lower()
+        assert time.monotonic() - started < 15  # a clear answer, not a hang
+
+        server.ensure_postgres_running()
+        answers = [trigger(base_url, key, i) for i in range(2, 8)]
+        assert {status for status, _, _ in answers} == {200}
+        drainer = subprocess.run([".venv/bin/python", "manage.py", "mollifier_drain", "--once", "--quiet"], cwd=ROOT,
+                                 env={**_env(), **env}, capture_output=True, text=True, timeout=120)
+        assert drainer.returncode == 0, drainer.stdout + drainer.stderr
+        count = manage("shell", "-c", "from runs.models import TaskRun; print(TaskRun.objects.count())").stdout.strip().splitlines()[-1]
+    assert int(count) == 7
+    server.cleanup()
+
+
+def _env() -> dict:
+    from tests.server import server_env
+
+    return server_env()
