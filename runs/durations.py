@@ -14,6 +14,8 @@ from django.utils import timezone
 _IDEMPOTENCY_TTL = re.compile(r"^(\d+)([smhd])$")
 _NATURAL = re.compile(r"^(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)(?:hr|h))?(?:(\d+)m)?(?:(\d+)s)?$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# Extended ISO 8601 only (what Date.toISOString sends): "11111111" is not a date here.
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?)?$")
 # Far enough for any real schedule, small enough that datetime arithmetic cannot overflow.
 MAX_DURATION = timedelta(days=3650)
 
@@ -37,7 +39,9 @@ def parse_natural_duration(value: str) -> timedelta | None:
 
 
 def parse_date(value: str) -> datetime | None:
-    """An aware datetime for an ISO 8601 string, or None when it is not one."""
+    """An aware datetime for an extended ISO 8601 string, or None when it is not one."""
+    if not _ISO_DATE.match(value.strip()):
+        return None
     try:
         parsed = parse_datetime(value.strip())
     except ValueError:
@@ -50,7 +54,9 @@ def parse_date(value: str) -> datetime | None:
 
 
 def parse_delay(value: str, *, now: datetime) -> datetime | None:
-    """When a run with ``delay`` should start: ``now`` + a duration, or an ISO date."""
+    """When a run with ``delay`` should start: ``now`` + a duration, or an ISO date within
+    MAX_DURATION from now (a date in the past means "now")."""
     if (duration := parse_natural_duration(value)) is not None:
         return now + duration
-    return parse_date(value)
+    date = parse_date(value)
+    return date if date is not None and date <= now + MAX_DURATION else None

@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -50,12 +51,14 @@ def server_env(**overrides: str) -> dict:
 def running_server(workers: int = 2, **env_overrides: str):
     """Serve on a free loopback port; yields the base URL and stops the server afterwards."""
     port = free_port()
+    # Output goes to a file, never a pipe nobody reads: a full pipe would block the workers.
+    log = tempfile.NamedTemporaryFile(prefix="mollifier-server-", suffix=".log", delete=False)
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "trigger_project.wsgi", "--workers", str(workers),
          "--bind", f"127.0.0.1:{port}", "--graceful-timeout", "5"],
         cwd=ROOT,
         env=server_env(**env_overrides),
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
     )
     base_url = f"http://127.0.0.1:{port}"
@@ -63,7 +66,7 @@ def running_server(workers: int = 2, **env_overrides: str):
         deadline = time.monotonic() + 30
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"server exited:\n{process.stdout.read().decode(errors='replace')}")
+                raise RuntimeError(f"server exited:\n{Path(log.name).read_text(errors='replace')}")
             try:
                 urllib.request.urlopen(f"{base_url}/healthz", timeout=1)
                 break

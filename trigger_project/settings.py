@@ -23,6 +23,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.postgres",
     "rest_framework",
+    "drf_spectacular",
     "mollifier",
     "runs",
 ]
@@ -111,6 +112,21 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["runs.api.parsers.BoundedJSONParser"],
     "EXCEPTION_HANDLER": "runs.api.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Mollifier",
+    "DESCRIPTION": "The trigger.dev SDK v4 run API, with a Redis buffer that shields Postgres from bursts.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_AUTHENTICATION": [],
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "RunStatusEnum": "runs.models.RunStatus",
+        "BatchStatusEnum": "runs.models.BatchTaskRun.Status",
+    },
 }
 
 # The run API's own limits (README: Configuration).

@@ -8,7 +8,7 @@ import logging
 import math
 import time
 
-from django.db import InterfaceError, OperationalError
+from django.db import DataError, InterfaceError, OperationalError
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -67,6 +67,12 @@ def exception_handler(exc, context):
         set_rollback()
         logger.warning("runs.api.buffer_unavailable", exc_info=True)
         return error_response("Run buffer unavailable, retry later", status.HTTP_503_SERVICE_UNAVAILABLE)
+    if isinstance(exc, DataError):
+        # Input Postgres cannot store (a NUL character, a number out of range) that validation let
+        # through: the client's input, answered as such; the transaction is rolled back.
+        set_rollback()
+        logger.info("runs.api.data_rejected", exc_info=True)
+        return error_response("Invalid characters or values in the request", status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, (OperationalError, InterfaceError)):
         set_rollback()
         logger.warning("runs.api.database_unavailable", exc_info=True)

@@ -9,6 +9,7 @@ import json
 from datetime import datetime
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from runs import durations
@@ -32,6 +33,7 @@ class CheapCopyFields:
         }
 
 
+@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "number"}]})
 class ScalarStringField(serializers.Field):
     """A string, or a number sent where a string is meant (the SDK keeps `concurrencyKey: 42` a number)."""
 
@@ -43,6 +45,8 @@ class ScalarStringField(serializers.Field):
         if isinstance(data, bool) or not isinstance(data, (str, int, float)):
             raise serializers.ValidationError("Must be a string or a number.")
         value = str(data)
+        if "\x00" in value:
+            raise serializers.ValidationError("Null characters are not allowed.")
         if not value or len(value) > self.max_length:
             raise serializers.ValidationError(f"Must be 1 to {self.max_length} characters.")
         return value
@@ -51,6 +55,7 @@ class ScalarStringField(serializers.Field):
         return value
 
 
+@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]})
 class TagsField(serializers.Field):
     """One tag or a list of them; each 1-128 characters, at most MAX_TAGS_PER_RUN after de-duplication."""
 
@@ -59,7 +64,7 @@ class TagsField(serializers.Field):
         if not isinstance(items, list) or not all(isinstance(t, str) for t in items):
             raise serializers.ValidationError("Must be a string or a list of strings.")
         tags = list(dict.fromkeys(items))
-        if any(not tag or len(tag) > 128 for tag in tags):
+        if any(not tag or len(tag) > 128 or "\x00" in tag for tag in tags):
             raise serializers.ValidationError("Each tag must be 1 to 128 characters.")
         limit = settings.TRIGGER["MAX_TAGS_PER_RUN"]
         if len(tags) > limit:
@@ -70,6 +75,7 @@ class TagsField(serializers.Field):
         return value
 
 
+@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "integer", "minimum": 0}]})
 class TtlField(serializers.Field):
     """Run TTL: a duration string (``10m``, ``1h30m``) or non-negative whole seconds."""
 
@@ -84,6 +90,23 @@ class TtlField(serializers.Field):
 
     def to_representation(self, value):
         return value
+
+
+def _has_nul(value) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(map(_has_nul, value))
+    return False
+
+
+def no_null_characters(value):
+    """Postgres text cannot hold NUL; the SDK never sends one (it escapes NUL inside its JSON string)."""
+    if _has_nul(value):
+        raise serializers.ValidationError("Null characters are not allowed.")
+    return value
 
 
 class QueueSerializer(CheapCopyFields, serializers.Serializer):
@@ -107,7 +130,7 @@ class TriggerOptionsSerializer(CheapCopyFields, serializers.Serializer):
     concurrencyKey = ScalarStringField(max_length=256, required=False, allow_null=True)
     maxAttempts = serializers.IntegerField(min_value=1, max_value=100, required=False, allow_null=True)
     maxDuration = serializers.IntegerField(min_value=0, max_value=30 * 86400, required=False, allow_null=True)
-    metadata = serializers.JSONField(required=False, allow_null=True)
+    metadata = serializers.JSONField(required=False, allow_null=True, validators=[no_null_characters])
     metadataType = serializers.CharField(max_length=64, required=False, allow_null=True)
     machine = serializers.ChoiceField(choices=MACHINES, required=False, allow_null=True)
     priority = serializers.IntegerField(min_value=0, max_value=30 * 86400, required=False, allow_null=True)
@@ -136,14 +159,14 @@ class TriggerOptionsSerializer(CheapCopyFields, serializers.Serializer):
 
 
 class TriggerBodySerializer(CheapCopyFields, serializers.Serializer):
-    payload = serializers.JSONField(required=False, allow_null=True)
+    payload = serializers.JSONField(required=False, allow_null=True, validators=[no_null_characters])
     options = TriggerOptionsSerializer(required=False, allow_null=True)
 
 
 class BatchItemSerializer(CheapCopyFields, serializers.Serializer):
-    index = serializers.IntegerField(min_value=0)
+    index = serializers.IntegerField(min_value=0, max_value=1_000_000)
     task = serializers.CharField(max_length=MAX_TASK_LENGTH)
-    payload = serializers.JSONField(required=False, allow_null=True)
+    payload = serializers.JSONField(required=False, allow_null=True, validators=[no_null_characters])
     options = TriggerOptionsSerializer(required=False, allow_null=True)
 
 

@@ -6,7 +6,8 @@ from runs.api import views
 
 urlpatterns = [
     # Task ids may contain "/" (the SDK percent-encodes it, Django decodes it before routing).
-    re_path(r"^api/v1/tasks/(?P<task_id>.+)/trigger$", views.TaskTriggerApi.as_view(), name="task-trigger"),
+    # (?s:…): any character, newlines included, so no task id falls through to an HTML 404.
+    re_path(r"^api/v1/tasks/(?P<task_id>(?s:.+))/trigger$", views.TaskTriggerApi.as_view(), name="task-trigger"),
     path("api/v3/runs/<str:run_id>", views.RunRetrieveApi.as_view(), name="run-retrieve"),
     path("api/v2/runs/<str:run_id>/cancel", views.RunCancelApi.as_view(), name="run-cancel"),
     path("api/v1/runs", views.RunListApi.as_view(), name="run-list"),
@@ -16,7 +17,7 @@ urlpatterns = [
     path("api/v1/runs/<str:run_id>/replay", views.RunReplayApi.as_view(), name="run-replay"),
     path("api/v1/projects/<str:project_ref>/runs", views.ProjectRunListApi.as_view(), name="project-run-list"),
     re_path(
-        r"^api/v1/idempotencyKeys/(?P<key>.+)/reset$",
+        r"^api/v1/idempotencyKeys/(?P<key>(?s:.+))/reset$",
         views.IdempotencyKeyResetApi.as_view(),
         name="idempotency-key-reset",
     ),

@@ -163,3 +163,29 @@ def test_batch_items_need_the_ndjson_content_type(api):
 def test_bad_batch_create_is_400(api, body):
     assert_error(api.post("/api/v3/batches", body, format="json"), 400)
     assert BatchTaskRun.objects.count() == 0
+
+
+def test_unknown_api_paths_answer_json_404(api):
+    response = api.get("/api/v9/nothing/here")
+    assert response.status_code == 404 and response.json() == {"error": "Not found"}
+
+
+def test_task_ids_with_control_characters_are_refused_not_html(api):
+    response = api.post("/api/v1/tasks/a%0Ab/trigger", {"payload": "x"}, format="json")
+    assert response.status_code == 200 or response.status_code == 400
+    assert response["Content-Type"] == "application/json"
+    TaskRun.objects.all().delete()  # a newline is a legal task id character; what matters is JSON
+
+
+def test_null_characters_are_refused(api):
+    assert_error(api.post("/api/v1/tasks/t%00x/trigger", {"payload": "x"}, format="json"), 400)
+    assert_error(api.post("/api/v1/tasks/t/trigger", {"payload": "a\u0000b"}, format="json"), 400, "Null characters")
+    assert_error(trigger(api, payload=1, tags=["a\u0000"]), 400, "options.tags")
+    assert_error(trigger(api, payload=1, metadata={"k": "\u0000"}), 400, "options.metadata")
+
+
+@pytest.mark.parametrize(
+    "delay", ["+275760-09-13T00:00:00Z", "99999-01-01", "2026-01-01T25:00:00Z", "1" * 64, "9999-12-31T23:59:59Z"]
+)
+def test_absurd_delays_are_400(api, delay):
+    assert_error(trigger(api, payload=1, delay=delay), 400, "options.delay")
