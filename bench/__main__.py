@@ -27,6 +27,8 @@ SIZES = {
     "p5_small": 1_000,
     "p5_large": 20_000 if QUICK else 100_000,
     "p5_redis_entries": 5_000,
+    "p6_seconds": 30 if QUICK else 180,
+    "p6_concurrency": 16,
 }
 
 
@@ -60,6 +62,7 @@ def main() -> int:
     results["P3"] = measures.p3_burst(
         tenants, burst=SIZES["p3_burst"], concurrency=SIZES["p3_concurrency"], neighbour_rate=SIZES["p3_neighbour_rate"], say=say
     )
+    results["P6"] = measures.p6_soak(tenants, seconds=SIZES["p6_seconds"], concurrency=SIZES["p6_concurrency"], say=say)
     results["seconds"] = round(time.monotonic() - started, 1)
     paths = report.write(results, p1_latencies, suffix="-quick" if QUICK else "")
     print()

@@ -18,9 +18,10 @@ def _worker(spec, counter, lock, results, started):
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
     headers = {"Authorization": f"Bearer {spec['key']}", "Content-Type": "application/json"}
     body = json.dumps(spec["body"]).encode()
+    deadline = started + spec["duration_s"] if spec.get("duration_s") else None
     while True:
         with lock:
-            if counter[0] >= spec["total"]:
+            if counter[0] >= spec.get("total", float("inf")) or (deadline and time.perf_counter() >= deadline):
                 return
             counter[0] += 1
             n = counter[0]

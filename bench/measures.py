@@ -311,7 +311,7 @@ class Monitor(threading.Thread):
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' "
                 "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
             ).fetchone()[0]
-            depth = int(redis.hget(f"mollifier:{{o:{self.org_id}}}:stats", "buffered") or 0)
+            depth = buffer.buffered_count(self.org_id)
             self.samples.append((round(time.perf_counter() - self.started, 2), rows, active, depth))
             self.halt.wait(0.1)
         conn.close()
@@ -409,3 +409,57 @@ def p3_burst(tenants: Tenants, *, burst: int, concurrency: int, neighbour_rate: 
             )
         tenants.enrol(False)
     return phases
+
+
+# -- P6 (soak) -----------------------------------------------------------------------------------
+
+def p6_soak(tenants: Tenants, *, seconds: int, concurrency: int, say) -> dict:
+    """Sustained over-threshold triggers with two drainers running: errors, buffer depth, Redis
+    memory over time, and every answered run written exactly once."""
+    reset_stores()
+    tenants.enrol(True)
+    redis = redis_client()
+    base_memory = int(redis.info("memory")["used_memory"])
+    server_env = {"MOLLIFIER_ENABLED": "1", "MOLLIFIER_TRIP_THRESHOLD": "20", "MOLLIFIER_ORG_BUFFER_CAP": "100000"}
+    drain_env = {"MOLLIFIER_DRAIN_MAX_ROWS_PER_SEC": "2000"}
+    memory: list[tuple[float, int]] = []
+    with processes.server(**server_env) as url:
+        drainers = [processes.start_drainer(**drain_env) for _ in range(2)]
+        monitor = Monitor(str(tenants.burst.organization_id))
+        monitor.start()
+        load = processes.start_load({"url": url, "path": "/api/v1/tasks/soak/trigger", "key": tenants.burst_key, "body": BODY,
+                                     "concurrency": concurrency, "duration_s": seconds})
+        started = time.perf_counter()
+        while load.poll() is None:
+            memory.append((round(time.perf_counter() - started, 1), int(redis.info("memory")["used_memory"]) - base_memory))
+            say(f"P6 soak {time.perf_counter() - started:5.0f}/{seconds}s  waiting {monitor.samples[-1][3] if monitor.samples else 0:,}  rows {monitor.samples[-1][1] if monitor.samples else 0:,}")
+            time.sleep(5)
+        results = processes.load_results(load)
+        answered = {r[3] for r in results if r[2] == 200}
+        deadline = time.perf_counter() + 120
+        while TaskRun.objects.filter(environment=tenants.burst).count() < len(answered) and time.perf_counter() < deadline:
+            time.sleep(0.2)
+        monitor.halt.set()
+        monitor.join()
+        for drainer in drainers:
+            processes.stop(drainer)
+    ids = set(TaskRun.objects.filter(environment=tenants.burst).values_list("id", flat=True))
+    tenants.enrol(False)
+    summary = latency_summary(results)
+    figures = {
+        "seconds": seconds,
+        "requests": len(results),
+        "errors": summary["errors"],
+        "throughput": summary["throughput"],
+        "p99_ms": summary["p99_ms"],
+        "buffered": sum(1 for r in results if r[4]),
+        "max_buffer_depth": max(s[3] for s in monitor.samples),
+        "max_redis_bytes_over_baseline": max((m for _, m in memory), default=0),
+        "exactly_once": ids == {run_id.removeprefix("run_") for run_id in answered} and len(ids) == len(answered),
+        "rows": len(ids),
+        "memory": memory,
+        "depth": [(s[0], s[3]) for s in monitor.samples],
+    }
+    say(f"P6 soak: {figures['requests']:,} triggers, {figures['errors']} errors, max depth {figures['max_buffer_depth']:,}, "
+        f"max Redis +{figures['max_redis_bytes_over_baseline'] / 1e6:.1f} MB, exactly once: {figures['exactly_once']}")
+    return figures

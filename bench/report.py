@@ -13,7 +13,7 @@ OUT = Path(__file__).resolve().parent.parent / "docs" / "bench"
 
 def targets(results: dict) -> list[tuple[str, str, bool]]:
     """(target, measured, met) for each target of the benchmark issue."""
-    p1, p2, p3, p4, p5 = (results[k] for k in ("P1", "P2", "P3", "P4", "P5"))
+    p1, p2, p3, p4, p5, p6 = (results[k] for k in ("P1", "P2", "P3", "P4", "P5", "P6"))
     on, off = p3["on"], p3["off"]
     return [
         ("P1 mollified >= 0.6 x no-op throughput", f"{p1['ratio_mollified_to_noop']:.2f}x", p1["ratio_mollified_to_noop"] >= 0.6),
@@ -29,6 +29,8 @@ def targets(results: dict) -> list[tuple[str, str, bool]]:
         ("P4 mollified, no key: 1 round trip", f"{p4['mollified_no_key']}", p4["mollified_no_key"] <= 1),
         ("P5 drainer RSS flat (large <= 1.2 x small)", f"{p5['ratio_rss_large_to_small']:.2f}x", p5["ratio_rss_large_to_small"] <= 1.2),
         ("P5 Redis bytes per entry <= 1.5 x snapshot", f"{p5['ratio_entry_to_snapshot']:.2f}x", p5["ratio_entry_to_snapshot"] <= 1.5),
+        ("P6 soak: no error responses", f"{p6['errors']} of {p6['requests']:,}", p6["errors"] == 0),
+        ("P6 soak: every run written once", f"{p6['rows']:,} rows", p6["exactly_once"]),
     ]
 
 
@@ -46,7 +48,7 @@ def write(results: dict, latencies: dict, *, suffix: str) -> list[Path]:
     for mode in ("off", "on"):
         slim["P3"][mode].pop("latencies", None)
     (OUT / f"results{suffix}.json").write_text(json.dumps(slim, indent=2) + "\n")
-    return [_plot_insert_rate(results, suffix), _plot_depth(results, suffix), _plot_latency(results, latencies, suffix)]
+    return [_plot_insert_rate(results, suffix), _plot_depth(results, suffix), _plot_latency(results, latencies, suffix), _plot_soak(results, suffix)]
 
 
 def _plot_insert_rate(results: dict, suffix: str) -> Path:
@@ -88,6 +90,18 @@ def _plot_latency(results: dict, latencies: dict, suffix: str) -> Path:
     ax2.set(xscale="log", xlabel="latency (ms, log)", title="P3: burst trigger latency CDF")
     ax2.legend()
     return _save(fig, f"latency{suffix}.png")
+
+
+def _plot_soak(results: dict, suffix: str) -> Path:
+    soak = results["P6"]
+    fig, ax1 = plt.subplots(figsize=(9, 4))
+    ax1.plot([t for t, _ in soak["depth"]], [d for _, d in soak["depth"]], color="black", label="runs waiting in Redis")
+    ax2 = ax1.twinx()
+    ax2.plot([t for t, _ in soak["memory"]], [m / 1e6 for _, m in soak["memory"]], color="tab:orange", label="Redis memory over baseline (MB)")
+    ax1.set(xlabel="seconds", ylabel="runs waiting", title=f"P6: {soak['seconds']} s soak, two drainers")
+    ax2.set_ylabel("MB")
+    fig.legend(loc="upper right")
+    return _save(fig, f"soak{suffix}.png")
 
 
 def _save(fig, name: str) -> Path:
