@@ -430,11 +430,19 @@ def p6_soak(tenants: Tenants, *, seconds: int, concurrency: int, say) -> dict:
         load = processes.start_load({"url": url, "path": "/api/v1/tasks/soak/trigger", "key": tenants.burst_key, "body": BODY,
                                      "concurrency": concurrency, "duration_s": seconds})
         started = time.perf_counter()
-        while load.poll() is None:
-            memory.append((round(time.perf_counter() - started, 1), int(redis.info("memory")["used_memory"]) - base_memory))
-            say(f"P6 soak {time.perf_counter() - started:5.0f}/{seconds}s  waiting {monitor.samples[-1][3] if monitor.samples else 0:,}  rows {monitor.samples[-1][1] if monitor.samples else 0:,}")
-            time.sleep(5)
+        done = threading.Event()
+
+        def sample():  # the load's results come through a pipe: read it in this thread, sample in another
+            while not done.wait(5):
+                memory.append((round(time.perf_counter() - started, 1), int(redis.info("memory")["used_memory"]) - base_memory))
+                latest = monitor.samples[-1] if monitor.samples else (0, 0, 0, 0)
+                say(f"P6 soak {time.perf_counter() - started:5.0f}/{seconds}s  waiting {latest[3]:,}  rows {latest[1]:,}")
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         results = processes.load_results(load)
+        done.set()
+        sampler.join()
         answered = {r[3] for r in results if r[2] == 200}
         deadline = time.perf_counter() + 120
         while TaskRun.objects.filter(environment=tenants.burst).count() < len(answered) and time.perf_counter() < deadline:

@@ -74,6 +74,8 @@ _db_options = DATABASES["default"].setdefault("OPTIONS", {})
 if _socket_dir := _db_options.pop("host", None):
     DATABASES["default"]["HOST"] = _socket_dir
 _db_options["connect_timeout"] = env_int("DB_CONNECT_TIMEOUT", 5)
+# A slow Postgres answers 503 (retried by the SDK) instead of holding a worker until it is killed.
+_db_options["options"] = f"-c statement_timeout={env_int('DB_STATEMENT_TIMEOUT_MS', 10_000)}"
 
 REDIS_URL = env("REDIS_URL", "") or embedded.ensure_redis()
 CACHES = {
