@@ -6,6 +6,7 @@ load generators in separate processes. Writes docs/bench/results[-quick].json an
 prints the targets table.
 """
 
+import json
 import os
 import platform
 import sys
@@ -14,6 +15,8 @@ import time
 from bench import stores
 
 QUICK = os.environ.get("QUICK") == "1"
+# BENCH_ONLY=P2,P5 re-measures those figures only and keeps the others from the last results file.
+ONLY = {name.strip().upper() for name in os.environ.get("BENCH_ONLY", "").split(",") if name.strip()}
 SIZES = {
     "p1_requests": 1500 if QUICK else 5000,
     "p1_rounds": 1 if QUICK else 2,
@@ -49,26 +52,40 @@ def main() -> int:
     say(f"bench {'QUICK' if QUICK else 'full'}: Postgres {where['postgres']}, Redis {where['redis']}, {os.cpu_count()} cores")
     call_command("migrate", verbosity=0)
     tenants = measures.Tenants()
-    results = {"machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-               "quick": QUICK, "sizes": SIZES}
-    results["P4"] = measures.p4_round_trips(tenants, triggers=SIZES["p4_triggers"], say=say)
-    results["P2"] = measures.p2_drain(tenants, entries=SIZES["p2_entries"], single_rows=SIZES["p2_single_rows"], say=say)
-    results["P5"] = measures.p5_memory(
-        tenants, small=SIZES["p5_small"], large=SIZES["p5_large"], redis_entries=SIZES["p5_redis_entries"], say=say
-    )
-    results["P1"], p1_latencies = measures.p1_throughput(
-        tenants, requests=SIZES["p1_requests"], concurrency=SIZES["p1_concurrency"], rounds=SIZES["p1_rounds"], say=say
-    )
-    results["P3"] = measures.p3_burst(
-        tenants, burst=SIZES["p3_burst"], concurrency=SIZES["p3_concurrency"], neighbour_rate=SIZES["p3_neighbour_rate"], say=say
-    )
-    results["P6"] = measures.p6_soak(tenants, seconds=SIZES["p6_seconds"], concurrency=SIZES["p6_concurrency"], say=say)
+    suffix = "-quick" if QUICK else ""
+    previous = report.OUT / f"results{suffix}.json"
+    results = json.loads(previous.read_text()) if ONLY and previous.exists() else {}
+    results.update(machine={"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+                   quick=QUICK, sizes=SIZES)
+    p1_latencies = {}
+    figures = {
+        "P4": lambda: measures.p4_round_trips(tenants, triggers=SIZES["p4_triggers"], say=say),
+        "P2": lambda: measures.p2_drain(tenants, entries=SIZES["p2_entries"], single_rows=SIZES["p2_single_rows"], say=say),
+        "P5": lambda: measures.p5_memory(
+            tenants, small=SIZES["p5_small"], large=SIZES["p5_large"], redis_entries=SIZES["p5_redis_entries"], say=say
+        ),
+        "P1": lambda: measures.p1_throughput(
+            tenants, requests=SIZES["p1_requests"], concurrency=SIZES["p1_concurrency"], rounds=SIZES["p1_rounds"], say=say
+        ),
+        "P3": lambda: measures.p3_burst(
+            tenants, burst=SIZES["p3_burst"], concurrency=SIZES["p3_concurrency"], neighbour_rate=SIZES["p3_neighbour_rate"], say=say
+        ),
+        "P6": lambda: measures.p6_soak(tenants, seconds=SIZES["p6_seconds"], concurrency=SIZES["p6_concurrency"], say=say),
+    }
+    for name, measure in figures.items():
+        if ONLY and name not in ONLY:
+            continue
+        if name == "P1":
+            results["P1"], results["P1_latencies"] = measure()
+        else:
+            results[name] = measure()
+    p1_latencies = results.pop("P1_latencies", {})
     results["seconds"] = round(time.monotonic() - started, 1)
-    paths = report.write(results, p1_latencies, suffix="-quick" if QUICK else "")
+    paths = report.write(results, p1_latencies, suffix=suffix)
     print()
     print(report.table(results))
     print()
-    say(f"wrote {', '.join(str(p.relative_to(report.OUT.parent.parent)) for p in paths)} and docs/bench/results{'-quick' if QUICK else ''}.json")
+    say(f"wrote docs/bench/results{suffix}.json" + "".join(f", {p.relative_to(report.OUT.parent.parent)}" for p in paths))
     return 0
 
 

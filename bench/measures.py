@@ -304,7 +304,6 @@ class Monitor(threading.Thread):
             dbname=db["NAME"], user=db["USER"], password=db["PASSWORD"] or None, host=db["HOST"] or None,
             port=db["PORT"] or None, autocommit=True,
         )
-        redis = redis_client()
         while not self.halt.is_set():
             rows = conn.execute("SELECT count(*) FROM runs_taskrun").fetchone()[0]
             active = conn.execute(

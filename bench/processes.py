@@ -59,10 +59,20 @@ def stop(process: subprocess.Popen) -> str:
 
 
 def peak_rss_mb(process: subprocess.Popen) -> float:
-    """Wait for ``process`` and return its own peak RSS (not its children's or ours)."""
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return usage.ru_maxrss / 1024
+    """Wait for ``process`` and return its peak RSS (the kernel's high-water mark, VmHWM, read until
+    it exits). Not getrusage: a forked child's ru_maxrss starts at its parent's size."""
+    peak_kb = 0
+    status = Path(f"/proc/{process.pid}/status")
+    while process.poll() is None:
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak_kb = max(peak_kb, int(line.split()[1]))
+        except (FileNotFoundError, ProcessLookupError):
+            break
+        time.sleep(0.02)
+    process.wait()
+    return peak_kb / 1024
 
 
 def start_load(spec: dict) -> subprocess.Popen:

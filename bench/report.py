@@ -44,11 +44,19 @@ def table(results: dict) -> str:
 
 def write(results: dict, latencies: dict, *, suffix: str) -> list[Path]:
     OUT.mkdir(parents=True, exist_ok=True)
+    """Write the results and redraw the plots whose figures this run measured (BENCH_ONLY keeps the rest)."""
     slim = json.loads(json.dumps(results))
     for mode in ("off", "on"):
-        slim["P3"][mode].pop("latencies", None)
+        slim.get("P3", {}).get(mode, {}).pop("latencies", None)  # plotted, too bulky to keep
     (OUT / f"results{suffix}.json").write_text(json.dumps(slim, indent=2) + "\n")
-    return [_plot_insert_rate(results, suffix), _plot_depth(results, suffix), _plot_latency(results, latencies, suffix), _plot_soak(results, suffix)]
+    paths = []
+    if "latencies" in results.get("P3", {}).get("on", {}):
+        paths += [_plot_insert_rate(results, suffix), _plot_depth(results, suffix)]
+        if latencies:
+            paths.append(_plot_latency(results, latencies, suffix))
+    if "memory" in results.get("P6", {}):
+        paths.append(_plot_soak(results, suffix))
+    return paths
 
 
 def _plot_insert_rate(results: dict, suffix: str) -> Path:
@@ -110,3 +118,53 @@ def _save(fig, name: str) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def markdown(results: dict) -> str:
+    """The figures as Markdown tables (docs/BENCHMARKS.md quotes them)."""
+    p1, p2, p3, p4, p5, p6 = (results[k] for k in ("P1", "P2", "P3", "P4", "P5", "P6"))
+    lines = ["| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {target} | {measured} | {'yes' if met else '**no**'} |" for target, measured, met in targets(results)]
+    lines += ["", "**P1** trigger throughput, one server (gunicorn, 2 sync workers), concurrency "
+              f"{p1['concurrency']}, {p1['requests_per_mode_per_round']:,} requests per mode per round:", "",
+              "| endpoint | req/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|"]
+    lines += [f"| {mode} | {p1[mode]['throughput']:,.0f} | {p1[mode]['p50_ms']} | {p1[mode]['p99_ms']} | {p1[mode]['errors']} |"
+              for mode in ("noop", "pass_through", "mollified")]
+    lines += ["", f"**P2** draining {p2['entries']:,} buffered runs of {p2['environments']} environments:", "",
+              "| writer | rows/s | vs COPY |", "|---|---|---|",
+              f"| psycopg COPY of the same rows (ceiling) | {p2['copy_rows_per_s']:,} | 1.00 |",
+              f"| drain, one drainer process | {p2['drain_rows_per_s']:,} | {p2['ratio_drain_to_copy']:.2f} |",
+              f"| drain, two drainer processes | {p2['drain_rows_per_s_two_drainers']:,} | {p2['ratio_two_drainers_to_copy']:.2f} |",
+              f"| one row per transaction | {p2['single_row_tx_rows_per_s']:,} | {p2['single_row_tx_rows_per_s'] / p2['copy_rows_per_s']:.2f} |"]
+    off, on = p3["off"], p3["on"]
+    lines += ["", f"**P3** a burst of {off['rows']:,} triggers at concurrency {results['sizes']['p3_concurrency']}, "
+              f"with a neighbour tenant at {results['sizes']['p3_neighbour_rate']} triggers/s:", "",
+              "| | mollifier off | mollifier on |", "|---|---|---|",
+              f"| burst answered in (s) | {off['burst']['requests'] / off['burst']['throughput']:.1f} | {on['burst']['requests'] / on['burst']['throughput']:.1f} |",
+              f"| burst throughput (req/s) | {off['burst']['throughput']:,.0f} | {on['burst']['throughput']:,.0f} |",
+              f"| trigger p50 / p99 (ms) | {off['burst']['p50_ms']} / {off['burst']['p99_ms']} | {on['burst']['p50_ms']} / {on['burst']['p99_ms']} |",
+              f"| errors | {off['burst']['errors']} | {on['burst']['errors']} |",
+              f"| runs buffered | {off['buffered']} | {on['buffered']:,} |",
+              f"| max rows inserted per second | {off['max_insert_rate']} | {on['max_insert_rate']} (drain cap {on['drain_cap']}/s, max drained {on['max_drained_per_second']}/s) |",
+              f"| mean rows inserted per second | {off['mean_insert_rate']} | {on['mean_insert_rate']} |",
+              f"| active Postgres connections, max / mean | {off['max_active_pg_connections']} / {off['mean_active_pg_connections']} | {on['max_active_pg_connections']} / {on['mean_active_pg_connections']} |",
+              f"| every run in Postgres after (s) | {off['seconds_until_all_materialised']} | {on['seconds_until_all_materialised']} |",
+              f"| rows = answered ids | {off['exactly_once']} | {on['exactly_once']} |",
+              f"| neighbour p99 (ms; idle {p3['neighbour_idle_p99_ms']}) | {off['neighbour_p99_ms']} | {on['neighbour_p99_ms']} |"]
+    lines += ["", "**P4** Redis round trips per trigger (client commands, in-process through the trigger service):", "",
+              "| configuration | round trips |", "|---|---|"]
+    lines += [f"| {name.replace('_', ' ')} | {value} |" for name, value in p4.items()]
+    small, large = results["sizes"]["p5_small"], results["sizes"]["p5_large"]
+    lines += ["", "**P5** memory:", "", "| figure | value |", "|---|---|",
+              f"| drainer peak RSS draining {small:,} | {p5[f'drainer_peak_rss_mb_{small}']} MB |",
+              f"| drainer peak RSS draining {large:,} | {p5[f'drainer_peak_rss_mb_{large}']} MB |",
+              f"| Redis bytes per buffered run ({p5['redis_entries']:,} runs) | {p5['redis_bytes_per_entry']:,} |",
+              f"| its snapshot (JSON) | {p5['snapshot_bytes']:,} bytes |"]
+    lines += ["", f"**P6** soak: {p6['seconds']} s of over-threshold triggers at concurrency {results['sizes']['p6_concurrency']} "
+              "with two drainers:", "", "| figure | value |", "|---|---|",
+              f"| triggers answered | {p6['requests']:,} ({p6['throughput']:,.0f}/s), {p6['errors']} errors, p99 {p6['p99_ms']} ms |",
+              f"| of them buffered | {p6['buffered']:,} |",
+              f"| max runs waiting in Redis | {p6['max_buffer_depth']:,} |",
+              f"| max Redis memory over baseline | {p6['max_redis_bytes_over_baseline'] / 1e6:.1f} MB |",
+              f"| rows = answered ids | {p6['exactly_once']} ({p6['rows']:,} rows) |"]
+    return "\n".join(lines)

@@ -9,7 +9,6 @@ from datetime import datetime
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from runs import ids
 from runs.exceptions import InvalidRequest, RunNotFound
 from runs.models import RuntimeEnvironment, TaskRun
 

@@ -7,7 +7,7 @@ from mollifier.client import get as redis_client
 from mollifier.drainer import Drainer, now_ms
 from runs.models import BatchTaskRun, BatchTaskRunItem, RunStatus, TaskRun
 from tests.buffering import fill_buffer
-from tests.conftest import client_for, enroll
+from tests.conftest import client_for
 from tests.factories import EnvironmentFactory, TaskRunFactory
 from tests.helpers import trigger
 

@@ -161,3 +161,21 @@ def _env() -> dict:
     from tests.server import server_env
 
     return server_env()
+
+
+def test_a_slow_postgres_answers_503_not_a_hang():
+    """Postgres is up but the runs table is locked (a stand-in for a slow database)."""
+    import psycopg
+
+    from tests.server import database_url
+
+    environment = EnvironmentFactory()
+    key = environment.secret_key
+    with running_server(DB_STATEMENT_TIMEOUT_MS="500") as base_url:
+        assert trigger(base_url, key, 0)[0] == 200
+        with psycopg.connect(database_url()) as locker:
+            locker.execute("LOCK TABLE runs_taskrun IN ACCESS EXCLUSIVE MODE")
+            status, body, _ = trigger(base_url, key, 1, timeout=30)
+            assert status == 503 and "retry" in body["error"].lower()
+        assert trigger(base_url, key, 2)[0] == 200  # the lock is gone: back to normal
+    assert TaskRun.objects.filter(environment=environment).count() == 2

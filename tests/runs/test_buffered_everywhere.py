@@ -49,7 +49,7 @@ def test_reads_answer_the_same_in_all_three_places(api, enrolled):
     materialised = api.get(f"/api/v3/runs/{run_id}").json()
 
     assert buffered["status"] == "DELAYED" and buffered["tags"] == ["x"] and buffered["metadata"] == {"m": 1}
-    assert comparable(buffered) == comparable(leased)
+    assert comparable(buffered) == comparable(leased) == comparable(materialised)
     assert [r["id"] for r in listed].count(run_id) == 1
 
 

@@ -89,7 +89,7 @@ def test_filter_by_batch(api):
     listed = api.get(f"/api/v1/runs?filter%5Bbatch%5D={batch}").json()["data"]
 
     assert len(listed) == 2
-    assert api.get(f"/api/v1/runs?filter%5Bbatch%5D=batch_nope").json()["data"] == []
+    assert api.get("/api/v1/runs?filter%5Bbatch%5D=batch_nope").json()["data"] == []
 
 
 def test_project_route_filters_by_environment(api, environment):
