@@ -8,7 +8,8 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from mollifier import buffer
+from mollifier import buffer, keys
+from mollifier.client import get as redis_client
 from runs.api.serializers import trigger_options_from
 from runs.models import RunStatus, TaskRun
 from runs.services.trigger import task_run_trigger
@@ -20,27 +21,32 @@ from tests.server import start_manage
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_two_hundred_same_key_triggers_while_the_gate_flips_make_one_run(mollifier_on):
+def test_two_hundred_same_key_triggers_while_the_gate_flips_make_one_run(mollifier_on, settings):
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "TRIP_THRESHOLD": 1_000_000}  # only the flipper trips it
     environment = enroll(EnvironmentFactory())
     options = trigger_options_from({"options": {"idempotencyKey": "the-key"}}, now=timezone.now())
     keyless = trigger_options_from({}, now=timezone.now())
-    organization = environment.organization
+    tripped = keys.tripped(str(environment.organization_id), str(environment.pk))
+    redis = redis_client()
     stop = threading.Event()
     barrier = threading.Barrier(51)  # 50 threads x 4 triggers: 200 same-key triggers, without exhausting connections
-    outcomes, errors = [], []
+    outcomes, errors, plain = [], [], []
 
     def flip():
         barrier.wait()
-        while not stop.is_set():  # enrolled ↔ not: pass-through and mollify interleave
-            organization.feature_flags = {"mollifierEnabled": random.random() < 0.5}
+        while not stop.is_set():  # the gate's own trip marker, on and off: pass-through and mollify interleave
+            if random.random() < 0.5:
+                redis.set(tripped, "1", px=50)
+            else:
+                redis.delete(tripped)
             time.sleep(0.001)
 
     def fire(i):
         try:
             barrier.wait()
             for _ in range(4):
-                if i % 5 == 0:  # keyless triggers keep the gate's counter over the threshold
-                    task_run_trigger(environment=environment, task_identifier="t", options=keyless)
+                if i % 5 == 0:
+                    plain.append(task_run_trigger(environment=environment, task_identifier="t", options=keyless).buffered)
                 outcomes.append(task_run_trigger(environment=environment, task_identifier="t", options=options))
         except Exception as error:  # collected, asserted below
             errors.append(error)
@@ -57,6 +63,7 @@ def test_two_hundred_same_key_triggers_while_the_gate_flips_make_one_run(mollifi
 
     assert errors == []
     assert len(outcomes) == 200
+    assert set(plain) == {True, False}  # the gate really flipped: keyless triggers went both ways
     assert len({outcome.run.id for outcome in outcomes}) == 1
     holders = list(TaskRun.objects.filter(idempotency_key="the-key").values_list("id", flat=True))
     org, env = str(environment.organization_id), str(environment.pk)
