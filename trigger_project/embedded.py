@@ -30,7 +30,7 @@ def _redis_socket() -> Path:
     return DEV_DIR / "redis.sock"
 
 
-def _import_pgserver():
+def import_pgserver():
     with warnings.catch_warnings():
         # platformdirs warns that XDG_RUNTIME_DIR is unset (normal for root); pgserver copes.
         warnings.simplefilter("ignore")
@@ -55,7 +55,7 @@ def ensure_postgres() -> str:
     """Start (or attach to) the embedded server and return a URL to the ``mollifier`` database."""
     import psycopg
 
-    pgserver = _import_pgserver()
+    pgserver = import_pgserver()
     DEV_DIR.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(_pg_dir(), cleanup_mode=None)  # None: outlives this process
     admin_uri = server.get_uri()
@@ -69,7 +69,7 @@ def ensure_postgres() -> str:
 def stop_postgres() -> None:
     if not postgres_running():
         return
-    pgserver = _import_pgserver()
+    pgserver = import_pgserver()
     server = pgserver.get_server(_pg_dir(), cleanup_mode=None)
     pgserver.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
 

@@ -124,9 +124,10 @@ def test_redis_down_mid_burst_fails_open_and_buffered_runs_survive_a_restart(own
 
 def test_postgres_down_answers_503_fast_and_the_drain_catches_up(tmp_path):
     """A Postgres of the test's own (pgserver): stopped under a running server, then started again."""
-    import pgserver
-
     from tests.server import ROOT
+    from trigger_project.embedded import import_pgserver
+
+    pgserver = import_pgserver()  # quiet: no XDG warning, no INFO log at exit
 
     server = pgserver.get_server(tmp_path / "pg", cleanup_mode="stop")
     url = server.get_uri()
