@@ -10,6 +10,7 @@ from django.db import connection
 from django.utils import timezone
 
 from bench import processes
+from bench.stores import BENCH_REDIS_DB
 from mollifier import buffer
 from mollifier.client import get as redis_client
 from runs.api.serializers import trigger_options_from
@@ -209,7 +210,8 @@ class CommandCounter:
             for event in monitor.listen():
                 if self.MARKER in event["command"]:
                     return
-                if event.get("client_type") != "lua":
+                # Only our own database: other clients of a shared Redis are not our round trips.
+                if event.get("client_type") != "lua" and int(event.get("db", -1)) == BENCH_REDIS_DB:
                     self.count += 1
 
     def stop(self) -> int:

@@ -94,7 +94,8 @@ def _trigger(
         )
         if admission.decision == gate.Decision.MOLLIFY:
             outcome = _buffered_outcome(run=run, admission=admission, now=now)
-            published = True  # the accept script published the claim in the same step
+            # An accepted entry published the claim in the same script; any other outcome releases it.
+            published = admission.accepted.status == "accepted"
         else:
             outcome = _insert_or_find_existing(run=run, key=key, now=now, batch=batch, batch_index=batch_index)
             if claim is not None:
