@@ -64,9 +64,10 @@ def test_twenty_thousand_runs_two_drainers_one_killed_and_restarted():
     assert set(rows.filter(status=RunStatus.CANCELED).values_list("id", flat=True)) == {r.removeprefix("run_") for r in cancelled}
     assert BatchTaskRunItem.objects.filter(batch=batch).count() == 500
     assert waiting(environment) == 0 and waiting(other) == 0
-    # The shared limiter held the write rate under the cap (rounds stamp materialised_at).
+    # The shared limiter held the write rate under the cap. Rows are stamped when a round is written,
+    # just after its grant, so each of the two drainers may land one round (cap/20) in the next second.
     per_second = Counter(int(stamp.timestamp()) for stamp in rows.values_list("materialised_at", flat=True))
-    assert max(per_second.values()) <= 5000 * 1.1, per_second.most_common(3)
+    assert max(per_second.values()) <= 5000 + 2 * 5000 // 20, per_second.most_common(3)
 
 
 def test_sigterm_finishes_and_acks_the_round_in_hand():
