@@ -13,6 +13,7 @@ import logging
 import random
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -67,10 +68,19 @@ class Drainer:
     # -- one round --------------------------------------------------------------------------
 
     def drain_round(self) -> RoundResult:
+        return self._finish_round(self._start_round())
+
+    def _start_round(self) -> tuple[RoundResult, list[Entry], list[tuple[str, str, str]]]:
+        """Lease a round (Redis only: safe on the prefetch thread)."""
         result = RoundResult()
         entries, missing = self._pop_round(result)
         result.popped = len(entries)
         metrics.LEASES_RECLAIMED.inc(result.reclaimed)
+        return result, entries, missing
+
+    def _finish_round(self, started_round) -> RoundResult:
+        """Wait for the rate limiter, write the round, ack it."""
+        result, entries, missing = started_round
         if entries or missing:
             if entries:
                 result.waited_ms = self._wait_for_rate(len(entries))
@@ -188,25 +198,39 @@ class Drainer:
     def run(self, *, once: bool = False, on_round: Callable[[RoundResult], None] | None = None) -> None:
         """Drain until ``stop`` is set (or, with ``once``, until the buffer has nothing ready).
 
-        Redis or sink failures between rounds are logged and retried with a capped backoff.
+        While a round is written to Postgres, the next one is leased from Redis on a second thread:
+        the two waits overlap (each was ~20% of a round). A leased round is always finished, also
+        when a stop arrives meanwhile. Redis failures are logged and retried with a capped backoff.
         """
         failures = 0
-        while not self.stop.is_set():
-            try:
-                result = self.drain_round()
-                failures = 0
-            except BufferUnavailable:
-                failures += 1
-                logger.warning("mollifier.drain.redis_unavailable failures=%d", failures, exc_info=True)
-                metrics.DRAIN_FAILURES.labels(cause="redis_unavailable").inc()
-                self.stop.wait(backoff_ms(failures) / 1000)
-                continue
-            if on_round:
-                on_round(result)
-            if result.popped == 0 and result.acked == 0:
-                if once and not self._has_waiting():
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mollifier-lease") as prefetch:
+            ahead: Future | None = None
+            while True:
+                try:
+                    started_round = ahead.result() if ahead is not None else self._start_round()
+                    ahead = None
+                    if started_round[0].popped and not self.stop.is_set():
+                        ahead = prefetch.submit(self._start_round)
+                    result = self._finish_round(started_round)
+                    failures = 0
+                except BufferUnavailable:
+                    ahead = None
+                    failures += 1
+                    logger.warning("mollifier.drain.redis_unavailable failures=%d", failures, exc_info=True)
+                    metrics.DRAIN_FAILURES.labels(cause="redis_unavailable").inc()
+                    if self.stop.wait(backoff_ms(failures) / 1000):
+                        return
+                    continue
+                if on_round:
+                    on_round(result)
+                if ahead is not None:
+                    continue  # a leased round is waiting: finish it, stop or not
+                if self.stop.is_set():
                     return
-                self.stop.wait(conf.drain_idle_sleep_ms() / 1000)
+                if result.popped == 0 and result.acked == 0:
+                    if once and not self._has_waiting():
+                        return
+                    self.stop.wait(conf.drain_idle_sleep_ms() / 1000)
 
     def _has_waiting(self) -> bool:
         """Anything not yet materialised (ready, backing off, or leased)?"""
