@@ -104,11 +104,6 @@ def _pairs(flat: list) -> dict:
     return dict(zip(flat[::2], flat[1::2]))
 
 
-def is_leased(entry: Entry) -> bool:
-    """True while a drainer holds the entry (it is mid-drain)."""
-    return redis_client.get().zscore(keys.leases(entry.org_id, entry.env_id), entry.run_id) is not None
-
-
 def lookup_idempotency(*, org_id: str, env_id: str, task: str, key: str, now_ms: int) -> Entry | None:
     """The waiting run that holds the idempotency key, or None. An expired key is released first."""
     owner = redis_client.get().get(keys.idempotency(org_id, env_id, task, key))

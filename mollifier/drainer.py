@@ -51,7 +51,6 @@ class RoundResult:
     retried: int = 0  # given back with a backoff (database unavailable, or an entry failed)
     failed: int = 0  # marked terminal: the next round writes their SYSTEM_FAILURE rows
     envs: int = 0
-    waited_ms: int = 0  # time spent waiting for the shared rate limiter
     written: list[int] = field(default_factory=list)  # trigger times (ms) of the runs written, for dwell
 
 
@@ -83,7 +82,7 @@ class Drainer:
         result, entries, missing = started_round
         if entries or missing:
             if entries:
-                result.waited_ms = self._wait_for_rate(len(entries))
+                self._wait_for_rate(len(entries))
             started = time.monotonic()
             self._write(entries, missing, result)
             metrics.DRAIN_ROUND_SECONDS.observe(time.monotonic() - started)
@@ -122,17 +121,12 @@ class Drainer:
                 budget -= len(popped.entries)
         return entries, missing
 
-    def _wait_for_rate(self, rows: int) -> int:
+    def _wait_for_rate(self, rows: int) -> None:
         """Block until the shared bucket grants ``rows`` (the round is leased: it finishes even
         when a stop was asked meanwhile)."""
-        waited = 0
         redis = redis_client.get()
-        while True:
-            wait = int(scripts.DRAIN_RATE(keys=[keys.drain_rate()], args=[self.clock(), rows, conf.drain_max_rows_per_sec()], client=redis))
-            if wait <= 0:
-                return waited
+        while (wait := int(scripts.DRAIN_RATE(keys=[keys.drain_rate()], args=[self.clock(), rows, conf.drain_max_rows_per_sec()], client=redis))) > 0:
             time.sleep(wait / 1000)
-            waited += wait
 
     def _write(self, entries: list[Entry], missing: list[tuple[str, str, str]], result: RoundResult) -> None:
         try:
@@ -141,7 +135,7 @@ class Drainer:
             logger.warning("mollifier.drain.database_unavailable entries=%d", len(entries), exc_info=True)
             metrics.DRAIN_FAILURES.labels(cause="database_unavailable").inc()
             for entry in entries:
-                result.retried += bool(buffer.retry(entry, now_ms=self.clock(), backoff_ms=backoff_ms(entry.attempts + 1), code="database_unavailable", message="the database could not be reached"))
+                self._give_back(entry, result, "database_unavailable", "the database could not be reached")
             self._ack([], missing, result)
             return
         except Exception:
@@ -158,7 +152,7 @@ class Drainer:
             try:
                 result.report += self.sink([entry])
             except SinkUnavailable:
-                result.retried += bool(buffer.retry(entry, now_ms=self.clock(), backoff_ms=backoff_ms(entry.attempts + 1), code="database_unavailable", message="the database could not be reached"))
+                self._give_back(entry, result, "database_unavailable", "the database could not be reached")
                 continue
             except Exception as error:
                 logger.exception("mollifier.drain.entry_failed run=%s attempts=%d", entry.run_id, entry.attempts + 1)
@@ -167,10 +161,14 @@ class Drainer:
                     result.failed += buffer.fail(entry, now_ms=self.clock(), code="attempts_exhausted", message=f"{type(error).__name__}: {error}")
                     metrics.DRAIN_FAILURES.labels(cause="marked_terminal").inc()
                 else:
-                    result.retried += bool(buffer.retry(entry, now_ms=self.clock(), backoff_ms=backoff_ms(entry.attempts + 1), code=type(error).__name__, message=str(error)))
+                    self._give_back(entry, result, type(error).__name__, str(error))
                 continue
             result.written.append(entry.accepted_at_ms)
             self._ack([entry], [], result)
+
+    def _give_back(self, entry: Entry, result: RoundResult, code: str, message: str) -> None:
+        """Return a leased entry to ready after a backoff that grows with its attempts."""
+        result.retried += bool(buffer.retry(entry, now_ms=self.clock(), backoff_ms=backoff_ms(entry.attempts + 1), code=code, message=message))
 
     def _ack(self, entries: list[Entry], missing: list[tuple[str, str, str]], result: RoundResult) -> None:
         try:
@@ -188,7 +186,7 @@ class Drainer:
         result.popped, result.reclaimed, result.envs = len(popped.entries), popped.reclaimed, 1
         missing = [(org_id, env_id, run_id) for run_id in popped.missing]
         if popped.entries:
-            result.waited_ms = self._wait_for_rate(len(popped.entries))
+            self._wait_for_rate(len(popped.entries))
         if popped.entries or missing:
             self._write(popped.entries, missing, result)
         return result

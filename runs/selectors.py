@@ -9,8 +9,13 @@ from datetime import datetime
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from mollifier import buffer
+from mollifier.exceptions import BufferUnavailable
+from mollifier.stats import env_stats
+
 from runs.exceptions import InvalidRequest, RunNotFound
 from runs.models import RuntimeEnvironment, TaskRun
+from runs.snapshots import entry_to_run, to_ms
 
 logger = logging.getLogger(__name__)
 
@@ -165,10 +170,6 @@ def buffered_runs(*, search: str = "", where: str | None = None, limit: int = 10
     """The newest waiting runs across every environment, for operators (the admin), optionally
     narrowed to those a drainer holds (``where="draining"``) or matching ``search`` (a run id, an
     idempotency key or a tag)."""
-    from mollifier import buffer
-    from mollifier.stats import env_stats
-    from runs.snapshots import entry_to_run
-
     now_ms = int(timezone.now().timestamp() * 1000)
     stats = env_stats(now_ms=now_ms)
     environments = RuntimeEnvironment.objects.select_related("organization", "project").in_bulk(
@@ -214,10 +215,6 @@ def _postgres_page(environment, filters, page_size, cursor, newest_first) -> lis
 def _buffered_page(environment, filters, cursor, newest_first) -> tuple[list[TaskRun], tuple | None]:
     """Buffered runs beyond the cursor that pass the filters, and the scan's bound when it stopped
     at BUFFER_SCAN_PER_PAGE (None when it saw everything)."""
-    from mollifier import buffer
-    from mollifier.exceptions import BufferUnavailable
-    from runs.snapshots import entry_to_run, to_ms
-
     if filters.match_nothing:
         return [], None
     try:

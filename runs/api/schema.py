@@ -7,7 +7,7 @@ wire.
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 from rest_framework import serializers
 
 from runs.models import BatchTaskRun, RunStatus
@@ -166,5 +166,3 @@ LIST_PARAMETERS = [
         ("page[before]", "the next page's pagination.previous"),
     ]
 ]
-
-schema = extend_schema  # re-exported for the views, so they import schema concerns from one place

@@ -3,6 +3,7 @@
 import re
 
 from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
 
 from django.utils import timezone
 from rest_framework import status
@@ -23,7 +24,6 @@ from runs.api.schema import (
     RunSchema,
     TriggerResponseSchema,
     responses,
-    schema,
 )
 from runs.api.errors import error_response
 from runs.api.filters import parse_run_list_query
@@ -81,7 +81,7 @@ def _task_identifier(value: str) -> str:
 
 
 class TaskTriggerApi(EnvironmentApi):
-    @schema(operation_id="trigger_task", request=serializers.TriggerBodySerializer, responses=responses(200, TriggerResponseSchema, 404, 413, 415, 429))
+    @extend_schema(operation_id="trigger_task", request=serializers.TriggerBodySerializer, responses=responses(200, TriggerResponseSchema, 404, 413, 415, 429))
     def post(self, request, task_id: str):
         task_identifier = _task_identifier(task_id)
         request_key = self.request_key()
@@ -97,7 +97,7 @@ class TaskTriggerApi(EnvironmentApi):
 
 
 class RunRetrieveApi(EnvironmentApi):
-    @schema(operation_id="retrieve_run", responses=responses(200, RunSchema, 404))
+    @extend_schema(operation_id="retrieve_run", responses=responses(200, RunSchema, 404))
     def get(self, request, run_id: str):
         try:
             run = task_run_get(environment=self.environment, run_id=run_id)
@@ -108,14 +108,14 @@ class RunRetrieveApi(EnvironmentApi):
 
 
 class RunCancelApi(EnvironmentApi):
-    @schema(operation_id="cancel_run", request=None, responses=responses(200, IdSchema, 404))
+    @extend_schema(operation_id="cancel_run", request=None, responses=responses(200, IdSchema, 404))
     def post(self, request, run_id: str):
         run = task_run_cancel(run=task_run_get(environment=self.environment, run_id=run_id))
         return Response({"id": run.friendly_id})
 
 
 class RunTagsApi(EnvironmentApi):
-    @schema(operation_id="add_run_tags", request=serializers.AddTagsSerializer, responses=responses(200, MessageSchema, 404, 413, 415, 422))
+    @extend_schema(operation_id="add_run_tags", request=serializers.AddTagsSerializer, responses=responses(200, MessageSchema, 404, 413, 415, 422))
     def post(self, request, run_id: str):
         run = task_run_get(environment=self.environment, run_id=run_id)
         added = task_run_add_tags(run=run, tags=self.body(serializers.AddTagsSerializer)["tags"])
@@ -123,11 +123,11 @@ class RunTagsApi(EnvironmentApi):
 
 
 class RunMetadataApi(EnvironmentApi):
-    @schema(operation_id="get_run_metadata", responses=responses(200, MetadataSchema, 404))
+    @extend_schema(operation_id="get_run_metadata", responses=responses(200, MetadataSchema, 404))
     def get(self, request, run_id: str):
         return Response({"metadata": metadata_of(task_run_get(environment=self.environment, run_id=run_id))})
 
-    @schema(operation_id="update_run_metadata", request=serializers.UpdateMetadataSerializer, responses=responses(200, MetadataSchema, 404, 413, 415))
+    @extend_schema(operation_id="update_run_metadata", request=serializers.UpdateMetadataSerializer, responses=responses(200, MetadataSchema, 404, 413, 415))
     def put(self, request, run_id: str):
         run = task_run_get(environment=self.environment, run_id=run_id)
         body = self.body(serializers.UpdateMetadataSerializer)
@@ -143,7 +143,7 @@ class RunMetadataApi(EnvironmentApi):
 
 
 class RunRescheduleApi(EnvironmentApi):
-    @schema(operation_id="reschedule_run", request=serializers.RescheduleSerializer, responses=responses(200, RunSchema, 404, 413, 415))
+    @extend_schema(operation_id="reschedule_run", request=serializers.RescheduleSerializer, responses=responses(200, RunSchema, 404, 413, 415))
     def post(self, request, run_id: str):
         run = task_run_get(environment=self.environment, run_id=run_id)
         task_run_reschedule(run=run, delay=self.body(serializers.RescheduleSerializer)["delay"])
@@ -151,7 +151,7 @@ class RunRescheduleApi(EnvironmentApi):
 
 
 class RunReplayApi(EnvironmentApi):
-    @schema(operation_id="replay_run", request=OpenApiTypes.OBJECT, responses=responses(200, IdSchema, 404, 413, 415, 429))
+    @extend_schema(operation_id="replay_run", request=OpenApiTypes.OBJECT, responses=responses(200, IdSchema, 404, 413, 415, 429))
     def post(self, request, run_id: str):
         run = task_run_get(environment=self.environment, run_id=run_id)
         overrides = request.data if request.META.get("CONTENT_LENGTH", "0").strip("0") else {}
@@ -169,7 +169,7 @@ class RunReplayApi(EnvironmentApi):
 
 
 class RunListApi(EnvironmentApi):
-    @schema(operation_id="list_runs", parameters=LIST_PARAMETERS, responses=responses(200, RunListSchema))
+    @extend_schema(operation_id="list_runs", parameters=LIST_PARAMETERS, responses=responses(200, RunListSchema))
     def get(self, request):
         query = parse_run_list_query(request.query_params)
         return self.render_page(query)
@@ -193,7 +193,7 @@ class RunListApi(EnvironmentApi):
 class ProjectRunListApi(RunListApi):
     """``runs.list("proj_…", …)``: a secret key sees its own environment of its own project only."""
 
-    @schema(operation_id="list_project_runs", parameters=LIST_PARAMETERS, responses=responses(200, RunListSchema, 404))
+    @extend_schema(operation_id="list_project_runs", parameters=LIST_PARAMETERS, responses=responses(200, RunListSchema, 404))
     def get(self, request, project_ref: str):
         environment = self.environment
         if not Project.objects.filter(pk=environment.project_id, external_ref=project_ref).exists():
@@ -207,7 +207,7 @@ class ProjectRunListApi(RunListApi):
 
 
 class IdempotencyKeyResetApi(EnvironmentApi):
-    @schema(operation_id="reset_idempotency_key", request=serializers.ResetIdempotencyKeySerializer, responses=responses(200, IdSchema, 404, 413, 415))
+    @extend_schema(operation_id="reset_idempotency_key", request=serializers.ResetIdempotencyKeySerializer, responses=responses(200, IdSchema, 404, 413, 415))
     def post(self, request, key: str):
         body = self.body(serializers.ResetIdempotencyKeySerializer)
         if not key or len(key) > serializers.MAX_KEY_LENGTH:
@@ -217,7 +217,7 @@ class IdempotencyKeyResetApi(EnvironmentApi):
 
 
 class BatchCreateApi(EnvironmentApi):
-    @schema(operation_id="create_batch", request=serializers.BatchCreateSerializer, responses=responses(202, BatchCreatedSchema, 413, 415))
+    @extend_schema(operation_id="create_batch", request=serializers.BatchCreateSerializer, responses=responses(202, BatchCreatedSchema, 413, 415))
     def post(self, request):
         body = {k: v for k, v in self.body(serializers.BatchCreateSerializer).items() if v is not None}
         batch, is_cached = batch_create(
@@ -240,7 +240,7 @@ class BatchCreateApi(EnvironmentApi):
 
 
 class BatchItemsApi(EnvironmentApi):
-    @schema(
+    @extend_schema(
         operation_id="stream_batch_items",
         request={"application/x-ndjson": OpenApiTypes.STR},
         responses=responses(200, BatchItemsSchema, 404, 413, 415),
@@ -276,7 +276,7 @@ class BatchItemsApi(EnvironmentApi):
 
 
 class BatchRetrieveApi(EnvironmentApi):
-    @schema(operation_id="retrieve_batch", responses=responses(200, BatchSchema, 404))
+    @extend_schema(operation_id="retrieve_batch", responses=responses(200, BatchSchema, 404))
     def get(self, request, batch_id: str):
         batch = batch_get(environment=self.environment, batch_id=batch_id)
         return Response(presenters.batch_detail(batch, batch_run_ids(batch=batch)))
