@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 E2E := tests/e2e
 
-.PHONY: install run test bench stop e2e-deps clean
+.PHONY: install run test lint bench stop e2e-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,12 @@ e2e-deps:
 		|| (cd $(E2E) && npm ci --no-audit --no-fund --loglevel=error); \
 	else echo "npm not found: the SDK end-to-end test will be skipped"; fi
 
-test: install e2e-deps
+# Static checks first (seconds), then the suite.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: install e2e-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Benchmarks: `make bench` (full) or `make bench QUICK=1` (about two minutes). Figures: docs/BENCHMARKS.md.

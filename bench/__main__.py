@@ -49,28 +49,45 @@ def main() -> int:
 
     from bench import measures, report
 
-    say(f"bench {'QUICK' if QUICK else 'full'}: Postgres {where['postgres']}, Redis {where['redis']}, {os.cpu_count()} cores")
+    say(
+        f"bench {'QUICK' if QUICK else 'full'}: Postgres {where['postgres']}, Redis {where['redis']}, {os.cpu_count()} cores"
+    )
     call_command("migrate", verbosity=0)
     tenants = measures.Tenants()
     suffix = "-quick" if QUICK else ""
     previous = report.OUT / f"results{suffix}.json"
     results = json.loads(previous.read_text()) if ONLY and previous.exists() else {}
-    results.update(machine={"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-                   quick=QUICK, sizes=SIZES)
+    results.update(
+        machine={"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        quick=QUICK,
+        sizes=SIZES,
+    )
     p1_latencies = {}
     figures = {
         "P4": lambda: measures.p4_round_trips(tenants, triggers=SIZES["p4_triggers"], say=say),
-        "P2": lambda: measures.p2_drain(tenants, entries=SIZES["p2_entries"], single_rows=SIZES["p2_single_rows"], say=say),
+        "P2": lambda: measures.p2_drain(
+            tenants, entries=SIZES["p2_entries"], single_rows=SIZES["p2_single_rows"], say=say
+        ),
         "P5": lambda: measures.p5_memory(
             tenants, small=SIZES["p5_small"], large=SIZES["p5_large"], redis_entries=SIZES["p5_redis_entries"], say=say
         ),
         "P1": lambda: measures.p1_throughput(
-            tenants, requests=SIZES["p1_requests"], concurrency=SIZES["p1_concurrency"], rounds=SIZES["p1_rounds"], say=say
+            tenants,
+            requests=SIZES["p1_requests"],
+            concurrency=SIZES["p1_concurrency"],
+            rounds=SIZES["p1_rounds"],
+            say=say,
         ),
         "P3": lambda: measures.p3_burst(
-            tenants, burst=SIZES["p3_burst"], concurrency=SIZES["p3_concurrency"], neighbour_rate=SIZES["p3_neighbour_rate"], say=say
+            tenants,
+            burst=SIZES["p3_burst"],
+            concurrency=SIZES["p3_concurrency"],
+            neighbour_rate=SIZES["p3_neighbour_rate"],
+            say=say,
         ),
-        "P6": lambda: measures.p6_soak(tenants, seconds=SIZES["p6_seconds"], concurrency=SIZES["p6_concurrency"], say=say),
+        "P6": lambda: measures.p6_soak(
+            tenants, seconds=SIZES["p6_seconds"], concurrency=SIZES["p6_concurrency"], say=say
+        ),
     }
     for name, measure in figures.items():
         if ONLY and name not in ONLY:
@@ -85,7 +102,10 @@ def main() -> int:
     print()
     print(report.table(results))
     print()
-    say(f"wrote docs/bench/results{suffix}.json" + "".join(f", {p.relative_to(report.OUT.parent.parent)}" for p in paths))
+    say(
+        f"wrote docs/bench/results{suffix}.json"
+        + "".join(f", {p.relative_to(report.OUT.parent.parent)}" for p in paths)
+    )
     return 0
 
 

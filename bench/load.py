@@ -68,9 +68,14 @@ def run(spec: dict) -> list:
             conn.request("POST", spec["path"], body=body, headers=headers)
             response = conn.getresponse()
             response.read()
-            results.append((round(t0 - started, 4), round((time.perf_counter() - t0) * 1000, 3), response.status, "", False))
+            results.append(
+                (round(t0 - started, 4), round((time.perf_counter() - t0) * 1000, 3), response.status, "", False)
+            )
         return results
-    threads = [threading.Thread(target=_worker, args=(spec, counter, lock, results, started)) for _ in range(spec["concurrency"])]
+    threads = [
+        threading.Thread(target=_worker, args=(spec, counter, lock, results, started))
+        for _ in range(spec["concurrency"])
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -19,13 +19,21 @@ from runs.services.environments import environment_create, environment_rotate_ke
 from runs.services.flags import MOLLIFIER_ENABLED, organization_set_flag
 from runs.services.materialise import COLUMNS
 from runs.services.trigger import task_run_trigger
-
 from tests.buffering import fill_buffer
 
 # A realistic trigger: a superjson payload of ~600 bytes, a few options.
-PAYLOAD = {"json": {"user": "u_12345", "order": 987654, "items": [{"sku": f"SKU-{i:04d}", "qty": i, "price": 19.99} for i in range(10)],
-                    "note": "x" * 120}}
-BODY = {"payload": json.dumps(PAYLOAD), "options": {"payloadType": "application/super+json", "tags": ["bench"], "ttl": "10m"}}
+PAYLOAD = {
+    "json": {
+        "user": "u_12345",
+        "order": 987654,
+        "items": [{"sku": f"SKU-{i:04d}", "qty": i, "price": 19.99} for i in range(10)],
+        "note": "x" * 120,
+    }
+}
+BODY = {
+    "payload": json.dumps(PAYLOAD),
+    "options": {"payloadType": "application/super+json", "tags": ["bench"], "ttl": "10m"},
+}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -73,14 +81,23 @@ def reset_stores() -> None:
 
 # -- P1 ------------------------------------------------------------------------------------------
 
+
 def p1_throughput(tenants: Tenants, *, requests: int, concurrency: int, rounds: int, say) -> dict:
     """Trigger throughput and latency: no-op DRF view vs pass-through vs mollified, same server."""
-    modes = {"noop": ("/bench/noop", False), "pass_through": ("/api/v1/tasks/bench/trigger", False),
-             "mollified": ("/api/v1/tasks/bench/trigger", True)}
+    modes = {
+        "noop": ("/bench/noop", False),
+        "pass_through": ("/api/v1/tasks/bench/trigger", False),
+        "mollified": ("/api/v1/tasks/bench/trigger", True),
+    }
     samples: dict[str, list[dict]] = {mode: [] for mode in modes}
     latencies: dict[str, list[float]] = {mode: [] for mode in modes}
-    server_env = {"MOLLIFIER_ENABLED": "1", "MOLLIFIER_TRIP_THRESHOLD": "1", "MOLLIFIER_TRIP_WINDOW_MS": "1000",
-                  "MOLLIFIER_HOLD_MS": "600000", "MOLLIFIER_ORG_BUFFER_CAP": "100000000"}
+    server_env = {
+        "MOLLIFIER_ENABLED": "1",
+        "MOLLIFIER_TRIP_THRESHOLD": "1",
+        "MOLLIFIER_TRIP_WINDOW_MS": "1000",
+        "MOLLIFIER_HOLD_MS": "600000",
+        "MOLLIFIER_ORG_BUFFER_CAP": "100000000",
+    }
     with processes.server(**server_env) as url:
         for round_no in range(rounds):
             for mode, (path, enrolled) in modes.items():
@@ -92,7 +109,9 @@ def p1_throughput(tenants: Tenants, *, requests: int, concurrency: int, rounds: 
                 summary = latency_summary(results, time.perf_counter() - started)
                 samples[mode].append(summary)
                 latencies[mode] += [r[1] for r in results]
-                say(f"P1 round {round_no + 1}/{rounds} {mode:<13} {summary['throughput']:>8,.0f} req/s  p50 {summary['p50_ms']:.1f} ms  p99 {summary['p99_ms']:.1f} ms")
+                say(
+                    f"P1 round {round_no + 1}/{rounds} {mode:<13} {summary['throughput']:>8,.0f} req/s  p50 {summary['p50_ms']:.1f} ms  p99 {summary['p99_ms']:.1f} ms"
+                )
         tenants.enrol(False)
     figures = {
         mode: {
@@ -104,13 +123,16 @@ def p1_throughput(tenants: Tenants, *, requests: int, concurrency: int, rounds: 
         for mode, runs in samples.items()
     }
     figures["ratio_mollified_to_noop"] = round(figures["mollified"]["throughput"] / figures["noop"]["throughput"], 3)
-    figures["ratio_pass_through_to_noop"] = round(figures["pass_through"]["throughput"] / figures["noop"]["throughput"], 3)
+    figures["ratio_pass_through_to_noop"] = round(
+        figures["pass_through"]["throughput"] / figures["noop"]["throughput"], 3
+    )
     figures["concurrency"] = concurrency
     figures["requests_per_mode_per_round"] = requests
     return figures, latencies
 
 
 # -- P2 ------------------------------------------------------------------------------------------
+
 
 def p2_drain(tenants: Tenants, *, entries: int, single_rows: int, say) -> dict:
     """Drain throughput vs psycopg COPY of the same rows vs one row per transaction."""
@@ -126,9 +148,13 @@ def p2_drain(tenants: Tenants, *, entries: int, single_rows: int, say) -> dict:
         if drainers == 2:  # the same rows again, for two drainer processes
             reset_stores()
             for environment in environments:
-                fill_buffer(environment, entries // len(environments), task="bench", payload=BODY["payload"], **BODY["options"])
+                fill_buffer(
+                    environment, entries // len(environments), task="bench", payload=BODY["payload"], **BODY["options"]
+                )
         drain_s[drainers] = _timed_drain(drainers, entries)
-        say(f"P2 {drainers} drainer process(es): {entries:,} rows in {drain_s[drainers]:.2f}s ({entries / drain_s[drainers]:,.0f} rows/s)")
+        say(
+            f"P2 {drainers} drainer process(es): {entries:,} rows in {drain_s[drainers]:.2f}s ({entries / drain_s[drainers]:,.0f} rows/s)"
+        )
     written = TaskRun.objects.count()
 
     with connection.cursor() as cursor:
@@ -139,7 +165,11 @@ def p2_drain(tenants: Tenants, *, entries: int, single_rows: int, say) -> dict:
         rows = raw.fetchall()
     from psycopg.types.json import Jsonb
 
-    json_cols = [i for i, name in enumerate(c.strip('"') for c in COLUMNS.split(", ")) if name in ("idempotency_key_options", "error")]
+    json_cols = [
+        i
+        for i, name in enumerate(c.strip('"') for c in COLUMNS.split(", "))
+        if name in ("idempotency_key_options", "error")
+    ]
     rows = [tuple(Jsonb(v) if i in json_cols and v is not None else v for i, v in enumerate(row)) for row in rows]
     with connection.cursor() as cursor:
         raw = cursor.cursor
@@ -191,6 +221,7 @@ def _timed_drain(drainers: int, rows: int) -> float:
 
 # -- P4 ------------------------------------------------------------------------------------------
 
+
 class CommandCounter:
     """Counts the commands clients send Redis (MONITOR), leaving out those a Lua script runs: each
     counted command is one round trip on the trigger path, where nothing is pipelined."""
@@ -241,11 +272,17 @@ def p4_round_trips(tenants: Tenants, *, triggers: int, say) -> dict:
         redis.flushdb()
         if name.startswith("mollified"):  # trip the gate first
             for _ in range(3):
-                task_run_trigger(environment=environment, task_identifier="warm", options=trigger_options_from(BODY, now=timezone.now()))
+                task_run_trigger(
+                    environment=environment,
+                    task_identifier="warm",
+                    options=trigger_options_from(BODY, now=timezone.now()),
+                )
         counter = CommandCounter()
         for i in range(triggers):
             body = {**BODY, "options": {**BODY["options"], **({"idempotencyKey": f"{name}-{i}"} if keyed else {})}}
-            task_run_trigger(environment=environment, task_identifier="bench", options=trigger_options_from(body, now=timezone.now()))
+            task_run_trigger(
+                environment=environment, task_identifier="bench", options=trigger_options_from(body, now=timezone.now())
+            )
         used = counter.stop()
         figures[name] = round(used / triggers, 2)
         say(f"P4 {name:<20} {figures[name]} Redis commands per trigger")
@@ -255,6 +292,7 @@ def p4_round_trips(tenants: Tenants, *, triggers: int, say) -> dict:
 
 
 # -- P5 ------------------------------------------------------------------------------------------
+
 
 def p5_memory(tenants: Tenants, *, small: int, large: int, redis_entries: int, say) -> dict:
     figures = {}
@@ -266,7 +304,9 @@ def p5_memory(tenants: Tenants, *, small: int, large: int, redis_entries: int, s
         figures[f"drainer_peak_rss_mb_{size}"] = round(processes.peak_rss_mb(drainer), 1)
         assert TaskRun.objects.count() == size, "the drainer did not drain everything"
         say(f"P5 drainer peak RSS draining {size:,}: {figures[f'drainer_peak_rss_mb_{size}']} MB")
-    figures["ratio_rss_large_to_small"] = round(figures[f"drainer_peak_rss_mb_{large}"] / figures[f"drainer_peak_rss_mb_{small}"], 3)
+    figures["ratio_rss_large_to_small"] = round(
+        figures[f"drainer_peak_rss_mb_{large}"] / figures[f"drainer_peak_rss_mb_{small}"], 3
+    )
 
     reset_stores()
     redis = redis_client()
@@ -282,11 +322,14 @@ def p5_memory(tenants: Tenants, *, small: int, large: int, redis_entries: int, s
         snapshot_bytes=round(snapshot_bytes),
         ratio_entry_to_snapshot=round(per_entry / snapshot_bytes, 3),
     )
-    say(f"P5 Redis: {per_entry:,.0f} bytes per entry for a {snapshot_bytes:,.0f}-byte snapshot ({per_entry / snapshot_bytes:.2f}x)")
+    say(
+        f"P5 Redis: {per_entry:,.0f} bytes per entry for a {snapshot_bytes:,.0f}-byte snapshot ({per_entry / snapshot_bytes:.2f}x)"
+    )
     return figures
 
 
 # -- P3 ------------------------------------------------------------------------------------------
+
 
 class Monitor(threading.Thread):
     """Samples rows in Postgres, active Postgres connections and the buffer depth every 100 ms."""
@@ -303,8 +346,12 @@ class Monitor(threading.Thread):
 
         db = settings.DATABASES["default"]
         conn = psycopg.connect(
-            dbname=db["NAME"], user=db["USER"], password=db["PASSWORD"] or None, host=db["HOST"] or None,
-            port=db["PORT"] or None, autocommit=True,
+            dbname=db["NAME"],
+            user=db["USER"],
+            password=db["PASSWORD"] or None,
+            host=db["HOST"] or None,
+            port=db["PORT"] or None,
+            autocommit=True,
         )
         while not self.halt.is_set():
             rows = conn.execute("SELECT count(*) FROM runs_taskrun").fetchone()[0]
@@ -341,13 +388,26 @@ def _drained_per_second() -> list[int]:
         return [int(row[0]) for row in cursor.fetchall()]
 
 
-def p3_burst(tenants: Tenants, *, burst: int, concurrency: int, neighbour_rate: float, say, cap: int | None = None) -> dict:
+def p3_burst(
+    tenants: Tenants, *, burst: int, concurrency: int, neighbour_rate: float, say, cap: int | None = None
+) -> dict:
     """A burst with the mollifier off, then on, with a neighbour tenant trickling beside it."""
     # This machine serves a few hundred triggers/s, under the default trip (100 per 200 ms = 500/s):
     # the bench trips at 20 per 200 ms (100/s) so the burst is mollified, as a bigger fleet's would be.
     server_env = {"MOLLIFIER_ENABLED": "1", "MOLLIFIER_ORG_BUFFER_CAP": "10000000", "MOLLIFIER_TRIP_THRESHOLD": "20"}
-    burst_spec = {"path": "/api/v1/tasks/burst/trigger", "key": tenants.burst_key, "body": BODY, "total": burst, "concurrency": concurrency}
-    neighbour_spec = {"path": "/api/v1/tasks/steady/trigger", "key": tenants.neighbour_key, "body": BODY, "rate_per_s": neighbour_rate}
+    burst_spec = {
+        "path": "/api/v1/tasks/burst/trigger",
+        "key": tenants.burst_key,
+        "body": BODY,
+        "total": burst,
+        "concurrency": concurrency,
+    }
+    neighbour_spec = {
+        "path": "/api/v1/tasks/steady/trigger",
+        "key": tenants.neighbour_key,
+        "body": BODY,
+        "rate_per_s": neighbour_rate,
+    }
     phases: dict = {}
     with processes.server(**server_env) as url:
         reset_stores()
@@ -364,7 +424,9 @@ def p3_burst(tenants: Tenants, *, burst: int, concurrency: int, neighbour_rate: 
             monitor = Monitor(str(tenants.burst.organization_id))
             monitor.start()
             expected_neighbour = int(neighbour_rate * max(10, burst / 400))
-            neighbour = processes.start_load({**neighbour_spec, "url": url, "duration_s": expected_neighbour / neighbour_rate})
+            neighbour = processes.start_load(
+                {**neighbour_spec, "url": url, "duration_s": expected_neighbour / neighbour_rate}
+            )
             started = time.perf_counter()
             results = processes.run_load({**burst_spec, "url": url})
             burst_s = time.perf_counter() - started
@@ -387,7 +449,8 @@ def p3_burst(tenants: Tenants, *, burst: int, concurrency: int, neighbour_rate: 
                 "burst": summary,
                 "buffered": sum(1 for r in results if r[4]),
                 "seconds_until_all_materialised": round(materialised_s, 2),
-                "exactly_once": ids == {run_id.removeprefix("run_") for run_id in answered} and len(ids) == len(answered) == burst,
+                "exactly_once": ids == {run_id.removeprefix("run_") for run_id in answered}
+                and len(ids) == len(answered) == burst,
                 "rows": len(ids),
                 "max_active_pg_connections": max(s[2] for s in monitor.samples),
                 "mean_active_pg_connections": round(statistics.fmean(s[2] for s in monitor.samples), 2),
@@ -414,6 +477,7 @@ def p3_burst(tenants: Tenants, *, burst: int, concurrency: int, neighbour_rate: 
 
 # -- P6 (soak) -----------------------------------------------------------------------------------
 
+
 def p6_soak(tenants: Tenants, *, seconds: int, concurrency: int, say) -> dict:
     """Sustained over-threshold triggers with two drainers running: errors, buffer depth, Redis
     memory over time, and every answered run written exactly once."""
@@ -428,16 +492,28 @@ def p6_soak(tenants: Tenants, *, seconds: int, concurrency: int, say) -> dict:
         drainers = [processes.start_drainer(**drain_env) for _ in range(2)]
         monitor = Monitor(str(tenants.burst.organization_id))
         monitor.start()
-        load = processes.start_load({"url": url, "path": "/api/v1/tasks/soak/trigger", "key": tenants.burst_key, "body": BODY,
-                                     "concurrency": concurrency, "duration_s": seconds})
+        load = processes.start_load(
+            {
+                "url": url,
+                "path": "/api/v1/tasks/soak/trigger",
+                "key": tenants.burst_key,
+                "body": BODY,
+                "concurrency": concurrency,
+                "duration_s": seconds,
+            }
+        )
         started = time.perf_counter()
         done = threading.Event()
 
         def sample():  # the load's results come through a pipe: read it in this thread, sample in another
             while not done.wait(5):
-                memory.append((round(time.perf_counter() - started, 1), int(redis.info("memory")["used_memory"]) - base_memory))
+                memory.append(
+                    (round(time.perf_counter() - started, 1), int(redis.info("memory")["used_memory"]) - base_memory)
+                )
                 latest = monitor.samples[-1] if monitor.samples else (0, 0, 0, 0)
-                say(f"P6 soak {time.perf_counter() - started:5.0f}/{seconds}s  waiting {latest[3]:,}  rows {latest[1]:,}")
+                say(
+                    f"P6 soak {time.perf_counter() - started:5.0f}/{seconds}s  waiting {latest[3]:,}  rows {latest[1]:,}"
+                )
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -446,7 +522,9 @@ def p6_soak(tenants: Tenants, *, seconds: int, concurrency: int, say) -> dict:
         sampler.join()
         answered = {r[3] for r in results if r[2] == 200}
         deadline = time.perf_counter() + 120
-        while TaskRun.objects.filter(environment=tenants.burst).count() < len(answered) and time.perf_counter() < deadline:
+        while (
+            TaskRun.objects.filter(environment=tenants.burst).count() < len(answered) and time.perf_counter() < deadline
+        ):
             time.sleep(0.2)
         monitor.halt.set()
         monitor.join()
@@ -469,6 +547,8 @@ def p6_soak(tenants: Tenants, *, seconds: int, concurrency: int, say) -> dict:
         "memory": memory,
         "depth": [(s[0], s[3]) for s in monitor.samples],
     }
-    say(f"P6 soak: {figures['requests']:,} triggers, {figures['errors']} errors, max depth {figures['max_buffer_depth']:,}, "
-        f"max Redis +{figures['max_redis_bytes_over_baseline'] / 1e6:.1f} MB, exactly once: {figures['exactly_once']}")
+    say(
+        f"P6 soak: {figures['requests']:,} triggers, {figures['errors']} errors, max depth {figures['max_buffer_depth']:,}, "
+        f"max Redis +{figures['max_redis_bytes_over_baseline'] / 1e6:.1f} MB, exactly once: {figures['exactly_once']}"
+    )
     return figures

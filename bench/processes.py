@@ -23,8 +23,20 @@ def _env(**overrides: str) -> dict:
 def server(**env: str):
     """gunicorn sync workers, one per core, DEBUG off, plus the bench's no-op view."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "trigger_project.wsgi", "--workers", str(os.cpu_count() or 2),
-         "--bind", f"127.0.0.1:{PORT}", "--graceful-timeout", "5", "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "trigger_project.wsgi",
+            "--workers",
+            str(os.cpu_count() or 2),
+            "--bind",
+            f"127.0.0.1:{PORT}",
+            "--graceful-timeout",
+            "5",
+            "--log-level",
+            "warning",
+        ],
         cwd=ROOT,
         env=_env(DJANGO_ROOT_URLCONF="bench.urls", **env),
     )
@@ -47,7 +59,11 @@ def server(**env: str):
 def start_drainer(*args: str, **env: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "manage.py", "mollifier_drain", "--quiet", *args],
-        cwd=ROOT, env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT,
+        env=_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 

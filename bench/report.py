@@ -16,19 +16,63 @@ def targets(results: dict) -> list[tuple[str, str, bool]]:
     p1, p2, p3, p4, p5, p6 = (results[k] for k in ("P1", "P2", "P3", "P4", "P5", "P6"))
     on, off = p3["on"], p3["off"]
     return [
-        ("P1 mollified >= 0.6 x no-op throughput", f"{p1['ratio_mollified_to_noop']:.2f}x", p1["ratio_mollified_to_noop"] >= 0.6),
-        ("P2 drain >= 0.4 x raw COPY (one drainer)", f"{p2['ratio_drain_to_copy']:.2f}x", p2["ratio_drain_to_copy"] >= 0.4),
-        ("P2 drain >= 0.4 x raw COPY (two drainers)", f"{p2['ratio_two_drainers_to_copy']:.2f}x", p2["ratio_two_drainers_to_copy"] >= 0.4),
-        ("P2 drain >= 5 x one row per transaction", f"{p2['ratio_drain_to_single']:.1f}x", p2["ratio_drain_to_single"] >= 5),
-        ("P3 drain rate never > cap + 10%", f"max {on['max_drained_per_second']}/s vs cap {on['drain_cap']}/s", on["max_drained_per_second"] <= on["drain_cap"] * 1.1),
-        ("P3 zero errors", f"off {off['burst']['errors']}, on {on['burst']['errors']}", off["burst"]["errors"] == on["burst"]["errors"] == 0),
-        ("P3 exactly once (rows = answered ids)", f"off {off['exactly_once']}, on {on['exactly_once']}", off["exactly_once"] and on["exactly_once"]),
-        ("P3 mollified p99 <= 0.5 x pass-through p99", f"{on['burst']['p99_ms']:.0f} vs {off['burst']['p99_ms']:.0f} ms", on["burst"]["p99_ms"] <= 0.5 * off["burst"]["p99_ms"]),
-        ("P3 neighbour p99 (on) <= 1.5 x idle", f"{on['neighbour_p99_ms']:.1f} vs {p3['neighbour_idle_p99_ms']:.1f} ms", on["neighbour_p99_ms"] <= 1.5 * p3["neighbour_idle_p99_ms"]),
+        (
+            "P1 mollified >= 0.6 x no-op throughput",
+            f"{p1['ratio_mollified_to_noop']:.2f}x",
+            p1["ratio_mollified_to_noop"] >= 0.6,
+        ),
+        (
+            "P2 drain >= 0.4 x raw COPY (one drainer)",
+            f"{p2['ratio_drain_to_copy']:.2f}x",
+            p2["ratio_drain_to_copy"] >= 0.4,
+        ),
+        (
+            "P2 drain >= 0.4 x raw COPY (two drainers)",
+            f"{p2['ratio_two_drainers_to_copy']:.2f}x",
+            p2["ratio_two_drainers_to_copy"] >= 0.4,
+        ),
+        (
+            "P2 drain >= 5 x one row per transaction",
+            f"{p2['ratio_drain_to_single']:.1f}x",
+            p2["ratio_drain_to_single"] >= 5,
+        ),
+        (
+            "P3 drain rate never > cap + 10%",
+            f"max {on['max_drained_per_second']}/s vs cap {on['drain_cap']}/s",
+            on["max_drained_per_second"] <= on["drain_cap"] * 1.1,
+        ),
+        (
+            "P3 zero errors",
+            f"off {off['burst']['errors']}, on {on['burst']['errors']}",
+            off["burst"]["errors"] == on["burst"]["errors"] == 0,
+        ),
+        (
+            "P3 exactly once (rows = answered ids)",
+            f"off {off['exactly_once']}, on {on['exactly_once']}",
+            off["exactly_once"] and on["exactly_once"],
+        ),
+        (
+            "P3 mollified p99 <= 0.5 x pass-through p99",
+            f"{on['burst']['p99_ms']:.0f} vs {off['burst']['p99_ms']:.0f} ms",
+            on["burst"]["p99_ms"] <= 0.5 * off["burst"]["p99_ms"],
+        ),
+        (
+            "P3 neighbour p99 (on) <= 1.5 x idle",
+            f"{on['neighbour_p99_ms']:.1f} vs {p3['neighbour_idle_p99_ms']:.1f} ms",
+            on["neighbour_p99_ms"] <= 1.5 * p3["neighbour_idle_p99_ms"],
+        ),
         ("P4 mollifier off: 0 Redis commands", f"{p4['mollifier_off']}", p4["mollifier_off"] == 0),
         ("P4 mollified, no key: 1 round trip", f"{p4['mollified_no_key']}", p4["mollified_no_key"] <= 1),
-        ("P5 drainer RSS flat (large <= 1.2 x small)", f"{p5['ratio_rss_large_to_small']:.2f}x", p5["ratio_rss_large_to_small"] <= 1.2),
-        ("P5 Redis bytes per entry <= 1.5 x snapshot", f"{p5['ratio_entry_to_snapshot']:.2f}x", p5["ratio_entry_to_snapshot"] <= 1.5),
+        (
+            "P5 drainer RSS flat (large <= 1.2 x small)",
+            f"{p5['ratio_rss_large_to_small']:.2f}x",
+            p5["ratio_rss_large_to_small"] <= 1.2,
+        ),
+        (
+            "P5 Redis bytes per entry <= 1.5 x snapshot",
+            f"{p5['ratio_entry_to_snapshot']:.2f}x",
+            p5["ratio_entry_to_snapshot"] <= 1.5,
+        ),
         ("P6 soak: no error responses", f"{p6['errors']} of {p6['requests']:,}", p6["errors"] == 0),
         ("P6 soak: every run written once", f"{p6['rows']:,} rows", p6["exactly_once"]),
     ]
@@ -66,7 +110,11 @@ def _plot_insert_rate(results: dict, suffix: str) -> Path:
         ax.step([t for t, _ in rates], [c for _, c in rates], where="post", color=colour, label=f"mollifier {mode}")
     cap = results["P3"]["on"]["drain_cap"]
     ax.axhline(cap, color="tab:blue", linestyle=":", label=f"drain cap {cap}/s")
-    ax.set(xlabel="seconds since the first insert", ylabel="rows inserted per second", title="P3: Postgres insert rate during a burst")
+    ax.set(
+        xlabel="seconds since the first insert",
+        ylabel="rows inserted per second",
+        title="P3: Postgres insert rate during a burst",
+    )
     ax.legend()
     return _save(fig, f"insert_rate{suffix}.png")
 
@@ -75,11 +123,21 @@ def _plot_depth(results: dict, suffix: str) -> Path:
     fig, ax1 = plt.subplots(figsize=(9, 4))
     for mode, colour in (("off", "tab:red"), ("on", "tab:blue")):
         timeline = results["P3"][mode]["timeline"]
-        ax1.plot([s[0] for s in timeline], [s[2] for s in timeline], color=colour, alpha=0.5, label=f"active PG connections ({mode})")
+        ax1.plot(
+            [s[0] for s in timeline],
+            [s[2] for s in timeline],
+            color=colour,
+            alpha=0.5,
+            label=f"active PG connections ({mode})",
+        )
     ax2 = ax1.twinx()
     timeline = results["P3"]["on"]["timeline"]
     ax2.plot([s[0] for s in timeline], [s[3] for s in timeline], color="black", label="buffer depth (on)")
-    ax1.set(xlabel="seconds since the burst started", ylabel="active Postgres connections", title="P3: buffer depth and database load")
+    ax1.set(
+        xlabel="seconds since the burst started",
+        ylabel="active Postgres connections",
+        title="P3: buffer depth and database load",
+    )
     ax2.set_ylabel("runs waiting in Redis")
     fig.legend(loc="upper right")
     return _save(fig, f"buffer_depth{suffix}.png")
@@ -94,7 +152,9 @@ def _plot_latency(results: dict, latencies: dict, suffix: str) -> Path:
     ax1.legend()
     for mode, colour in (("off", "tab:red"), ("on", "tab:blue")):
         ordered = sorted(results["P3"][mode]["latencies"])
-        ax2.plot(ordered, [i / len(ordered) for i in range(len(ordered))], color=colour, label=f"burst, mollifier {mode}")
+        ax2.plot(
+            ordered, [i / len(ordered) for i in range(len(ordered))], color=colour, label=f"burst, mollifier {mode}"
+        )
     ax2.set(xscale="log", xlabel="latency (ms, log)", title="P3: burst trigger latency CDF")
     ax2.legend()
     return _save(fig, f"latency{suffix}.png")
@@ -105,7 +165,12 @@ def _plot_soak(results: dict, suffix: str) -> Path:
     fig, ax1 = plt.subplots(figsize=(9, 4))
     ax1.plot([t for t, _ in soak["depth"]], [d for _, d in soak["depth"]], color="black", label="runs waiting in Redis")
     ax2 = ax1.twinx()
-    ax2.plot([t for t, _ in soak["memory"]], [m / 1e6 for _, m in soak["memory"]], color="tab:orange", label="Redis memory over baseline (MB)")
+    ax2.plot(
+        [t for t, _ in soak["memory"]],
+        [m / 1e6 for _, m in soak["memory"]],
+        color="tab:orange",
+        label="Redis memory over baseline (MB)",
+    )
     ax1.set(xlabel="seconds", ylabel="runs waiting", title=f"P6: {soak['seconds']} s soak, two drainers")
     ax2.set_ylabel("MB")
     fig.legend(loc="upper right")
@@ -125,46 +190,80 @@ def markdown(results: dict) -> str:
     p1, p2, p3, p4, p5, p6 = (results[k] for k in ("P1", "P2", "P3", "P4", "P5", "P6"))
     lines = ["| target | measured | met |", "|---|---|---|"]
     lines += [f"| {target} | {measured} | {'yes' if met else '**no**'} |" for target, measured, met in targets(results)]
-    lines += ["", "**P1** trigger throughput, one server (gunicorn, 2 sync workers), concurrency "
-              f"{p1['concurrency']}, {p1['requests_per_mode_per_round']:,} requests per mode per round:", "",
-              "| endpoint | req/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|"]
-    lines += [f"| {mode} | {p1[mode]['throughput']:,.0f} | {p1[mode]['p50_ms']} | {p1[mode]['p99_ms']} | {p1[mode]['errors']} |"
-              for mode in ("noop", "pass_through", "mollified")]
-    lines += ["", f"**P2** draining {p2['entries']:,} buffered runs of {p2['environments']} environments:", "",
-              "| writer | rows/s | vs COPY |", "|---|---|---|",
-              f"| psycopg COPY of the same rows (ceiling) | {p2['copy_rows_per_s']:,} | 1.00 |",
-              f"| drain, one drainer process | {p2['drain_rows_per_s']:,} | {p2['ratio_drain_to_copy']:.2f} |",
-              f"| drain, two drainer processes | {p2['drain_rows_per_s_two_drainers']:,} | {p2['ratio_two_drainers_to_copy']:.2f} |",
-              f"| one row per transaction | {p2['single_row_tx_rows_per_s']:,} | {p2['single_row_tx_rows_per_s'] / p2['copy_rows_per_s']:.2f} |"]
+    lines += [
+        "",
+        "**P1** trigger throughput, one server (gunicorn, 2 sync workers), concurrency "
+        f"{p1['concurrency']}, {p1['requests_per_mode_per_round']:,} requests per mode per round:",
+        "",
+        "| endpoint | req/s | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {mode} | {p1[mode]['throughput']:,.0f} | {p1[mode]['p50_ms']} | {p1[mode]['p99_ms']} | {p1[mode]['errors']} |"
+        for mode in ("noop", "pass_through", "mollified")
+    ]
+    lines += [
+        "",
+        f"**P2** draining {p2['entries']:,} buffered runs of {p2['environments']} environments:",
+        "",
+        "| writer | rows/s | vs COPY |",
+        "|---|---|---|",
+        f"| psycopg COPY of the same rows (ceiling) | {p2['copy_rows_per_s']:,} | 1.00 |",
+        f"| drain, one drainer process | {p2['drain_rows_per_s']:,} | {p2['ratio_drain_to_copy']:.2f} |",
+        f"| drain, two drainer processes | {p2['drain_rows_per_s_two_drainers']:,} | {p2['ratio_two_drainers_to_copy']:.2f} |",
+        f"| one row per transaction | {p2['single_row_tx_rows_per_s']:,} | {p2['single_row_tx_rows_per_s'] / p2['copy_rows_per_s']:.2f} |",
+    ]
     off, on = p3["off"], p3["on"]
-    lines += ["", f"**P3** a burst of {off['rows']:,} triggers at concurrency {results['sizes']['p3_concurrency']}, "
-              f"with a neighbour tenant at {results['sizes']['p3_neighbour_rate']} triggers/s:", "",
-              "| | mollifier off | mollifier on |", "|---|---|---|",
-              f"| burst answered in (s) | {off['burst']['requests'] / off['burst']['throughput']:.1f} | {on['burst']['requests'] / on['burst']['throughput']:.1f} |",
-              f"| burst throughput (req/s) | {off['burst']['throughput']:,.0f} | {on['burst']['throughput']:,.0f} |",
-              f"| trigger p50 / p99 (ms) | {off['burst']['p50_ms']} / {off['burst']['p99_ms']} | {on['burst']['p50_ms']} / {on['burst']['p99_ms']} |",
-              f"| errors | {off['burst']['errors']} | {on['burst']['errors']} |",
-              f"| runs buffered | {off['buffered']} | {on['buffered']:,} |",
-              f"| max rows inserted per second | {off['max_insert_rate']} | {on['max_insert_rate']} (drain cap {on['drain_cap']}/s, max drained {on['max_drained_per_second']}/s) |",
-              f"| mean rows inserted per second | {off['mean_insert_rate']} | {on['mean_insert_rate']} |",
-              f"| active Postgres connections, max / mean | {off['max_active_pg_connections']} / {off['mean_active_pg_connections']} | {on['max_active_pg_connections']} / {on['mean_active_pg_connections']} |",
-              f"| every run in Postgres after (s) | {off['seconds_until_all_materialised']} | {on['seconds_until_all_materialised']} |",
-              f"| rows = answered ids | {off['exactly_once']} | {on['exactly_once']} |",
-              f"| neighbour p99 (ms; idle {p3['neighbour_idle_p99_ms']}) | {off['neighbour_p99_ms']} | {on['neighbour_p99_ms']} |"]
-    lines += ["", "**P4** Redis round trips per trigger (client commands, in-process through the trigger service):", "",
-              "| configuration | round trips |", "|---|---|"]
+    lines += [
+        "",
+        f"**P3** a burst of {off['rows']:,} triggers at concurrency {results['sizes']['p3_concurrency']}, "
+        f"with a neighbour tenant at {results['sizes']['p3_neighbour_rate']} triggers/s:",
+        "",
+        "| | mollifier off | mollifier on |",
+        "|---|---|---|",
+        f"| burst answered in (s) | {off['burst']['requests'] / off['burst']['throughput']:.1f} | {on['burst']['requests'] / on['burst']['throughput']:.1f} |",
+        f"| burst throughput (req/s) | {off['burst']['throughput']:,.0f} | {on['burst']['throughput']:,.0f} |",
+        f"| trigger p50 / p99 (ms) | {off['burst']['p50_ms']} / {off['burst']['p99_ms']} | {on['burst']['p50_ms']} / {on['burst']['p99_ms']} |",
+        f"| errors | {off['burst']['errors']} | {on['burst']['errors']} |",
+        f"| runs buffered | {off['buffered']} | {on['buffered']:,} |",
+        f"| max rows inserted per second | {off['max_insert_rate']} | {on['max_insert_rate']} (drain cap {on['drain_cap']}/s, max drained {on['max_drained_per_second']}/s) |",
+        f"| mean rows inserted per second | {off['mean_insert_rate']} | {on['mean_insert_rate']} |",
+        f"| active Postgres connections, max / mean | {off['max_active_pg_connections']} / {off['mean_active_pg_connections']} | {on['max_active_pg_connections']} / {on['mean_active_pg_connections']} |",
+        f"| every run in Postgres after (s) | {off['seconds_until_all_materialised']} | {on['seconds_until_all_materialised']} |",
+        f"| rows = answered ids | {off['exactly_once']} | {on['exactly_once']} |",
+        f"| neighbour p99 (ms; idle {p3['neighbour_idle_p99_ms']}) | {off['neighbour_p99_ms']} | {on['neighbour_p99_ms']} |",
+    ]
+    lines += [
+        "",
+        "**P4** Redis round trips per trigger (client commands, in-process through the trigger service):",
+        "",
+        "| configuration | round trips |",
+        "|---|---|",
+    ]
     lines += [f"| {name.replace('_', ' ')} | {value} |" for name, value in p4.items()]
     small, large = results["sizes"]["p5_small"], results["sizes"]["p5_large"]
-    lines += ["", "**P5** memory:", "", "| figure | value |", "|---|---|",
-              f"| drainer peak RSS draining {small:,} | {p5[f'drainer_peak_rss_mb_{small}']} MB |",
-              f"| drainer peak RSS draining {large:,} | {p5[f'drainer_peak_rss_mb_{large}']} MB |",
-              f"| Redis bytes per buffered run ({p5['redis_entries']:,} runs) | {p5['redis_bytes_per_entry']:,} |",
-              f"| its snapshot (JSON) | {p5['snapshot_bytes']:,} bytes |"]
-    lines += ["", f"**P6** soak: {p6['seconds']} s of over-threshold triggers at concurrency {results['sizes']['p6_concurrency']} "
-              "with two drainers:", "", "| figure | value |", "|---|---|",
-              f"| triggers answered | {p6['requests']:,} ({p6['throughput']:,.0f}/s), {p6['errors']} errors, p99 {p6['p99_ms']} ms |",
-              f"| of them buffered | {p6['buffered']:,} |",
-              f"| max runs waiting in Redis | {p6['max_buffer_depth']:,} |",
-              f"| max Redis memory over baseline | {p6['max_redis_bytes_over_baseline'] / 1e6:.1f} MB |",
-              f"| rows = answered ids | {p6['exactly_once']} ({p6['rows']:,} rows) |"]
+    lines += [
+        "",
+        "**P5** memory:",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| drainer peak RSS draining {small:,} | {p5[f'drainer_peak_rss_mb_{small}']} MB |",
+        f"| drainer peak RSS draining {large:,} | {p5[f'drainer_peak_rss_mb_{large}']} MB |",
+        f"| Redis bytes per buffered run ({p5['redis_entries']:,} runs) | {p5['redis_bytes_per_entry']:,} |",
+        f"| its snapshot (JSON) | {p5['snapshot_bytes']:,} bytes |",
+    ]
+    lines += [
+        "",
+        f"**P6** soak: {p6['seconds']} s of over-threshold triggers at concurrency {results['sizes']['p6_concurrency']} "
+        "with two drainers:",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| triggers answered | {p6['requests']:,} ({p6['throughput']:,.0f}/s), {p6['errors']} errors, p99 {p6['p99_ms']} ms |",
+        f"| of them buffered | {p6['buffered']:,} |",
+        f"| max runs waiting in Redis | {p6['max_buffer_depth']:,} |",
+        f"| max Redis memory over baseline | {p6['max_redis_bytes_over_baseline'] / 1e6:.1f} MB |",
+        f"| rows = answered ids | {p6['exactly_once']} ({p6['rows']:,} rows) |",
+    ]
     return "\n".join(lines)

@@ -38,7 +38,9 @@ def configure() -> dict:
     base_db = os.environ.get("DATABASE_URL") or (
         "postgresql://postgres@127.0.0.1:5432/postgres" if _answers(5432) else embedded.ensure_postgres()
     )
-    base_redis = os.environ.get("REDIS_URL") or ("redis://127.0.0.1:6379/0" if _answers(6379) else embedded.ensure_redis())
+    base_redis = os.environ.get("REDIS_URL") or (
+        "redis://127.0.0.1:6379/0" if _answers(6379) else embedded.ensure_redis()
+    )
     _recreate_database(base_db)
     env = {
         "DATABASE_URL": _with_database(base_db, BENCH_DB),

@@ -38,7 +38,9 @@ def accept_keys(entry: Entry) -> list[str]:
         keys.listing(org, entry.env_id),
         keys.envs(org),
         keys.stats(org),
-        keys.idempotency(org, entry.env_id, entry.task, entry.idempotency_key) if entry.idempotency_key else keys.unused(org),
+        keys.idempotency(org, entry.env_id, entry.task, entry.idempotency_key)
+        if entry.idempotency_key
+        else keys.unused(org),
         keys.claim(org, entry.env_id, entry.task, entry.idempotency_key) if entry.idempotency_key else keys.unused(org),
         keys.batch_items(org, entry.batch_id) if entry.batch_id else keys.unused(org),
     ]
@@ -204,7 +206,11 @@ def retry(entry: Entry, *, now_ms: int, backoff_ms: int, code: str, message: str
     """Give a leased entry back with a backoff; returns its attempts (0: the lease was lost)."""
     return int(
         scripts.RETRY(
-            keys=[keys.entry(entry.org_id, entry.run_id), keys.leases(entry.org_id, entry.env_id), keys.ready(entry.org_id, entry.env_id)],
+            keys=[
+                keys.entry(entry.org_id, entry.run_id),
+                keys.leases(entry.org_id, entry.env_id),
+                keys.ready(entry.org_id, entry.env_id),
+            ],
             args=[entry.run_id, now_ms, backoff_ms, error_json(code, message)],
             client=redis_client.get(),
         )
@@ -215,7 +221,11 @@ def fail(entry: Entry, *, now_ms: int, code: str, message: str) -> bool:
     """Mark the entry terminal: its next drain writes a SYSTEM_FAILURE row (never silent loss)."""
     return bool(
         scripts.FAIL(
-            keys=[keys.entry(entry.org_id, entry.run_id), keys.leases(entry.org_id, entry.env_id), keys.ready(entry.org_id, entry.env_id)],
+            keys=[
+                keys.entry(entry.org_id, entry.run_id),
+                keys.leases(entry.org_id, entry.env_id),
+                keys.ready(entry.org_id, entry.env_id),
+            ],
             args=[entry.run_id, now_ms, error_json(code, message)],
             client=redis_client.get(),
         )
@@ -243,7 +253,12 @@ def cancel(*, org_id: str, env_id: str, run_id: str, now_ms: int, reason: str) -
 
 def add_tags(*, org_id: str, env_id: str, run_id: str, now_ms: int, tags: list[str], max_tags: int) -> MutateResult:
     return _mutate(
-        org_id=org_id, env_id=env_id, run_id=run_id, op="add_tags", now_ms=now_ms, args=[json.dumps(tags), str(max_tags)]
+        org_id=org_id,
+        env_id=env_id,
+        run_id=run_id,
+        op="add_tags",
+        now_ms=now_ms,
+        args=[json.dumps(tags), str(max_tags)],
     )
 
 
@@ -253,11 +268,23 @@ def set_delay(*, org_id: str, env_id: str, run_id: str, now_ms: int, delay_until
 
 
 def set_metadata(
-    *, org_id: str, env_id: str, run_id: str, now_ms: int, metadata: str, metadata_type: str, expected_version: int | None
+    *,
+    org_id: str,
+    env_id: str,
+    run_id: str,
+    now_ms: int,
+    metadata: str,
+    metadata_type: str,
+    expected_version: int | None,
 ) -> MutateResult:
     expected = "" if expected_version is None else str(expected_version)
     return _mutate(
-        org_id=org_id, env_id=env_id, run_id=run_id, op="set_metadata", now_ms=now_ms, args=[expected, metadata, metadata_type]
+        org_id=org_id,
+        env_id=env_id,
+        run_id=run_id,
+        op="set_metadata",
+        now_ms=now_ms,
+        args=[expected, metadata, metadata_type],
     )
 
 
@@ -309,7 +336,9 @@ def batch_buffered_items(*, org_id: str, batch_id: str) -> dict[int, str]:
     return {int(_str(index)): _str(run_id) for index, run_id in raw.items()}
 
 
-def listing(*, org_id: str, env_id: str, newest_first: bool, bound_ms: int | None, limit: int) -> tuple[list[Entry], bool]:
+def listing(
+    *, org_id: str, env_id: str, newest_first: bool, bound_ms: int | None, limit: int
+) -> tuple[list[Entry], bool]:
     """Up to ``limit`` waiting runs of one environment by trigger time, from ``bound_ms`` (inclusive)
     onwards — towards older runs when ``newest_first``, else towards newer ones. Returns the entries
     and whether the scan stopped at ``limit`` (more may follow)."""

@@ -86,7 +86,11 @@ def acquire(*, org_id: str, env_id: str, task: str, key: str, key_expires_ms: in
 def publish(claim: Claim, run_id: str) -> bool:
     """Hand the claim's waiters our run id. False when the claim was no longer ours (or Redis failed)."""
     try:
-        published = bool(scripts.PUBLISH(keys=[claim.redis_key], args=[claim.marker, run_id, claim.publish_ttl], client=redis_client.get()))
+        published = bool(
+            scripts.PUBLISH(
+                keys=[claim.redis_key], args=[claim.marker, run_id, claim.publish_ttl], client=redis_client.get()
+            )
+        )
     except BufferUnavailable:
         logger.warning("mollifier.claim.publish_failed org=%s", claim.org_id, exc_info=True)
         return False

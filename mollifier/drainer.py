@@ -13,8 +13,8 @@ import logging
 import random
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from mollifier import buffer, conf, keys, metrics, scripts
@@ -57,7 +57,9 @@ class RoundResult:
 class Drainer:
     """Drains rounds until stopped. Any number may run at once, in any number of processes."""
 
-    def __init__(self, *, sink: Sink | None = None, stop: threading.Event | None = None, clock: Callable[[], int] = now_ms):
+    def __init__(
+        self, *, sink: Sink | None = None, stop: threading.Event | None = None, clock: Callable[[], int] = now_ms
+    ):
         self.sink = sink or get_sink()
         self.stop = stop or threading.Event()
         self.clock = clock
@@ -113,7 +115,9 @@ class Drainer:
             for env in envs[turn:] + envs[:turn]:
                 if budget <= 0:
                     return entries, missing
-                popped = buffer.pop(org_id=org, env_id=env, limit=min(batch, budget), lease_ms=lease, now_ms=self.clock())
+                popped = buffer.pop(
+                    org_id=org, env_id=env, limit=min(batch, budget), lease_ms=lease, now_ms=self.clock()
+                )
                 result.envs += 1
                 result.reclaimed += popped.reclaimed
                 entries += popped.entries
@@ -125,7 +129,13 @@ class Drainer:
         """Block until the shared bucket grants ``rows`` (the round is leased: it finishes even
         when a stop was asked meanwhile)."""
         redis = redis_client.get()
-        while (wait := int(scripts.DRAIN_RATE(keys=[keys.drain_rate()], args=[self.clock(), rows, conf.drain_max_rows_per_sec()], client=redis))) > 0:
+        while (
+            wait := int(
+                scripts.DRAIN_RATE(
+                    keys=[keys.drain_rate()], args=[self.clock(), rows, conf.drain_max_rows_per_sec()], client=redis
+                )
+            )
+        ) > 0:
             time.sleep(wait / 1000)
 
     def _write(self, entries: list[Entry], missing: list[tuple[str, str, str]], result: RoundResult) -> None:
@@ -158,7 +168,12 @@ class Drainer:
                 logger.exception("mollifier.drain.entry_failed run=%s attempts=%d", entry.run_id, entry.attempts + 1)
                 metrics.DRAIN_FAILURES.labels(cause="entry_failed").inc()
                 if entry.attempts + 1 >= conf.drain_max_attempts() or entry.terminal_error:
-                    result.failed += buffer.fail(entry, now_ms=self.clock(), code="attempts_exhausted", message=f"{type(error).__name__}: {error}")
+                    result.failed += buffer.fail(
+                        entry,
+                        now_ms=self.clock(),
+                        code="attempts_exhausted",
+                        message=f"{type(error).__name__}: {error}",
+                    )
                     metrics.DRAIN_FAILURES.labels(cause="marked_terminal").inc()
                 else:
                     self._give_back(entry, result, type(error).__name__, str(error))
@@ -168,7 +183,11 @@ class Drainer:
 
     def _give_back(self, entry: Entry, result: RoundResult, code: str, message: str) -> None:
         """Return a leased entry to ready after a backoff that grows with its attempts."""
-        result.retried += bool(buffer.retry(entry, now_ms=self.clock(), backoff_ms=backoff_ms(entry.attempts + 1), code=code, message=message))
+        result.retried += bool(
+            buffer.retry(
+                entry, now_ms=self.clock(), backoff_ms=backoff_ms(entry.attempts + 1), code=code, message=message
+            )
+        )
 
     def _ack(self, entries: list[Entry], missing: list[tuple[str, str, str]], result: RoundResult) -> None:
         try:
@@ -182,7 +201,13 @@ class Drainer:
     def drain_environment(self, *, org_id: str, env_id: str) -> RoundResult:
         """One round for one environment only (the dashboard's "drain now"), under the same rate cap."""
         result = RoundResult()
-        popped = buffer.pop(org_id=org_id, env_id=env_id, limit=min(conf.drain_batch_size(), round_budget()), lease_ms=conf.drain_lease_ms(), now_ms=self.clock())
+        popped = buffer.pop(
+            org_id=org_id,
+            env_id=env_id,
+            limit=min(conf.drain_batch_size(), round_budget()),
+            lease_ms=conf.drain_lease_ms(),
+            now_ms=self.clock(),
+        )
         result.popped, result.reclaimed, result.envs = len(popped.entries), popped.reclaimed, 1
         missing = [(org_id, env_id, run_id) for run_id in popped.missing]
         if popped.entries:

@@ -100,11 +100,17 @@ def _admit(
         candidate = entry()
         reply = scripts.GATE_ACCEPT(
             keys=[
-                keys.rate(org_id, env_id), keys.tripped(org_id, env_id), *accept_keys(candidate),
+                keys.rate(org_id, env_id),
+                keys.tripped(org_id, env_id),
+                *accept_keys(candidate),
                 keys.minute(org_id, now_ms // 60_000),
             ],
             args=[
-                now_ms, window, threshold, hold, "1" if forced else "0",
+                now_ms,
+                window,
+                threshold,
+                hold,
+                "1" if forced else "0",
                 *accept_args(candidate, claim_marker=claim_marker, claim_ttl=claim_ttl),
             ],
             client=redis,

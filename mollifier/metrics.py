@@ -18,22 +18,30 @@ GATE_DECISIONS = Counter(
     "mollifier_gate_decisions_total", "Gate decisions for triggers that reached the gate.", ["decision", "reason"]
 )
 CLAIM_OUTCOMES = Counter(
-    "mollifier_claim_outcomes_total", "Pre-gate idempotency claims.", ["outcome"]  # claimed, buffered, resolved, unavailable, timeout
+    "mollifier_claim_outcomes_total",
+    "Pre-gate idempotency claims.",
+    ["outcome"],  # claimed, buffered, resolved, unavailable, timeout
 )
 DRAINED_ROWS = Counter(
-    "mollifier_drained_rows_total", "Buffered runs written by drainers.", ["outcome"]  # inserted, already, failed, dropped
+    "mollifier_drained_rows_total",
+    "Buffered runs written by drainers.",
+    ["outcome"],  # inserted, already, failed, dropped
 )
 DRAIN_ROUND_SECONDS = Histogram(
-    "mollifier_drain_round_seconds", "Time to write and ack one drain round.",
+    "mollifier_drain_round_seconds",
+    "Time to write and ack one drain round.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 DWELL_SECONDS = Histogram(
-    "mollifier_dwell_seconds", "Time from trigger to the run's row being written (buffered runs).",
+    "mollifier_dwell_seconds",
+    "Time from trigger to the run's row being written (buffered runs).",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600),
 )
 LEASES_RECLAIMED = Counter("mollifier_leases_reclaimed_total", "Expired drain leases moved back to ready.")
 DRAIN_FAILURES = Counter(
-    "mollifier_drain_failures_total", "Drain problems by cause.", ["cause"]
+    "mollifier_drain_failures_total",
+    "Drain problems by cause.",
+    ["cause"],
     # database_unavailable, entry_failed, marked_terminal, ack_failed, redis_unavailable
 )
 
@@ -58,9 +66,13 @@ class BufferCollector:
             "mollifier_buffer_leased": ("Buffered runs held by drainers right now.", sum(r.leased for r in rows)),
             "mollifier_buffer_expired_leases": ("Leases whose drainer is gone.", sum(r.expired_leases for r in rows)),
             "mollifier_buffer_environments": ("Environments with buffered runs.", len(rows)),
-            "mollifier_buffer_tripped_environments": ("Environments whose gate trip holds.", sum(r.tripped for r in rows)),
+            "mollifier_buffer_tripped_environments": (
+                "Environments whose gate trip holds.",
+                sum(r.tripped for r in rows),
+            ),
             "mollifier_buffer_oldest_age_seconds": (
-                "Age of the oldest waiting run.", max((r.oldest_age_ms(now_ms) for r in rows), default=0) / 1000
+                "Age of the oldest waiting run.",
+                max((r.oldest_age_ms(now_ms) for r in rows), default=0) / 1000,
             ),
         }
         for name, (documentation, value) in gauges.items():
@@ -69,7 +81,15 @@ class BufferCollector:
             yield gauge
 
 
-METRICS = (GATE_DECISIONS, CLAIM_OUTCOMES, DRAINED_ROWS, DRAIN_ROUND_SECONDS, DWELL_SECONDS, LEASES_RECLAIMED, DRAIN_FAILURES)
+METRICS = (
+    GATE_DECISIONS,
+    CLAIM_OUTCOMES,
+    DRAINED_ROWS,
+    DRAIN_ROUND_SECONDS,
+    DWELL_SECONDS,
+    LEASES_RECLAIMED,
+    DRAIN_FAILURES,
+)
 
 
 def exposition() -> bytes:

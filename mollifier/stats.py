@@ -41,7 +41,16 @@ def env_stats(*, now_ms: int) -> list[EnvStats]:
         for i, env in enumerate(envs):
             waiting, ready, leased, expired, oldest, tripped = replies[i * 6 : i * 6 + 6]
             rows.append(
-                EnvStats(org, env, int(waiting), int(ready), int(leased), int(expired), int(oldest[0][1]) if oldest else None, bool(tripped))
+                EnvStats(
+                    org,
+                    env,
+                    int(waiting),
+                    int(ready),
+                    int(leased),
+                    int(expired),
+                    int(oldest[0][1]) if oldest else None,
+                    bool(tripped),
+                )
             )
     return rows
 

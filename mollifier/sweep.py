@@ -50,7 +50,9 @@ def _sweep(redis, *, now_ms: int) -> SweepReport:
             reindexed += 1
     for org in buffer.active_orgs():
         if not buffer.active_envs(org):
-            unindexed += scripts.ORG_UNINDEX(keys=[keys.orgs()], args=[org, int(redis.hget(keys.stats(org), "gen") or 0)], client=redis)
+            unindexed += scripts.ORG_UNINDEX(
+                keys=[keys.orgs()], args=[org, int(redis.hget(keys.stats(org), "gen") or 0)], client=redis
+            )
 
     rows = env_stats(now_ms=now_ms)
     threshold = now_ms - conf.stale_after_ms()
@@ -59,7 +61,11 @@ def _sweep(redis, *, now_ms: int) -> SweepReport:
         stale += int(redis.zcount(keys.listing(row.org_id, row.env_id), "-inf", threshold))
         if row.expired_leases:
             expired += int(
-                scripts.RECLAIM(keys=[keys.ready(row.org_id, row.env_id), keys.leases(row.org_id, row.env_id)], args=[now_ms], client=redis)
+                scripts.RECLAIM(
+                    keys=[keys.ready(row.org_id, row.env_id), keys.leases(row.org_id, row.env_id)],
+                    args=[now_ms],
+                    client=redis,
+                )
             )
     return SweepReport(
         orgs=len({row.org_id for row in rows}),

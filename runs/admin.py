@@ -82,7 +82,9 @@ class OrganizationAdmin(admin.ModelAdmin):
     def _set(self, request, queryset, enabled: bool):
         for organization in queryset:
             organization_set_flag(organization=organization, name=MOLLIFIER_ENABLED, enabled=enabled)
-        self.message_user(request, f"Mollifier {'enabled' if enabled else 'disabled'} for {queryset.count()} organisation(s).")
+        self.message_user(
+            request, f"Mollifier {'enabled' if enabled else 'disabled'} for {queryset.count()} organisation(s)."
+        )
 
 
 @admin.register(Project)
@@ -158,7 +160,9 @@ class TaskRunAdmin(admin.ModelAdmin):
         rows, error = [], None
         if where not in ("materialised", "direct"):
             try:
-                rows = buffered_runs(search=request.GET.get("q", ""), where=where if where in ("buffered", "draining") else None)
+                rows = buffered_runs(
+                    search=request.GET.get("q", ""), where=where if where in ("buffered", "draining") else None
+                )
             except BufferUnavailable:
                 error = "The buffer's Redis did not answer: only runs in Postgres are shown."
         context = {"buffered_rows": rows, "buffer_error": error, "now": timezone.now(), **(extra_context or {})}
@@ -175,7 +179,9 @@ class TaskRunAdmin(admin.ModelAdmin):
         done = 0
         for run in queryset.exclude(idempotency_key=None).select_related("environment"):
             try:
-                idempotency_key_reset(environment=run.environment, task_identifier=run.task_identifier, key=run.idempotency_key)
+                idempotency_key_reset(
+                    environment=run.environment, task_identifier=run.task_identifier, key=run.idempotency_key
+                )
                 done += 1
             except IdempotencyKeyNotFound:
                 continue
@@ -187,8 +193,16 @@ class TaskRunAdmin(admin.ModelAdmin):
         view = self.admin_site.admin_view
         return [
             path("buffered/<str:org_id>/<str:run_id>/", view(self.buffered_view), name="runs_taskrun_buffered"),
-            path("buffered/<str:org_id>/<str:run_id>/cancel/", view(require_POST(self.buffered_cancel)), name="runs_taskrun_buffered_cancel"),
-            path("buffered/<str:org_id>/<str:run_id>/reset-key/", view(require_POST(self.buffered_reset)), name="runs_taskrun_buffered_reset"),
+            path(
+                "buffered/<str:org_id>/<str:run_id>/cancel/",
+                view(require_POST(self.buffered_cancel)),
+                name="runs_taskrun_buffered_cancel",
+            ),
+            path(
+                "buffered/<str:org_id>/<str:run_id>/reset-key/",
+                view(require_POST(self.buffered_reset)),
+                name="runs_taskrun_buffered_reset",
+            ),
             *super().get_urls(),
         ]
 
@@ -196,7 +210,9 @@ class TaskRunAdmin(admin.ModelAdmin):
         entry = buffer.get(org_id=org_id, run_id=run_id)
         if entry is None:
             raise Http404("Not in the buffer (written to Postgres, or unknown)")
-        environment = RuntimeEnvironment.objects.select_related("organization", "project").filter(pk=int(entry.env_id)).first()
+        environment = (
+            RuntimeEnvironment.objects.select_related("organization", "project").filter(pk=int(entry.env_id)).first()
+        )
         if environment is None:
             raise Http404("The run's environment no longer exists")
         return entry, environment, TaskRun.objects.get_with_fallback(environment=environment, run_id=run_id)
@@ -217,7 +233,9 @@ class TaskRunAdmin(admin.ModelAdmin):
             "environment": environment,
             "where": "draining" if leased else "buffered",
             "dwell_seconds": max(0, now_ms() - entry.accepted_at_ms) / 1000,
-            "snapshot": json.dumps(entry.snapshot, indent=2, ensure_ascii=False) if entry.snapshot else entry.raw_snapshot,
+            "snapshot": json.dumps(entry.snapshot, indent=2, ensure_ascii=False)
+            if entry.snapshot
+            else entry.raw_snapshot,
             "can_change": self.has_change_permission(request),
         }
         return TemplateResponse(request, "admin/runs/taskrun/buffered.html", context)
@@ -238,7 +256,9 @@ class TaskRunAdmin(admin.ModelAdmin):
         else:
             self._act(
                 request,
-                lambda: idempotency_key_reset(environment=environment, task_identifier=run.task_identifier, key=entry.idempotency_key),
+                lambda: idempotency_key_reset(
+                    environment=environment, task_identifier=run.task_identifier, key=entry.idempotency_key
+                ),
                 f"Released the idempotency key of {run_id}.",
             )
         return HttpResponseRedirect(reverse("admin:runs_taskrun_buffered", args=[org_id, run_id]))
@@ -273,7 +293,11 @@ class MollifierDashboardAdmin(admin.ModelAdmin):
     def get_urls(self):
         view = self.admin_site.admin_view
         return [
-            path("drain/<str:org_id>/<str:env_id>/", view(require_POST(self.drain_now)), name="runs_mollifierdashboard_drain"),
+            path(
+                "drain/<str:org_id>/<str:env_id>/",
+                view(require_POST(self.drain_now)),
+                name="runs_mollifierdashboard_drain",
+            ),
             *super().get_urls(),
         ]
 
@@ -281,11 +305,19 @@ class MollifierDashboardAdmin(admin.ModelAdmin):
         if not self.has_view_permission(request):
             raise PermissionDenied
         now = now_ms()
-        context = {**self.admin_site.each_context(request), "title": "Mollifier dashboard", "opts": self.model._meta,
-                   "settings": _knobs(), "can_drain": request.user.has_perm("runs.change_taskrun")}
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Mollifier dashboard",
+            "opts": self.model._meta,
+            "settings": _knobs(),
+            "can_drain": request.user.has_perm("runs.change_taskrun"),
+        }
         try:
             rows = env_stats(now_ms=now)
-            enrolled = [str(pk) for pk in Organization.objects.filter(feature_flags__mollifierEnabled=True).values_list("pk", flat=True)]
+            enrolled = [
+                str(pk)
+                for pk in Organization.objects.filter(feature_flags__mollifierEnabled=True).values_list("pk", flat=True)
+            ]
             orgs = sorted({row.org_id for row in rows} | set(enrolled) | set(shadow_orgs(since_ms=now - 3_600_000)))
             minutes = timeline(org_ids=orgs, now_ms=now)
         except BufferUnavailable:
@@ -295,8 +327,11 @@ class MollifierDashboardAdmin(admin.ModelAdmin):
             [int(row.env_id) for row in rows if row.env_id.isdigit()]
         )
         table = [
-            {"row": row, "name": str(environments.get(int(row.env_id), f"org {row.org_id} env {row.env_id}")),
-             "oldest_seconds": row.oldest_age_ms(now) / 1000}
+            {
+                "row": row,
+                "name": str(environments.get(int(row.env_id), f"org {row.org_id} env {row.env_id}")),
+                "oldest_seconds": row.oldest_age_ms(now) / 1000,
+            }
             for row in rows
         ]
         recent = minutes[-5:]
@@ -313,8 +348,12 @@ class MollifierDashboardAdmin(admin.ModelAdmin):
             depth_chart=charts.horizontal_bars([(item["name"], item["row"].waiting) for item in table[:20]]),
             decisions_chart=charts.stacked_bars(
                 minutes,
-                [("pass_through", "#79aec8", "pass-through"), ("mollify", "#e0a800", "mollified"),
-                 ("shadow", "#a0a0a0", "shadow"), ("refused", "#ba2121", "refused (cap)")],
+                [
+                    ("pass_through", "#79aec8", "pass-through"),
+                    ("mollify", "#e0a800", "mollified"),
+                    ("shadow", "#a0a0a0", "shadow"),
+                    ("refused", "#ba2121", "refused (cap)"),
+                ],
             ),
             drained_chart=charts.stacked_bars(minutes, [("drained", "#417690", "rows drained")]),
         )
@@ -324,7 +363,9 @@ class MollifierDashboardAdmin(admin.ModelAdmin):
         if not request.user.has_perm("runs.change_taskrun"):
             raise PermissionDenied
         result = Drainer().drain_environment(org_id=org_id, env_id=env_id)
-        messages.success(request, f"Drained {result.acked} run(s) of that environment ({result.report.inserted} inserted).")
+        messages.success(
+            request, f"Drained {result.acked} run(s) of that environment ({result.report.inserted} inserted)."
+        )
         return HttpResponseRedirect(reverse("admin:runs_mollifierdashboard_changelist"))
 
 

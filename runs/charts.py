@@ -7,11 +7,15 @@ from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
 
-def stacked_bars(series: list[dict], layers: list[tuple[str, str, str]], *, width: int = 720, height: int = 180) -> SafeString:
+def stacked_bars(
+    series: list[dict], layers: list[tuple[str, str, str]], *, width: int = 720, height: int = 180
+) -> SafeString:
     """One bar per item of ``series`` (oldest first), stacked by ``layers`` = (field, colour, label)."""
     top = max((sum(item.get(field, 0) for field, _, _ in layers) for item in series), default=0) or 1
     bar = width / max(len(series), 1)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height + 52}" class="mollifier-chart" role="img">']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height + 52}" class="mollifier-chart" role="img">'
+    ]
     parts.append(f'<text x="0" y="12" font-size="11">max {top:,} per minute</text>')
     for i, item in enumerate(series):
         y = height + 16
@@ -40,7 +44,9 @@ def horizontal_bars(items: list[tuple[str, int]], *, colour: str = "#417690", wi
     top = max((value for _, value in items), default=0) or 1
     row, label_width = 22, 260
     height = row * max(len(items), 1)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" class="mollifier-chart" role="img">']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" class="mollifier-chart" role="img">'
+    ]
     for i, (label, value) in enumerate(items):
         w = value / top * (width - label_width - 70)
         y = i * row

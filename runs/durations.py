@@ -6,10 +6,10 @@ valid date is rejected, never read as "now" or as truthy.
 """
 
 import re
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 
-from django.utils.dateparse import parse_datetime
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 _IDEMPOTENCY_TTL = re.compile(r"^(\d+)([smhd])$")
 _NATURAL = re.compile(r"^(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)(?:hr|h))?(?:(\d+)m)?(?:(\d+)s)?$")
@@ -49,7 +49,7 @@ def parse_date(value: str) -> datetime | None:
     if parsed is None:
         return None
     if timezone.is_naive(parsed):
-        parsed = timezone.make_aware(parsed, dt_timezone.utc)
+        parsed = timezone.make_aware(parsed, UTC)
     return parsed
 
 

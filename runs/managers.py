@@ -19,9 +19,8 @@ class TaskRunManager(models.Manager.from_queryset(TaskRunQuerySet)):  # type: ig
         (``run.is_buffered``). Raises DoesNotExist (also for another environment's run) and a
         redis error when the buffer cannot be read after a Postgres miss.
         """
-        from runs.snapshots import entry_to_run  # runs.snapshots imports the models
-
         from mollifier import buffer
+        from runs.snapshots import entry_to_run  # runs.snapshots imports the models
 
         internal = ids.from_friendly(ids.RUN, run_id)
         if internal is None:

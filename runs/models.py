@@ -129,8 +129,6 @@ class BatchTaskRun(models.Model):
 
 class TaskRun(models.Model):
     id = models.CharField(max_length=32, primary_key=True, editable=False)
-    objects = TaskRunManager()
-
     environment = models.ForeignKey(RuntimeEnvironment, on_delete=models.CASCADE, related_name="runs")
     # Denormalised for filtering without joins.
     organization_id = models.BigIntegerField(db_index=True)
@@ -180,6 +178,8 @@ class TaskRun(models.Model):
     buffered_at = models.DateTimeField(null=True, blank=True)
     materialised_at = models.DateTimeField(null=True, blank=True)
 
+    objects = TaskRunManager()
+
     class Meta:
         constraints = [
             models.UniqueConstraint(
@@ -213,6 +213,9 @@ class MollifierDashboard(models.Model):
         verbose_name = verbose_name_plural = "Mollifier dashboard"
         default_permissions = ("view",)
 
+    def __str__(self) -> str:
+        return "Mollifier dashboard"
+
 
 class BatchTaskRunItem(models.Model):
     batch = models.ForeignKey(BatchTaskRun, on_delete=models.CASCADE, related_name="items")
@@ -223,3 +226,6 @@ class BatchTaskRunItem(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["batch", "index"], name="batch_item_index_uniq")]
         ordering = ["batch", "index"]
+
+    def __str__(self) -> str:
+        return f"{self.batch_id}[{self.index}]"

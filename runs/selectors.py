@@ -12,7 +12,6 @@ from django.utils import timezone
 from mollifier import buffer
 from mollifier.exceptions import BufferUnavailable
 from mollifier.stats import env_stats
-
 from runs.exceptions import InvalidRequest, RunNotFound
 from runs.models import RuntimeEnvironment, TaskRun
 from runs.snapshots import entry_to_run, to_ms
@@ -139,7 +138,9 @@ def task_run_list(
     merged.update({run.id: run for run in rows})  # Postgres wins
     ordered = sorted(merged.values(), key=sort_key, reverse=newest_first)
     if scan_bound is not None:
-        ordered = [run for run in ordered if (sort_key(run) >= scan_bound) == newest_first or sort_key(run) == scan_bound]
+        ordered = [
+            run for run in ordered if (sort_key(run) >= scan_bound) == newest_first or sort_key(run) == scan_bound
+        ]
     more = len(ordered) > page_size or len(rows) > page_size or scan_bound is not None
     runs = ordered[:page_size]
     if not runs and scan_bound is not None:
@@ -148,7 +149,11 @@ def task_run_list(
         return RunPage(runs=[], next=edge if newest_first else None, previous=None if newest_first else edge)
     if not newest_first:
         runs.reverse()
-        return RunPage(runs=runs, next=Cursor.of(runs[-1]) if runs else None, previous=Cursor.of(runs[0]) if runs and more else None)
+        return RunPage(
+            runs=runs,
+            next=Cursor.of(runs[-1]) if runs else None,
+            previous=Cursor.of(runs[0]) if runs and more else None,
+        )
     return RunPage(
         runs=runs,
         next=Cursor.of(runs[-1]) if runs and more else None,

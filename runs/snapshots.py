@@ -6,7 +6,7 @@ buffer can change them atomically. Ids only, never secrets: the environment is r
 re-read from Postgres when the row is written.
 """
 
-from datetime import datetime, timezone as dt_timezone
+from datetime import UTC, datetime
 
 from django.utils import timezone
 
@@ -49,7 +49,7 @@ def from_ms(value: int | None) -> datetime | None:
     if value is None:
         return None
     try:
-        return datetime.fromtimestamp(value / 1000, tz=dt_timezone.utc)
+        return datetime.fromtimestamp(value / 1000, tz=UTC)
     except (OverflowError, OSError, ValueError):
         return None  # an absurd stored value reads as absent, never as "now"
 

@@ -10,7 +10,9 @@ from runs.services.trigger import _build_run
 from runs.snapshots import run_to_entry, to_ms
 
 
-def fill_buffer(environment, count: int, *, task: str = "hello-world", batch=None, payload=None, **options) -> list[str]:
+def fill_buffer(
+    environment, count: int, *, task: str = "hello-world", batch=None, payload=None, **options
+) -> list[str]:
     """Buffer ``count`` runs of ``environment``; returns their run ids (run_…) in trigger order.
 
     ``payload`` is the wire payload (a string, as the SDK sends it); ``options`` the trigger options."""
@@ -24,7 +26,9 @@ def fill_buffer(environment, count: int, *, task: str = "hello-world", batch=Non
         for i in range(start, min(count, start + 1000)):
             run = _build_run(environment=environment, task_identifier=task, options=opts, now=now, batch=batch)
             entries.append(run_to_entry(run, batch_index=i if batch else None))
-            scripts.ACCEPT(keys=buffer.accept_keys(entries[-1]), args=[to_ms(now), *buffer.accept_args(entries[-1])], client=pipe)
+            scripts.ACCEPT(
+                keys=buffer.accept_keys(entries[-1]), args=[to_ms(now), *buffer.accept_args(entries[-1])], client=pipe
+            )
         for reply, entry in zip(pipe.execute(), entries):
             assert buffer.accept_result(reply, entry, client=redis).status == "accepted"
             run_ids.append(entry.run_id)

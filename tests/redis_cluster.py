@@ -44,16 +44,32 @@ def redis_cluster(masters: int = 3):
         for port in ports:
             processes.append(
                 subprocess.Popen(
-                    [_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-                     "--cluster-config-file", f"{workdir}/nodes-{port}.conf", "--dir", workdir,
-                     "--save", "", "--appendonly", "no", "--protected-mode", "no"],
+                    [
+                        _server_binary(),
+                        "--port",
+                        str(port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        f"{workdir}/nodes-{port}.conf",
+                        "--dir",
+                        workdir,
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--protected-mode",
+                        "no",
+                    ],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
             )
         nodes = [redis.Redis(port=port) for port in ports]
         for node in nodes:
-            _wait(lambda: node.ping())
+            _wait(node.ping)
         per_node = 16384 // masters
         for i, node in enumerate(nodes):
             last = 16383 if i == masters - 1 else (i + 1) * per_node - 1
@@ -61,7 +77,7 @@ def redis_cluster(masters: int = 3):
         for node in nodes[1:]:
             node.execute_command("CLUSTER MEET", "127.0.0.1", ports[0])
         for node in nodes:
-            _wait(lambda: node.cluster("info").get("cluster_state") == "ok", timeout=30)
+            _wait(lambda node=node: node.cluster("info").get("cluster_state") == "ok", timeout=30)
         yield f"redis://127.0.0.1:{ports[0]}"
     finally:
         for process in processes:

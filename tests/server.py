@@ -54,8 +54,18 @@ def running_server(workers: int = 2, **env_overrides: str):
     # Output goes to a file, never a pipe nobody reads: a full pipe would block the workers.
     log = tempfile.NamedTemporaryFile(prefix="mollifier-server-", suffix=".log", delete=False)
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "trigger_project.wsgi", "--workers", str(workers),
-         "--bind", f"127.0.0.1:{port}", "--graceful-timeout", "5"],
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "trigger_project.wsgi",
+            "--workers",
+            str(workers),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--graceful-timeout",
+            "5",
+        ],
         cwd=ROOT,
         env=server_env(**env_overrides),
         stdout=log,

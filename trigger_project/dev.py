@@ -74,17 +74,26 @@ def main() -> int:
         children.append(
             subprocess.Popen(
                 [
-                    sys.executable, "-m", "gunicorn", "trigger_project.wsgi",
-                    "--workers", workers,
-                    "--bind", f"127.0.0.1:{port}",
-                    "--access-logfile", "-" if env.get("ACCESS_LOG") else "/dev/null",
-                    "--graceful-timeout", "10",
+                    sys.executable,
+                    "-m",
+                    "gunicorn",
+                    "trigger_project.wsgi",
+                    "--workers",
+                    workers,
+                    "--bind",
+                    f"127.0.0.1:{port}",
+                    "--access-logfile",
+                    "-" if env.get("ACCESS_LOG") else "/dev/null",
+                    "--graceful-timeout",
+                    "10",
                 ],
                 env=env,
             )
         )
         children.append(subprocess.Popen([sys.executable, "manage.py", "mollifier_drain"], env=env))
-        print(f"serving on http://127.0.0.1:{port}  (admin: /admin/)  with a drainer beside it; Ctrl-C stops", flush=True)
+        print(
+            f"serving on http://127.0.0.1:{port}  (admin: /admin/)  with a drainer beside it; Ctrl-C stops", flush=True
+        )
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
         print("a child process exited; stopping.", flush=True)

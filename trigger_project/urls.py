@@ -1,7 +1,6 @@
 from django.contrib import admin
 from django.http import JsonResponse
 from django.urls import include, path
-
 from drf_spectacular.views import SpectacularAPIView
 
 from mollifier.views import metrics_view

@@ -65,22 +65,22 @@ def exception_handler(exc, context):
             return error_response(exc.message, status_code, **getattr(exc, "extra", {}))
     if isinstance(exc, BufferUnavailable):
         set_rollback()
-        logger.warning("runs.api.buffer_unavailable", exc_info=True)
+        logger.warning("runs.api.buffer_unavailable", exc_info=exc)
         return error_response("Run buffer unavailable, retry later", status.HTTP_503_SERVICE_UNAVAILABLE)
     if isinstance(exc, DataError):
         # Input Postgres cannot store (a NUL character, a number out of range) that validation let
         # through: the client's input, answered as such; the transaction is rolled back.
         set_rollback()
-        logger.info("runs.api.data_rejected", exc_info=True)
+        logger.info("runs.api.data_rejected", exc_info=exc)
         return error_response("Invalid characters or values in the request", status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, (OperationalError, InterfaceError)):
         set_rollback()
-        logger.warning("runs.api.database_unavailable", exc_info=True)
+        logger.warning("runs.api.database_unavailable", exc_info=exc)
         return error_response("Database unavailable, retry later", status.HTTP_503_SERVICE_UNAVAILABLE)
     response = drf_exception_handler(exc, context)
     if response is None:
         set_rollback()
-        logger.exception("runs.api.unhandled_error")
+        logger.error("runs.api.unhandled_error", exc_info=exc)
         return error_response("Something went wrong", status.HTTP_500_INTERNAL_SERVER_ERROR)
     if isinstance(exc, exceptions.ValidationError):
         message = "; ".join(_messages(exc.detail)) or "Invalid request body"

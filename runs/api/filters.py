@@ -1,7 +1,7 @@
 """The query string of ``runs.list``: ``filter[…]`` and ``page[…]`` parameters (API.md §7)."""
 
 from dataclasses import dataclass
-from datetime import datetime, timezone as dt_timezone
+from datetime import UTC, datetime
 
 from django.http import QueryDict
 from django.utils import timezone
@@ -39,7 +39,7 @@ def _timestamp(query: QueryDict, name: str) -> datetime | None:
     if raw is None or raw == "":
         return None
     try:
-        return datetime.fromtimestamp(int(raw) / 1000, tz=dt_timezone.utc)
+        return datetime.fromtimestamp(int(raw) / 1000, tz=UTC)
     except (ValueError, OverflowError, OSError):
         pass
     if (parsed := durations.parse_date(raw)) is not None:
@@ -99,5 +99,3 @@ def parse_run_list_query(query: QueryDict, *, now: datetime | None = None) -> Ru
     if after and before:
         raise QueryError("Use page[after] or page[before], not both")
     return RunListQuery(filters, page_size, after, before, _list(query, "filter[env]"))
-
-

@@ -72,7 +72,9 @@ class _RunCommon(serializers.Serializer):
 
 
 class RunSchema(_RunCommon):
-    triggerFunction = serializers.ChoiceField(choices=["trigger", "triggerAndWait", "batchTrigger", "batchTriggerAndWait"])
+    triggerFunction = serializers.ChoiceField(
+        choices=["trigger", "triggerAndWait", "batchTrigger", "batchTriggerAndWait"]
+    )
     relatedRuns = serializers.DictField()
     attemptCount = serializers.IntegerField()
     batchId = serializers.CharField(required=False)
@@ -134,8 +136,13 @@ class BatchSchema(serializers.Serializer):
 ERRORS = {
     code: OpenApiResponse(ErrorSchema, description=text)
     for code, text in {
-        400: "Invalid input", 401: "Missing or wrong secret key", 404: "Not found in this environment",
-        413: "Too large", 415: "Unsupported content type", 422: "Cannot be done to this run", 429: "The organisation's buffer is full; retry after x-ratelimit-reset (ms)",
+        400: "Invalid input",
+        401: "Missing or wrong secret key",
+        404: "Not found in this environment",
+        413: "Too large",
+        415: "Unsupported content type",
+        422: "Cannot be done to this run",
+        429: "The organisation's buffer is full; retry after x-ratelimit-reset (ms)",
         503: "A store is unavailable or the run is mid-drain; retry",
     }.items()
 }

@@ -2,16 +2,18 @@
 
 import re
 
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
-
-from django.utils import timezone
 from rest_framework import status
 from rest_framework.exceptions import ParseError, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from runs.api import presenters, serializers
+from runs.api.errors import error_response
+from runs.api.filters import parse_run_list_query
+from runs.api.parsers import read_ndjson
 from runs.api.schema import (
     LIST_PARAMETERS,
     BatchCreatedSchema,
@@ -25,9 +27,6 @@ from runs.api.schema import (
     TriggerResponseSchema,
     responses,
 )
-from runs.api.errors import error_response
-from runs.api.filters import parse_run_list_query
-from runs.api.parsers import read_ndjson
 from runs.api.tokens import public_token
 from runs.exceptions import RunNotFound
 from runs.models import Project
@@ -81,7 +80,11 @@ def _task_identifier(value: str) -> str:
 
 
 class TaskTriggerApi(EnvironmentApi):
-    @extend_schema(operation_id="trigger_task", request=serializers.TriggerBodySerializer, responses=responses(200, TriggerResponseSchema, 404, 413, 415, 429))
+    @extend_schema(
+        operation_id="trigger_task",
+        request=serializers.TriggerBodySerializer,
+        responses=responses(200, TriggerResponseSchema, 404, 413, 415, 429),
+    )
     def post(self, request, task_id: str):
         task_identifier = _task_identifier(task_id)
         request_key = self.request_key()
@@ -90,7 +93,11 @@ class TaskTriggerApi(EnvironmentApi):
             environment=self.environment, task_identifier=task_identifier, options=options, request_key=request_key
         )
         run_id = outcome.run.friendly_id
-        headers = {"x-trigger-jwt": public_token(secret_key=request.auth, environment=self.environment, scopes=[f"read:runs:{run_id}"])}
+        headers = {
+            "x-trigger-jwt": public_token(
+                secret_key=request.auth, environment=self.environment, scopes=[f"read:runs:{run_id}"]
+            )
+        }
         if outcome.buffered:
             headers["x-mollifier"] = "buffered"  # harmless to the SDK, useful to humans
         return Response({"id": run_id, "isCached": outcome.is_cached}, headers=headers)
@@ -115,7 +122,11 @@ class RunCancelApi(EnvironmentApi):
 
 
 class RunTagsApi(EnvironmentApi):
-    @extend_schema(operation_id="add_run_tags", request=serializers.AddTagsSerializer, responses=responses(200, MessageSchema, 404, 413, 415, 422))
+    @extend_schema(
+        operation_id="add_run_tags",
+        request=serializers.AddTagsSerializer,
+        responses=responses(200, MessageSchema, 404, 413, 415, 422),
+    )
     def post(self, request, run_id: str):
         run = task_run_get(environment=self.environment, run_id=run_id)
         added = task_run_add_tags(run=run, tags=self.body(serializers.AddTagsSerializer)["tags"])
@@ -127,12 +138,21 @@ class RunMetadataApi(EnvironmentApi):
     def get(self, request, run_id: str):
         return Response({"metadata": metadata_of(task_run_get(environment=self.environment, run_id=run_id))})
 
-    @extend_schema(operation_id="update_run_metadata", request=serializers.UpdateMetadataSerializer, responses=responses(200, MetadataSchema, 404, 413, 415))
+    @extend_schema(
+        operation_id="update_run_metadata",
+        request=serializers.UpdateMetadataSerializer,
+        responses=responses(200, MetadataSchema, 404, 413, 415),
+    )
     def put(self, request, run_id: str):
         run = task_run_get(environment=self.environment, run_id=run_id)
         body = self.body(serializers.UpdateMetadataSerializer)
-        metadata = task_run_update_metadata(run=run, metadata=body.get("metadata"), operations=body.get("operations", []))
-        for relation, operations in (("parent_run_id", body.get("parentOperations")), ("root_run_id", body.get("rootOperations"))):
+        metadata = task_run_update_metadata(
+            run=run, metadata=body.get("metadata"), operations=body.get("operations", [])
+        )
+        for relation, operations in (
+            ("parent_run_id", body.get("parentOperations")),
+            ("root_run_id", body.get("rootOperations")),
+        ):
             if operations and (related_id := getattr(run, relation)):
                 try:
                     related = task_run_get(environment=self.environment, run_id=f"run_{related_id}")
@@ -143,7 +163,11 @@ class RunMetadataApi(EnvironmentApi):
 
 
 class RunRescheduleApi(EnvironmentApi):
-    @extend_schema(operation_id="reschedule_run", request=serializers.RescheduleSerializer, responses=responses(200, RunSchema, 404, 413, 415))
+    @extend_schema(
+        operation_id="reschedule_run",
+        request=serializers.RescheduleSerializer,
+        responses=responses(200, RunSchema, 404, 413, 415),
+    )
     def post(self, request, run_id: str):
         run = task_run_get(environment=self.environment, run_id=run_id)
         task_run_reschedule(run=run, delay=self.body(serializers.RescheduleSerializer)["delay"])
@@ -151,7 +175,9 @@ class RunRescheduleApi(EnvironmentApi):
 
 
 class RunReplayApi(EnvironmentApi):
-    @extend_schema(operation_id="replay_run", request=OpenApiTypes.OBJECT, responses=responses(200, IdSchema, 404, 413, 415, 429))
+    @extend_schema(
+        operation_id="replay_run", request=OpenApiTypes.OBJECT, responses=responses(200, IdSchema, 404, 413, 415, 429)
+    )
     def post(self, request, run_id: str):
         run = task_run_get(environment=self.environment, run_id=run_id)
         overrides = request.data if request.META.get("CONTENT_LENGTH", "0").strip("0") else {}
@@ -193,7 +219,9 @@ class RunListApi(EnvironmentApi):
 class ProjectRunListApi(RunListApi):
     """``runs.list("proj_…", …)``: a secret key sees its own environment of its own project only."""
 
-    @extend_schema(operation_id="list_project_runs", parameters=LIST_PARAMETERS, responses=responses(200, RunListSchema, 404))
+    @extend_schema(
+        operation_id="list_project_runs", parameters=LIST_PARAMETERS, responses=responses(200, RunListSchema, 404)
+    )
     def get(self, request, project_ref: str):
         environment = self.environment
         if not Project.objects.filter(pk=environment.project_id, external_ref=project_ref).exists():
@@ -207,7 +235,11 @@ class ProjectRunListApi(RunListApi):
 
 
 class IdempotencyKeyResetApi(EnvironmentApi):
-    @extend_schema(operation_id="reset_idempotency_key", request=serializers.ResetIdempotencyKeySerializer, responses=responses(200, IdSchema, 404, 413, 415))
+    @extend_schema(
+        operation_id="reset_idempotency_key",
+        request=serializers.ResetIdempotencyKeySerializer,
+        responses=responses(200, IdSchema, 404, 413, 415),
+    )
     def post(self, request, key: str):
         body = self.body(serializers.ResetIdempotencyKeySerializer)
         if not key or len(key) > serializers.MAX_KEY_LENGTH:
@@ -217,7 +249,11 @@ class IdempotencyKeyResetApi(EnvironmentApi):
 
 
 class BatchCreateApi(EnvironmentApi):
-    @extend_schema(operation_id="create_batch", request=serializers.BatchCreateSerializer, responses=responses(202, BatchCreatedSchema, 413, 415))
+    @extend_schema(
+        operation_id="create_batch",
+        request=serializers.BatchCreateSerializer,
+        responses=responses(202, BatchCreatedSchema, 413, 415),
+    )
     def post(self, request):
         body = {k: v for k, v in self.body(serializers.BatchCreateSerializer).items() if v is not None}
         batch, is_cached = batch_create(
@@ -280,5 +316,3 @@ class BatchRetrieveApi(EnvironmentApi):
     def get(self, request, batch_id: str):
         batch = batch_get(environment=self.environment, batch_id=batch_id)
         return Response(presenters.batch_detail(batch, batch_run_ids(batch=batch)))
-
-

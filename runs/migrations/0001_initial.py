@@ -3,157 +3,286 @@
 import django.contrib.postgres.fields
 import django.db.models.deletion
 import django.utils.timezone
-import runs.ids
 from django.db import migrations, models
+
+import runs.ids
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Organization',
+            name="Organization",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('slug', models.SlugField(max_length=64, unique=True)),
-                ('title', models.CharField(max_length=200)),
-                ('feature_flags', models.JSONField(blank=True, default=dict)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("slug", models.SlugField(max_length=64, unique=True)),
+                ("title", models.CharField(max_length=200)),
+                ("feature_flags", models.JSONField(blank=True, default=dict)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
             ],
             options={
-                'ordering': ['slug'],
+                "ordering": ["slug"],
             },
         ),
         migrations.CreateModel(
-            name='Project',
+            name="Project",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=200)),
-                ('slug', models.SlugField(max_length=64)),
-                ('external_ref', models.CharField(max_length=64, unique=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('organization', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='projects', to='runs.organization')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=200)),
+                ("slug", models.SlugField(max_length=64)),
+                ("external_ref", models.CharField(max_length=64, unique=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "organization",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="projects", to="runs.organization"
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='RuntimeEnvironment',
+            name="RuntimeEnvironment",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('type', models.CharField(choices=[('DEVELOPMENT', 'Development'), ('STAGING', 'Staging'), ('PRODUCTION', 'Production'), ('PREVIEW', 'Preview')], max_length=16)),
-                ('slug', models.SlugField(max_length=64)),
-                ('api_key_hash', models.CharField(max_length=64, unique=True)),
-                ('api_key_prefix', models.CharField(max_length=24)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('organization', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='environments', to='runs.organization')),
-                ('project', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='environments', to='runs.project')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "type",
+                    models.CharField(
+                        choices=[
+                            ("DEVELOPMENT", "Development"),
+                            ("STAGING", "Staging"),
+                            ("PRODUCTION", "Production"),
+                            ("PREVIEW", "Preview"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("slug", models.SlugField(max_length=64)),
+                ("api_key_hash", models.CharField(max_length=64, unique=True)),
+                ("api_key_prefix", models.CharField(max_length=24)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "organization",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="environments", to="runs.organization"
+                    ),
+                ),
+                (
+                    "project",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="environments", to="runs.project"
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='BatchTaskRun',
+            name="BatchTaskRun",
             fields=[
-                ('id', models.CharField(default=runs.ids.new_internal_id, editable=False, max_length=32, primary_key=True, serialize=False)),
-                ('run_count', models.PositiveIntegerField()),
-                ('task_identifiers', django.contrib.postgres.fields.ArrayField(base_field=models.CharField(max_length=128), blank=True, default=list, size=None)),
-                ('status', models.CharField(choices=[('PENDING', 'Pending'), ('PROCESSING', 'Processing'), ('COMPLETED', 'Completed'), ('PARTIAL_FAILED', 'Partial Failed'), ('ABORTED', 'Aborted')], default='PENDING', max_length=16)),
-                ('sealed', models.BooleanField(default=False)),
-                ('idempotency_key', models.CharField(blank=True, max_length=2048, null=True)),
-                ('idempotency_key_options', models.JSONField(blank=True, null=True)),
-                ('parent_run_id', models.CharField(blank=True, max_length=64, null=True)),
-                ('resume_parent_on_completion', models.BooleanField(default=False)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('completed_at', models.DateTimeField(blank=True, null=True)),
-                ('environment', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='batches', to='runs.runtimeenvironment')),
+                (
+                    "id",
+                    models.CharField(
+                        default=runs.ids.new_internal_id,
+                        editable=False,
+                        max_length=32,
+                        primary_key=True,
+                        serialize=False,
+                    ),
+                ),
+                ("run_count", models.PositiveIntegerField()),
+                (
+                    "task_identifiers",
+                    django.contrib.postgres.fields.ArrayField(
+                        base_field=models.CharField(max_length=128), blank=True, default=list, size=None
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("PENDING", "Pending"),
+                            ("PROCESSING", "Processing"),
+                            ("COMPLETED", "Completed"),
+                            ("PARTIAL_FAILED", "Partial Failed"),
+                            ("ABORTED", "Aborted"),
+                        ],
+                        default="PENDING",
+                        max_length=16,
+                    ),
+                ),
+                ("sealed", models.BooleanField(default=False)),
+                ("idempotency_key", models.CharField(blank=True, max_length=2048, null=True)),
+                ("idempotency_key_options", models.JSONField(blank=True, null=True)),
+                ("parent_run_id", models.CharField(blank=True, max_length=64, null=True)),
+                ("resume_parent_on_completion", models.BooleanField(default=False)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                ("completed_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "environment",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="batches",
+                        to="runs.runtimeenvironment",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='TaskRun',
+            name="TaskRun",
             fields=[
-                ('id', models.CharField(editable=False, max_length=32, primary_key=True, serialize=False)),
-                ('organization_id', models.BigIntegerField(db_index=True)),
-                ('project_id', models.BigIntegerField()),
-                ('task_identifier', models.CharField(max_length=128)),
-                ('status', models.CharField(choices=[('PENDING_VERSION', 'Pending Version'), ('QUEUED', 'Queued'), ('DEQUEUED', 'Dequeued'), ('EXECUTING', 'Executing'), ('WAITING', 'Waiting'), ('COMPLETED', 'Completed'), ('CANCELED', 'Canceled'), ('FAILED', 'Failed'), ('CRASHED', 'Crashed'), ('SYSTEM_FAILURE', 'System Failure'), ('DELAYED', 'Delayed'), ('EXPIRED', 'Expired'), ('TIMED_OUT', 'Timed Out')], default='QUEUED', max_length=20)),
-                ('payload', models.TextField(blank=True, null=True)),
-                ('payload_type', models.CharField(default='application/json', max_length=64)),
-                ('metadata', models.TextField(blank=True, null=True)),
-                ('metadata_type', models.CharField(default='application/json', max_length=64)),
-                ('idempotency_key', models.CharField(blank=True, max_length=2048, null=True)),
-                ('idempotency_key_expires_at', models.DateTimeField(blank=True, null=True)),
-                ('idempotency_key_options', models.JSONField(blank=True, null=True)),
-                ('task_version', models.CharField(blank=True, max_length=128, null=True)),
-                ('queue', models.CharField(blank=True, max_length=256, null=True)),
-                ('concurrency_key', models.CharField(blank=True, max_length=256, null=True)),
-                ('ttl', models.CharField(blank=True, max_length=64, null=True)),
-                ('max_attempts', models.PositiveIntegerField(blank=True, null=True)),
-                ('max_duration', models.PositiveIntegerField(blank=True, null=True)),
-                ('machine', models.CharField(blank=True, max_length=32, null=True)),
-                ('priority', models.IntegerField(default=0)),
-                ('region', models.CharField(blank=True, max_length=64, null=True)),
-                ('tags', django.contrib.postgres.fields.ArrayField(base_field=models.CharField(max_length=128), blank=True, default=list, size=None)),
-                ('is_test', models.BooleanField(default=False)),
-                ('delay_until', models.DateTimeField(blank=True, null=True)),
-                ('depth', models.PositiveIntegerField(default=0)),
-                ('resume_parent_on_completion', models.BooleanField(default=False)),
-                ('trace_id', models.CharField(blank=True, default='', max_length=64)),
-                ('span_id', models.CharField(blank=True, default='', max_length=32)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('updated_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('completed_at', models.DateTimeField(blank=True, null=True)),
-                ('cancelled_at', models.DateTimeField(blank=True, null=True)),
-                ('cancel_reason', models.CharField(blank=True, max_length=256, null=True)),
-                ('error', models.JSONField(blank=True, null=True)),
-                ('buffered_at', models.DateTimeField(blank=True, null=True)),
-                ('materialised_at', models.DateTimeField(blank=True, null=True)),
-                ('batch', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='runs', to='runs.batchtaskrun')),
-                ('environment', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='runs', to='runs.runtimeenvironment')),
-                ('parent_run', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='runs.taskrun')),
-                ('root_run', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='runs.taskrun')),
+                ("id", models.CharField(editable=False, max_length=32, primary_key=True, serialize=False)),
+                ("organization_id", models.BigIntegerField(db_index=True)),
+                ("project_id", models.BigIntegerField()),
+                ("task_identifier", models.CharField(max_length=128)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("PENDING_VERSION", "Pending Version"),
+                            ("QUEUED", "Queued"),
+                            ("DEQUEUED", "Dequeued"),
+                            ("EXECUTING", "Executing"),
+                            ("WAITING", "Waiting"),
+                            ("COMPLETED", "Completed"),
+                            ("CANCELED", "Canceled"),
+                            ("FAILED", "Failed"),
+                            ("CRASHED", "Crashed"),
+                            ("SYSTEM_FAILURE", "System Failure"),
+                            ("DELAYED", "Delayed"),
+                            ("EXPIRED", "Expired"),
+                            ("TIMED_OUT", "Timed Out"),
+                        ],
+                        default="QUEUED",
+                        max_length=20,
+                    ),
+                ),
+                ("payload", models.TextField(blank=True, null=True)),
+                ("payload_type", models.CharField(default="application/json", max_length=64)),
+                ("metadata", models.TextField(blank=True, null=True)),
+                ("metadata_type", models.CharField(default="application/json", max_length=64)),
+                ("idempotency_key", models.CharField(blank=True, max_length=2048, null=True)),
+                ("idempotency_key_expires_at", models.DateTimeField(blank=True, null=True)),
+                ("idempotency_key_options", models.JSONField(blank=True, null=True)),
+                ("task_version", models.CharField(blank=True, max_length=128, null=True)),
+                ("queue", models.CharField(blank=True, max_length=256, null=True)),
+                ("concurrency_key", models.CharField(blank=True, max_length=256, null=True)),
+                ("ttl", models.CharField(blank=True, max_length=64, null=True)),
+                ("max_attempts", models.PositiveIntegerField(blank=True, null=True)),
+                ("max_duration", models.PositiveIntegerField(blank=True, null=True)),
+                ("machine", models.CharField(blank=True, max_length=32, null=True)),
+                ("priority", models.IntegerField(default=0)),
+                ("region", models.CharField(blank=True, max_length=64, null=True)),
+                (
+                    "tags",
+                    django.contrib.postgres.fields.ArrayField(
+                        base_field=models.CharField(max_length=128), blank=True, default=list, size=None
+                    ),
+                ),
+                ("is_test", models.BooleanField(default=False)),
+                ("delay_until", models.DateTimeField(blank=True, null=True)),
+                ("depth", models.PositiveIntegerField(default=0)),
+                ("resume_parent_on_completion", models.BooleanField(default=False)),
+                ("trace_id", models.CharField(blank=True, default="", max_length=64)),
+                ("span_id", models.CharField(blank=True, default="", max_length=32)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("updated_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("completed_at", models.DateTimeField(blank=True, null=True)),
+                ("cancelled_at", models.DateTimeField(blank=True, null=True)),
+                ("cancel_reason", models.CharField(blank=True, max_length=256, null=True)),
+                ("error", models.JSONField(blank=True, null=True)),
+                ("buffered_at", models.DateTimeField(blank=True, null=True)),
+                ("materialised_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "batch",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="runs",
+                        to="runs.batchtaskrun",
+                    ),
+                ),
+                (
+                    "environment",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="runs", to="runs.runtimeenvironment"
+                    ),
+                ),
+                (
+                    "parent_run",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="runs.taskrun",
+                    ),
+                ),
+                (
+                    "root_run",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="runs.taskrun",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='BatchTaskRunItem',
+            name="BatchTaskRunItem",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('index', models.PositiveIntegerField()),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('batch', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='items', to='runs.batchtaskrun')),
-                ('task_run', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='batch_items', to='runs.taskrun')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("index", models.PositiveIntegerField()),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "batch",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="items", to="runs.batchtaskrun"
+                    ),
+                ),
+                (
+                    "task_run",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="batch_items", to="runs.taskrun"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['batch', 'index'],
+                "ordering": ["batch", "index"],
             },
         ),
         migrations.AddConstraint(
-            model_name='project',
-            constraint=models.UniqueConstraint(fields=('organization', 'slug'), name='project_org_slug_uniq'),
+            model_name="project",
+            constraint=models.UniqueConstraint(fields=("organization", "slug"), name="project_org_slug_uniq"),
         ),
         migrations.AddConstraint(
-            model_name='runtimeenvironment',
-            constraint=models.UniqueConstraint(fields=('project', 'slug'), name='env_project_slug_uniq'),
+            model_name="runtimeenvironment",
+            constraint=models.UniqueConstraint(fields=("project", "slug"), name="env_project_slug_uniq"),
         ),
         migrations.AddConstraint(
-            model_name='batchtaskrun',
-            constraint=models.UniqueConstraint(fields=('environment', 'idempotency_key'), name='batch_env_idem_uniq'),
+            model_name="batchtaskrun",
+            constraint=models.UniqueConstraint(fields=("environment", "idempotency_key"), name="batch_env_idem_uniq"),
         ),
         migrations.AddIndex(
-            model_name='taskrun',
-            index=models.Index(fields=['environment', '-created_at', '-id'], name='run_env_created_idx'),
+            model_name="taskrun",
+            index=models.Index(fields=["environment", "-created_at", "-id"], name="run_env_created_idx"),
         ),
         migrations.AddIndex(
-            model_name='taskrun',
-            index=models.Index(fields=['batch'], name='run_batch_idx'),
+            model_name="taskrun",
+            index=models.Index(fields=["batch"], name="run_batch_idx"),
         ),
         migrations.AddConstraint(
-            model_name='taskrun',
-            constraint=models.UniqueConstraint(fields=('environment', 'task_identifier', 'idempotency_key'), name='run_env_task_idem_uniq'),
+            model_name="taskrun",
+            constraint=models.UniqueConstraint(
+                fields=("environment", "task_identifier", "idempotency_key"), name="run_env_task_idem_uniq"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='batchtaskrunitem',
-            constraint=models.UniqueConstraint(fields=('batch', 'index'), name='batch_item_index_uniq'),
+            model_name="batchtaskrunitem",
+            constraint=models.UniqueConstraint(fields=("batch", "index"), name="batch_item_index_uniq"),
         ),
     ]

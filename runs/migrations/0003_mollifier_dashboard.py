@@ -4,22 +4,21 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('runs', '0002_parent_links_without_constraint'),
+        ("runs", "0002_parent_links_without_constraint"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='MollifierDashboard',
+            name="MollifierDashboard",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
             ],
             options={
-                'verbose_name': 'Mollifier dashboard',
-                'verbose_name_plural': 'Mollifier dashboard',
-                'managed': False,
-                'default_permissions': ('view',),
+                "verbose_name": "Mollifier dashboard",
+                "verbose_name_plural": "Mollifier dashboard",
+                "managed": False,
+                "default_permissions": ("view",),
             },
         ),
     ]

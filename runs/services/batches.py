@@ -10,9 +10,9 @@ from datetime import datetime
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from runs import ids
 from mollifier import buffer, conf
 from mollifier.exceptions import BufferUnavailable
+from runs import ids
 from runs.exceptions import BatchNotFound, InvalidRequest, ServiceUnavailable
 from runs.models import BatchTaskRun, BatchTaskRunItem, RuntimeEnvironment
 from runs.options import TriggerOptions
@@ -53,7 +53,7 @@ def batch_create(
         if (batch := BatchTaskRun.objects.filter(environment=environment, id=known_id).first()) is not None:
             return batch, False
     if idempotency_key is not None:
-        if (batch := BatchTaskRun.objects.filter(environment=environment, idempotency_key=idempotency_key).first()):
+        if batch := BatchTaskRun.objects.filter(environment=environment, idempotency_key=idempotency_key).first():
             return batch, True
     batch = BatchTaskRun(
         environment=environment,
@@ -76,7 +76,11 @@ def batch_create(
 
 def batch_get(*, environment: RuntimeEnvironment, batch_id: str) -> BatchTaskRun:
     internal = ids.from_friendly(ids.BATCH, batch_id)
-    batch = BatchTaskRun.objects.filter(environment=environment, id=internal).select_related("environment").first() if internal else None
+    batch = (
+        BatchTaskRun.objects.filter(environment=environment, id=internal).select_related("environment").first()
+        if internal
+        else None
+    )
     if batch is None:
         raise BatchNotFound("Batch not found")
     return batch
@@ -92,7 +96,9 @@ def batch_add_items(
         raise InvalidRequest(f"Item index {bad.index} is out of range: the batch has {batch.run_count} runs.")
     accepted = deduplicated = 0
     with transaction.atomic():
-        batch = BatchTaskRun.objects.select_for_update().select_related("environment").get(pk=batch.pk)  # one stream at a time
+        batch = (
+            BatchTaskRun.objects.select_for_update().select_related("environment").get(pk=batch.pk)
+        )  # one stream at a time
         seen = set(BatchTaskRunItem.objects.filter(batch=batch).values_list("index", flat=True))
         seen |= set(_buffered_items(batch))
         for item in items:

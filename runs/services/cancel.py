@@ -30,8 +30,11 @@ def task_run_cancel(*, run: TaskRun, reason: str = "Canceled by user") -> TaskRu
         return _cancel_row(run=run, reason=reason)
     result = retry_while_draining(
         lambda: buffer.cancel(
-            org_id=str(run.organization_id), env_id=str(run.environment_id), run_id=run.friendly_id,
-            now_ms=to_ms(timezone.now()), reason=reason,
+            org_id=str(run.organization_id),
+            env_id=str(run.environment_id),
+            run_id=run.friendly_id,
+            now_ms=to_ms(timezone.now()),
+            reason=reason,
         ),
         busy=lambda outcome: outcome.status == "busy",
     )

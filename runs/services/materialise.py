@@ -50,7 +50,9 @@ def materialise_entries(entries: list[Entry]) -> SinkReport:
 
 def _materialise(entries: list[Entry]) -> SinkReport:
     now = timezone.now()
-    environments = RuntimeEnvironment.objects.in_bulk({int(entry.env_id) for entry in entries if entry.env_id.isdigit()})
+    environments = RuntimeEnvironment.objects.in_bulk(
+        {int(entry.env_id) for entry in entries if entry.env_id.isdigit()}
+    )
     runs: list[tuple[Entry, dict]] = []
     dropped = 0
     for entry in entries:
@@ -167,5 +169,3 @@ def _link_batch_items(runs: list[tuple[Entry, dict]], *, now) -> None:
     for batch in BatchTaskRun.objects.select_for_update().filter(id__in={entry.batch_id for entry, _ in members}):
         batch_refresh_status(batch=batch, now=now)
         batch.save(update_fields=["status", "completed_at", "updated_at"])
-
-

@@ -7,7 +7,6 @@ answer is the same, and a change acknowledged while buffered survives materialis
 
 import json
 
-
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -36,11 +35,14 @@ def _row(run: TaskRun) -> TaskRun:
 
 def _wait_in_buffer(run: TaskRun, change):
     """Apply ``change`` (a buffer mutation) to a buffered run; None when it left the buffer."""
-    result = retry_while_draining(lambda: change(now_ms=to_ms(timezone.now()), **_buffer_args(run)), busy=lambda r: r.status == "busy")
+    result = retry_while_draining(
+        lambda: change(now_ms=to_ms(timezone.now()), **_buffer_args(run)), busy=lambda r: r.status == "busy"
+    )
     return None if result.status in ("materialised", "not_found") else result
 
 
 # -- tags ----------------------------------------------------------------------------------------
+
 
 def task_run_add_tags(*, run: TaskRun, tags: list[str]) -> int:
     """Add tags (de-duplicated); returns how many were new. Unprocessable past MAX_TAGS_PER_RUN."""
@@ -66,6 +68,7 @@ def task_run_add_tags(*, run: TaskRun, tags: list[str]) -> int:
 
 # -- metadata ------------------------------------------------------------------------------------
 
+
 def metadata_of(run: TaskRun) -> dict:
     try:
         value = json.loads(run.metadata) if run.metadata else {}
@@ -88,7 +91,9 @@ def apply_operations(metadata: dict, operations: list[dict]) -> dict:
             result.pop(key, None)
         elif kind == "append":
             current = result.get(key)
-            result[key] = [*current, value] if isinstance(current, list) else ([current, value] if key in result else [value])
+            result[key] = (
+                [*current, value] if isinstance(current, list) else ([current, value] if key in result else [value])
+            )
         elif kind == "remove" and isinstance(result.get(key), list):
             result[key] = [item for item in result[key] if item != value]
         elif kind == "increment" and isinstance(value, (int, float)):
@@ -109,6 +114,7 @@ def task_run_update_metadata(*, run: TaskRun, metadata: dict | None, operations:
     """Replace the metadata (when given), then apply the operations; returns the new metadata.
 
     A buffered run is changed by compare-and-set on its metadata version, retried under contention."""
+
     def change(current: dict) -> dict:
         return apply_operations(metadata if metadata is not None else current, operations)
 
@@ -119,10 +125,11 @@ def task_run_update_metadata(*, run: TaskRun, metadata: dict | None, operations:
                 break
             current = metadata_of(TaskRun(metadata=entry.metadata))
             new = change(current)
+            encoded, version = _encode_metadata(new), entry.metadata_version
             result = _wait_in_buffer(
                 run,
-                lambda **kw: buffer.set_metadata(
-                    metadata=_encode_metadata(new), metadata_type="application/json", expected_version=entry.metadata_version, **kw
+                lambda encoded=encoded, version=version, **kw: buffer.set_metadata(
+                    metadata=encoded, metadata_type="application/json", expected_version=version, **kw
                 ),
             )
             if result is None:
@@ -140,6 +147,7 @@ def task_run_update_metadata(*, run: TaskRun, metadata: dict | None, operations:
 
 
 # -- reschedule ----------------------------------------------------------------------------------
+
 
 def task_run_reschedule(*, run: TaskRun, delay: str) -> None:
     """Move a DELAYED run's start. InvalidRequest when it is not delayed or ``delay`` is invalid."""
@@ -164,8 +172,21 @@ def task_run_reschedule(*, run: TaskRun, delay: str) -> None:
 # -- replay --------------------------------------------------------------------------------------
 
 REPLAY_OVERRIDES = {
-    "payloadType", "metadata", "tags", "queue", "concurrencyKey", "machine", "version", "region", "delay", "ttl",
-    "idempotencyKey", "idempotencyKeyTTL", "maxAttempts", "maxDuration", "priority",
+    "payloadType",
+    "metadata",
+    "tags",
+    "queue",
+    "concurrencyKey",
+    "machine",
+    "version",
+    "region",
+    "delay",
+    "ttl",
+    "idempotencyKey",
+    "idempotencyKeyTTL",
+    "maxAttempts",
+    "maxDuration",
+    "priority",
 }
 
 

@@ -140,7 +140,11 @@ def _holder_of_key(*, run: TaskRun, key: str, now: datetime, uses_buffer: bool) 
         return existing
     try:
         entry = buffer.lookup_idempotency(
-            org_id=str(run.organization_id), env_id=str(run.environment_id), task=run.task_identifier, key=key, now_ms=to_ms(now)
+            org_id=str(run.organization_id),
+            env_id=str(run.environment_id),
+            task=run.task_identifier,
+            key=key,
+            now_ms=to_ms(now),
         )
     except BufferUnavailable:
         logger.warning("runs.trigger.buffer_lookup_failed env=%s", run.environment_id, exc_info=True)
@@ -280,5 +284,3 @@ def _parent_run(*, environment: RuntimeEnvironment, parent_run_id: str | None) -
     if (parent := _find(environment, parent_run_id)) is None:
         raise InvalidRequest(f"Parent run not found: {parent_run_id}")
     return parent
-
-

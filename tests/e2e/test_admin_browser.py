@@ -33,8 +33,14 @@ def browser(monkeypatch):
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
         )
         yield browser
         # The ORM calls made while Playwright's loop ran used a connection of that context: close it
@@ -46,7 +52,9 @@ def browser(monkeypatch):
 def trigger(base_url: str, key: str, i: int) -> dict:
     request = urllib.request.Request(
         f"{base_url}/api/v1/tasks/hello-world/trigger",
-        data=json.dumps({"payload": json.dumps({"json": {"i": i}}), "options": {"payloadType": "application/super+json"}}).encode(),
+        data=json.dumps(
+            {"payload": json.dumps({"json": {"i": i}}), "options": {"payloadType": "application/super+json"}}
+        ).encode(),
         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request) as response:
@@ -60,8 +68,13 @@ def test_operator_enrols_watches_and_cancels_in_the_browser(browser):
     operator.save()
     environment = EnvironmentFactory()
     organization = environment.organization
-    gate = {"MOLLIFIER_ENABLED": "1", "MOLLIFIER_TRIP_THRESHOLD": "5", "MOLLIFIER_TRIP_WINDOW_MS": "60000",
-            "MOLLIFIER_HOLD_MS": "60000", "TRIGGER_AUTH_CACHE_SECONDS": "0"}
+    gate = {
+        "MOLLIFIER_ENABLED": "1",
+        "MOLLIFIER_TRIP_THRESHOLD": "5",
+        "MOLLIFIER_TRIP_WINDOW_MS": "60000",
+        "MOLLIFIER_HOLD_MS": "60000",
+        "TRIGGER_AUTH_CACHE_SECONDS": "0",
+    }
     with running_server(**gate) as base_url:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(f"{base_url}/admin/login/")

@@ -20,22 +20,46 @@ def test_fuzzing_the_live_api_finds_no_server_error_and_no_schema_violation(tmp_
     environment = enroll(EnvironmentFactory())
     schemathesis = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
     assert schemathesis, "schemathesis is a dev dependency"
-    gate = {"MOLLIFIER_ENABLED": "1", "MOLLIFIER_TRIP_THRESHOLD": "3", "MOLLIFIER_TRIP_WINDOW_MS": "60000", "MOLLIFIER_HOLD_MS": "60000"}
+    gate = {
+        "MOLLIFIER_ENABLED": "1",
+        "MOLLIFIER_TRIP_THRESHOLD": "3",
+        "MOLLIFIER_TRIP_WINDOW_MS": "60000",
+        "MOLLIFIER_HOLD_MS": "60000",
+    }
     with running_server(**gate) as base_url:
         result = subprocess.run(
             [
-                schemathesis, "run", f"{base_url}/api/schema",
-                "--header", f"Authorization: Bearer {environment.secret_key}",
-                "--checks", "not_a_server_error,response_schema_conformance,content_type_conformance",
-                "--max-examples", "25", "--seed", "20261127", "--workers", "2",
-                "--phases", "examples,coverage,fuzzing", "--max-time", "60",
-                "--generation-allow-x00", "true",
+                schemathesis,
+                "run",
+                f"{base_url}/api/schema",
+                "--header",
+                f"Authorization: Bearer {environment.secret_key}",
+                "--checks",
+                "not_a_server_error,response_schema_conformance,content_type_conformance",
+                "--max-examples",
+                "25",
+                "--seed",
+                "20261127",
+                "--workers",
+                "2",
+                "--phases",
+                "examples,coverage,fuzzing",
+                "--max-time",
+                "60",
+                "--generation-allow-x00",
+                "true",
                 # Schemathesis cannot write NDJSON bodies; that endpoint is covered by test_bad_input and the SDK tests.
-                "--exclude-path", "/api/v3/batches/{batch_id}/items",
-                "--report", "junit", "--report-dir", str(tmp_path),
+                "--exclude-path",
+                "/api/v3/batches/{batch_id}/items",
+                "--report",
+                "junit",
+                "--report-dir",
+                str(tmp_path),
                 "--no-color",
             ],
-            capture_output=True, text=True, timeout=300,
+            capture_output=True,
+            text=True,
+            timeout=300,
             cwd=tmp_path,  # its example cache lands there, not in the repository
         )
     print(result.stdout[-6000:], result.stderr[-2000:])

@@ -51,13 +51,24 @@ def test_official_sdk_sees_buffered_runs_everywhere(node):
 
     environment = enroll(EnvironmentFactory())
     run_env = {"PATH": "/usr/bin:/bin", "TRIGGER_SECRET_KEY": environment.secret_key}
-    gate = {"MOLLIFIER_ENABLED": "1", "MOLLIFIER_TRIP_THRESHOLD": "3", "MOLLIFIER_TRIP_WINDOW_MS": "60000",
-            "MOLLIFIER_HOLD_MS": "60000", "TRIGGER_AUTH_CACHE_SECONDS": "0"}
+    gate = {
+        "MOLLIFIER_ENABLED": "1",
+        "MOLLIFIER_TRIP_THRESHOLD": "3",
+        "MOLLIFIER_TRIP_WINDOW_MS": "60000",
+        "MOLLIFIER_HOLD_MS": "60000",
+        "TRIGGER_AUTH_CACHE_SECONDS": "0",
+    }
     with running_server(**gate) as base_url:
         drainer = start_manage("mollifier_drain", MOLLIFIER_DRAIN_MAX_ROWS_PER_SEC="5")  # slow: the walk races it
         try:
-            mutate = subprocess.run([node, "sdk_buffered.mjs", "mutate"], cwd=E2E_DIR, env={**run_env, "TRIGGER_API_URL": base_url},
-                                    capture_output=True, text=True, timeout=120)
+            mutate = subprocess.run(
+                [node, "sdk_buffered.mjs", "mutate"],
+                cwd=E2E_DIR,
+                env={**run_env, "TRIGGER_API_URL": base_url},
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert mutate.returncode == 0, mutate.stdout + mutate.stderr
             state = json.loads(mutate.stdout.strip().splitlines()[-1])
             assert buffer.buffered_count(str(environment.organization_id)) > 0  # the walk ran mid-drain
@@ -66,8 +77,14 @@ def test_official_sdk_sees_buffered_runs_everywhere(node):
             drainer.wait(30)
         finish = start_manage("mollifier_drain", "--once", MOLLIFIER_DRAIN_MAX_ROWS_PER_SEC="1000")
         assert finish.wait(120) == 0
-        verify = subprocess.run([node, "sdk_buffered.mjs", "verify", json.dumps(state)], cwd=E2E_DIR,
-                                env={**run_env, "TRIGGER_API_URL": base_url}, capture_output=True, text=True, timeout=120)
+        verify = subprocess.run(
+            [node, "sdk_buffered.mjs", "verify", json.dumps(state)],
+            cwd=E2E_DIR,
+            env={**run_env, "TRIGGER_API_URL": base_url},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert buffer.buffered_count(str(environment.organization_id)) == 0
     assert TaskRun.objects.filter(environment=environment).count() == 41

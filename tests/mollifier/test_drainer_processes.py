@@ -44,7 +44,12 @@ def test_twenty_thousand_runs_two_drainers_one_killed_and_restarted():
     org = str(environment.organization_id)
     cancelled = run_ids[600:700]
     for run_id in cancelled:
-        assert buffer.cancel(org_id=org, env_id=str(environment.pk), run_id=run_id, now_ms=int(time.time() * 1000), reason="test").status == "applied"
+        assert (
+            buffer.cancel(
+                org_id=org, env_id=str(environment.pk), run_id=run_id, now_ms=int(time.time() * 1000), reason="test"
+            ).status
+            == "applied"
+        )
     knobs = {"MOLLIFIER_DRAIN_MAX_ROWS_PER_SEC": "5000", "MOLLIFIER_DRAIN_LEASE_MS": "2000"}
 
     first = start_manage("mollifier_drain", **knobs)
@@ -61,7 +66,9 @@ def test_twenty_thousand_runs_two_drainers_one_killed_and_restarted():
     assert rows.count() == 20_000
     assert {run.friendly_id for run in rows} == set(run_ids)
     assert not rows.filter(status=RunStatus.SYSTEM_FAILURE).exists()
-    assert set(rows.filter(status=RunStatus.CANCELED).values_list("id", flat=True)) == {r.removeprefix("run_") for r in cancelled}
+    assert set(rows.filter(status=RunStatus.CANCELED).values_list("id", flat=True)) == {
+        r.removeprefix("run_") for r in cancelled
+    }
     assert BatchTaskRunItem.objects.filter(batch=batch).count() == 500
     assert waiting(environment) == 0 and waiting(other) == 0
     # The shared limiter held the write rate under the cap. Rows are stamped when a round is written,
@@ -92,7 +99,9 @@ def test_postgres_unreachable_entries_stay_and_land_when_it_returns():
     org = str(environment.organization_id)
 
     starved = start_manage(
-        "mollifier_drain", DATABASE_URL="postgresql://postgres@127.0.0.1:1/nowhere", DB_CONNECT_TIMEOUT="1",
+        "mollifier_drain",
+        DATABASE_URL="postgresql://postgres@127.0.0.1:1/nowhere",
+        DB_CONNECT_TIMEOUT="1",
         MOLLIFIER_DRAIN_BACKOFF_BASE_MS="100",
     )
     wait_until(lambda: any(e.attempts >= 2 for e in buffer.get_many(org_id=org, run_ids=run_ids)), timeout=60)

@@ -17,7 +17,12 @@ def test_a_drainer_killed_at_any_step_loses_and_duplicates_nothing(step):
     run_ids = fill_buffer(environment, 300)
     lease = {"MOLLIFIER_DRAIN_LEASE_MS": "1000"}
 
-    crashed = start_manage("mollifier_drain", MOLLIFIER_SINK="tests.reliability.crashing_sink.crashing_sink", MOLLIFIER_CRASH_AT=step, **lease)
+    crashed = start_manage(
+        "mollifier_drain",
+        MOLLIFIER_SINK="tests.reliability.crashing_sink.crashing_sink",
+        MOLLIFIER_CRASH_AT=step,
+        **lease,
+    )
     assert crashed.wait(60) == 9  # it died mid-round
     written_before = TaskRun.objects.count()
     recovery = start_manage("mollifier_drain", "--once", **lease)

@@ -46,7 +46,9 @@ def test_two_hundred_same_key_triggers_while_the_gate_flips_make_one_run(mollifi
             barrier.wait()
             for _ in range(4):
                 if i % 5 == 0:
-                    plain.append(task_run_trigger(environment=environment, task_identifier="t", options=keyless).buffered)
+                    plain.append(
+                        task_run_trigger(environment=environment, task_identifier="t", options=keyless).buffered
+                    )
                 outcomes.append(task_run_trigger(environment=environment, task_identifier="t", options=options))
         except Exception as error:  # collected, asserted below
             errors.append(error)
@@ -67,7 +69,9 @@ def test_two_hundred_same_key_triggers_while_the_gate_flips_make_one_run(mollifi
     assert len({outcome.run.id for outcome in outcomes}) == 1
     holders = list(TaskRun.objects.filter(idempotency_key="the-key").values_list("id", flat=True))
     org, env = str(environment.organization_id), str(environment.pk)
-    waiting = buffer.get_many(org_id=org, run_ids=buffer.leased_ids(org_id=org, env_id=env) | {o.run.friendly_id for o in outcomes})
+    waiting = buffer.get_many(
+        org_id=org, run_ids=buffer.leased_ids(org_id=org, env_id=env) | {o.run.friendly_id for o in outcomes}
+    )
     holders += [e.run_id.removeprefix("run_") for e in waiting if e.idempotency_key == "the-key" and not e.materialised]
     assert holders == [outcomes[0].run.id]
 

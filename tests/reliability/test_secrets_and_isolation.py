@@ -28,9 +28,20 @@ def every_redis_value(redis_client):
 def test_after_a_burst_no_redis_key_or_value_holds_a_secret(enrolled, redis_client):
     api = client_for(enrolled)
     for i in range(20):
-        trigger(api, payload={"i": i}, idempotencyKey=f"k{i}", metadata={"m": i}, headers={"x-trigger-request-idempotency-key": f"r{i}"})
+        trigger(
+            api,
+            payload={"i": i},
+            idempotencyKey=f"k{i}",
+            metadata={"m": i},
+            headers={"x-trigger-request-idempotency-key": f"r{i}"},
+        )
     batch = api.post("/api/v3/batches", {"runCount": 2}, format="json").json()["id"]
-    api.generic("POST", f"/api/v3/batches/{batch}/items", b'{"index":0,"task":"t","payload":"x"}\n{"index":1,"task":"t","payload":"y"}\n', content_type="application/x-ndjson")
+    api.generic(
+        "POST",
+        f"/api/v3/batches/{batch}/items",
+        b'{"index":0,"task":"t","payload":"x"}\n{"index":1,"task":"t","payload":"y"}\n',
+        content_type="application/x-ndjson",
+    )
     secret = enrolled.secret_key.encode()
     hashed = RuntimeEnvironment.hash_api_key(enrolled.secret_key).encode()
 

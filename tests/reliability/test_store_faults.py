@@ -40,9 +40,23 @@ class RedisProcess:
 
     def start(self):
         self.process = subprocess.Popen(
-            [_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir, "--appendonly", "yes",
-             "--appendfsync", "always", "--save", ""],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                _server_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                self.dir,
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         client = redis.Redis(port=self.port)
         for _ in range(100):
@@ -68,8 +82,12 @@ class RedisProcess:
 
 
 def call(method: str, url: str, key: str, body: dict | None = None, timeout: float = 30):
-    request = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url,
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.load(response), dict(response.headers)
@@ -78,8 +96,12 @@ def call(method: str, url: str, key: str, body: dict | None = None, timeout: flo
 
 
 def trigger(base_url: str, key: str, i, **options):
-    return call("POST", f"{base_url}/api/v1/tasks/hello-world/trigger", key,
-                {"payload": json.dumps({"json": i}), "options": {"payloadType": "application/super+json", **options}})
+    return call(
+        "POST",
+        f"{base_url}/api/v1/tasks/hello-world/trigger",
+        key,
+        {"payload": json.dumps({"json": i}), "options": {"payloadType": "application/super+json", **options}},
+    )
 
 
 @pytest.fixture
@@ -93,8 +115,13 @@ def own_redis():
 def test_redis_down_mid_burst_fails_open_and_buffered_runs_survive_a_restart(own_redis):
     environment = enroll(EnvironmentFactory())
     key = environment.secret_key
-    gate = {"REDIS_URL": own_redis.url, "MOLLIFIER_ENABLED": "1", "MOLLIFIER_TRIP_THRESHOLD": "5",
-            "MOLLIFIER_TRIP_WINDOW_MS": "60000", "MOLLIFIER_HOLD_MS": "60000"}
+    gate = {
+        "REDIS_URL": own_redis.url,
+        "MOLLIFIER_ENABLED": "1",
+        "MOLLIFIER_TRIP_THRESHOLD": "5",
+        "MOLLIFIER_TRIP_WINDOW_MS": "60000",
+        "MOLLIFIER_HOLD_MS": "60000",
+    }
     with running_server(**gate) as base_url:
         first = [trigger(base_url, key, i) for i in range(10)]
         buffered = [body["id"] for status, body, headers in first if headers.get("x-mollifier") == "buffered"]
@@ -110,7 +137,10 @@ def test_redis_down_mid_burst_fails_open_and_buffered_runs_survive_a_restart(own
         assert call("GET", f"{base_url}/api/v3/runs/{buffered[0]}", key)[0] == 503  # cannot be read now; retried
 
         own_redis.start()  # same folder: the AOF brings the buffer back
-        assert redis.Redis(port=own_redis.port).zcard(keys.listing(str(environment.organization_id), str(environment.pk))) == 5
+        assert (
+            redis.Redis(port=own_redis.port).zcard(keys.listing(str(environment.organization_id), str(environment.pk)))
+            == 5
+        )
         after = trigger(base_url, key, "back")
         assert after[0] == 200 and after[2].get("x-mollifier") == "buffered"  # the gate resumed by itself
         assert call("GET", f"{base_url}/api/v3/runs/{buffered[0]}", key)[1]["status"] == "QUEUED"
@@ -131,13 +161,37 @@ def test_postgres_down_answers_503_fast_and_the_drain_catches_up(tmp_path):
 
     server = pgserver.get_server(tmp_path / "pg", cleanup_mode="stop")
     url = server.get_uri()
-    env = {"DATABASE_URL": url, "DB_CONNECT_TIMEOUT": "1", "TRIGGER_AUTH_CACHE_SECONDS": "0",
-           "MOLLIFIER_ENABLED": "1", "MOLLIFIER_TRIP_THRESHOLD": "3", "MOLLIFIER_TRIP_WINDOW_MS": "60000", "MOLLIFIER_HOLD_MS": "60000"}
-    manage = lambda *args: subprocess.run([".venv/bin/python", "manage.py", *args], cwd=ROOT, env={**_env(), **env},  # noqa: E731
-                                          capture_output=True, text=True, check=True)
+    env = {
+        "DATABASE_URL": url,
+        "DB_CONNECT_TIMEOUT": "1",
+        "TRIGGER_AUTH_CACHE_SECONDS": "0",
+        "MOLLIFIER_ENABLED": "1",
+        "MOLLIFIER_TRIP_THRESHOLD": "3",
+        "MOLLIFIER_TRIP_WINDOW_MS": "60000",
+        "MOLLIFIER_HOLD_MS": "60000",
+    }
+
+    def manage(*args):
+        return subprocess.run(
+            [".venv/bin/python", "manage.py", *args],
+            cwd=ROOT,
+            env={**_env(), **env},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+
     manage("migrate", "--noinput")
-    key = manage("create_environment", "--org", "pgdown", "--project", "p", "--env", "prod").stdout.strip().splitlines()[-1]
-    manage("shell", "-c", "from runs.models import Organization as O; o=O.objects.get(slug='pgdown'); o.feature_flags={'mollifierEnabled': True}; o.save()")
+    key = (
+        manage("create_environment", "--org", "pgdown", "--project", "p", "--env", "prod")
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    manage(
+        "shell",
+        "-c",
+        "from runs.models import Organization as O; o=O.objects.get(slug='pgdown'); o.feature_flags={'mollifierEnabled': True}; o.save()",
+    )
     with running_server(**env) as base_url:
         assert trigger(base_url, key, 0)[0] == 200
         pgserver.pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=server.pgdata, user=server.system_user)
@@ -150,10 +204,20 @@ def test_postgres_down_answers_503_fast_and_the_drain_catches_up(tmp_path):
         server.ensure_postgres_running()
         answers = [trigger(base_url, key, i) for i in range(2, 8)]
         assert {status for status, _, _ in answers} == {200}
-        drainer = subprocess.run([".venv/bin/python", "manage.py", "mollifier_drain", "--once", "--quiet"], cwd=ROOT,
-                                 env={**_env(), **env}, capture_output=True, text=True, timeout=120)
+        drainer = subprocess.run(
+            [".venv/bin/python", "manage.py", "mollifier_drain", "--once", "--quiet"],
+            cwd=ROOT,
+            env={**_env(), **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert drainer.returncode == 0, drainer.stdout + drainer.stderr
-        count = manage("shell", "-c", "from runs.models import TaskRun; print(TaskRun.objects.count())").stdout.strip().splitlines()[-1]
+        count = (
+            manage("shell", "-c", "from runs.models import TaskRun; print(TaskRun.objects.count())")
+            .stdout.strip()
+            .splitlines()[-1]
+        )
     assert int(count) == 7
     server.cleanup()
 

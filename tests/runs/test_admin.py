@@ -29,7 +29,9 @@ def admin_client():
 def viewer_client():
     """Staff who may view runs but not change them."""
     user = User.objects.create_user("viewer", password="pw", is_staff=True)
-    user.user_permissions.add(*Permission.objects.filter(codename__in=["view_taskrun", "view_mollifierdashboard", "view_organization"]))
+    user.user_permissions.add(
+        *Permission.objects.filter(codename__in=["view_taskrun", "view_mollifierdashboard", "view_organization"])
+    )
     client = Client()
     client.force_login(user)
     return client
@@ -48,7 +50,12 @@ def test_the_enrolment_toggle_keeps_other_flags(admin_client, environment):
 
     response = admin_client.post(
         f"/admin/runs/organization/{organization.pk}/change/",
-        {"slug": organization.slug, "title": organization.title, "mollifier_enabled": "on", "feature_flags": '{"other": "kept"}'},
+        {
+            "slug": organization.slug,
+            "title": organization.title,
+            "mollifier_enabled": "on",
+            "feature_flags": '{"other": "kept"}',
+        },
     )
 
     assert response.status_code == 302

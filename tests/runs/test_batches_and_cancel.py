@@ -19,13 +19,26 @@ def send_items(api, batch, *items):
 def test_two_phase_batch_creates_linked_runs(api):
     created = api.post("/api/v3/batches", {"runCount": 3, "taskIdentifiers": ["a", "b"]}, format="json")
     batch = created.json()["id"]
-    items = [{"index": i, "task": "a" if i else "b", "payload": f'{{"json":{i}}}', "options": {"payloadType": "application/super+json"}} for i in range(3)]
+    items = [
+        {
+            "index": i,
+            "task": "a" if i else "b",
+            "payload": f'{{"json":{i}}}',
+            "options": {"payloadType": "application/super+json"},
+        }
+        for i in range(3)
+    ]
 
     response = send_items(api, batch, *items)
 
     assert created.status_code == 202 and created.json()["isCached"] is False and "x-trigger-jwt" in created.headers
     assert response.json() == {
-        "id": batch, "itemsAccepted": 3, "itemsDeduplicated": 0, "sealed": True, "enqueuedCount": 3, "expectedCount": 3,
+        "id": batch,
+        "itemsAccepted": 3,
+        "itemsDeduplicated": 0,
+        "sealed": True,
+        "enqueuedCount": 3,
+        "expectedCount": 3,
     }
     detail = api.get(f"/api/v2/batches/{batch}").json()
     assert detail["status"] == "COMPLETED" and len(detail["runs"]) == 3
@@ -41,7 +54,9 @@ def test_resent_items_are_deduplicated_by_index(api):
     again = send_items(api, batch, {"index": 0, "task": "t", "payload": "x"}, {"index": 1, "task": "t", "payload": "y"})
 
     assert first.json()["sealed"] is False and first.json()["enqueuedCount"] == 1
-    assert again.json()["itemsAccepted"] == 1 and again.json()["itemsDeduplicated"] == 1 and again.json()["sealed"] is True
+    assert (
+        again.json()["itemsAccepted"] == 1 and again.json()["itemsDeduplicated"] == 1 and again.json()["sealed"] is True
+    )
     assert TaskRun.objects.count() == 2
 
 

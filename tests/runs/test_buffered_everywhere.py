@@ -25,7 +25,13 @@ def buffered_run(api, **options) -> str:
 
 
 def lease(environment, run_id):
-    popped = buffer.pop(org_id=str(environment.organization_id), env_id=str(environment.pk), limit=1000, lease_ms=60_000, now_ms=now_ms())
+    popped = buffer.pop(
+        org_id=str(environment.organization_id),
+        env_id=str(environment.pk),
+        limit=1000,
+        lease_ms=60_000,
+        now_ms=now_ms(),
+    )
     return [entry for entry in popped.entries if entry.run_id == run_id]
 
 
@@ -59,8 +65,14 @@ def test_changes_to_a_buffered_run_survive_materialisation(api, enrolled):
     run_id = buffered_run(api, delay="1h", tags=["a"])
     later = "2030-01-01T00:00:00.000Z"
 
-    assert api.post(f"/api/v1/runs/{run_id}/tags", {"tags": ["b", "a"]}, format="json").json() == {"message": "Successfully set 1 new tags."}
-    assert api.put(f"/api/v1/runs/{run_id}/metadata", {"metadata": {"k": 1}, "operations": [{"type": "increment", "key": "k", "value": 2}]}, format="json").json() == {"metadata": {"k": 3}}
+    assert api.post(f"/api/v1/runs/{run_id}/tags", {"tags": ["b", "a"]}, format="json").json() == {
+        "message": "Successfully set 1 new tags."
+    }
+    assert api.put(
+        f"/api/v1/runs/{run_id}/metadata",
+        {"metadata": {"k": 1}, "operations": [{"type": "increment", "key": "k", "value": 2}]},
+        format="json",
+    ).json() == {"metadata": {"k": 3}}
     rescheduled = api.post(f"/api/v1/runs/{run_id}/reschedule", {"delay": later}, format="json").json()
     assert rescheduled["delayedUntil"] == later and rescheduled["status"] == "DELAYED"
     assert TaskRun.objects.filter(id=run_id.removeprefix("run_")).count() == 0  # still buffered
@@ -71,8 +83,14 @@ def test_changes_to_a_buffered_run_survive_materialisation(api, enrolled):
     assert row.tags == ["a", "b"] and row.metadata == '{"k":3}' and row.delay_until.isoformat().startswith("2030-01-01")
     assert api.get(f"/api/v1/runs/{run_id}/metadata").json() == {"metadata": {"k": 3}}
     # The same changes on the row answer the same way.
-    assert api.post(f"/api/v1/runs/{run_id}/tags", {"tags": ["c"]}, format="json").json() == {"message": "Successfully set 1 new tags."}
-    assert api.put(f"/api/v1/runs/{run_id}/metadata", {"operations": [{"type": "increment", "key": "k", "value": 1}]}, format="json").json() == {"metadata": {"k": 4}}
+    assert api.post(f"/api/v1/runs/{run_id}/tags", {"tags": ["c"]}, format="json").json() == {
+        "message": "Successfully set 1 new tags."
+    }
+    assert api.put(
+        f"/api/v1/runs/{run_id}/metadata",
+        {"operations": [{"type": "increment", "key": "k", "value": 1}]},
+        format="json",
+    ).json() == {"metadata": {"k": 4}}
 
 
 def test_cancel_acknowledged_while_buffered_ends_as_a_canceled_row(api, enrolled):
@@ -144,7 +162,11 @@ def test_concurrent_metadata_increments_on_a_buffered_run_all_count(mollifier_on
         try:
             client = client_for(environment)
             for _ in range(5):
-                response = client.put(f"/api/v1/runs/{run_id}/metadata", {"operations": [{"type": "increment", "key": "n", "value": 1}]}, format="json")
+                response = client.put(
+                    f"/api/v1/runs/{run_id}/metadata",
+                    {"operations": [{"type": "increment", "key": "n", "value": 1}]},
+                    format="json",
+                )
                 assert response.status_code == 200, response.content
         except Exception as error:  # collected below
             errors.append(error)
@@ -215,7 +237,11 @@ def test_listing_merges_both_stores_newest_first_once_across_pages(api, enrolled
     while url:
         page = api.get(url).json()
         seen += [run["id"] for run in page["data"]]
-        url = f"/api/v1/runs?page%5Bsize%5D=6&page%5Bafter%5D={page['pagination']['next']}" if page["pagination"].get("next") else None
+        url = (
+            f"/api/v1/runs?page%5Bsize%5D=6&page%5Bafter%5D={page['pagination']['next']}"
+            if page["pagination"].get("next")
+            else None
+        )
 
     assert seen == expected
 

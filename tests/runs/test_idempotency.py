@@ -39,8 +39,12 @@ def test_expired_key_moves_to_a_new_run(environment):
     options = trigger_options_from({"options": {"idempotencyKey": KEY, "idempotencyKeyTTL": "2s"}}, now=now)
     first = task_run_trigger(environment=environment, task_identifier="t", options=options, now=now)
 
-    within = task_run_trigger(environment=environment, task_identifier="t", options=options, now=now + timedelta(seconds=1))
-    after = task_run_trigger(environment=environment, task_identifier="t", options=options, now=now + timedelta(seconds=4))
+    within = task_run_trigger(
+        environment=environment, task_identifier="t", options=options, now=now + timedelta(seconds=1)
+    )
+    after = task_run_trigger(
+        environment=environment, task_identifier="t", options=options, now=now + timedelta(seconds=4)
+    )
 
     assert within.run.id == first.run.id and within.is_cached
     assert after.run.id != first.run.id and not after.is_cached

@@ -50,7 +50,9 @@ def test_cursor_pagination_walks_every_run_once_and_back(api, environment):
     assert [len(p) for p in pages] == [3, 3, 1]
     assert sum(pages, []) == expected
 
-    second = api.get(f"/api/v1/runs?page%5Bsize%5D=3&page%5Bafter%5D={api.get('/api/v1/runs?page%5Bsize%5D=3').json()['pagination']['next']}").json()
+    second = api.get(
+        f"/api/v1/runs?page%5Bsize%5D=3&page%5Bafter%5D={api.get('/api/v1/runs?page%5Bsize%5D=3').json()['pagination']['next']}"
+    ).json()
     back = api.get(f"/api/v1/runs?page%5Bsize%5D=3&page%5Bbefore%5D={second['pagination']['previous']}").json()
     assert [run["id"] for run in back["data"]] == pages[0]
     assert "previous" not in back["pagination"]
@@ -74,7 +76,11 @@ def test_filters(api, environment):
     assert listed("filter%5Bmachine%5D=micro") == {failed.friendly_id}
     assert listed("filter%5Bqueue%5D=task%2Fb") == {queued.friendly_id}
     assert listed("filter%5Bregion%5D=eu-1") == {queued.friendly_id}
-    assert listed("filter%5BcreatedAt%5D%5Bperiod%5D=1d") == {tagged.friendly_id, failed.friendly_id, queued.friendly_id}
+    assert listed("filter%5BcreatedAt%5D%5Bperiod%5D=1d") == {
+        tagged.friendly_id,
+        failed.friendly_id,
+        queued.friendly_id,
+    }
     to_ms = int((now - timedelta(days=2)).timestamp() * 1000)
     assert listed(f"filter%5BcreatedAt%5D%5Bto%5D={to_ms}") == {old.friendly_id}
     assert listed("filter%5Bschedule%5D=sched_1") == set()

@@ -102,7 +102,7 @@ def test_same_key_dedupes_across_both_stores(api, enrolled):
 def test_an_expired_key_is_cleared_from_the_buffer(enrolled):
     now = timezone.now()
     options = trigger_options_from({"options": {"idempotencyKey": "k", "idempotencyKeyTTL": "2s"}}, now=now)
-    for i in range(5):
+    for _ in range(5):
         task_run_trigger(environment=enrolled, task_identifier="t", options=trigger_options_from({}, now=now), now=now)
     first = task_run_trigger(environment=enrolled, task_identifier="t", options=options, now=now)
     later = now + timezone.timedelta(seconds=4)
@@ -134,10 +134,13 @@ def test_a_cached_request_never_returns_another_environments_run(enrolled, redis
     other = enroll(EnvironmentFactory())
     other_api = client_for(other)
     # Even a poisoned cache entry pointing at the first tenant's run is not served to the second.
-    from runs.services.request_idempotency import _cache_key
     from django.core.cache import cache
 
-    cache.set(_cache_key(request_key="same", environment_id=other.pk, scope=["hello-world"]), theirs.removeprefix("run_"))
+    from runs.services.request_idempotency import _cache_key
+
+    cache.set(
+        _cache_key(request_key="same", environment_id=other.pk, scope=["hello-world"]), theirs.removeprefix("run_")
+    )
 
     mine = trigger(other_api, payload=1, headers={"x-trigger-request-idempotency-key": "same"}).json()["id"]
 
@@ -160,7 +163,10 @@ def test_the_org_cap_answers_429_with_reset_headers_and_writes_nothing(api, enro
 def test_batch_items_are_buffered_with_their_batch_and_index(api, enrolled):
     burst(api, 5)
     batch = api.post("/api/v3/batches", {"runCount": 3}, format="json").json()["id"]
-    body = b"".join(f'{{"index":{i},"task":"t","payload":"p{i}","options":{{"payloadType":"text/plain"}}}}\n'.encode() for i in range(3))
+    body = b"".join(
+        f'{{"index":{i},"task":"t","payload":"p{i}","options":{{"payloadType":"text/plain"}}}}\n'.encode()
+        for i in range(3)
+    )
 
     first = api.generic("POST", f"/api/v3/batches/{batch}/items", body, content_type="application/x-ndjson").json()
     resent = api.generic("POST", f"/api/v3/batches/{batch}/items", body, content_type="application/x-ndjson").json()
@@ -210,7 +216,9 @@ def test_fifty_concurrent_same_key_triggers_while_the_gate_trips_make_one_run(mo
     def fire(opts):
         try:
             barrier.wait()
-            outcomes.append((opts is options, task_run_trigger(environment=environment, task_identifier="t", options=opts)))
+            outcomes.append(
+                (opts is options, task_run_trigger(environment=environment, task_identifier="t", options=opts))
+            )
         except Exception as error:  # collected, asserted below
             errors.append(error)
         finally:
@@ -228,7 +236,9 @@ def test_fifty_concurrent_same_key_triggers_while_the_gate_trips_make_one_run(mo
     assert len(keyed) == 50
     assert len({outcome.run.id for outcome in keyed}) == 1
     org, env = org_of(environment), str(environment.pk)
-    waiting = buffer.get_many(org_id=org, run_ids=[r.decode() for r in redis_client().zrange(keys.listing(org, env), 0, -1)])
+    waiting = buffer.get_many(
+        org_id=org, run_ids=[r.decode() for r in redis_client().zrange(keys.listing(org, env), 0, -1)]
+    )
     holders = [e.run_id for e in waiting if e.idempotency_key == "shared"]
     holders += [run.friendly_id for run in TaskRun.objects.filter(idempotency_key="shared")]
     assert holders == [keyed[0].run.friendly_id]

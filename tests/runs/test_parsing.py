@@ -1,4 +1,4 @@
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -34,8 +34,8 @@ def test_natural_durations(value, seconds):
 
 
 def test_delay_accepts_dates_and_rejects_invalid_ones():
-    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
     assert durations.parse_delay("30s", now=now) == now + timedelta(seconds=30)
-    assert durations.parse_delay("2026-02-01T00:00:00.000Z", now=now) == datetime(2026, 2, 1, tzinfo=timezone.utc)
+    assert durations.parse_delay("2026-02-01T00:00:00.000Z", now=now) == datetime(2026, 2, 1, tzinfo=UTC)
     assert durations.parse_delay("2026-02-30T00:00:00Z", now=now) is None
     assert durations.parse_delay("Invalid Date", now=now) is None

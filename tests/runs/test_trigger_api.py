@@ -27,7 +27,10 @@ def test_trigger_sends_a_public_token_signed_with_the_callers_key(api, environme
     response = trigger(api, payload=1)
 
     claims = jwt.decode(
-        response.headers["x-trigger-jwt"], environment.secret_key, algorithms=["HS256"], audience="https://api.trigger.dev"
+        response.headers["x-trigger-jwt"],
+        environment.secret_key,
+        algorithms=["HS256"],
+        audience="https://api.trigger.dev",
     )
     assert claims["scopes"] == [f"read:runs:{response.json()['id']}"]
     assert claims["sub"] == str(environment.pk)

@@ -44,5 +44,3 @@ class Command(BaseCommand):
 
 def _json(data: dict) -> str:
     return json_lib.dumps(data, sort_keys=True)
-
-

@@ -12,9 +12,13 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--env", required=True, help="ORG/PROJECT/ENV slugs (e.g. acme/web/prod) or the environment id")
+        parser.add_argument(
+            "--env", required=True, help="ORG/PROJECT/ENV slugs (e.g. acme/web/prod) or the environment id"
+        )
         parser.add_argument("--task", required=True, help="task identifier")
-        parser.add_argument("--key", required=True, help="the key as the SDK sent it (a 64-character hash for SDK keys)")
+        parser.add_argument(
+            "--key", required=True, help="the key as the SDK sent it (a 64-character hash for SDK keys)"
+        )
 
     def handle(self, *args, env, task, key, **options):
         environment = _environment(env)

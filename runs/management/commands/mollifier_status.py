@@ -22,8 +22,9 @@ class Command(BaseCommand):
             return
         names = {
             str(env.pk): str(env)
-            for env in RuntimeEnvironment.objects.filter(pk__in=[int(r.env_id) for r in rows if r.env_id.isdigit()])
-            .select_related("project__organization")
+            for env in RuntimeEnvironment.objects.filter(
+                pk__in=[int(r.env_id) for r in rows if r.env_id.isdigit()]
+            ).select_related("project__organization")
         }
         header = ("environment", "waiting", "ready", "leased", "expired", "oldest", "gate")
         table = [header] + [
@@ -40,6 +41,11 @@ class Command(BaseCommand):
         ]
         widths = [max(len(line[i]) for line in table) for i in range(len(header))]
         for line in table:
-            self.stdout.write("  ".join(cell.ljust(width) if i == 0 else cell.rjust(width) for i, (cell, width) in enumerate(zip(line, widths))))
+            self.stdout.write(
+                "  ".join(
+                    cell.ljust(width) if i == 0 else cell.rjust(width)
+                    for i, (cell, width) in enumerate(zip(line, widths))
+                )
+            )
         totals = {org: buffer.buffered_count(org) for org in {row.org_id for row in rows}}
         self.stdout.write(f"total waiting: {sum(totals.values()):,} in {len(totals)} organisations")

@@ -14,7 +14,11 @@ ORG, ENV = "7", "42"
 
 def make_entry(run_id="run_a", **overrides) -> Entry:
     fields = dict(
-        run_id=run_id, org_id=ORG, env_id=ENV, task="hello-world", accepted_at_ms=NOW,
+        run_id=run_id,
+        org_id=ORG,
+        env_id=ENV,
+        task="hello-world",
+        accepted_at_ms=NOW,
         snapshot={"payload": '{"json":1}', "n": 2**70, "empty": [], "text": "zaĺ ✓ 𝄞", "nested": {"a": [1, {}]}},
     )
     fields.update(overrides)
@@ -225,13 +229,19 @@ def test_set_delay_and_metadata_compare_and_set(store):
     accept(make_entry(metadata='{"v":0}'))
 
     assert buffer.set_delay(**mutate_kwargs(delay_until_ms=NOW + 60_000)).status == "applied"
-    first = buffer.set_metadata(**mutate_kwargs(metadata='{"v":1}', metadata_type="application/json", expected_version=0))
-    stale = buffer.set_metadata(**mutate_kwargs(metadata='{"v":9}', metadata_type="application/json", expected_version=0))
+    first = buffer.set_metadata(
+        **mutate_kwargs(metadata='{"v":1}', metadata_type="application/json", expected_version=0)
+    )
+    stale = buffer.set_metadata(
+        **mutate_kwargs(metadata='{"v":9}', metadata_type="application/json", expected_version=0)
+    )
 
     assert (first.status, first.value) == ("applied", "1")
     assert (stale.status, stale.value) == ("conflict", "1")
     entry = buffer.get(org_id=ORG, run_id="run_a")
-    assert entry.delay_until_ms == NOW + 60_000 and json.loads(entry.metadata) == {"v": 1} and entry.metadata_version == 1
+    assert (
+        entry.delay_until_ms == NOW + 60_000 and json.loads(entry.metadata) == {"v": 1} and entry.metadata_version == 1
+    )
 
 
 def test_reset_idempotency_clears_lookup_claim_and_entry_fields(store):
