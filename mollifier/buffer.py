@@ -6,10 +6,12 @@ lost silently. Functions raise ``BufferUnavailable`` (a redis error) when Redis 
 callers decide whether to fail open or closed.
 """
 
+import enum
 import json
+import uuid
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis.cluster import RedisCluster
 
@@ -22,9 +24,16 @@ def _str(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+class AcceptStatus(enum.StrEnum):
+    ACCEPTED = "accepted"
+    DUPLICATE_RUN = "duplicate_run"  # an entry with this run id exists
+    DUPLICATE_IDEMPOTENCY = "duplicate_idempotency"  # another buffered run holds the key
+    OVER_CAP = "over_cap"  # the organisation's buffer is full
+
+
 @dataclass(frozen=True)
 class AcceptResult:
-    status: str  # accepted | duplicate_run | duplicate_idempotency | over_cap | pass_through
+    status: AcceptStatus
     run_id: str = ""  # ours when accepted, the key's owner on duplicate_idempotency
     count: int = 0  # the organisation's buffered entries, on over_cap
 
@@ -63,17 +72,23 @@ def accept_args(entry: Entry, *, claim_marker: str = "", claim_ttl: int = 0) -> 
 
 def accept_result(reply, entry: Entry, *, client) -> AcceptResult:
     """Read an accept reply; index the organisation when this accept made it active."""
-    status = _str(reply[0])
+    status = AcceptStatus(_str(reply[0]))
     detail = _str(reply[1]) if len(reply) > 1 else ""
-    if status == "accepted":
+    if status == AcceptStatus.ACCEPTED:
         if detail:
-            client.zadd(keys.orgs(), {entry.org_id: int(detail)}, gt=True)
-        return AcceptResult("accepted", entry.run_id)
-    if status == "duplicate_idempotency":
+            _index_org(client, entry.org_id, detail)
+        return AcceptResult(status, entry.run_id)
+    if status == AcceptStatus.DUPLICATE_IDEMPOTENCY:
         return AcceptResult(status, detail)
-    if status == "over_cap":
+    if status == AcceptStatus.OVER_CAP:
         return AcceptResult(status, entry.run_id, count=int(detail))
     return AcceptResult(status, detail or entry.run_id)
+
+
+def _index_org(client, org_id: str, generation: str) -> None:
+    """Index an organisation that a script made active (its keys and the index are in different
+    slots, so this is a command of its own)."""
+    client.zadd(keys.orgs(), {org_id: int(generation)}, gt=True)
 
 
 def accept(entry: Entry, *, now_ms: int, claim_marker: str = "", claim_ttl: int = 0) -> AcceptResult:
@@ -115,32 +130,100 @@ def lookup_idempotency(*, org_id: str, env_id: str, task: str, key: str, now_ms:
     if entry is not None and not entry.materialised and entry.env_id == env_id:
         if entry.idempotency_expires_ms is None or entry.idempotency_expires_ms > now_ms:
             return entry
-    reset_idempotency(org_id=org_id, env_id=env_id, task=task, key=key)
+    reset_idempotency(org_id=org_id, env_id=env_id, task=task, key=key, now_ms=now_ms)
     return None
+
+
+@dataclass(frozen=True)
+class Pin:
+    """A run pinned by a drainer to the Postgres transaction ``txid`` (its holder is ``token:txid``)."""
+
+    org_id: str
+    env_id: str
+    run_id: str
+    holder: str
+
+    @property
+    def txid(self) -> str:
+        return self.holder.split(":", 1)[1]
 
 
 @dataclass(frozen=True)
 class Popped:
     entries: list[Entry]
-    reclaimed: int  # expired leases moved back to ready first
+    reclaimed: int  # expired, unpinned leases taken back to ready first
     missing: list[str]  # leased ids whose hash is gone (acked away)
+    pins: list[Pin] = field(default_factory=list)  # expired pins, for the caller to settle
+    token: str = ""  # this lease's token (also on each entry as ``entry.lease``)
+
+
+def _pins(org_id: str, env_id: str, flat: list) -> list[Pin]:
+    return [Pin(org_id, env_id, _str(run), _str(holder)) for run, holder in zip(flat[::2], flat[1::2])]
+
+
+def new_lease_token() -> str:
+    return uuid.uuid4().hex[:16]
 
 
 def pop(*, org_id: str, env_id: str, limit: int, lease_ms: int, now_ms: int) -> Popped:
-    """Lease up to ``limit`` ready entries of one environment, oldest first."""
+    """Lease up to ``limit`` ready entries of one environment, oldest first, with a fresh token."""
     redis = redis_client.get()
-    run_ids, reclaimed = scripts.POP(
-        keys=[keys.ready(org_id, env_id), keys.leases(org_id, env_id)],
-        args=[now_ms, limit, lease_ms],
+    token = new_lease_token()
+    run_ids, reclaimed, pinned = scripts.POP(
+        keys=[keys.ready(org_id, env_id), keys.leases(org_id, env_id), keys.holders(org_id, env_id)],
+        args=[now_ms, limit, lease_ms, token],
         client=redis,
     )
     run_ids = [_str(run_id) for run_id in run_ids]
     entries = get_many(org_id=org_id, run_ids=run_ids)
+    for entry in entries:
+        entry.lease = token
     found = {entry.run_id for entry in entries}
-    return Popped(entries, int(reclaimed), [run_id for run_id in run_ids if run_id not in found])
+    missing = [run_id for run_id in run_ids if run_id not in found]
+    return Popped(entries, int(reclaimed), missing, _pins(org_id, env_id, pinned), token)
 
 
-def _ack_call(*, org_id: str, env_id: str, run_ids: list[str], entries: dict[str, Entry | None], now_ms: int):
+def reclaim(*, org_id: str, env_id: str, now_ms: int, lease_ms: int) -> tuple[int, list[Pin]]:
+    """Take back one environment's expired, unpinned leases; returns how many, and its expired pins."""
+    reclaimed, pinned = scripts.RECLAIM(
+        keys=[keys.ready(org_id, env_id), keys.leases(org_id, env_id), keys.holders(org_id, env_id)],
+        args=[now_ms, lease_ms],
+        client=redis_client.get(),
+    )
+    return int(reclaimed), _pins(org_id, env_id, pinned)
+
+
+def pin(entries: Iterable[Entry], *, txid: str, now_ms: int, lease_ms: int) -> set[str]:
+    """Fence leased entries to the Postgres transaction ``txid`` before their rows are written.
+
+    Returns the run ids pinned: the entries whose lease the caller still holds. The others were
+    taken back after their lease expired and may have changed: their rows must not be written.
+    """
+    groups: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+    for entry in entries:
+        groups[(entry.org_id, entry.env_id, entry.lease)].append(entry.run_id)
+    if not groups:
+        return set()
+    calls = [
+        ([keys.leases(org_id, env_id), keys.holders(org_id, env_id)], [token, txid, now_ms, lease_ms, *run_ids])
+        for (org_id, env_id, token), run_ids in groups.items()
+    ]
+    return {_str(run_id) for reply in _run_script_calls(redis_client.get(), scripts.PIN, calls) for run_id in reply}
+
+
+def unpin(pins: Iterable[Pin], *, now_ms: int) -> int:
+    """Pinned runs whose transaction did not commit go back to ready, unchanged; returns how many."""
+    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for item in pins:
+        groups[(item.org_id, item.env_id)] += [item.run_id, item.holder]
+    calls = [
+        ([keys.ready(org_id, env_id), keys.leases(org_id, env_id), keys.holders(org_id, env_id)], [now_ms, *pairs])
+        for (org_id, env_id), pairs in groups.items()
+    ]
+    return sum(int(back) for back in _run_script_calls(redis_client.get(), scripts.UNPIN, calls)) if calls else 0
+
+
+def _ack_call(*, org_id: str, env_id: str, leased: list[tuple[str, str, Entry | None]], now_ms: int):
     keys_list = [
         keys.ready(org_id, env_id),
         keys.leases(org_id, env_id),
@@ -148,9 +231,10 @@ def _ack_call(*, org_id: str, env_id: str, run_ids: list[str], entries: dict[str
         keys.stats(org_id),
         keys.listing(org_id, env_id),
         keys.minute(org_id, now_ms // 60_000),
+        keys.holders(org_id, env_id),
     ]
-    for run_id in run_ids:
-        entry = entries.get(run_id)
+    args: list = [now_ms, conf.ack_grace_ms(), env_id]
+    for run_id, expected, entry in leased:
         keys_list.append(keys.entry(org_id, run_id))
         keys_list.append(keys.snapshot(org_id, run_id))
         keys_list.append(
@@ -159,7 +243,8 @@ def _ack_call(*, org_id: str, env_id: str, run_ids: list[str], entries: dict[str
             else keys.unused(org_id)
         )
         keys_list.append(keys.batch_items(org_id, entry.batch_id) if entry and entry.batch_id else keys.unused(org_id))
-    return keys_list, [now_ms, conf.ack_grace_ms(), env_id, *run_ids]
+        args += [run_id, expected]
+    return keys_list, args
 
 
 def _run_script_calls(redis, script, calls: list[tuple[list, list]]) -> list:
@@ -173,27 +258,37 @@ def _run_script_calls(redis, script, calls: list[tuple[list, list]]) -> list:
     return pipe.execute()
 
 
-def ack(entries: Iterable[Entry], *, now_ms: int, missing: Iterable[tuple[str, str, str]] = ()) -> int:
+@dataclass(frozen=True)
+class Missing:
+    """A leased run whose entry hash is gone (acked away meanwhile): released by ack too."""
+
+    org_id: str
+    env_id: str
+    run_id: str
+    lease: str
+
+
+def ack(entries: Iterable[Entry], *, now_ms: int, missing: Iterable[Missing] = ()) -> int:
     """Release materialised entries, grouped per environment (one round trip on a single node).
 
-    ``missing`` are (org, env, run) leases whose hash is already gone; they are released too.
-    Returns how many entries were acked by this call (acking twice counts once).
+    Only entries the caller still holds (``entry.lease``) are released: a drainer whose lease was
+    taken back acks nothing. Returns how many entries this call acked (acking twice counts once).
     """
-    groups: dict[tuple[str, str], dict[str, Entry | None]] = defaultdict(dict)
+    groups: dict[tuple[str, str], list[tuple[str, str, Entry | None]]] = defaultdict(list)
     for entry in entries:
-        groups[(entry.org_id, entry.env_id)][entry.run_id] = entry
-    for org_id, env_id, run_id in missing:
-        groups[(org_id, env_id)].setdefault(run_id, None)
+        groups[(entry.org_id, entry.env_id)].append((entry.run_id, entry.lease, entry))
+    for item in missing:
+        groups[(item.org_id, item.env_id)].append((item.run_id, item.lease, None))
     if not groups:
         return 0
     redis = redis_client.get()
     calls = [
-        _ack_call(org_id=org_id, env_id=env_id, run_ids=list(by_run), entries=by_run, now_ms=now_ms)
-        for (org_id, env_id), by_run in groups.items()
+        _ack_call(org_id=org_id, env_id=env_id, leased=leased, now_ms=now_ms)
+        for (org_id, env_id), leased in groups.items()
     ]
     acked = 0
     idle: dict[str, int] = {}
-    for (org_id, _), (count, idle_gen) in zip(groups, _run_script_calls(redis, scripts.ACK, calls)):
+    for (org_id, _), (count, idle_gen, _refused) in zip(groups, _run_script_calls(redis, scripts.ACK, calls)):
         acked += int(count)
         if _str(idle_gen):
             idle[org_id] = int(_str(idle_gen))
@@ -202,49 +297,142 @@ def ack(entries: Iterable[Entry], *, now_ms: int, missing: Iterable[tuple[str, s
     return acked
 
 
-def retry(entry: Entry, *, now_ms: int, backoff_ms: int, code: str, message: str) -> int:
-    """Give a leased entry back with a backoff; returns its attempts (0: the lease was lost)."""
+def _lease_keys(entry: Entry) -> list[str]:
+    org, env = entry.org_id, entry.env_id
+    return [keys.entry(org, entry.run_id), keys.leases(org, env), keys.ready(org, env), keys.holders(org, env)]
+
+
+def retry(entry: Entry, *, now_ms: int, backoff_ms: int, code: str, message: str, count: bool = True) -> int:
+    """Give a leased entry back after ``backoff_ms``. ``count``: the entry itself failed (not the
+    database). Returns its attempts, or -1 when the caller no longer held the lease."""
     return int(
         scripts.RETRY(
-            keys=[
-                keys.entry(entry.org_id, entry.run_id),
-                keys.leases(entry.org_id, entry.env_id),
-                keys.ready(entry.org_id, entry.env_id),
-            ],
-            args=[entry.run_id, now_ms, backoff_ms, error_json(code, message)],
+            keys=_lease_keys(entry),
+            args=[entry.run_id, now_ms, backoff_ms, error_json(code, message), entry.lease, "1" if count else "0"],
             client=redis_client.get(),
         )
     )
 
 
-def fail(entry: Entry, *, now_ms: int, code: str, message: str) -> bool:
-    """Mark the entry terminal: its next drain writes a SYSTEM_FAILURE row (never silent loss)."""
+def fail(entry: Entry, *, now_ms: int, backoff_ms: int, code: str, message: str) -> bool:
+    """Mark the entry terminal: after ``backoff_ms`` its next drain writes a minimal SYSTEM_FAILURE
+    row (never silent loss)."""
     return bool(
         scripts.FAIL(
-            keys=[
-                keys.entry(entry.org_id, entry.run_id),
-                keys.leases(entry.org_id, entry.env_id),
-                keys.ready(entry.org_id, entry.env_id),
-            ],
-            args=[entry.run_id, now_ms, error_json(code, message)],
+            keys=_lease_keys(entry),
+            args=[entry.run_id, now_ms, backoff_ms, error_json(code, message), entry.lease],
             client=redis_client.get(),
         )
     )
+
+
+def park(entry: Entry, *, now_ms: int, code: str, message: str) -> bool:
+    """Take an entry that cannot be written in any form out of the drain, for an operator."""
+    redis = redis_client.get()
+    org, env = entry.org_id, entry.env_id
+    parked = bool(
+        scripts.PARK(
+            keys=[keys.entry(org, entry.run_id), keys.leases(org, env), keys.holders(org, env), keys.parked(org)],
+            args=[entry.run_id, now_ms, error_json(code, message), entry.lease],
+            client=redis,
+        )
+    )
+    if parked:
+        redis.sadd(keys.parked_orgs(), org)
+    return parked
+
+
+def parked_entries(*, limit: int = 1000) -> list[Entry]:
+    """Parked entries of every organisation, oldest first."""
+    redis = redis_client.get()
+    found: list[tuple[int, Entry]] = []
+    for org_id in sorted(_str(org) for org in redis.smembers(keys.parked_orgs())):
+        scored = redis.zrange(keys.parked(org_id), 0, limit - 1, withscores=True)
+        for entry in get_many(org_id=org_id, run_ids=[_str(run) for run, _ in scored]):
+            found.append((entry.parked_at_ms or 0, entry))
+    return [entry for _, entry in sorted(found, key=lambda pair: pair[0])][:limit]
+
+
+def parked_count(org_id: str) -> int:
+    return int(redis_client.get().zcard(keys.parked(org_id)))
+
+
+def _forget_parked_org(redis, org_id: str) -> None:
+    if not redis.zcard(keys.parked(org_id)):
+        redis.srem(keys.parked_orgs(), org_id)
+
+
+def unpark(entry: Entry, *, now_ms: int) -> bool:
+    """Give a parked entry back to the drain with its attempts reset (an operator's retry)."""
+    redis = redis_client.get()
+    org, env = entry.org_id, entry.env_id
+    reply = scripts.UNPARK(
+        keys=[keys.entry(org, entry.run_id), keys.ready(org, env), keys.parked(org), keys.envs(org), keys.stats(org)],
+        args=[entry.run_id, now_ms, env],
+        client=redis,
+    )
+    if int(reply[0]) and len(reply) > 1 and _str(reply[1]):
+        _index_org(redis, org, _str(reply[1]))
+    _forget_parked_org(redis, org)
+    return bool(int(reply[0]))
+
+
+def discard(entry: Entry) -> bool:
+    """Remove a parked entry for good, without a row (an operator's decision; the caller logs why)."""
+    redis = redis_client.get()
+    org, env = entry.org_id, entry.env_id
+    discarded = bool(
+        scripts.DISCARD(
+            keys=[
+                keys.entry(org, entry.run_id),
+                keys.snapshot(org, entry.run_id),
+                keys.parked(org),
+                keys.listing(org, env),
+                keys.stats(org),
+                keys.idempotency(org, env, entry.task, entry.idempotency_key)
+                if entry.idempotency_key
+                else keys.unused(org),
+                keys.batch_items(org, entry.batch_id) if entry.batch_id else keys.unused(org),
+            ],
+            args=[entry.run_id],
+            client=redis,
+        )
+    )
+    _forget_parked_org(redis, org)
+    return discarded
+
+
+class MutateStatus(enum.StrEnum):
+    APPLIED = "applied"
+    NOT_FOUND = "not_found"  # no such run in this environment
+    MATERIALISED = "materialised"  # its row is written: change the row
+    BUSY = "busy"  # a drainer holds it right now
+    PINNED = "pinned"  # a drainer's transaction decides: ``value`` is the holder (token:txid)
+    LIMIT_EXCEEDED = "limit_exceeded"  # ``value``: the count the change would make
+    CONFLICT = "conflict"  # metadata version moved on: ``value`` is the current one
 
 
 @dataclass(frozen=True)
 class MutateResult:
-    status: str  # applied | not_found | materialised | busy | limit_exceeded | conflict
-    value: str = ""  # new metadata version, tag count or current version
+    status: MutateStatus
+    value: str = ""  # new metadata version, tag count, current version, or the pin's holder
+
+    def pin(self, *, org_id: str, env_id: str, run_id: str) -> Pin:
+        return Pin(org_id, env_id, run_id, self.value)
 
 
 def _mutate(*, org_id: str, env_id: str, run_id: str, op: str, now_ms: int, args: list[str]) -> MutateResult:
     reply = scripts.MUTATE(
-        keys=[keys.entry(org_id, run_id), keys.leases(org_id, env_id)],
+        keys=[
+            keys.entry(org_id, run_id),
+            keys.leases(org_id, env_id),
+            keys.ready(org_id, env_id),
+            keys.holders(org_id, env_id),
+        ],
         args=[op, env_id, run_id, now_ms, *args],
         client=redis_client.get(),
     )
-    return MutateResult(_str(reply[0]), _str(reply[1]) if len(reply) > 1 else "")
+    return MutateResult(MutateStatus(_str(reply[0])), _str(reply[1]) if len(reply) > 1 else "")
 
 
 def cancel(*, org_id: str, env_id: str, run_id: str, now_ms: int, reason: str) -> MutateResult:
@@ -288,13 +476,22 @@ def set_metadata(
     )
 
 
+class ResetStatus(enum.StrEnum):
+    RESET = "reset"  # the buffered run gave the key up
+    NONE = "none"  # no buffered run held it
+    BUSY = "busy"  # its holder is leased by a drainer
+    PINNED = "pinned"  # its holder's row is being written: ``holder`` is the pin
+    MOVED = "moved"  # the lookup changed hands meanwhile (internal: retried)
+
+
 @dataclass(frozen=True)
 class ResetResult:
-    status: str  # reset | none | busy
+    status: ResetStatus
     run_id: str = ""
+    holder: str = ""
 
 
-def reset_idempotency(*, org_id: str, env_id: str, task: str, key: str) -> ResetResult:
+def reset_idempotency(*, org_id: str, env_id: str, task: str, key: str, now_ms: int) -> ResetResult:
     """Release the key from the waiting run holding it, and drop its pre-gate claim."""
     redis = redis_client.get()
     lookup = keys.idempotency(org_id, env_id, task, key)
@@ -307,14 +504,16 @@ def reset_idempotency(*, org_id: str, env_id: str, task: str, key: str) -> Reset
                 keys.claim(org_id, env_id, task, key),
                 keys.entry(org_id, owner) if owner else keys.unused(org_id),
                 keys.leases(org_id, env_id),
+                keys.ready(org_id, env_id),
+                keys.holders(org_id, env_id),
             ],
-            args=[owner],
+            args=[owner, now_ms],
             client=redis,
         )
-        status = _str(reply[0])
-        if status != "moved":
-            return ResetResult(status, _str(reply[1]) if len(reply) > 1 else "")
-    return ResetResult("busy")
+        status = ResetStatus(_str(reply[0]))
+        if status != ResetStatus.MOVED:
+            return ResetResult(status, *(_str(part) for part in reply[1:3]))
+    return ResetResult(ResetStatus.BUSY)
 
 
 def active_orgs() -> list[str]:
@@ -355,3 +554,7 @@ def listing(
 def leased_ids(*, org_id: str, env_id: str) -> set[str]:
     """Run ids a drainer holds right now in one environment."""
     return {_str(run_id) for run_id in redis_client.get().zrange(keys.leases(org_id, env_id), 0, -1)}
+
+
+def parked_orgs() -> list[str]:
+    return sorted(_str(org) for org in redis_client.get().smembers(keys.parked_orgs()))

@@ -36,7 +36,9 @@ class Entry:
     last_error: dict | None = None
     terminal_error: dict | None = None  # set by fail(): the next drain writes a failure row
     materialised: bool = False
+    parked_at_ms: int | None = None  # no row could be written: waiting for an operator
     raw_snapshot: str = ""
+    lease: str = ""  # the drainer's lease token (set by pop), or a resolver's exact `token:txid`
 
 
 SNAPSHOT_COMPRESS_AT = 256  # bytes of JSON; smaller snapshots gain nothing from compression
@@ -154,9 +156,11 @@ def from_fields(raw: dict, stored_snapshot=None) -> Entry | None:
         last_error=_loads(get("last_error")),
         terminal_error=_loads(get("terminal_error")),
         materialised=get("materialised") in (b"1", "1"),
+        parked_at_ms=_int(get("parked_at_ms")),
         raw_snapshot=raw_snapshot,
     )
 
 
 def error_json(code: str, message: str) -> str:
-    return _json({"code": code, "message": message})
+    # ASCII-escaped: an error message may quote input that is not valid UTF-8 on its own.
+    return json.dumps({"code": code, "message": message[:4000]}, separators=(",", ":"))

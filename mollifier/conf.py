@@ -93,6 +93,11 @@ def drain_max_attempts() -> int:
     return _positive("DRAIN_MAX_ATTEMPTS")
 
 
+def drain_park_after() -> int:
+    """Failed attempts at a terminal entry's failure row (after MAX_ATTEMPTS) before it is parked."""
+    return _positive("DRAIN_PARK_AFTER")
+
+
 def drain_backoff_base_ms() -> int:
     return _positive("DRAIN_BACKOFF_BASE_MS")
 

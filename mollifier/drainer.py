@@ -13,6 +13,7 @@ import logging
 import random
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from mollifier import buffer, conf, keys, metrics, scripts
 from mollifier import client as redis_client
 from mollifier.codec import Entry
 from mollifier.exceptions import BufferUnavailable, SinkUnavailable
-from mollifier.sink import Sink, SinkReport, get_sink
+from mollifier.sink import OUTCOMES, Settled, Sink, SinkReport, get_sink
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +46,48 @@ def backoff_ms(attempts: int) -> int:
 @dataclass
 class RoundResult:
     popped: int = 0
-    reclaimed: int = 0  # expired leases moved back to ready before popping
+    reclaimed: int = 0  # expired, unpinned leases taken back to ready before popping
     report: SinkReport = field(default_factory=SinkReport)
     acked: int = 0
     retried: int = 0  # given back with a backoff (database unavailable, or an entry failed)
-    failed: int = 0  # marked terminal: the next round writes their SYSTEM_FAILURE rows
+    failed: int = 0  # marked terminal: a later round writes their SYSTEM_FAILURE rows
+    parked: int = 0  # not even a failure row could be written: left for an operator
+    settled: int = 0  # expired pins of other drainers settled (acked or given back)
     envs: int = 0
     written: list[int] = field(default_factory=list)  # trigger times (ms) of the runs written, for dwell
+
+
+@dataclass
+class StartedRound:
+    result: RoundResult
+    entries: list[Entry]
+    missing: list[buffer.Missing]
+    pins: list[buffer.Pin]  # other drainers' expired pins, found while leasing
+
+
+def settle(sink: Sink, pins: list[buffer.Pin], *, now_ms: int) -> int:
+    """Settle pins by their transaction's outcome (asked of the sink): committed rows are acked,
+    transactions that did not commit give their runs back unchanged, running ones are left alone.
+    Returns how many runs were acked or given back."""
+    outcome = sink.settle(pins)
+    committed = [item for item in pins if outcome.get(item.run_id) == Settled.COMMITTED]
+    rolled_back = [item for item in pins if outcome.get(item.run_id) == Settled.NOT_COMMITTED]
+    done = 0
+    if committed:
+        holders: dict[str, dict[str, str]] = defaultdict(dict)
+        for item in committed:
+            holders[item.org_id][item.run_id] = item.holder
+        entries = []
+        for org_id, by_run in holders.items():
+            for entry in buffer.get_many(org_id=org_id, run_ids=list(by_run)):
+                entry.lease = by_run[entry.run_id]  # the exact pin: ack only what is still pinned so
+                entries.append(entry)
+        done += buffer.ack(entries, now_ms=now_ms)
+    if rolled_back:
+        done += buffer.unpin(rolled_back, now_ms=now_ms)
+    if committed or rolled_back:
+        logger.info("mollifier.drain.pins_settled committed=%d not_committed=%d", len(committed), len(rolled_back))
+    return done
 
 
 class Drainer:
@@ -71,40 +107,42 @@ class Drainer:
     def drain_round(self) -> RoundResult:
         return self._finish_round(self._start_round())
 
-    def _start_round(self) -> tuple[RoundResult, list[Entry], list[tuple[str, str, str]]]:
+    def _start_round(self) -> StartedRound:
         """Lease a round (Redis only: safe on the prefetch thread)."""
-        result = RoundResult()
-        entries, missing = self._pop_round(result)
-        result.popped = len(entries)
-        metrics.LEASES_RECLAIMED.inc(result.reclaimed)
-        return result, entries, missing
+        started = StartedRound(RoundResult(), [], [], [])
+        self._pop_round(started)
+        started.result.popped = len(started.entries)
+        metrics.LEASES_RECLAIMED.inc(started.result.reclaimed)
+        return started
 
-    def _finish_round(self, started_round) -> RoundResult:
-        """Wait for the rate limiter, write the round, ack it."""
-        result, entries, missing = started_round
-        if entries or missing:
-            if entries:
-                self._wait_for_rate(len(entries))
-            started = time.monotonic()
-            self._write(entries, missing, result)
-            metrics.DRAIN_ROUND_SECONDS.observe(time.monotonic() - started)
-            report = result.report
-            for outcome, count in zip(("inserted", "already", "failed", "dropped"), report.astuple()):
+    def _finish_round(self, started: StartedRound) -> RoundResult:
+        """Settle expired pins, wait for the rate limiter, write the round, ack it."""
+        result = started.result
+        if started.pins:
+            try:
+                self._settle(started.pins, result)
+            except SinkUnavailable:
+                logger.warning("mollifier.drain.pins_unsettled count=%d (database unavailable)", len(started.pins))
+        if started.entries or started.missing:
+            if started.entries:
+                self._wait_for_rate(len(started.entries))
+            began = time.monotonic()
+            self._write(started.entries, started.missing, result)
+            metrics.DRAIN_ROUND_SECONDS.observe(time.monotonic() - began)
+            for outcome, count in zip(OUTCOMES, result.report.astuple(), strict=True):
                 metrics.DRAINED_ROWS.labels(outcome=outcome).inc(count)
             written_at = self.clock()
             for accepted_at_ms in result.written:
                 metrics.DWELL_SECONDS.observe(max(0, written_at - accepted_at_ms) / 1000)
         return result
 
-    def _pop_round(self, result: RoundResult) -> tuple[list[Entry], list[tuple[str, str, str]]]:
+    def _pop_round(self, started: StartedRound) -> None:
         orgs = buffer.active_orgs()
         if not orgs:
-            return [], []
+            return
         start = self._org_turn % len(orgs)
         self._org_turn += 1
         budget, batch, lease = round_budget(), conf.drain_batch_size(), conf.drain_lease_ms()
-        entries: list[Entry] = []
-        missing: list[tuple[str, str, str]] = []
         for org in orgs[start:] + orgs[:start]:
             envs = buffer.active_envs(org)
             if not envs:
@@ -114,16 +152,16 @@ class Drainer:
             turn %= len(envs)
             for env in envs[turn:] + envs[:turn]:
                 if budget <= 0:
-                    return entries, missing
+                    return
                 popped = buffer.pop(
                     org_id=org, env_id=env, limit=min(batch, budget), lease_ms=lease, now_ms=self.clock()
                 )
-                result.envs += 1
-                result.reclaimed += popped.reclaimed
-                entries += popped.entries
-                missing += [(org, env, run_id) for run_id in popped.missing]
+                started.result.envs += 1
+                started.result.reclaimed += popped.reclaimed
+                started.entries.extend(popped.entries)
+                started.missing.extend(buffer.Missing(org, env, run_id, popped.token) for run_id in popped.missing)
+                started.pins.extend(popped.pins)
                 budget -= len(popped.entries)
-        return entries, missing
 
     def _wait_for_rate(self, rows: int) -> None:
         """Block until the shared bucket grants ``rows`` (the round is leased: it finishes even
@@ -138,16 +176,52 @@ class Drainer:
         ) > 0:
             time.sleep(wait / 1000)
 
-    def _write(self, entries: list[Entry], missing: list[tuple[str, str, str]], result: RoundResult) -> None:
+    # -- writing -----------------------------------------------------------------------------
+
+    def _pinner(self, entries: list[Entry], pinned: list[buffer.Pin]):
+        """The ``pin`` callback handed to the sink; remembers what it pinned, so that a write that
+        fails after its pin is settled by the transaction's outcome, not guessed."""
+
+        def pin(txid: str) -> set[str]:
+            kept = buffer.pin(entries, txid=txid, now_ms=self.clock(), lease_ms=conf.drain_lease_ms())
+            pinned.extend(
+                buffer.Pin(e.org_id, e.env_id, e.run_id, f"{e.lease}:{txid}") for e in entries if e.run_id in kept
+            )
+            return kept
+
+        return pin
+
+    def _sink_write(self, entries: list[Entry], *, last_resort: bool = False) -> SinkReport:
+        """One fenced write. When it fails after pinning, the pins are settled before the error
+        goes on: rows that did commit are acked, the rest are unpinned (given back unchanged)."""
+        pinned: list[buffer.Pin] = []
         try:
-            result.report = self.sink(entries) if entries else SinkReport()
-        except SinkUnavailable:
-            logger.warning("mollifier.drain.database_unavailable entries=%d", len(entries), exc_info=True)
+            return self.sink.write(entries, pin=self._pinner(entries, pinned), last_resort=last_resort)
+        except Exception:
+            if pinned:
+                self._settle_after_failure(pinned)
+            raise
+
+    def _settle_after_failure(self, pinned: list[buffer.Pin]) -> None:
+        try:
+            self._settle(pinned, RoundResult())
+        except (SinkUnavailable, BufferUnavailable):
+            # Neither store can tell right now: the pins stay, and whoever finds them once their
+            # lease expires settles them (pop.lua reports them).
+            logger.warning("mollifier.drain.pins_unsettled count=%d", len(pinned))
+
+    def _write(self, entries: list[Entry], missing: list[buffer.Missing], result: RoundResult) -> None:
+        try:
+            result.report = self._sink_write(entries) if entries else SinkReport()
+        except SinkUnavailable as error:
+            logger.warning("mollifier.drain.database_unavailable entries=%d error=%s", len(entries), error)
             metrics.DRAIN_FAILURES.labels(cause="database_unavailable").inc()
             for entry in entries:
-                self._give_back(entry, result, "database_unavailable", "the database could not be reached")
+                self._give_back(entry, result, "database_unavailable", "the database could not be reached", count=False)
             self._ack([], missing, result)
             return
+        except BufferUnavailable:
+            raise  # the loop backs off; unpinned leases expire and are taken back
         except Exception:
             # Some entry cannot be written: find which, one transaction each.
             logger.exception("mollifier.drain.round_failed entries=%d; isolating", len(entries))
@@ -160,47 +234,86 @@ class Drainer:
     def _write_one_by_one(self, entries: list[Entry], result: RoundResult) -> None:
         for entry in entries:
             try:
-                result.report += self.sink([entry])
+                result.report += self._write_entry(entry)
             except SinkUnavailable:
-                self._give_back(entry, result, "database_unavailable", "the database could not be reached")
+                self._give_back(entry, result, "database_unavailable", "the database could not be reached", count=False)
                 continue
+            except BufferUnavailable:
+                raise
             except Exception as error:
-                logger.exception("mollifier.drain.entry_failed run=%s attempts=%d", entry.run_id, entry.attempts + 1)
-                metrics.DRAIN_FAILURES.labels(cause="entry_failed").inc()
-                if entry.attempts + 1 >= conf.drain_max_attempts() or entry.terminal_error:
-                    result.failed += buffer.fail(
-                        entry,
-                        now_ms=self.clock(),
-                        code="attempts_exhausted",
-                        message=f"{type(error).__name__}: {error}",
-                    )
-                    metrics.DRAIN_FAILURES.labels(cause="marked_terminal").inc()
-                else:
-                    self._give_back(entry, result, type(error).__name__, str(error))
+                self._entry_failed(entry, error, result)
                 continue
             result.written.append(entry.accepted_at_ms)
             self._ack([entry], [], result)
 
-    def _give_back(self, entry: Entry, result: RoundResult, code: str, message: str) -> None:
-        """Return a leased entry to ready after a backoff that grows with its attempts."""
-        result.retried += bool(
-            buffer.retry(
-                entry, now_ms=self.clock(), backoff_ms=backoff_ms(entry.attempts + 1), code=code, message=message
-            )
-        )
+    def _write_entry(self, entry: Entry) -> SinkReport:
+        """An entry on its own; a terminal one falls back to a minimal failure row."""
+        if not entry.terminal_error and entry.snapshot is not None:
+            return self._sink_write([entry])
+        try:
+            return self._sink_write([entry])
+        except (SinkUnavailable, BufferUnavailable):
+            raise
+        except Exception:
+            return self._sink_write([entry], last_resort=True)
 
-    def _ack(self, entries: list[Entry], missing: list[tuple[str, str, str]], result: RoundResult) -> None:
+    def _entry_failed(self, entry: Entry, error: Exception, result: RoundResult) -> None:
+        """One line per failure (no traceback per round); the entry backs off, turns terminal after
+        MAX_ATTEMPTS, and is parked when not even its minimal failure row can be written."""
+        attempts = entry.attempts + 1
+        reason = f"{type(error).__name__}: {error}"
+        metrics.DRAIN_FAILURES.labels(cause="entry_failed").inc()
+        logger.warning("mollifier.drain.entry_failed run=%s attempts=%d error=%s", entry.run_id, attempts, reason[:500])
+        now = self.clock()
+        if entry.terminal_error or entry.snapshot is None:
+            if attempts >= conf.drain_max_attempts() + conf.drain_park_after():
+                if buffer.park(entry, now_ms=now, code="unwritable", message=reason):
+                    result.parked += 1
+                    metrics.DRAIN_FAILURES.labels(cause="parked").inc()
+                    logger.error(
+                        "mollifier.drain.parked run=%s org=%s env=%s error=%s",
+                        entry.run_id,
+                        entry.org_id,
+                        entry.env_id,
+                        reason[:500],
+                    )
+                return
+            self._give_back(entry, result, type(error).__name__, str(error))
+        elif attempts >= conf.drain_max_attempts():
+            result.failed += buffer.fail(
+                entry, now_ms=now, backoff_ms=backoff_ms(attempts), code="attempts_exhausted", message=reason
+            )
+            metrics.DRAIN_FAILURES.labels(cause="marked_terminal").inc()
+        else:
+            self._give_back(entry, result, type(error).__name__, str(error))
+
+    def _give_back(self, entry: Entry, result: RoundResult, code: str, message: str, *, count: bool = True) -> None:
+        """Return a leased entry to ready after a backoff that grows with its attempts."""
+        attempts = buffer.retry(
+            entry,
+            now_ms=self.clock(),
+            backoff_ms=backoff_ms(entry.attempts + 1),
+            code=code,
+            message=message,
+            count=count,
+        )
+        result.retried += attempts >= 0
+
+    def _ack(self, entries: list[Entry], missing: list[buffer.Missing], result: RoundResult) -> None:
         try:
             result.acked += buffer.ack(entries, now_ms=self.clock(), missing=missing)
         except BufferUnavailable:
-            # The rows are committed. The leases expire and the entries are re-driven; the sink
-            # then finds their rows and they are acked: no duplicate, no failure row.
+            # The rows are committed and the entries pinned to their transaction. Once the lease
+            # expires, whoever finds the pins settles them: committed, so they are acked.
             logger.warning("mollifier.drain.ack_failed entries=%d", len(entries), exc_info=True)
             metrics.DRAIN_FAILURES.labels(cause="ack_failed").inc()
 
+    def _settle(self, pins: list[buffer.Pin], result: RoundResult) -> None:
+        result.settled += settle(self.sink, pins, now_ms=self.clock())
+
     def drain_environment(self, *, org_id: str, env_id: str) -> RoundResult:
         """One round for one environment only (the dashboard's "drain now"), under the same rate cap."""
-        result = RoundResult()
+        started = StartedRound(RoundResult(), [], [], [])
         popped = buffer.pop(
             org_id=org_id,
             env_id=env_id,
@@ -208,13 +321,11 @@ class Drainer:
             lease_ms=conf.drain_lease_ms(),
             now_ms=self.clock(),
         )
-        result.popped, result.reclaimed, result.envs = len(popped.entries), popped.reclaimed, 1
-        missing = [(org_id, env_id, run_id) for run_id in popped.missing]
-        if popped.entries:
-            self._wait_for_rate(len(popped.entries))
-        if popped.entries or missing:
-            self._write(popped.entries, missing, result)
-        return result
+        started.entries.extend(popped.entries)
+        started.missing.extend(buffer.Missing(org_id, env_id, run_id, popped.token) for run_id in popped.missing)
+        started.pins.extend(popped.pins)
+        started.result.popped, started.result.reclaimed, started.result.envs = len(popped.entries), popped.reclaimed, 1
+        return self._finish_round(started)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -232,7 +343,7 @@ class Drainer:
                 try:
                     started_round = ahead.result() if ahead is not None else self._start_round()
                     ahead = None
-                    if started_round[0].popped and not self.stop.is_set():
+                    if started_round.result.popped and not self.stop.is_set():
                         ahead = prefetch.submit(self._start_round)
                     result = self._finish_round(started_round)
                     failures = 0
@@ -250,11 +361,12 @@ class Drainer:
                     continue  # a leased round is waiting: finish it, stop or not
                 if self.stop.is_set():
                     return
-                if result.popped == 0 and result.acked == 0:
+                if result.popped == 0 and result.acked == 0 and result.settled == 0:
                     if once and not self._has_waiting():
                         return
                     self.stop.wait(conf.drain_idle_sleep_ms() / 1000)
 
     def _has_waiting(self) -> bool:
-        """Anything not yet materialised (ready, backing off, or leased)?"""
-        return any(buffer.buffered_count(org) for org in buffer.active_orgs())
+        """Anything a drainer could still write (ready, backing off, or leased; parked entries wait
+        for an operator)?"""
+        return any(buffer.buffered_count(org) > buffer.parked_count(org) for org in buffer.active_orgs())

@@ -40,6 +40,12 @@ def leases(org_id: str, env_id: str) -> str:
     return f"{_org(org_id)}:env:{_b64(env_id)}:leases"
 
 
+def holders(org_id: str, env_id: str) -> str:
+    """HASH: run id → who holds its lease: ``<token>`` of the drainer that popped it, or
+    ``<token>:<txid>`` once that drainer pinned it to a Postgres transaction (the fence)."""
+    return f"{_org(org_id)}:env:{_b64(env_id)}:holders"
+
+
 def listing(org_id: str, env_id: str) -> str:
     """ZSET: every not-yet-materialised run id of one environment, scored by trigger time (ms)."""
     return f"{_org(org_id)}:env:{_b64(env_id)}:all"
@@ -48,6 +54,17 @@ def listing(org_id: str, env_id: str) -> str:
 def envs(org_id: str) -> str:
     """SET: the organisation's environments with ready or leased entries."""
     return f"{_org(org_id)}:envs"
+
+
+def parked(org_id: str) -> str:
+    """ZSET: the organisation's parked run ids (no row could be written, not even a failure row),
+    scored by when they were parked. They wait here for an operator (``mollifier_parked``)."""
+    return f"{_org(org_id)}:parked"
+
+
+def parked_orgs() -> str:
+    """SET: organisations with parked entries (kept beside ``orgs``, which lists only drainable work)."""
+    return f"{PREFIX}:parked_orgs"
 
 
 def stats(org_id: str) -> str:

@@ -13,6 +13,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from mollifier.exceptions import BufferUnavailable
+from mollifier.sink import OUTCOMES
 
 GATE_DECISIONS = Counter(
     "mollifier_gate_decisions_total", "Gate decisions for triggers that reached the gate.", ["decision", "reason"]
@@ -25,7 +26,7 @@ CLAIM_OUTCOMES = Counter(
 DRAINED_ROWS = Counter(
     "mollifier_drained_rows_total",
     "Buffered runs written by drainers.",
-    ["outcome"],  # inserted, already, failed, dropped
+    ["outcome"],  # inserted, already, failed, dropped, fenced (not written: the lease was taken back)
 )
 DRAIN_ROUND_SECONDS = Histogram(
     "mollifier_drain_round_seconds",
@@ -42,19 +43,30 @@ DRAIN_FAILURES = Counter(
     "mollifier_drain_failures_total",
     "Drain problems by cause.",
     ["cause"],
-    # database_unavailable, entry_failed, marked_terminal, ack_failed, redis_unavailable
+    # database_unavailable, entry_failed, marked_terminal, parked, ack_failed, redis_unavailable
 )
+
+# Labelled counters start at zero (the Prometheus convention): a rate() or an alert on a series that
+# has never been incremented would otherwise see nothing rather than 0.
+for _outcome in OUTCOMES:
+    DRAINED_ROWS.labels(outcome=_outcome)
+for _cause in ("database_unavailable", "entry_failed", "marked_terminal", "parked", "ack_failed", "redis_unavailable"):
+    DRAIN_FAILURES.labels(cause=_cause)
+for _outcome in ("claimed", "buffered", "resolved", "unavailable", "timeout"):
+    CLAIM_OUTCOMES.labels(outcome=_outcome)
 
 
 class BufferCollector:
     """Buffer gauges read from Redis at scrape time (so every process reports the same truth)."""
 
     def collect(self):
+        from mollifier import buffer
         from mollifier.stats import env_stats
 
         now_ms = time.time_ns() // 1_000_000
         try:
             rows = env_stats(now_ms=now_ms)
+            parked = sum(buffer.parked_count(org) for org in buffer.parked_orgs())
         except BufferUnavailable:
             up = GaugeMetricFamily("mollifier_buffer_up", "1 when the buffer's Redis answered the scrape.")
             up.add_metric([], 0)
@@ -65,6 +77,7 @@ class BufferCollector:
             "mollifier_buffer_depth": ("Runs waiting in the buffer (not yet written).", sum(r.waiting for r in rows)),
             "mollifier_buffer_leased": ("Buffered runs held by drainers right now.", sum(r.leased for r in rows)),
             "mollifier_buffer_expired_leases": ("Leases whose drainer is gone.", sum(r.expired_leases for r in rows)),
+            "mollifier_buffer_parked": ("Buffered runs no row could be written for: waiting for an operator.", parked),
             "mollifier_buffer_environments": ("Environments with buffered runs.", len(rows)),
             "mollifier_buffer_tripped_environments": (
                 "Environments whose gate trip holds.",

@@ -1,20 +1,32 @@
-"""The drainer's sink: the function that turns buffer entries into rows.
+"""The drainer's sink: what turns buffer entries into rows, and settles pinned transactions.
 
-Named by dotted path in ``MOLLIFIER["SINK"]`` (the Django way), so the mollifier never imports the
-app that owns the rows. Contract: ``sink(entries) -> SinkReport``. The sink writes every entry (its
-intended row, or a SYSTEM_FAILURE row that says why not) in one transaction and returns; or raises
-SinkUnavailable when its database cannot be reached (the round is retried with backoff), or any
-other exception when some entry cannot be written (the drainer then retries entry by entry and marks
-the ones that keep failing terminal).
+Named by dotted path to a class in ``MOLLIFIER["SINK"]`` (the Django way: like a storage or cache
+backend), so the mollifier never imports the app that owns the rows. Contract:
+
+``write(entries, pin, last_resort=False) -> SinkReport``
+    Inside one database transaction: first call ``pin(txid)`` with the transaction's id; it fences
+    the entries to that transaction in the buffer and returns the run ids still held by this
+    drainer. Write only those (their intended row, or a SYSTEM_FAILURE row that says why not), then
+    commit. Entries not returned by ``pin`` were taken back after their lease expired and may have
+    changed since: writing them would overwrite what the API acknowledged. With ``last_resort``,
+    a terminal entry is written as a minimal failure row (ids and the reason only). Raise
+    SinkUnavailable when the database cannot be reached, any other exception when some entry cannot
+    be written (the drainer then retries entry by entry).
+
+``settle(pins) -> {run_id: Settled}``
+    What became of the transactions that pinned these runs: committed (the rows exist), not
+    committed (rolled back), or still running. Raises SinkUnavailable when it cannot tell.
 """
 
+import enum
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
+from typing import Protocol
 
 from django.utils.module_loading import import_string
 
-from mollifier import conf
+from mollifier import buffer, conf
 from mollifier.codec import Entry
 
 
@@ -24,20 +36,36 @@ class SinkReport:
     already: int = 0  # rows that existed with the same id: an earlier drain wrote them
     failed: int = 0  # SYSTEM_FAILURE rows written instead (key taken meanwhile, terminal entries)
     dropped: int = 0  # entries whose environment no longer exists (nothing to attach a row to)
+    fenced: int = 0  # entries not written: the lease was taken back before the pin
 
     def __add__(self, other: "SinkReport") -> "SinkReport":
-        return SinkReport(*(a + b for a, b in zip(self.astuple(), other.astuple())))
+        return SinkReport(*(a + b for a, b in zip(self.astuple(), other.astuple(), strict=True)))
 
-    def astuple(self) -> tuple[int, int, int, int]:
-        return (self.inserted, self.already, self.failed, self.dropped)
+    def astuple(self) -> tuple[int, int, int, int, int]:
+        return (self.inserted, self.already, self.failed, self.dropped, self.fenced)
 
 
-Sink = Callable[[list[Entry]], SinkReport]
+OUTCOMES = tuple(item.name for item in fields(SinkReport))  # also the drained-rows metric's labels
+
+
+class Settled(enum.StrEnum):
+    COMMITTED = "committed"
+    NOT_COMMITTED = "not_committed"
+    RUNNING = "running"
+
+
+Pin = Callable[[str], set[str]]
+
+
+class Sink(Protocol):
+    def write(self, entries: list[Entry], *, pin: Pin, last_resort: bool = False) -> SinkReport: ...
+
+    def settle(self, pins: list[buffer.Pin]) -> dict[str, Settled]: ...
 
 
 @lru_cache(maxsize=4)
 def _load(path: str) -> Sink:
-    return import_string(path)
+    return import_string(path)()
 
 
 def get_sink() -> Sink:

@@ -1,6 +1,7 @@
 """The stale sweep: one holder at a time (a Redis lease), it reports what is stuck and repairs it.
 
-- reclaims expired leases (a drainer died) so the next round re-drives them;
+- takes back expired, unpinned leases (a drainer died) so the next round re-drives them, and
+  settles expired pins by their Postgres transaction's outcome;
 - reports entries waiting longer than MOLLIFIER_STALE_AFTER_MS and the oldest age;
 - reconciles the organisation index: indexes organisations that have work but were never indexed
   (a web process died between accept and indexing) and drops idle ones.
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 
 from mollifier import buffer, conf, keys, scripts
 from mollifier import client as redis_client
+from mollifier.drainer import settle
+from mollifier.sink import get_sink
 from mollifier.stats import env_stats
 
 SWEEP_LEASE_MS = 60_000
@@ -24,6 +27,7 @@ class SweepReport:
     stale: int  # waiting longer than the stale threshold
     oldest_age_ms: int
     expired_leases: int  # found (and reclaimed)
+    settled_pins: int  # expired pins whose transaction had ended: acked or given back
     reindexed_orgs: int
     unindexed_orgs: int
 
@@ -56,17 +60,16 @@ def _sweep(redis, *, now_ms: int) -> SweepReport:
 
     rows = env_stats(now_ms=now_ms)
     threshold = now_ms - conf.stale_after_ms()
-    stale = expired = 0
+    stale = expired = settled = 0
     for row in rows:
         stale += int(redis.zcount(keys.listing(row.org_id, row.env_id), "-inf", threshold))
         if row.expired_leases:
-            expired += int(
-                scripts.RECLAIM(
-                    keys=[keys.ready(row.org_id, row.env_id), keys.leases(row.org_id, row.env_id)],
-                    args=[now_ms],
-                    client=redis,
-                )
+            reclaimed, pins = buffer.reclaim(
+                org_id=row.org_id, env_id=row.env_id, now_ms=now_ms, lease_ms=conf.drain_lease_ms()
             )
+            expired += reclaimed
+            if pins:
+                settled += settle(get_sink(), pins, now_ms=now_ms)
     return SweepReport(
         orgs=len({row.org_id for row in rows}),
         envs=len(rows),
@@ -74,6 +77,7 @@ def _sweep(redis, *, now_ms: int) -> SweepReport:
         stale=stale,
         oldest_age_ms=max((row.oldest_age_ms(now_ms) for row in rows), default=0),
         expired_leases=expired,
+        settled_pins=settled,
         reindexed_orgs=reindexed,
         unindexed_orgs=unindexed,
     )

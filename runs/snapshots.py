@@ -128,6 +128,46 @@ def entry_values(entry: Entry, *, environment: RuntimeEnvironment, now: datetime
     return values
 
 
+def _clean(value: str) -> str:
+    """Text any column can hold: no NUL, no lone surrogate."""
+    return value.replace("\x00", "").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _fit(value: str, field_name: str) -> str:
+    limit = TaskRun._meta.get_field(field_name).max_length
+    value = _clean(value)
+    return value if len(value) <= limit else value[: limit - 1] + "…"
+
+
+def minimal_failure_values(entry: Entry, *, environment: RuntimeEnvironment, now: datetime) -> dict:
+    """The last resort for an entry whose row cannot be written in any form: a SYSTEM_FAILURE row
+    with its ids, trigger time and the reason only, every value cut to fit its column."""
+    error = entry.terminal_error or _FAILURE_FALLBACK
+    created_at = from_ms(entry.accepted_at_ms) or now
+    return {
+        **_DEFAULTS,
+        "id": ids.from_friendly(ids.RUN, entry.run_id) or entry.run_id,
+        "environment_id": environment.pk,
+        "organization_id": environment.organization_id,
+        "project_id": environment.project_id,
+        "task_identifier": _fit(entry.task or "unknown", "task_identifier"),
+        "status": RunStatus.SYSTEM_FAILURE,
+        "tags": [],
+        "metadata": None,
+        "payload": None,
+        "batch_id": entry.batch_id,
+        "created_at": created_at,
+        "updated_at": now,
+        "completed_at": now,
+        "buffered_at": created_at,
+        "error": {
+            "name": "MollifierError",
+            "message": _clean(f"{error.get('code')}: {str(error.get('message'))[:2000]}")
+            + " (the run could not be written as triggered; only its ids were kept)",
+        },
+    }
+
+
 def entry_to_run(entry: Entry, *, environment: RuntimeEnvironment, now: datetime | None = None) -> TaskRun:
     """An unsaved TaskRun for ``entry`` (``run.is_buffered`` is true): one shape for serializers."""
     run = TaskRun(**entry_values(entry, environment=environment, now=now or timezone.now()))

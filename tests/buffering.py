@@ -5,7 +5,10 @@ from django.utils import timezone
 
 from mollifier import buffer, scripts
 from mollifier.client import get as redis_client
+from mollifier.drainer import now_ms
+from mollifier.sink import SinkReport
 from runs.api.serializers import trigger_options_from
+from runs.services.materialise import TaskRunSink
 from runs.services.trigger import _build_run
 from runs.snapshots import run_to_entry, to_ms
 
@@ -33,3 +36,11 @@ def fill_buffer(
             assert buffer.accept_result(reply, entry, client=redis).status == "accepted"
             run_ids.append(entry.run_id)
     return run_ids
+
+
+def write_round(entries, *, lease_ms: int = 60_000) -> SinkReport:
+    """What a drainer does with a leased round, without its ack: a fenced write through the real
+    sink (entries from ``buffer.pop``)."""
+    return TaskRunSink().write(
+        entries, pin=lambda txid: buffer.pin(entries, txid=txid, now_ms=now_ms(), lease_ms=lease_ms)
+    )

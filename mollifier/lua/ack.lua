@@ -1,37 +1,44 @@
 --[[ ack: the runs' rows are committed in Postgres; release them from the buffer.
 
-Each entry is kept for grace_ms marked materialised (reads racing the drain still find it), its
-idempotency lookup and batch slot are released, and the organisation's buffered count drops. Acking
-twice, or acking an entry already gone, changes nothing. When the environment has nothing ready or
-leased any more it leaves the organisation's active set; when the organisation has no active
-environment left, the reply carries its generation so the caller can un-index it.
+Only runs still held by the caller are acked (`expected`: the drainer's token, or the exact
+`token:txid` a resolver settled): a drainer whose lease was taken back changes nothing. Each acked
+entry is kept for grace_ms marked materialised (reads racing the drain still find it), its
+idempotency lookup and batch slot are released, and the organisation's buffered count drops. When
+the environment has nothing ready or leased any more it leaves the organisation's active set; when
+the organisation has no active environment left, the reply carries its generation so the caller can
+un-index it.
 
-KEYS: 1 ready, 2 leases, 3 envs, 4 stats, 5 listing, 6 minute, then per run: entry, snapshot, idem, batch
-      (idem/batch may be placeholders in the same slot)
-ARGV: 1 now_ms, 2 grace_ms, 3 env, 4.. runs (same order as the per-run keys)
-returns: {acked_count, idle_gen ('' while the organisation is still active)}
+KEYS: 1 ready, 2 leases, 3 envs, 4 stats, 5 listing, 6 minute, 7 holders,
+      then per run: entry, snapshot, idem, batch (idem/batch may be placeholders in the same slot)
+ARGV: 1 now_ms, 2 grace_ms, 3 env, then per run: run, expected holder (same order as the per-run keys)
+returns: {acked_count, idle_gen ('' while the organisation is still active), refused_count}
 ]]
-local acked = 0
-for i = 4, #ARGV do
-  local run = ARGV[i]
-  local base = 6 + (i - 4) * 4
+local acked, refused = 0, 0
+for i = 4, #ARGV, 2 do
+  local run, expected = ARGV[i], ARGV[i + 1]
+  local base = 7 + (i - 4) * 2
   local entry, snapshot, idem, batch = KEYS[base + 1], KEYS[base + 2], KEYS[base + 3], KEYS[base + 4]
-  redis.call('ZREM', KEYS[2], run)
-  redis.call('ZREM', KEYS[1], run)
-  redis.call('ZREM', KEYS[5], run)
-  if redis.call('EXISTS', entry) == 1 and redis.call('HGET', entry, 'materialised') ~= '1' then
-    redis.call('HSET', entry, 'materialised', '1', 'materialised_at_ms', ARGV[1])
-    redis.call('PEXPIRE', entry, tonumber(ARGV[2]))
-    redis.call('PEXPIRE', snapshot, tonumber(ARGV[2]))
-    redis.call('HINCRBY', KEYS[4], 'buffered', -1)
-    if redis.call('GET', idem) == run then
-      redis.call('DEL', idem)
+  if not holds(redis.call('HGET', KEYS[7], run), expected) then
+    refused = refused + 1
+  else
+    redis.call('ZREM', KEYS[2], run)
+    redis.call('HDEL', KEYS[7], run)
+    redis.call('ZREM', KEYS[1], run)
+    redis.call('ZREM', KEYS[5], run)
+    if redis.call('EXISTS', entry) == 1 and redis.call('HGET', entry, 'materialised') ~= '1' then
+      redis.call('HSET', entry, 'materialised', '1', 'materialised_at_ms', ARGV[1])
+      redis.call('PEXPIRE', entry, tonumber(ARGV[2]))
+      redis.call('PEXPIRE', snapshot, tonumber(ARGV[2]))
+      redis.call('HINCRBY', KEYS[4], 'buffered', -1)
+      if redis.call('GET', idem) == run then
+        redis.call('DEL', idem)
+      end
+      local index = redis.call('HGET', entry, 'batch_index')
+      if index and index ~= '' and redis.call('HGET', batch, index) == run then
+        redis.call('HDEL', batch, index)
+      end
+      acked = acked + 1
     end
-    local index = redis.call('HGET', entry, 'batch_index')
-    if index and index ~= '' and redis.call('HGET', batch, index) == run then
-      redis.call('HDEL', batch, index)
-    end
-    acked = acked + 1
   end
 end
 if acked > 0 then
@@ -44,4 +51,4 @@ local idle_gen = ''
 if redis.call('SCARD', KEYS[3]) == 0 then
   idle_gen = redis.call('HGET', KEYS[4], 'gen') or '0'
 end
-return {acked, idle_gen}
+return {acked, idle_gen, refused}

@@ -1,13 +1,19 @@
 --[[ mutate: change a buffered run that is waiting (not leased, not materialised).
 
-KEYS: 1 entry, 2 leases
+A run a drainer holds is `busy`. A lease that expired before its drainer pinned it is taken back
+first (that drainer can no longer write or ack the run), then the change applies. A pinned run
+answers `pinned` with its holder: the caller settles the drainer's transaction in Postgres (the
+change then goes to the row, or the run is unpinned and the change retried).
+
+KEYS: 1 entry, 2 leases, 3 ready, 4 holders
 ARGV: 1 op, 2 env (the caller's: another environment's run is not_found), 3 run, 4 now_ms, 5.. op args
   cancel        5 reason                       first cancel wins; repeating it is applied again
   add_tags      5 tags (JSON array), 6 max     de-duplicated, in order; over max writes nothing
   set_delay     5 delay_until_ms ('' clears)
   set_metadata  5 expected version ('' for any), 6 metadata (JSON text), 7 metadata type
 returns: {'applied'} | {'applied', new_metadata_version} | {'not_found'} | {'materialised'} |
-         {'busy'} (leased by a drainer) | {'limit_exceeded', count} | {'conflict', current_version}
+         {'busy'} (leased by a drainer) | {'pinned', holder} | {'limit_exceeded', count} |
+         {'conflict', current_version}
 ]]
 local entry, op = KEYS[1], ARGV[1]
 if redis.call('EXISTS', entry) == 0 then
@@ -20,8 +26,16 @@ end
 if state[2] == '1' then
   return {'materialised'}
 end
-if redis.call('ZSCORE', KEYS[2], ARGV[3]) then
-  return {'busy'}
+local lease_until = redis.call('ZSCORE', KEYS[2], ARGV[3])
+if lease_until then
+  local holder = redis.call('HGET', KEYS[4], ARGV[3])
+  if is_pinned(holder) then
+    return {'pinned', holder}
+  end
+  if tonumber(lease_until) > tonumber(ARGV[4]) then
+    return {'busy'}
+  end
+  take_back({leases = KEYS[2], holders = KEYS[4], ready = KEYS[3]}, ARGV[3], tonumber(ARGV[4]))
 end
 
 if op == 'cancel' then

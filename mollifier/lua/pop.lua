@@ -1,22 +1,35 @@
---[[ pop: lease up to `limit` ready entries of one environment, oldest first, after moving entries
-whose lease expired (a crashed or stuck drainer) back to ready.
+--[[ pop: lease up to `limit` ready entries of one environment, oldest first, after taking back
+expired leases.
 
-KEYS: 1 ready, 2 leases
-ARGV: 1 now_ms, 2 limit, 3 lease_ms
-returns: {{run, ...}, reclaimed_count}
-  The caller reads the leased entries next (HGETALL each); a leased entry is "draining": mutations
-  answer busy until it is acked or its lease expires.
+An expired lease that was never pinned goes back to ready (its drainer crashed or stalled before
+writing; its token no longer holds). An expired lease that is pinned to a Postgres transaction is
+not taken back: only that transaction's outcome can settle it. Such pins are returned for the caller
+to settle (sink.settle), and their lease is pushed out by lease_ms so each is reported once per lease.
+
+KEYS: 1 ready, 2 leases, 3 holders
+ARGV: 1 now_ms, 2 limit, 3 lease_ms, 4 token (this lease's, unique per pop)
+returns: {{run, ...}, reclaimed_count, {run, holder, run, holder, ...} (expired pins)}
+  The caller reads the leased entries next (read.lua); a leased entry is "draining": mutations
+  answer busy until it is acked, given back, or its lease expires unpinned.
 ]]
-local now_ms = tonumber(ARGV[1])
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now_ms)
-for _, run in ipairs(expired) do
-  redis.call('ZREM', KEYS[2], run)
-  redis.call('ZADD', KEYS[1], now_ms, run)
+local now_ms, lease_ms = tonumber(ARGV[1]), tonumber(ARGV[3])
+local k = {ready = KEYS[1], leases = KEYS[2], holders = KEYS[3]}
+local reclaimed, pinned = 0, {}
+for _, run in ipairs(redis.call('ZRANGEBYSCORE', k.leases, '-inf', now_ms)) do
+  local holder = redis.call('HGET', k.holders, run)
+  if is_pinned(holder) then
+    pinned[#pinned + 1] = run
+    pinned[#pinned + 1] = holder
+    redis.call('ZADD', k.leases, now_ms + lease_ms, run)
+  else
+    take_back(k, run, now_ms)
+    reclaimed = reclaimed + 1
+  end
 end
-local runs = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[2]))
-local lease_until = now_ms + tonumber(ARGV[3])
+local runs = redis.call('ZRANGEBYSCORE', k.ready, '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[2]))
 for _, run in ipairs(runs) do
-  redis.call('ZREM', KEYS[1], run)
-  redis.call('ZADD', KEYS[2], lease_until, run)
+  redis.call('ZREM', k.ready, run)
+  redis.call('ZADD', k.leases, now_ms + lease_ms, run)
+  redis.call('HSET', k.holders, run, ARGV[4])
 end
-return {runs, #expired}
+return {runs, reclaimed, pinned}

@@ -7,10 +7,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from mollifier import buffer
+from mollifier.buffer import MutateStatus
 from runs.exceptions import RunNotFound
 from runs.models import RunStatus, TaskRun
-from runs.services.mid_drain import retry_while_draining
-from runs.snapshots import to_ms
+from runs.services.mid_drain import change_buffered_run
 
 CANCELLABLE_STATUSES = frozenset(
     {
@@ -28,17 +28,13 @@ def task_run_cancel(*, run: TaskRun, reason: str = "Canceled by user") -> TaskRu
     """Cancel ``run`` (a row or a buffered run). Raises ServiceUnavailable when it stays mid-drain."""
     if not run.is_buffered:
         return _cancel_row(run=run, reason=reason)
-    result = retry_while_draining(
-        lambda: buffer.cancel(
-            org_id=str(run.organization_id),
-            env_id=str(run.environment_id),
-            run_id=run.friendly_id,
-            now_ms=to_ms(timezone.now()),
-            reason=reason,
-        ),
-        busy=lambda outcome: outcome.status == "busy",
+    result = change_buffered_run(
+        lambda **ids: buffer.cancel(reason=reason, **ids),
+        org_id=str(run.organization_id),
+        env_id=str(run.environment_id),
+        run_id=run.friendly_id,
     )
-    if result.status == "applied":
+    if result.status == MutateStatus.APPLIED:
         return TaskRun.objects.get_with_fallback(environment=run.environment, run_id=run.friendly_id)
     # Written meanwhile ("materialised", or gone after its grace period): the row is the run now.
     row = TaskRun.objects.filter(environment=run.environment, id=run.id).first()

@@ -12,10 +12,13 @@ from datetime import datetime, timedelta
 from django.utils import timezone
 
 from mollifier import buffer
+from mollifier.buffer import Pin, ResetResult, ResetStatus
 from mollifier.exceptions import BufferUnavailable
+from mollifier.sink import Settled
 from runs.exceptions import IdempotencyKeyNotFound, ServiceUnavailable
 from runs.models import RunStatus, RuntimeEnvironment, TaskRun
-from runs.services.mid_drain import retry_while_draining
+from runs.services.mid_drain import retry_while_draining, settle_pin
+from runs.snapshots import to_ms
 
 DEFAULT_TTL = timedelta(days=30)
 # Runs in these states give their key back (the official server's rule).
@@ -67,19 +70,29 @@ def idempotency_key_reset(*, environment: RuntimeEnvironment, task_identifier: s
     nothing and the buffer could not be checked (or its holder stayed mid-drain).
     """
     scope = {"environment_id": environment.pk, "task_identifier": task_identifier, "key": key}
+    org_id, env_id = str(environment.organization_id), str(environment.pk)
     cleared = idempotency_key_clear(**scope)
+
+    def attempt() -> ResetResult:
+        result = buffer.reset_idempotency(
+            org_id=org_id, env_id=env_id, task=task_identifier, key=key, now_ms=to_ms(timezone.now())
+        )
+        if result.status != ResetStatus.PINNED:
+            return result
+        outcome = settle_pin(Pin(org_id, env_id, result.run_id, result.holder))
+        if outcome == Settled.COMMITTED:
+            return ResetResult(ResetStatus.NONE)  # its row holds the key now: the second pass clears it
+        return ResetResult(ResetStatus.MOVED if outcome == Settled.NOT_COMMITTED else ResetStatus.BUSY)
+
     try:
         result = retry_while_draining(
-            lambda: buffer.reset_idempotency(
-                org_id=str(environment.organization_id), env_id=str(environment.pk), task=task_identifier, key=key
-            ),
-            busy=lambda outcome: outcome.status == "busy",
+            attempt, busy=lambda outcome: outcome.status in (ResetStatus.BUSY, ResetStatus.MOVED)
         )
     except BufferUnavailable:
         if cleared:
             return KeyReset(cleared, None)
         raise ServiceUnavailable("Unable to verify buffered idempotency state right now; please retry") from None
-    buffered = result.run_id if result.status == "reset" else None
+    buffered = result.run_id if result.status == ResetStatus.RESET else None
     if cleared or buffered:
         return KeyReset(cleared, buffered)
     # The holder may have been written to Postgres between the two steps above.

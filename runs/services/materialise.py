@@ -1,5 +1,10 @@
 """The drainer's sink: buffered runs become TaskRun rows, a whole round in one transaction.
 
+Fenced: the transaction first pins its entries in the buffer to its own transaction id
+(``pg_current_xact_id()``) and writes only the entries still held by this drainer. A drainer that
+stalled past its lease therefore writes nothing the API may have changed since; and whoever finds a
+pinned entry later asks Postgres what became of that transaction (``settle``) instead of guessing.
+
 The hot insert goes through psycopg directly (COPY into a temporary table, then one
 ``INSERT … SELECT … ON CONFLICT DO NOTHING``), on Django's connection and inside Django's
 transaction: Django's bulk_create was ~25× slower here (DESIGN §7), and so was building model
@@ -9,7 +14,8 @@ Outcomes per entry:
 - inserted as intended: QUEUED, DELAYED (delay still ahead), CANCELED (cancelled while buffered);
 - a row with the same id exists: an earlier drain wrote it (a replay) → counted ``already``;
 - the idempotency key is held by another live run meanwhile → a SYSTEM_FAILURE row naming it;
-- a terminal entry (attempts exhausted, unreadable snapshot) → a SYSTEM_FAILURE row from the envelope;
+- a terminal entry (attempts exhausted, unreadable snapshot) → a SYSTEM_FAILURE row as readers saw
+  it, or, when even that cannot be written, a minimal one (ids and the reason, values cut to fit);
 - the environment was deleted → nothing to attach a row to: dropped, logged.
 Batch members get their BatchTaskRunItem in the same transaction.
 """
@@ -21,13 +27,17 @@ from django.db.models import JSONField
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
+from mollifier import conf
+from mollifier.buffer import Pin
 from mollifier.codec import Entry
 from mollifier.exceptions import SinkUnavailable
-from mollifier.sink import SinkReport
+from mollifier.sink import Pin as PinCallback
+from mollifier.sink import Settled, SinkReport
 from runs.models import BatchTaskRun, RunStatus, RuntimeEnvironment, TaskRun
 from runs.services import idempotency
 from runs.services.batches import batch_refresh_status
-from runs.snapshots import entry_values
+from runs.services.pins import settle_pins
+from runs.snapshots import entry_values, minimal_failure_values
 
 logger = logging.getLogger(__name__)
 
@@ -38,30 +48,63 @@ JSON_POSITIONS = tuple(i for i, field in enumerate(FIELDS) if isinstance(field, 
 STAGING = "mollifier_incoming_runs"
 
 
-def materialise_entries(entries: list[Entry]) -> SinkReport:
-    """Write every entry as a row (see the module docstring); raises SinkUnavailable when the
-    database cannot be reached."""
-    try:
-        with transaction.atomic():
-            return _materialise(entries)
-    except (OperationalError, InterfaceError) as error:
-        raise SinkUnavailable(str(error)) from error
+class TaskRunSink:
+    """The sink ``MOLLIFIER["SINK"]`` names (see mollifier/sink.py for the contract)."""
+
+    def write(self, entries: list[Entry], *, pin: PinCallback, last_resort: bool = False) -> SinkReport:
+        """Write every entry this drainer still holds as a row, in one transaction (with
+        ``last_resort``, terminal entries as minimal failure rows); raises SinkUnavailable when the
+        database cannot be reached."""
+        try:
+            with transaction.atomic():
+                kept = pin(_begin_fenced())
+                held = [entry for entry in entries if entry.run_id in kept]
+                report = _materialise(held, minimal=last_resort) if held else SinkReport()
+                return report + SinkReport(fenced=len(entries) - len(held))
+        except (OperationalError, InterfaceError) as error:
+            raise SinkUnavailable(str(error)) from error
+
+    def settle(self, pins: list[Pin]) -> dict[str, Settled]:
+        """What became of the transactions that pinned these runs, by run id."""
+        try:
+            return settle_pins(pins)
+        except (OperationalError, InterfaceError) as error:
+            raise SinkUnavailable(str(error)) from error
 
 
-def _materialise(entries: list[Entry]) -> SinkReport:
+def _begin_fenced() -> str:
+    """Inside a transaction: bound how long it may sit idle (a frozen drainer's transaction is then
+    rolled back by Postgres, which settles its pins), and return its id."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SET LOCAL idle_in_transaction_session_timeout = {int(conf.drain_lease_ms())}")
+        cursor.execute("SELECT pg_current_xact_id()::text")
+        return cursor.fetchone()[0]
+
+
+def _materialise(entries: list[Entry], *, minimal: bool = False) -> SinkReport:
     now = timezone.now()
     environments = RuntimeEnvironment.objects.in_bulk(
         {int(entry.env_id) for entry in entries if entry.env_id.isdigit()}
     )
     runs: list[tuple[Entry, dict]] = []
     dropped = 0
+    if minimal:  # the last resort must not fail on a batch deleted meanwhile either
+        batches = set(
+            BatchTaskRun.objects.filter(id__in={e.batch_id for e in entries if e.batch_id}).values_list("id", flat=True)
+        )
+        for entry in entries:
+            if entry.batch_id not in batches:
+                entry.batch_id = entry.batch_index = None
     for entry in entries:
         environment = environments.get(int(entry.env_id)) if entry.env_id.isdigit() else None
         if environment is None:
             logger.warning("mollifier.drain.environment_gone run=%s env=%s", entry.run_id, entry.env_id)
             dropped += 1
             continue
-        values = entry_values(entry, environment=environment, now=now)
+        if minimal and (entry.terminal_error or entry.snapshot is None):
+            values = minimal_failure_values(entry, environment=environment, now=now)
+        else:
+            values = entry_values(entry, environment=environment, now=now)
         values["materialised_at"] = now
         runs.append((entry, values))
 

@@ -2,6 +2,9 @@
 
 A drainer holds an entry for one round (typically tens of milliseconds). A change arriving then is
 retried for up to MID_DRAIN_WAIT_SECONDS; after that the API answers 503, which the SDK retries.
+When the drainer has already pinned the entry to its Postgres transaction, that transaction decides:
+committed, the run is its row now (the change goes there); rolled back, the run is given back to the
+buffer unchanged and the change applies there; still running, the change waits like any other.
 Never a wrong answer: the change lands on the entry, or on the row once it is written.
 """
 
@@ -10,7 +13,14 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from django.utils import timezone
+
+from mollifier import buffer
+from mollifier.buffer import MutateResult, MutateStatus, Pin
+from mollifier.sink import Settled
 from runs.exceptions import ServiceUnavailable
+from runs.services.pins import settle_pins
+from runs.snapshots import to_ms
 
 MID_DRAIN_WAIT_SECONDS = 2.0
 MID_DRAIN_POLL_SECONDS = 0.02
@@ -27,3 +37,30 @@ def retry_while_draining(attempt: Callable[[], T], *, busy: Callable[[T], bool])
         if time.monotonic() >= deadline:
             raise ServiceUnavailable("Run materialisation timed out")
         time.sleep(MID_DRAIN_POLL_SECONDS * random.uniform(0.5, 1.5))  # jitter: no lockstep polling
+
+
+def settle_pin(pin: Pin) -> Settled:
+    """What became of the drainer transaction a run is pinned to; a transaction that did not
+    commit gives the run back to the buffer, so the caller can retry there."""
+    outcome = settle_pins([pin]).get(pin.run_id, Settled.RUNNING)
+    if outcome == Settled.NOT_COMMITTED:
+        buffer.unpin([pin], now_ms=to_ms(timezone.now()))
+    return outcome
+
+
+def change_buffered_run(change: Callable[..., MutateResult], *, org_id: str, env_id: str, run_id: str) -> MutateResult:
+    """Apply ``change`` (a buffer mutation taking org/env/run ids and now_ms) to a buffered run,
+    waiting while a drainer holds it. MATERIALISED or NOT_FOUND mean: the run is its row now."""
+
+    def attempt() -> MutateResult:
+        result = change(org_id=org_id, env_id=env_id, run_id=run_id, now_ms=to_ms(timezone.now()))
+        if result.status != MutateStatus.PINNED:
+            return result
+        outcome = settle_pin(result.pin(org_id=org_id, env_id=env_id, run_id=run_id))
+        if outcome == Settled.COMMITTED:
+            return MutateResult(MutateStatus.MATERIALISED)
+        if outcome == Settled.NOT_COMMITTED:
+            return change(org_id=org_id, env_id=env_id, run_id=run_id, now_ms=to_ms(timezone.now()))
+        return MutateResult(MutateStatus.BUSY)
+
+    return retry_while_draining(attempt, busy=lambda result: result.status in (MutateStatus.BUSY, MutateStatus.PINNED))

@@ -12,17 +12,14 @@ from django.db import transaction
 from django.utils import timezone
 
 from mollifier import buffer
+from mollifier.buffer import MutateResult, MutateStatus
 from runs import durations
 from runs.exceptions import InvalidRequest, RunNotFound, ServiceUnavailable, TooLarge, Unprocessable
 from runs.models import RunStatus, TaskRun
-from runs.services.mid_drain import retry_while_draining
+from runs.services.mid_drain import change_buffered_run
 from runs.snapshots import to_ms
 
 METADATA_CAS_ATTEMPTS = 12  # covers ~50-way contention on one buffered run (the original's figure)
-
-
-def _buffer_args(run: TaskRun) -> dict:
-    return {"org_id": str(run.organization_id), "env_id": str(run.environment_id), "run_id": run.friendly_id}
 
 
 def _row(run: TaskRun) -> TaskRun:
@@ -33,12 +30,12 @@ def _row(run: TaskRun) -> TaskRun:
     return row
 
 
-def _wait_in_buffer(run: TaskRun, change):
+def _wait_in_buffer(run: TaskRun, change) -> MutateResult | None:
     """Apply ``change`` (a buffer mutation) to a buffered run; None when it left the buffer."""
-    result = retry_while_draining(
-        lambda: change(now_ms=to_ms(timezone.now()), **_buffer_args(run)), busy=lambda r: r.status == "busy"
+    result = change_buffered_run(
+        change, org_id=str(run.organization_id), env_id=str(run.environment_id), run_id=run.friendly_id
     )
-    return None if result.status in ("materialised", "not_found") else result
+    return None if result.status in (MutateStatus.MATERIALISED, MutateStatus.NOT_FOUND) else result
 
 
 # -- tags ----------------------------------------------------------------------------------------

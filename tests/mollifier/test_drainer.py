@@ -6,7 +6,7 @@ from mollifier import buffer, keys, scripts
 from mollifier.client import get as redis_client
 from mollifier.drainer import Drainer, now_ms
 from runs.models import BatchTaskRun, BatchTaskRunItem, RunStatus, TaskRun
-from tests.buffering import fill_buffer
+from tests.buffering import fill_buffer, write_round
 from tests.conftest import client_for
 from tests.factories import EnvironmentFactory, TaskRunFactory
 from tests.helpers import trigger
@@ -74,20 +74,21 @@ def test_one_environment_gives_at_most_a_batch_per_round(drain_settings):
     assert result.popped == 100 and result.acked == 100 and result.report.inserted == 100
 
 
-def test_a_replayed_round_is_already_written_not_a_failure(drain_settings):
+@pytest.mark.django_db(transaction=True)  # the pins' transaction must really commit
+def test_a_round_committed_but_never_acked_is_settled_not_rewritten(drain_settings):
     environment = EnvironmentFactory()
     fill_buffer(environment, 20)
     org, env = str(environment.organization_id), str(environment.pk)
-    from runs.services.materialise import materialise_entries
 
     popped = buffer.pop(org_id=org, env_id=env, limit=100, lease_ms=1000, now_ms=now_ms())
-    materialise_entries(popped.entries)  # committed; the drainer "dies" before its ack
+    write_round(popped.entries, lease_ms=1000)  # committed; the drainer "dies" before its ack
 
     later = now_ms() + 5_000  # the lease has expired
     drainer = Drainer(clock=lambda: later)
     result = drainer.drain_round()
 
-    assert result.reclaimed == 20 and result.report.already == 20 and result.report.failed == 0
+    # The pins' transaction committed: the entries are acked, not taken back and written again.
+    assert result.settled == 20 and result.reclaimed == 0 and result.popped == 0
     assert TaskRun.objects.count() == 20
     assert not TaskRun.objects.filter(status=RunStatus.SYSTEM_FAILURE).exists()
     assert buffer.buffered_count(org) == 0
@@ -151,7 +152,7 @@ def test_a_terminal_entry_becomes_a_failure_row(drain_settings):
     (run_id,) = fill_buffer(environment, 1)
     org, env = str(environment.organization_id), str(environment.pk)
     entry = buffer.pop(org_id=org, env_id=env, limit=1, lease_ms=1000, now_ms=now_ms()).entries[0]
-    buffer.fail(entry, now_ms=now_ms(), code="attempts_exhausted", message="8 attempts")
+    buffer.fail(entry, now_ms=now_ms(), backoff_ms=0, code="attempts_exhausted", message="8 attempts")
 
     drain()
 

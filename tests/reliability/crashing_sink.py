@@ -2,26 +2,34 @@
 (os._exit, like SIGKILL: no cleanup, no ack) at the step MOLLIFIER_CRASH_AT names.
 
 - after_pop: the round is leased, nothing is written;
-- before_commit: the rows are inserted inside the transaction, which never commits;
+- before_commit: the round is pinned and its rows inserted inside the transaction, which never
+  commits;
 - after_commit: the rows are committed, the round is never acked.
 """
 
 import os
 
-from django.db import transaction
-
-from runs.services import materialise
+from runs.services.materialise import TaskRunSink
 
 
-def crashing_sink(entries):
-    step = os.environ["MOLLIFIER_CRASH_AT"]
-    if step == "after_pop":
-        os._exit(9)
-    if step == "before_commit":
-        with transaction.atomic():
-            materialise._materialise(entries)
+class CrashingSink(TaskRunSink):
+    def write(self, entries, *, pin, last_resort=False):
+        step = os.environ["MOLLIFIER_CRASH_AT"]
+        if step == "after_pop":
             os._exit(9)
-    report = materialise.materialise_entries(entries)
-    if step == "after_commit":
-        os._exit(9)
-    return report
+
+        def pin_then_maybe_crash(txid):
+            kept = pin(txid)
+            if step == "before_commit":
+                # The rows go in first, inside the transaction: the crash then leaves a pinned,
+                # uncommitted round behind.
+                from runs.services.materialise import _materialise
+
+                _materialise([entry for entry in entries if entry.run_id in kept])
+                os._exit(9)
+            return kept
+
+        report = super().write(entries, pin=pin_then_maybe_crash, last_resort=last_resort)
+        if step == "after_commit":
+            os._exit(9)
+        return report

@@ -10,6 +10,7 @@ from mollifier import buffer
 from mollifier.drainer import Drainer, now_ms
 from runs import selectors
 from runs.models import RunStatus, TaskRun
+from tests.buffering import write_round
 from tests.conftest import client_for
 from tests.helpers import trigger
 
@@ -50,9 +51,7 @@ def test_reads_answer_the_same_in_all_three_places(api, enrolled):
 
     entries = lease(enrolled, run_id)
     leased = api.get(f"/api/v3/runs/{run_id}").json()
-    from runs.services.materialise import materialise_entries
-
-    materialise_entries(entries)  # the drainer's round, finished by hand
+    write_round(entries)  # the drainer's round, finished by hand
     buffer.ack(entries, now_ms=now_ms())
     materialised = api.get(f"/api/v3/runs/{run_id}").json()
 
@@ -109,9 +108,7 @@ def test_a_change_mid_drain_waits_for_the_row(api, enrolled):
 
     def finish_the_drain():
         time.sleep(0.3)
-        from runs.services.materialise import materialise_entries
-
-        materialise_entries(entries)
+        write_round(entries)
         buffer.ack(entries, now_ms=now_ms())
         from django.db import connection
 
@@ -227,9 +224,7 @@ def test_listing_merges_both_stores_newest_first_once_across_pages(api, enrolled
     answered = [trigger(api, payload={"i": i}).json()["id"] for i in range(60)]
     org, env = str(enrolled.organization_id), str(enrolled.pk)
     half = buffer.pop(org_id=org, env_id=env, limit=20, lease_ms=60_000, now_ms=now_ms())
-    from runs.services.materialise import materialise_entries
-
-    materialise_entries(half.entries[:10])  # in both stores for now: Postgres must win
+    write_round(half.entries[:10])  # in both stores for now: Postgres must win
     buffer.ack(half.entries[10:], now_ms=now_ms())  # acked without rows: those vanish (not real life)
     expected = [run_id for run_id in reversed(answered) if run_id not in {e.run_id for e in half.entries[10:]}]
 

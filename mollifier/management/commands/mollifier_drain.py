@@ -4,6 +4,7 @@ import threading
 import time
 
 from django.core.management.base import BaseCommand
+from django.template.defaultfilters import pluralize
 
 from mollifier import buffer, conf
 from mollifier.drainer import Drainer, RoundResult
@@ -18,7 +19,7 @@ class Progress:
         self.out, self.live, self.quiet = out, live, quiet
         self.started = self.last_print = time.monotonic()
         self.report = SinkReport()
-        self.rounds = self.retried = self.failed = self.reclaimed = self.acked = 0
+        self.rounds = self.retried = self.failed = self.reclaimed = self.acked = self.settled = self.parked = 0
         self.window_start, self.window_rows = time.monotonic(), 0
 
     def __call__(self, result: RoundResult) -> None:
@@ -28,11 +29,16 @@ class Progress:
         self.failed += result.failed
         self.reclaimed += result.reclaimed
         self.acked += result.acked
+        self.settled += result.settled
+        self.parked += result.parked
         self.window_rows += result.acked
         now = time.monotonic()
         if not self.quiet and now - self.last_print >= (1 if self.live else 10):
             rate = self.window_rows / max(now - self.window_start, 1e-6)
-            line = f"drained {self.acked} runs  {rate:,.0f} rows/s  backlog {self._backlog()}  retried {self.retried}  failed {self.failed}"
+            line = (
+                f"drained {self.acked:,} runs  {rate:,.0f} rows/s  backlog {self._backlog()}  "
+                f"retried {self.retried:,}  failed {self.failed:,}  parked {self.parked:,}"
+            )
             if self.live:
                 self.out.write("\r" + line.ljust(100), ending="")
                 self.out.flush()
@@ -51,10 +57,12 @@ class Progress:
         elapsed = time.monotonic() - self.started
         r = self.report
         return (
-            f"mollifier_drain: {self.acked} runs acked in {elapsed:.1f}s ({self.acked / max(elapsed, 1e-6):,.0f}/s): "
-            f"{r.inserted} inserted, {r.already} already written, {r.failed} SYSTEM_FAILURE rows, {r.dropped} dropped "
-            f"(environment gone); {self.retried} retries, {self.failed} marked terminal, {self.reclaimed} leases reclaimed, "
-            f"{self.rounds} rounds"
+            f"mollifier_drain: {self.acked:,} run{pluralize(self.acked)} acked in {elapsed:.1f}s "
+            f"({self.acked / max(elapsed, 1e-6):,.0f}/s): {r.inserted:,} inserted, {r.already:,} already written, "
+            f"{r.failed:,} SYSTEM_FAILURE row{pluralize(r.failed)}, {r.dropped:,} dropped (environment gone), "
+            f"{r.fenced:,} fenced (lease taken back); {self.retried:,} retr{pluralize(self.retried, 'y,ies')}, "
+            f"{self.failed:,} marked terminal, {self.parked:,} parked, {self.reclaimed:,} lease{pluralize(self.reclaimed)} "
+            f"reclaimed, {self.settled:,} pin{pluralize(self.settled)} settled, {self.rounds:,} round{pluralize(self.rounds)}"
         )
 
 

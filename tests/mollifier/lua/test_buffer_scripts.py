@@ -163,20 +163,21 @@ def test_retry_backs_off_and_counts_attempts(store):
     attempts = buffer.retry(entry, now_ms=NOW + 1, backoff_ms=500, code="db", message="down")
     lost = buffer.retry(entry, now_ms=NOW + 2, backoff_ms=500, code="db", message="down")
 
-    assert (attempts, lost) == (1, 0)
+    assert (attempts, lost) == (1, -1)  # the second caller no longer held the lease
     assert store.zscore(keys.ready(ORG, ENV), "run_a") == NOW + 501
     stored = buffer.get(org_id=ORG, run_id="run_a")
     assert stored.attempts == 1 and stored.last_error == {"code": "db", "message": "down"}
     assert buffer.pop(org_id=ORG, env_id=ENV, limit=1, lease_ms=1000, now_ms=NOW + 100).entries == []
 
 
-def test_fail_marks_terminal_and_makes_it_ready_at_once(store):
+def test_fail_marks_terminal_and_gives_it_back_after_a_backoff(store):
     accept(make_entry())
     entry = buffer.pop(org_id=ORG, env_id=ENV, limit=1, lease_ms=1000, now_ms=NOW).entries[0]
 
-    assert buffer.fail(entry, now_ms=NOW + 1, code="attempts_exhausted", message="8 attempts")
+    assert buffer.fail(entry, now_ms=NOW + 1, backoff_ms=500, code="attempts_exhausted", message="8 attempts")
 
-    again = buffer.pop(org_id=ORG, env_id=ENV, limit=1, lease_ms=1000, now_ms=NOW + 1).entries[0]
+    assert buffer.pop(org_id=ORG, env_id=ENV, limit=1, lease_ms=1000, now_ms=NOW + 100).entries == []
+    again = buffer.pop(org_id=ORG, env_id=ENV, limit=1, lease_ms=1000, now_ms=NOW + 501).entries[0]
     assert again.terminal_error == {"code": "attempts_exhausted", "message": "8 attempts"}
 
 
@@ -248,20 +249,20 @@ def test_reset_idempotency_clears_lookup_claim_and_entry_fields(store):
     accept(make_entry(idempotency_key="k"))
     store.set(keys.claim(ORG, ENV, "hello-world", "k"), "run_a")
 
-    result = buffer.reset_idempotency(org_id=ORG, env_id=ENV, task="hello-world", key="k")
+    result = buffer.reset_idempotency(org_id=ORG, env_id=ENV, task="hello-world", key="k", now_ms=NOW)
 
     assert result == buffer.ResetResult("reset", "run_a")
     assert store.get(keys.idempotency(ORG, ENV, "hello-world", "k")) is None
     assert store.get(keys.claim(ORG, ENV, "hello-world", "k")) is None
     assert buffer.get(org_id=ORG, run_id="run_a").idempotency_key is None
-    assert buffer.reset_idempotency(org_id=ORG, env_id=ENV, task="hello-world", key="k").status == "none"
+    assert buffer.reset_idempotency(org_id=ORG, env_id=ENV, task="hello-world", key="k", now_ms=NOW).status == "none"
 
 
 def test_reset_idempotency_is_busy_while_leased(store):
     accept(make_entry(idempotency_key="k"))
     buffer.pop(org_id=ORG, env_id=ENV, limit=1, lease_ms=1000, now_ms=NOW)
 
-    assert buffer.reset_idempotency(org_id=ORG, env_id=ENV, task="hello-world", key="k").status == "busy"
+    assert buffer.reset_idempotency(org_id=ORG, env_id=ENV, task="hello-world", key="k", now_ms=NOW).status == "busy"
 
 
 def test_batch_items_are_tracked_while_buffered(store):
