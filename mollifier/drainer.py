@@ -108,9 +108,17 @@ class Drainer:
         return self._finish_round(self._start_round())
 
     def _start_round(self) -> StartedRound:
-        """Lease a round (Redis only: safe on the prefetch thread)."""
+        """Reserve a round's rows with the rate limiter, then lease the round (Redis only: safe on
+        the prefetch thread). Reserving first means a lease never waits on the limiter: a slow cap
+        cannot outlast a lease and get the round taken back before it is written."""
         started = StartedRound(RoundResult(), [], [], [])
-        self._pop_round(started)
+        budget = round_budget()
+        self._reserve_rows(budget)
+        try:
+            self._pop_round(started, budget)
+        finally:
+            if (unused := budget - len(started.entries)) > 0:
+                self._reserve_rows(-unused)
         started.result.popped = len(started.entries)
         metrics.LEASES_RECLAIMED.inc(started.result.reclaimed)
         return started
@@ -124,8 +132,6 @@ class Drainer:
             except SinkUnavailable:
                 logger.warning("mollifier.drain.pins_unsettled count=%d (database unavailable)", len(started.pins))
         if started.entries or started.missing:
-            if started.entries:
-                self._wait_for_rate(len(started.entries))
             began = time.monotonic()
             self._write(started.entries, started.missing, result)
             metrics.DRAIN_ROUND_SECONDS.observe(time.monotonic() - began)
@@ -136,13 +142,13 @@ class Drainer:
                 metrics.DWELL_SECONDS.observe(max(0, written_at - accepted_at_ms) / 1000)
         return result
 
-    def _pop_round(self, started: StartedRound) -> None:
+    def _pop_round(self, started: StartedRound, budget: int) -> None:
         orgs = buffer.active_orgs()
         if not orgs:
             return
         start = self._org_turn % len(orgs)
         self._org_turn += 1
-        budget, batch, lease = round_budget(), conf.drain_batch_size(), conf.drain_lease_ms()
+        batch, lease = conf.drain_batch_size(), conf.drain_lease_ms()
         for org in orgs[start:] + orgs[:start]:
             envs = buffer.active_envs(org)
             if not envs:
@@ -163,9 +169,8 @@ class Drainer:
                 started.pins.extend(popped.pins)
                 budget -= len(popped.entries)
 
-    def _wait_for_rate(self, rows: int) -> None:
-        """Block until the shared bucket grants ``rows`` (the round is leased: it finishes even
-        when a stop was asked meanwhile)."""
+    def _reserve_rows(self, rows: int) -> None:
+        """Block until the shared bucket grants ``rows``; a negative count gives unused rows back."""
         redis = redis_client.get()
         while (
             wait := int(
@@ -314,13 +319,13 @@ class Drainer:
     def drain_environment(self, *, org_id: str, env_id: str) -> RoundResult:
         """One round for one environment only (the dashboard's "drain now"), under the same rate cap."""
         started = StartedRound(RoundResult(), [], [], [])
+        budget = min(conf.drain_batch_size(), round_budget())
+        self._reserve_rows(budget)
         popped = buffer.pop(
-            org_id=org_id,
-            env_id=env_id,
-            limit=min(conf.drain_batch_size(), round_budget()),
-            lease_ms=conf.drain_lease_ms(),
-            now_ms=self.clock(),
+            org_id=org_id, env_id=env_id, limit=budget, lease_ms=conf.drain_lease_ms(), now_ms=self.clock()
         )
+        if (unused := budget - len(popped.entries)) > 0:
+            self._reserve_rows(-unused)
         started.entries.extend(popped.entries)
         started.missing.extend(buffer.Missing(org_id, env_id, run_id, popped.token) for run_id in popped.missing)
         started.pins.extend(popped.pins)

@@ -103,3 +103,19 @@ def start_manage(*args: str, **env_overrides: str) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def wait_until(check, timeout: float = 60, interval: float = 0.1) -> None:
+    """Poll ``check`` until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(interval)
+
+
+def finish(process: subprocess.Popen, timeout: float = 120) -> str:
+    """Wait for a ``start_manage`` process to exit 0; returns its output."""
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output
+    return output

@@ -11,23 +11,9 @@ from mollifier.client import get as redis_client
 from runs.models import BatchTaskRun, BatchTaskRunItem, RunStatus, TaskRun
 from tests.buffering import fill_buffer
 from tests.factories import EnvironmentFactory
-from tests.server import start_manage
+from tests.server import finish, start_manage, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def wait_until(check, timeout=60, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(interval)
-
-
-def finish(process, timeout=120) -> str:
-    output, _ = process.communicate(timeout=timeout)
-    assert process.returncode == 0, output
-    return output
 
 
 def waiting(environment) -> int:

@@ -1,0 +1,137 @@
+"""Drainers that stall past their lease — in Postgres, or frozen by SIGSTOP — while the API changes
+the runs they hold. Whatever the API acknowledged survives, and each run is one row.
+
+Real processes: a gunicorn server answers the cancels (retried like the SDK retries a 503), real
+drainer processes write, and a real Postgres table lock or SIGSTOP stalls them.
+"""
+
+import signal
+import threading
+import time
+
+import psycopg
+import pytest
+
+from mollifier import buffer, keys
+from mollifier.client import get as redis_client
+from runs.models import RunStatus, TaskRun
+from tests.buffering import fill_buffer
+from tests.conftest import enroll
+from tests.factories import EnvironmentFactory
+from tests.helpers import sdk_post
+from tests.server import database_url, finish, running_server, start_manage, wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+LEASE = {"MOLLIFIER_DRAIN_LEASE_MS": "1500", "MOLLIFIER_DRAIN_BATCH_SIZE": "100"}
+
+
+def pinned(environment) -> int:
+    holders = redis_client().hvals(keys.holders(str(environment.organization_id), str(environment.pk)))
+    return sum(b":" in holder for holder in holders)
+
+
+def cancel_all(base_url: str, environment, run_ids: list[str]) -> dict[str, int]:
+    """Cancel each run from its own thread, retrying 5xx answers the way the SDK does."""
+    answers: dict[str, int] = {}
+
+    def cancel(run_id: str) -> None:
+        answers[run_id] = sdk_post(f"{base_url}/api/v2/runs/{run_id}/cancel", key=environment.secret_key)
+
+    threads = [threading.Thread(target=cancel, args=(run_id,)) for run_id in run_ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return answers
+
+
+def assert_each_run_once_with_its_cancel(run_ids: list[str], answers: dict[str, int]) -> None:
+    rows = {run.friendly_id: run for run in TaskRun.objects.all()}
+    assert sorted(rows) == sorted(run_ids)  # every run, exactly once
+    acknowledged = [run_id for run_id, status in answers.items() if status == 200]
+    assert acknowledged, answers
+    assert {run_id: rows[run_id].status for run_id in acknowledged} == dict.fromkeys(acknowledged, RunStatus.CANCELED)
+    others = set(run_ids) - set(answers)
+    assert {rows[run_id].status for run_id in others} == {RunStatus.QUEUED}
+
+
+def test_a_drainer_stalled_by_postgres_past_its_lease_keeps_every_acknowledged_cancel():
+    """The issue's report: a table lock held while a drainer writes; its lease expires, the sweep
+    runs, cancels are answered, then the drainer wakes. On the unfenced drain all 11 cancelled runs
+    ended QUEUED."""
+    environment = enroll(EnvironmentFactory())
+    run_ids = fill_buffer(environment, 30)
+    lock = psycopg.connect(database_url())
+    lock.execute("LOCK TABLE runs_taskrun IN EXCLUSIVE MODE")  # inserts wait; reads go on
+
+    drainer = start_manage("mollifier_drain", DB_STATEMENT_TIMEOUT_MS="60000", **LEASE)
+    try:
+        wait_until(lambda: pinned(environment) == 30)  # the round is pinned and blocked in its INSERT
+        time.sleep(2)  # past the lease
+        sweep = start_manage("mollifier_sweep", **LEASE)
+        finish(sweep)
+        with running_server() as base_url:
+            threading.Timer(4, lock.rollback).start()  # Postgres recovers while the cancels wait
+            answers = cancel_all(base_url, environment, run_ids[:11])
+            wait_until(lambda: buffer.buffered_count(str(environment.organization_id)) == 0)
+    finally:
+        lock.close()
+        drainer.send_signal(signal.SIGTERM)
+        finish(drainer)
+
+    assert_each_run_once_with_its_cancel(run_ids, answers)
+
+
+def test_a_frozen_drainer_cannot_overwrite_cancels_once_it_wakes():
+    """SIGSTOP while its transaction is open: Postgres ends the idle transaction after the lease,
+    the cancels land in the buffer, a second drainer writes the runs; the first, woken, writes and
+    acks nothing."""
+    environment = enroll(EnvironmentFactory())
+    run_ids = fill_buffer(environment, 30)
+    lock = psycopg.connect(database_url())
+    lock.execute("LOCK TABLE runs_taskrun IN EXCLUSIVE MODE")
+
+    frozen = start_manage("mollifier_drain", DB_STATEMENT_TIMEOUT_MS="60000", **LEASE)
+    try:
+        wait_until(lambda: pinned(environment) == 30)
+        frozen.send_signal(signal.SIGSTOP)
+        lock.rollback()  # its INSERT completes in Postgres; the transaction then idles, frozen
+        time.sleep(2)
+        with running_server() as base_url:
+            answers = cancel_all(base_url, environment, run_ids[:11])
+        finish(start_manage("mollifier_drain", "--once", **LEASE))
+        frozen.send_signal(signal.SIGCONT)
+        time.sleep(1)  # it wakes, finds its transaction gone, and gives back what it no longer holds
+    finally:
+        lock.close()
+        frozen.send_signal(signal.SIGCONT)
+        frozen.send_signal(signal.SIGTERM)
+        finish(frozen)
+
+    assert_each_run_once_with_its_cancel(run_ids, answers)
+    assert buffer.buffered_count(str(environment.organization_id)) == 0
+
+
+def test_a_drainer_whose_lease_lapses_waiting_for_the_rate_limiter_writes_nothing_it_lost():
+    """A slow rate cap holds a leased round past its lease: cancels take the runs back meanwhile,
+    and the late round is fenced, not written over them."""
+    environment = enroll(EnvironmentFactory())
+    run_ids = fill_buffer(environment, 6)
+    knobs = {"MOLLIFIER_DRAIN_LEASE_MS": "300", "MOLLIFIER_DRAIN_MAX_ROWS_PER_SEC": "1"}
+
+    drainer = start_manage("mollifier_drain", **knobs)
+    try:
+        with running_server() as base_url:
+            wait_until(lambda: TaskRun.objects.exists())  # the first round; the next waits for its grant
+            time.sleep(0.5)
+            answers = cancel_all(base_url, environment, run_ids)
+            wait_until(lambda: buffer.buffered_count(str(environment.organization_id)) == 0, timeout=60)
+    finally:
+        drainer.send_signal(signal.SIGTERM)
+        output = finish(drainer)
+
+    rows = {run.friendly_id: run.status for run in TaskRun.objects.all()}
+    assert sorted(rows) == sorted(run_ids)
+    assert {rows[run_id] for run_id, status in answers.items() if status == 200} <= {RunStatus.CANCELED}
+    assert sum(status == 200 for status in answers.values()) >= 4, (answers, output)

@@ -1,0 +1,93 @@
+"""Changing a run a drainer has pinned to its Postgres transaction: that transaction decides.
+
+Committed: the run is its row now and the change goes there. Rolled back: the run is given back to
+the buffer unchanged and the change applies there. Still running: the change waits, then 503.
+"""
+
+import psycopg
+import pytest
+
+from mollifier import buffer
+from mollifier.drainer import Drainer, now_ms
+from runs.models import RunStatus, TaskRun
+from tests.buffering import fill_buffer, write_round
+from tests.conftest import client_for, enroll
+from tests.factories import EnvironmentFactory
+from tests.server import database_url
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def leased(mollifier_on):
+    """A buffered run of an enrolled environment, leased by a drainer; (environment, api, entries)."""
+    environment = enroll(EnvironmentFactory())
+    fill_buffer(environment, 1, idempotencyKey="k")
+    entries = buffer.pop(
+        org_id=str(environment.organization_id), env_id=str(environment.pk), limit=1, lease_ms=60_000, now_ms=now_ms()
+    ).entries
+    return environment, client_for(environment), entries
+
+
+def pin_in_open_transaction(entries):
+    """Pin the entries to a transaction of another connection that stays open (returned)."""
+    connection = psycopg.connect(database_url())
+    txid = connection.execute("SELECT pg_current_xact_id()::text").fetchone()[0]
+    assert buffer.pin(entries, txid=txid, now_ms=now_ms(), lease_ms=60_000) == {entries[0].run_id}
+    return connection
+
+
+def test_a_change_to_a_run_whose_round_committed_goes_to_the_row(leased):
+    environment, api, entries = leased
+    run_id = entries[0].run_id
+    write_round(entries)  # committed, not yet acked: the entry is still pinned
+
+    cancel = api.post(f"/api/v2/runs/{run_id}/cancel")
+    tags = api.post(f"/api/v1/runs/{run_id}/tags", {"tags": ["late"]}, format="json")
+    metadata = api.put(f"/api/v1/runs/{run_id}/metadata", {"metadata": {"m": 2}}, format="json")
+
+    assert (cancel.status_code, tags.status_code, metadata.status_code) == (200, 200, 200)
+    row = TaskRun.objects.get(id=run_id.removeprefix("run_"))
+    assert row.status == RunStatus.CANCELED and row.tags == ["late"] and row.metadata == '{"m":2}'
+    Drainer(clock=lambda: now_ms() + 120_000).run(once=True)  # the pin is settled: acked
+    assert buffer.buffered_count(str(environment.organization_id)) == 0
+    assert TaskRun.objects.get(id=row.id).status == RunStatus.CANCELED
+
+
+def test_a_change_to_a_run_whose_round_rolled_back_goes_to_the_buffer(leased):
+    environment, api, entries = leased
+    run_id = entries[0].run_id
+    pin_in_open_transaction(entries).close()  # the drainer's transaction ends without a commit
+
+    assert api.post(f"/api/v2/runs/{run_id}/cancel").status_code == 200
+
+    entry = buffer.get(org_id=str(environment.organization_id), run_id=run_id)
+    assert entry.cancelled_at_ms is not None and not TaskRun.objects.exists()
+    Drainer().run(once=True)
+    assert TaskRun.objects.get(id=run_id.removeprefix("run_")).status == RunStatus.CANCELED
+
+
+def test_a_change_waits_while_the_round_is_being_written_then_answers_503(leased):
+    environment, api, entries = leased
+    run_id = entries[0].run_id
+    connection = pin_in_open_transaction(entries)
+    try:
+        response = api.post(f"/api/v2/runs/{run_id}/cancel")
+        reset = api.post("/api/v1/idempotencyKeys/k/reset", {"taskIdentifier": "hello-world"}, format="json")
+    finally:
+        connection.close()
+
+    assert response.status_code == 503 and response.json() == {"error": "Run materialisation timed out"}
+    assert reset.status_code == 503
+    assert buffer.get(org_id=str(environment.organization_id), run_id=run_id).cancelled_at_ms is None
+    assert api.post(f"/api/v2/runs/{run_id}/cancel").status_code == 200  # the SDK's retry, once it ended
+
+
+def test_reset_of_a_key_whose_holder_committed_clears_the_row(leased):
+    environment, api, entries = leased
+    write_round(entries)
+
+    response = api.post("/api/v1/idempotencyKeys/k/reset", {"taskIdentifier": "hello-world"}, format="json")
+
+    assert response.status_code == 200
+    assert TaskRun.objects.get(id=entries[0].run_id.removeprefix("run_")).idempotency_key is None
