@@ -535,20 +535,37 @@ def batch_buffered_items(*, org_id: str, batch_id: str) -> dict[int, str]:
     return {int(_str(index)): _str(run_id) for index, run_id in raw.items()}
 
 
+@dataclass(frozen=True)
+class ListingScan:
+    entries: list[Entry]  # waiting runs scanned (materialised ones left out), in scan order
+    last: tuple[str, str] | None  # (score, run id) of the last run scanned: where to resume
+    exhausted: bool  # nothing lies beyond the scan (within the floor)
+
+
 def listing(
-    *, org_id: str, env_id: str, newest_first: bool, bound_ms: int | None, limit: int
-) -> tuple[list[Entry], bool]:
-    """Up to ``limit`` waiting runs of one environment by trigger time, from ``bound_ms`` (inclusive)
-    onwards — towards older runs when ``newest_first``, else towards newer ones. Returns the entries
-    and whether the scan stopped at ``limit`` (more may follow)."""
+    *,
+    org_id: str,
+    env_id: str,
+    newest_first: bool,
+    limit: int,
+    beyond: tuple[str, str] | None = None,
+    floor: str | None = None,
+) -> ListingScan:
+    """Up to ``limit`` waiting runs of one environment in listing order (trigger time, then run
+    id), strictly beyond ``beyond`` = (score, run id) — older when ``newest_first``, else newer —
+    and not past ``floor`` (a score). Scores are trigger times in ms, as strings; a cursor between
+    two milliseconds ends in ".5"."""
     redis = redis_client.get()
-    key = keys.listing(org_id, env_id)
-    if newest_first:
-        run_ids = redis.zrevrangebyscore(key, "+inf" if bound_ms is None else bound_ms, "-inf", start=0, num=limit)
-    else:
-        run_ids = redis.zrangebyscore(key, "-inf" if bound_ms is None else bound_ms, "+inf", start=0, num=limit)
-    entries = get_many(org_id=org_id, run_ids=[_str(run_id) for run_id in run_ids])
-    return [entry for entry in entries if not entry.materialised], len(run_ids) >= limit
+    flat = scripts.LISTING(
+        keys=[keys.listing(org_id, env_id)],
+        args=["desc" if newest_first else "asc", limit, *(beyond or ("", "")), floor or ""],
+        client=redis,
+    )
+    members = [_str(member) for member in flat[::2]]
+    scores = [_str(score) for score in flat[1::2]]
+    entries = [entry for entry in get_many(org_id=org_id, run_ids=members) if not entry.materialised]
+    last = (scores[-1], members[-1]) if members else None
+    return ListingScan(entries, last, len(members) < limit)
 
 
 def leased_ids(*, org_id: str, env_id: str) -> set[str]:

@@ -12,9 +12,10 @@ from django.utils import timezone
 from mollifier import buffer
 from mollifier.exceptions import BufferUnavailable
 from mollifier.stats import env_stats
+from runs import ids
 from runs.exceptions import InvalidRequest, RunNotFound
-from runs.models import RuntimeEnvironment, TaskRun
-from runs.snapshots import entry_to_run, to_ms
+from runs.models import RunStatus, RuntimeEnvironment, TaskRun
+from runs.snapshots import entry_to_run, from_ms, to_ms
 
 logger = logging.getLogger(__name__)
 
@@ -127,25 +128,25 @@ def task_run_list(
 ) -> RunPage:
     """One page of runs, newest first by trigger time (ties broken by id), keyset-paginated, with
     the runs still in the mollifier buffer merged in (each run once: Postgres wins while a run is
-    in both during its drain). Redis work per page is bounded by BUFFER_SCAN_PER_PAGE entries; when
-    the scan stops there, the page ends at the oldest entry scanned (and may be short), so no
-    buffered run is ever skipped."""
+    in both during its drain).
+
+    The buffer is read before Postgres: a run that moves between the two reads is then seen in both
+    (and shown once), never in neither. Redis work is bounded: BUFFER_SCAN_PER_PAGE entries at a
+    time; when a scan stops there, the page ends at the last entry scanned (it may be short), so no
+    buffered run is skipped. When the filters reject everything scanned, scanning goes on (up to
+    BUFFER_SCAN_MAX entries per page), so a page is empty only at the end of the listing."""
     newest_first = before is None
     cursor = before if before is not None else after
-    rows = _postgres_page(environment, filters, page_size, cursor, newest_first)
-    buffered, scan_bound = _buffered_page(environment, filters, cursor, newest_first)
-    merged = {run.id: run for run in buffered}
-    merged.update({run.id: run for run in rows})  # Postgres wins
-    ordered = sorted(merged.values(), key=sort_key, reverse=newest_first)
-    if scan_bound is not None:
-        ordered = [
-            run for run in ordered if (sort_key(run) >= scan_bound) == newest_first or sort_key(run) == scan_bound
-        ]
-    more = len(ordered) > page_size or len(rows) > page_size or scan_bound is not None
-    runs = ordered[:page_size]
-    if not runs and scan_bound is not None:
-        # Everything scanned was filtered out: carry on from where the scan stopped.
-        edge = Cursor(*scan_bound)
+    scan = _BufferScan(environment, filters, cursor, newest_first)
+    while True:
+        scan.more()
+        rows = _postgres_page(environment, filters, page_size, cursor, newest_first)
+        runs, more = _merge(rows, scan, page_size, newest_first)
+        if runs or scan.exhausted or scan.scanned >= BUFFER_SCAN_MAX:
+            break
+    if not runs and not scan.exhausted:
+        # The filters rejected BUFFER_SCAN_MAX buffered runs in a row: carry on from there next page.
+        edge = Cursor(*scan.bound)
         return RunPage(runs=[], next=edge if newest_first else None, previous=None if newest_first else edge)
     if not newest_first:
         runs.reverse()
@@ -159,6 +160,89 @@ def task_run_list(
         next=Cursor.of(runs[-1]) if runs and more else None,
         previous=Cursor.of(runs[0]) if runs and after is not None else None,
     )
+
+
+def _merge(rows: list[TaskRun], scan: "_BufferScan", page_size: int, newest_first: bool) -> tuple[list[TaskRun], bool]:
+    merged = {run.id: run for run in scan.matched}
+    merged.update({run.id: run for run in rows})  # Postgres wins
+    ordered = sorted(merged.values(), key=sort_key, reverse=newest_first)
+    if not scan.exhausted:  # runs past the scan's bound may have unscanned buffered runs between them
+        ordered = [
+            run for run in ordered if (sort_key(run) >= scan.bound) == newest_first or sort_key(run) == scan.bound
+        ]
+    more = len(ordered) > page_size or len(rows) > page_size or not scan.exhausted
+    return ordered[:page_size], more
+
+
+# Statuses a buffered run can have; a filter on others never needs the buffer.
+BUFFERED_STATUSES = frozenset({RunStatus.QUEUED, RunStatus.DELAYED, RunStatus.CANCELED, RunStatus.SYSTEM_FAILURE})
+BUFFER_SCAN_MAX = 10_000
+
+
+def _score(value: datetime) -> str:
+    """A listing score for a cursor: its millisecond, or between two when it has finer precision
+    (a run written directly keeps microseconds; a buffered one has whole milliseconds)."""
+    ms = to_ms(value)
+    return f"{ms}.5" if value.microsecond % 1000 else str(ms)
+
+
+class _BufferScan:
+    """The buffered runs of one environment beyond a cursor, read in chunks, in listing order."""
+
+    def __init__(self, environment: RuntimeEnvironment, filters: RunListFilters, cursor, newest_first: bool):
+        self.environment, self.filters, self.newest_first = environment, filters, newest_first
+        self.matched: list[TaskRun] = []
+        self.scanned = 0
+        self.bound: tuple = ()
+        self.exhausted = filters.match_nothing or (
+            bool(filters.statuses) and not BUFFERED_STATUSES.intersection(filters.statuses)
+        )
+        self.cursor_key = (cursor.created_at, cursor.run_id) if cursor else None
+        self.beyond = (_score(cursor.created_at), ids.to_friendly(ids.RUN, cursor.run_id)) if cursor else None
+        edge = filters.created_to if newest_first else filters.created_from
+        if edge is not None and (cursor is None or (edge < cursor.created_at) == newest_first):
+            # Start at the filter's edge: nothing beyond it can match. An empty run id sorts
+            # before every run of that millisecond, so "beyond" includes the whole millisecond.
+            self.beyond = (f"{to_ms(edge)}.5" if newest_first else f"{to_ms(edge) - 1}.5", "")
+        floor = filters.created_from if newest_first else filters.created_to
+        self.floor = str(to_ms(floor)) if floor is not None else None
+
+    def more(self) -> None:
+        """Scan the next chunk (a batch filter reads the batch's buffered items at once instead)."""
+        if self.exhausted:
+            return
+        try:
+            if self.filters.batch_id is not None:
+                entries = self._batch_entries()
+                self.exhausted = True
+            else:
+                chunk = buffer.listing(
+                    org_id=str(self.environment.organization_id),
+                    env_id=str(self.environment.pk),
+                    newest_first=self.newest_first,
+                    limit=BUFFER_SCAN_PER_PAGE,
+                    beyond=self.beyond,
+                    floor=self.floor,
+                )
+                entries, self.exhausted = chunk.entries, chunk.exhausted
+                if chunk.last is not None:
+                    self.beyond = chunk.last
+                    self.bound = (from_ms(int(float(chunk.last[0]))), ids.from_friendly(ids.RUN, chunk.last[1]))
+                self.scanned += BUFFER_SCAN_PER_PAGE
+        except BufferUnavailable:
+            logger.warning("runs.list.buffer_unavailable env=%s", self.environment.pk, exc_info=True)
+            self.exhausted = True
+            return
+        env_id = str(self.environment.pk)
+        runs = [entry_to_run(entry, environment=self.environment) for entry in entries if entry.env_id == env_id]
+        if self.cursor_key is not None:
+            runs = [run for run in runs if (sort_key(run) < self.cursor_key) == self.newest_first]
+        self.matched += [run for run in runs if matches(run, self.filters)]
+
+    def _batch_entries(self):
+        org_id = str(self.environment.organization_id)
+        run_ids = buffer.batch_buffered_items(org_id=org_id, batch_id=self.filters.batch_id).values()
+        return buffer.get_many(org_id=org_id, run_ids=list(run_ids))
 
 
 BUFFER_SCAN_PER_PAGE = 500
@@ -186,7 +270,7 @@ def buffered_runs(*, search: str = "", where: str | None = None, limit: int = 10
         environment = environments.get(int(row.env_id)) if row.env_id.isdigit() else None
         if environment is None:
             continue
-        entries, _ = buffer.listing(org_id=row.org_id, env_id=row.env_id, newest_first=True, bound_ms=None, limit=limit)
+        entries = buffer.listing(org_id=row.org_id, env_id=row.env_id, newest_first=True, limit=limit).entries
         leased = buffer.leased_ids(org_id=row.org_id, env_id=row.env_id) if row.leased else set()
         for entry in entries:
             state = "draining" if entry.run_id in leased else "buffered"
@@ -215,27 +299,3 @@ def _postgres_page(environment, filters, page_size, cursor, newest_first) -> lis
         queryset = queryset.filter(_beyond(cursor, newest_first))
     order = ("-created_at", "-id") if newest_first else ("created_at", "id")
     return list(queryset.order_by(*order)[: page_size + 1])
-
-
-def _buffered_page(environment, filters, cursor, newest_first) -> tuple[list[TaskRun], tuple | None]:
-    """Buffered runs beyond the cursor that pass the filters, and the scan's bound when it stopped
-    at BUFFER_SCAN_PER_PAGE (None when it saw everything)."""
-    if filters.match_nothing:
-        return [], None
-    try:
-        entries, truncated = buffer.listing(
-            org_id=str(environment.organization_id),
-            env_id=str(environment.pk),
-            newest_first=newest_first,
-            bound_ms=to_ms(cursor.created_at) if cursor else None,
-            limit=BUFFER_SCAN_PER_PAGE,
-        )
-    except BufferUnavailable:
-        logger.warning("runs.list.buffer_unavailable env=%s", environment.pk, exc_info=True)
-        return [], None
-    runs = [entry_to_run(entry, environment=environment) for entry in entries if entry.env_id == str(environment.pk)]
-    if cursor is not None:
-        cut = (cursor.created_at, cursor.run_id)
-        runs = [run for run in runs if (sort_key(run) < cut) == newest_first and sort_key(run) != cut]
-    bound = min(map(sort_key, runs)) if newest_first and runs else (max(map(sort_key, runs)) if runs else None)
-    return [run for run in runs if matches(run, filters)], bound if truncated else None
