@@ -229,3 +229,21 @@ class BatchTaskRunItem(models.Model):
 
     def __str__(self) -> str:
         return f"{self.batch_id}[{self.index}]"
+
+
+class BatchTaskRunPendingItem(models.Model):
+    """A batch item answered with a run that is still in the mollifier buffer (its idempotency key
+    was held by a buffered run). BatchTaskRunItem needs the row, so the link waits here and becomes
+    an item once the run is written (runs.services.batches.batch_link_pending)."""
+
+    batch = models.ForeignKey(BatchTaskRun, on_delete=models.CASCADE, related_name="pending_items")
+    index = models.PositiveIntegerField()
+    run_id = models.CharField(max_length=32)  # the internal id of the buffered run
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["batch", "index"], name="batch_pending_index_uniq")]
+        indexes = [models.Index(fields=["run_id"], name="batch_pending_run_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.batch_id}[{self.index}] → run_{self.run_id}"

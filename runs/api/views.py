@@ -31,7 +31,7 @@ from runs.api.tokens import public_token
 from runs.exceptions import RunNotFound
 from runs.models import Project
 from runs.selectors import task_run_get, task_run_list
-from runs.services.batches import BatchItem, batch_add_items, batch_create, batch_get, batch_run_ids
+from runs.services.batches import BatchItem, batch_add_items, batch_create, batch_get, batch_retrieve
 from runs.services.cancel import task_run_cancel
 from runs.services.idempotency import idempotency_key_reset
 from runs.services.mutations import (
@@ -314,5 +314,5 @@ class BatchItemsApi(EnvironmentApi):
 class BatchRetrieveApi(EnvironmentApi):
     @extend_schema(operation_id="retrieve_batch", responses=responses(200, BatchSchema, 404))
     def get(self, request, batch_id: str):
-        batch = batch_get(environment=self.environment, batch_id=batch_id)
-        return Response(presenters.batch_detail(batch, batch_run_ids(batch=batch)))
+        batch, run_ids = batch_retrieve(environment=self.environment, batch_id=batch_id)
+        return Response(presenters.batch_detail(batch, run_ids))

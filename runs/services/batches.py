@@ -14,10 +14,11 @@ from mollifier import buffer, conf
 from mollifier.exceptions import BufferUnavailable
 from runs import ids
 from runs.exceptions import BatchNotFound, InvalidRequest, ServiceUnavailable
-from runs.models import BatchTaskRun, BatchTaskRunItem, RuntimeEnvironment
+from runs.models import BatchTaskRun, BatchTaskRunItem, BatchTaskRunPendingItem, RuntimeEnvironment
 from runs.options import TriggerOptions
+from runs.services.batch_items import batch_link_pending, batch_refresh_status
 from runs.services.request_idempotency import request_lookup, request_remember
-from runs.services.trigger import task_run_trigger
+from runs.services.trigger import run_parent, task_run_commit, task_run_prepare
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ def batch_create(
     if idempotency_key is not None:
         if batch := BatchTaskRun.objects.filter(environment=environment, idempotency_key=idempotency_key).first():
             return batch, True
+    if parent_run_id is not None:
+        run_parent(environment=environment, parent_run_id=parent_run_id)  # InvalidRequest when unknown
     batch = BatchTaskRun(
         environment=environment,
         run_count=run_count,
@@ -94,33 +97,42 @@ def batch_add_items(
     batch = batch_get(environment=environment, batch_id=batch_id)
     if (bad := next((item for item in items if item.index >= batch.run_count), None)) is not None:
         raise InvalidRequest(f"Item index {bad.index} is out of range: the batch has {batch.run_count} runs.")
-    accepted = deduplicated = 0
     with transaction.atomic():
-        batch = (
-            BatchTaskRun.objects.select_for_update().select_related("environment").get(pk=batch.pk)
-        )  # one stream at a time
-        seen = set(BatchTaskRunItem.objects.filter(batch=batch).values_list("index", flat=True))
-        seen |= set(_buffered_items(batch))
+        # One stream at a time per batch: the row lock serialises resent streams.
+        batch = BatchTaskRun.objects.select_for_update().select_related("environment").get(pk=batch.pk)
+        seen = _stored_indexes(batch)
+        new: dict[int, BatchItem] = {}
         for item in items:
-            if item.index in seen:
-                deduplicated += 1
-                continue
-            seen.add(item.index)
-            task_run_trigger(
-                environment=environment,
-                task_identifier=item.task_identifier,
-                options=item.options,
-                batch=batch,
-                batch_index=item.index,
-                now=now,
+            if item.index not in seen:
+                new.setdefault(item.index, item)
+        # Every new item is checked before any is written, in either store: all or nothing.
+        prepared = [
+            (
+                item,
+                task_run_prepare(
+                    environment=environment, task_identifier=item.task_identifier, options=item.options, now=now, batch=batch
+                ),
             )
-            accepted += 1
+            for item in new.values()
+        ]
+        for item, run in prepared:
+            task_run_commit(run=run, options=item.options, now=now, batch=batch, batch_index=item.index)
+        seen |= set(new)
         sealed = len(seen) >= batch.run_count
         if sealed and not batch.sealed:
             batch.sealed = True
             batch_refresh_status(batch=batch, now=now)
             batch.save(update_fields=["sealed", "status", "completed_at", "updated_at"])
-    return BatchItemsOutcome(batch=batch, accepted=accepted, deduplicated=deduplicated, sealed=sealed, stored=len(seen))
+    return BatchItemsOutcome(
+        batch=batch, accepted=len(new), deduplicated=len(items) - len(new), sealed=sealed, stored=len(seen)
+    )
+
+
+def _stored_indexes(batch: BatchTaskRun) -> set[int]:
+    """Indexes the batch already holds: items, pending items, and buffered members."""
+    seen = set(BatchTaskRunItem.objects.filter(batch=batch).values_list("index", flat=True))
+    seen |= set(BatchTaskRunPendingItem.objects.filter(batch=batch).values_list("index", flat=True))
+    return seen | set(_buffered_items(batch))
 
 
 def _buffered_items(batch: BatchTaskRun) -> dict[int, str]:
@@ -134,23 +146,23 @@ def _buffered_items(batch: BatchTaskRun) -> dict[int, str]:
         raise ServiceUnavailable("Run buffer unavailable, retry later") from None
 
 
-def batch_refresh_status(*, batch: BatchTaskRun, now: datetime) -> None:
-    """COMPLETED once every item's run is in Postgres; PROCESSING while some are still buffered."""
-    if not batch.sealed:
-        return
-    stored = BatchTaskRunItem.objects.filter(batch=batch).count()
-    if stored >= batch.run_count:
-        batch.status = BatchTaskRun.Status.COMPLETED
-        batch.completed_at = batch.completed_at or now
-    else:
-        batch.status = BatchTaskRun.Status.PROCESSING
+def batch_retrieve(*, environment: RuntimeEnvironment, batch_id: str) -> tuple[BatchTaskRun, list[str]]:
+    """The batch and its runs' ids. Items waiting for a run that has been written meanwhile are
+    linked first, so the status read is current."""
+    batch = batch_get(environment=environment, batch_id=batch_id)
+    if batch.status != BatchTaskRun.Status.COMPLETED and batch_link_pending(batch_ids=[batch.id]):
+        batch.refresh_from_db()
+    return batch, batch_run_ids(batch=batch)
 
 
 def batch_run_ids(*, batch: BatchTaskRun) -> list[str]:
     """The batch's runs as friendly ids, in item order, wherever each run lives."""
     by_index = {
         index: ids.to_friendly(ids.RUN, run_id)
-        for index, run_id in BatchTaskRunItem.objects.filter(batch=batch).values_list("index", "task_run_id")
+        for model in (BatchTaskRunItem, BatchTaskRunPendingItem)
+        for index, run_id in model.objects.filter(batch=batch).values_list(
+            "index", "task_run_id" if model is BatchTaskRunItem else "run_id"
+        )
     }
     for index, run_id in _buffered_items(batch).items():
         by_index.setdefault(index, run_id)

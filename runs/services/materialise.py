@@ -22,7 +22,7 @@ Batch members get their BatchTaskRunItem in the same transaction.
 
 import logging
 
-from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import JSONField
 from django.utils import timezone
 from psycopg.types.json import Jsonb
@@ -35,7 +35,7 @@ from mollifier.sink import Pin as PinCallback
 from mollifier.sink import Settled, SinkReport
 from runs.models import BatchTaskRun, RunStatus, RuntimeEnvironment, TaskRun
 from runs.services import idempotency
-from runs.services.batches import batch_refresh_status
+from runs.services.batch_items import batch_link_pending, batch_refresh
 from runs.services.pins import settle_pins
 from runs.snapshots import entry_values, minimal_failure_values
 
@@ -60,9 +60,11 @@ class TaskRunSink:
                 kept = pin(_begin_fenced())
                 held = [entry for entry in entries if entry.run_id in kept]
                 report = _materialise(held, minimal=last_resort) if held else SinkReport()
-                return report + SinkReport(fenced=len(entries) - len(held))
         except (OperationalError, InterfaceError) as error:
             raise SinkUnavailable(str(error)) from error
+        if not connection.in_atomic_block:  # after the commit (a test may run rounds inside its own)
+            _link_pending_items()
+        return report + SinkReport(fenced=len(entries) - len(held))
 
     def settle(self, pins: list[Pin]) -> dict[str, Settled]:
         """What became of the transactions that pinned these runs, by run id."""
@@ -70,6 +72,15 @@ class TaskRunSink:
             return settle_pins(pins)
         except (OperationalError, InterfaceError) as error:
             raise SinkUnavailable(str(error)) from error
+
+
+def _link_pending_items() -> None:
+    """Batch items that waited for a run this round may have written. Never fails the round: its
+    rows are committed; a later round, or reading the batch, links what this one could not."""
+    try:
+        batch_link_pending()
+    except DatabaseError:
+        logger.warning("mollifier.drain.pending_items_not_linked", exc_info=True)
 
 
 def _begin_fenced() -> str:
@@ -209,6 +220,4 @@ def _link_batch_items(runs: list[tuple[Entry, dict]], *, now) -> None:
             'ON CONFLICT (batch_id, "index") DO NOTHING',
             [now, [e.batch_id for e, _ in members], [v["id"] for _, v in members], [e.batch_index for e, _ in members]],
         )
-    for batch in BatchTaskRun.objects.select_for_update().filter(id__in={entry.batch_id for entry, _ in members}):
-        batch_refresh_status(batch=batch, now=now)
-        batch.save(update_fields=["status", "completed_at", "updated_at"])
+    batch_refresh(batch_ids={entry.batch_id for entry, _ in members}, now=now)

@@ -17,9 +17,17 @@ from mollifier import buffer, claims, conf, gate
 from mollifier.exceptions import BufferUnavailable, ClaimTimeout
 from runs import ids
 from runs.exceptions import BufferFull, InvalidRequest, ServiceUnavailable
-from runs.models import BatchTaskRun, BatchTaskRunItem, RunStatus, RuntimeEnvironment, TaskRun
+from runs.models import (
+    BatchTaskRun,
+    BatchTaskRunItem,
+    BatchTaskRunPendingItem,
+    RunStatus,
+    RuntimeEnvironment,
+    TaskRun,
+)
 from runs.options import TriggerOptions
 from runs.services import idempotency
+from runs.services.batch_items import batch_link_pending
 from runs.services.flags import mollifier_enrolled
 from runs.services.request_idempotency import request_lookup, request_remember
 from runs.snapshots import entry_to_run, run_to_entry, to_ms
@@ -56,10 +64,30 @@ def task_run_trigger(
         if (run := _find(environment, ids.to_friendly(ids.RUN, known_id))) is not None:
             return TriggerOutcome(run=run, is_cached=False)  # the official answer to a retried request
 
-    run = _build_run(environment=environment, task_identifier=task_identifier, options=options, now=now, batch=batch)
-    outcome = _trigger(run=run, options=options, now=now, batch=batch, batch_index=batch_index)
+    run = task_run_prepare(environment=environment, task_identifier=task_identifier, options=options, now=now, batch=batch)
+    outcome = task_run_commit(run=run, options=options, now=now, batch=batch, batch_index=batch_index)
     request_remember(request_key=request_key, environment_id=environment.pk, scope=scope, value=outcome.run.id)
     return outcome
+
+
+def task_run_prepare(
+    *,
+    environment: RuntimeEnvironment,
+    task_identifier: str,
+    options: TriggerOptions,
+    now: datetime,
+    batch: BatchTaskRun | None = None,
+) -> TaskRun:
+    """Check what only the stores can check (the parent run) and build the unsaved run, with its
+    id. Writes nothing: a batch prepares every item before it writes any (all or nothing)."""
+    return _build_run(environment=environment, task_identifier=task_identifier, options=options, now=now, batch=batch)
+
+
+def task_run_commit(
+    *, run: TaskRun, options: TriggerOptions, now: datetime, batch: BatchTaskRun | None = None, batch_index: int | None = None
+) -> TriggerOutcome:
+    """Write a prepared run (Postgres or the buffer), or find the one its idempotency key names."""
+    return _trigger(run=run, options=options, now=now, batch=batch, batch_index=batch_index)
 
 
 def _trigger(
@@ -69,16 +97,16 @@ def _trigger(
     enrolled = mollifier_enrolled(environment.organization)
     uses_buffer = conf.enabled() and enrolled
     key = options.idempotency_key
-    claimable = uses_buffer and not _bypass(options)
     claim = None
     if key is not None:
-        # The claim script reads the buffered holder itself: look in the buffer here only when no
-        # claim will be taken (one round trip saved on every keyed trigger of an enrolled org).
-        holder = _holder_of_key(run=run, key=key, now=now, uses_buffer=uses_buffer and not claimable)
+        # Postgres first. When the organisation uses the buffer, the claim (taken by bypassed
+        # triggers too, so that no path races a buffered holder of the key) reads the buffered
+        # holder in the same script.
+        holder = _holder_of_key(run=run, key=key, now=now, uses_buffer=False)
         if holder is not None:
             _link_batch_item(batch=batch, index=batch_index, run=holder)
             return TriggerOutcome(run=holder, is_cached=True)
-        if claimable:
+        if uses_buffer:
             claim, existing = _claim(run=run, key=key, now=now)
             if existing is not None:
                 _link_batch_item(batch=batch, index=batch_index, run=existing)
@@ -224,10 +252,15 @@ def _violated_constraint(error: IntegrityError) -> str | None:
 
 
 def _link_batch_item(*, batch: BatchTaskRun | None, index: int | None, run: TaskRun) -> None:
+    """Make ``run`` the batch's item ``index``. A run still in the buffer has no row to point at
+    yet: the link waits as a pending item until the run is written."""
     if batch is None or index is None:
         return
     if run.is_buffered:
-        return  # the drainer creates the item with the row (BatchTaskRunItem needs the row)
+        BatchTaskRunPendingItem.objects.get_or_create(batch=batch, index=index, defaults={"run_id": run.id})
+        # Linked once the run's row exists: checked after this commit and after each drain's.
+        transaction.on_commit(lambda: batch_link_pending(batch_ids=[batch.id]))
+        return
     BatchTaskRunItem.objects.get_or_create(batch=batch, index=index, defaults={"task_run": run})
 
 
@@ -239,7 +272,7 @@ def _build_run(
     now: datetime,
     batch: BatchTaskRun | None,
 ) -> TaskRun:
-    parent = _parent_run(environment=environment, parent_run_id=options.parent_run_id)
+    parent = run_parent(environment=environment, parent_run_id=options.parent_run_id)
     delayed = options.delay_until is not None and options.delay_until > now
     key = options.idempotency_key
     return TaskRun(
@@ -278,7 +311,8 @@ def _build_run(
     )
 
 
-def _parent_run(*, environment: RuntimeEnvironment, parent_run_id: str | None) -> TaskRun | None:
+def run_parent(*, environment: RuntimeEnvironment, parent_run_id: str | None) -> TaskRun | None:
+    """The parent run named by a trigger or a batch, in this environment; InvalidRequest if unknown."""
     if parent_run_id is None:
         return None
     if (parent := _find(environment, parent_run_id)) is None:

@@ -13,8 +13,9 @@ from mollifier.client import get as redis_client
 from runs.api.serializers import trigger_options_from
 from runs.models import RunStatus, TaskRun
 from runs.services.trigger import task_run_trigger
+from tests.concurrency import run_concurrently
 from tests.conftest import client_for, enroll
-from tests.factories import EnvironmentFactory
+from tests.factories import EnvironmentFactory, TaskRunFactory
 from tests.helpers import trigger
 from tests.server import start_manage
 
@@ -103,3 +104,31 @@ def test_cancels_racing_the_drain_all_end_canceled(mollifier_on):
     statuses = dict(TaskRun.objects.filter(environment=environment).values_list("id", "status"))
     assert {statuses[run_id.removeprefix("run_")] for run_id in cancelled} == {RunStatus.CANCELED}
     assert {statuses[run_id.removeprefix("run_")] for run_id in run_ids[1::2]} == {RunStatus.QUEUED}
+
+
+def test_same_key_triggers_on_a_bypass_path_and_through_the_buffer_make_one_run(mollifier_on, settings):
+    """triggerAndWait children skip the buffer; they still take the claim, so a concurrent same-key
+    trigger that is buffered cannot make a second run."""
+    environment = enroll(EnvironmentFactory())
+    parent = TaskRunFactory(environment=environment)
+    redis_client().set(keys.tripped(str(environment.organization_id), str(environment.pk)), "1", px=60_000)
+    now = timezone.now()
+    keyed = {"idempotencyKey": "the-key"}
+    waiting = trigger_options_from(
+        {"options": {**keyed, "parentRunId": parent.friendly_id, "resumeParentOnCompletion": True}}, now=now
+    )
+    buffered = trigger_options_from({"options": keyed}, now=now)
+
+    def fire(options):
+        return task_run_trigger(environment=environment, task_identifier="t", options=options)
+
+    outcomes, errors = run_concurrently(fire, [(waiting,), (buffered,)] * 15)
+
+    assert errors == []
+    assert len({outcome.run.id for outcome in outcomes}) == 1
+    assert sum(not outcome.is_cached for outcome in outcomes) == 1
+    in_postgres = TaskRun.objects.filter(idempotency_key="the-key").count()
+    org = str(environment.organization_id)
+    winners = sorted({outcome.run.friendly_id for outcome in outcomes})
+    in_buffer = sum(1 for entry in buffer.get_many(org_id=org, run_ids=winners) if entry.idempotency_key)
+    assert in_postgres + in_buffer == 1

@@ -1,0 +1,55 @@
+"""A batch's items and its status, wherever its runs are.
+
+An item normally points at its run's row (BatchTaskRunItem). A run still in the mollifier buffer has
+no row yet: a buffered member of the batch is linked by the drainer in the transaction that writes
+it; an item answered with another buffered run (its idempotency key was held) waits as a
+BatchTaskRunPendingItem and becomes an item once that run is written. Both the batch request and each
+drain look for such links after they commit, so whichever commits last links it.
+"""
+
+from datetime import datetime
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from runs.models import BatchTaskRun, BatchTaskRunItem
+
+
+def batch_refresh_status(*, batch: BatchTaskRun, now: datetime) -> None:
+    """COMPLETED once every item's run is in Postgres; PROCESSING while some are still buffered."""
+    if not batch.sealed:
+        return
+    stored = BatchTaskRunItem.objects.filter(batch=batch).count()
+    if stored >= batch.run_count:
+        batch.status = BatchTaskRun.Status.COMPLETED
+        batch.completed_at = batch.completed_at or now
+    else:
+        batch.status = BatchTaskRun.Status.PROCESSING
+
+
+def batch_refresh(*, batch_ids: set[str], now: datetime) -> None:
+    """Refresh the status of these batches (row-locked: drains and item streams serialise here)."""
+    for batch in BatchTaskRun.objects.select_for_update().filter(id__in=batch_ids).order_by("id"):
+        batch_refresh_status(batch=batch, now=now)
+        batch.save(update_fields=["status", "completed_at", "updated_at"])
+
+
+def batch_link_pending(*, batch_ids: list[str] | None = None) -> int:
+    """Turn pending items whose run has been written into items (all batches, or these); returns
+    how many. One statement, cheap when nothing is pending (the usual case)."""
+    scope = "AND p.batch_id = ANY(%s)" if batch_ids is not None else ""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            "WITH moved AS ("
+            "  DELETE FROM runs_batchtaskrunpendingitem p USING runs_taskrun r"
+            f"  WHERE p.run_id = r.id {scope} RETURNING p.batch_id, p.run_id, p.\"index\""
+            ") "
+            'INSERT INTO runs_batchtaskrunitem (batch_id, task_run_id, "index", created_at) '
+            "SELECT batch_id, run_id, \"index\", now() FROM moved "
+            'ON CONFLICT (batch_id, "index") DO NOTHING RETURNING batch_id',
+            [batch_ids] if batch_ids is not None else [],
+        )
+        linked = [row[0] for row in cursor.fetchall()]
+        if linked:
+            batch_refresh(batch_ids=set(linked), now=timezone.now())
+    return len(linked)
