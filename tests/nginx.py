@@ -12,6 +12,7 @@ import string
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -99,6 +100,8 @@ http {{
             try:
                 urllib.request.urlopen(f"{base_url}/healthz", timeout=2)
                 break
+            except urllib.error.HTTPError:
+                break  # nginx answered (for an upstream that is down, with its own 503)
             except OSError:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"nginx did not answer /healthz within 15 s:\n{_logs(prefix)}") from None

@@ -19,7 +19,7 @@ import pytest
 from runs.models import TaskRun
 from tests.factories import EnvironmentFactory
 from tests.nginx import nginx_in_front
-from tests.server import running_server
+from tests.server import free_port, running_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -255,3 +255,11 @@ def test_nginx_sets_x_forwarded_proto_whatever_the_client_claims(proxied, web):
     assert status == 301 and headers["Location"].startswith("https://")
     # What a TLS-terminating proxy sends, straight to gunicorn: taken as HTTPS, no redirect.
     assert raw(web, "GET", "/admin/login/", headers=spoofed)[0] == 200
+
+
+def test_gunicorn_down_is_a_503_in_the_api_error_shape():
+    """What nginx answers for an upstream that refuses connections: retryable, in the API's shape."""
+    with nginx_in_front(f"http://127.0.0.1:{free_port()}") as base_url:
+        status, headers, body = raw(base_url, "GET", "/api/v3/runs/run_x")
+    assert status == 503 and headers["Retry-After"] == "1"
+    assert json.loads(body) == {"error": "The API is unavailable; retry"}
