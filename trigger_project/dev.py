@@ -38,6 +38,8 @@ def main() -> int:
     env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
     # The demo is the product: the mollifier is on and the demo organisation enrolled (seed_demo).
     env.setdefault("MOLLIFIER_ENABLED", "1")
+    # A development server: tracebacks, the dev-only SECRET_KEY, plain HTTP (settings default to off).
+    env.setdefault("DEBUG", "1")
     stops = []
     if not env.get("DATABASE_URL"):
         if not embedded.postgres_running():

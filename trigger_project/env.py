@@ -26,3 +26,14 @@ def env_bool(name: str, default: bool) -> bool:
     if raw in {"0", "false", "no", "off", ""}:
         return False
     raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {raw!r}.")
+
+
+def env_pair(name: str) -> tuple[str, str] | None:
+    """``A,B`` as a pair (Django's SECURE_PROXY_SSL_HEADER shape); unset or empty is None."""
+    raw = env(name, "").strip()
+    if not raw:
+        return None
+    parts = [part.strip() for part in raw.split(",")]
+    if len(parts) != 2 or not all(parts):
+        raise ImproperlyConfigured(f"{name} must be two comma-separated values (HEADER,value), got {raw!r}.")
+    return parts[0], parts[1]

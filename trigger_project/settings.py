@@ -1,18 +1,44 @@
 """One settings module; environments differ only in their environment variables (README: Configuration)."""
 
+import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from trigger_project import embedded
-from trigger_project.env import env, env_bool, env_int
+from trigger_project.env import env, env_bool, env_int, env_pair
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-DEBUG = env_bool("DEBUG", True)
-SECRET_KEY = env("SECRET_KEY", "dev-only-insecure-secret-key-change-me" if DEBUG else None)
+# Off unless asked for: a deployment that forgets the variable must not serve tracebacks and
+# settings. `make run` (trigger_project/dev.py) and the test settings turn it on themselves.
+DEBUG = env_bool("DEBUG", False)
+if not DEBUG and not os.environ.get("SECRET_KEY"):
+    raise ImproperlyConfigured(
+        "Set the SECRET_KEY environment variable: DEBUG is off (the default), so there is no development "
+        "key. For local development set DEBUG=1 (make run and make test do)."
+    )
+SECRET_KEY = env("SECRET_KEY", "dev-only-insecure-secret-key-change-me")
 ALLOWED_HOSTS = [h.strip() for h in env("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",") if h.strip()]
 CSRF_TRUSTED_ORIGINS = [o.strip() for o in env("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
+
+# HTTPS (README: Production). With DEBUG off the defaults are the safe ones. Behind a proxy that
+# terminates TLS, set SECURE_PROXY_SSL_HEADER (e.g. HTTP_X_FORWARDED_PROTO,https) so that Django
+# knows which requests came in over HTTPS; only behind a proxy that sets that header itself.
+SECURE_PROXY_SSL_HEADER = env_pair("SECURE_PROXY_SSL_HEADER")
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
+# The redirect is for browsers (the admin). Health checks and scrapers call plain HTTP on purpose,
+# and an API client never gains from one: its key has already crossed the wire, and a 301 turns the
+# SDK's POST into a GET. Publish the API on HTTPS only, at the proxy (docs/OPERATIONS.md).
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$", r"^api/"]
+# HSTS binds browsers to HTTPS for the whole domain for this long and is hard to take back: opt-in.
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+# Only the admin uses cookies (the API authenticates with a bearer key).
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
 
 INSTALLED_APPS = [
     "django.contrib.admin",

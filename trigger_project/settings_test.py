@@ -5,11 +5,16 @@ server keeps its data). ``REDIS_TEST_DB`` picks it; the e2e tests hand the same 
 server process they start.
 """
 
+import os
 from urllib.parse import urlsplit, urlunsplit
 
-from trigger_project.env import env_int
-from trigger_project.settings import *  # noqa: F403
-from trigger_project.settings import CACHES, REDIS_URL, TRIGGER
+# `make test` runs with DEBUG on, as `make run` does (the settings default to off). The server
+# processes the e2e tests start set DEBUG=0 themselves (tests/server.py).
+os.environ.setdefault("DEBUG", "1")
+
+from trigger_project.env import env_int  # noqa: E402
+from trigger_project.settings import *  # noqa: E402, F403
+from trigger_project.settings import CACHES, REDIS_URL, TRIGGER  # noqa: E402
 
 
 def _with_db(url: str, db: int) -> str:

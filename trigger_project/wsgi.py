@@ -4,3 +4,8 @@ from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "trigger_project.settings")
 application = get_wsgi_application()
+
+# gunicorn runs no system checks: each worker says at start when the buffer's Redis would evict keys.
+from mollifier.checks import log_redis_eviction_policy  # noqa: E402
+
+log_redis_eviction_policy()

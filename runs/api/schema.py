@@ -2,7 +2,9 @@
 
 These serializers only describe what runs/api/presenters.py renders (the SDK's shapes); they are
 never used to render. Optional fields are documented as not required and never nullable, as on the
-wire.
+wire. Status fields take the model's ``.choices`` (values and labels): drf-spectacular matches
+``ENUM_NAME_OVERRIDES`` by both, so the two ``status`` enums get their own names (RunStatusEnum,
+BatchStatusEnum) instead of colliding under a hashed one.
 """
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -45,7 +47,7 @@ class MetadataSchema(serializers.Serializer):
 
 class _RunCommon(serializers.Serializer):
     id = serializers.CharField()
-    status = serializers.ChoiceField(choices=RunStatus.values)
+    status = serializers.ChoiceField(choices=RunStatus.choices)
     taskIdentifier = serializers.CharField()
     isQueued = serializers.BooleanField()
     isExecuting = serializers.BooleanField()
@@ -124,7 +126,7 @@ class BatchProcessingSchema(serializers.Serializer):
 
 class BatchSchema(serializers.Serializer):
     id = serializers.CharField()
-    status = serializers.ChoiceField(choices=BatchTaskRun.Status.values)
+    status = serializers.ChoiceField(choices=BatchTaskRun.Status.choices)
     createdAt = serializers.DateTimeField()
     updatedAt = serializers.DateTimeField()
     runCount = serializers.IntegerField()

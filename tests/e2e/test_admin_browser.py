@@ -75,7 +75,9 @@ def test_operator_enrols_watches_and_cancels_in_the_browser(browser):
         "MOLLIFIER_HOLD_MS": "60000",
         "TRIGGER_AUTH_CACHE_SECONDS": "0",
     }
-    with running_server(**gate) as base_url:
+    # The admin over plain HTTP on loopback, no TLS proxy: turn off the HTTPS-only defaults of DEBUG=0.
+    plain_http = {"SECURE_SSL_REDIRECT": "0", "SESSION_COOKIE_SECURE": "0", "CSRF_COOKIE_SECURE": "0"}
+    with running_server(**gate, **plain_http) as base_url:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(f"{base_url}/admin/login/")
         page.fill("#id_username", "operator")
