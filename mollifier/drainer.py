@@ -65,14 +65,14 @@ class StartedRound:
     pins: list[buffer.Pin]  # other drainers' expired pins, found while leasing
 
 
-def settle(sink: Sink, pins: list[buffer.Pin], *, now_ms: int) -> int:
+def settle(sink: Sink, pins: list[buffer.Pin], *, now_ms: int) -> dict[str, Settled]:
     """Settle pins by their transaction's outcome (asked of the sink): committed rows are acked,
     transactions that did not commit give their runs back unchanged, running ones are left alone.
-    Returns how many runs were acked or given back."""
+    Returns each run's outcome. Anyone may settle a pin: the acks and give-backs only apply while
+    the exact pin still holds."""
     outcome = sink.settle(pins)
     committed = [item for item in pins if outcome.get(item.run_id) == Settled.COMMITTED]
     rolled_back = [item for item in pins if outcome.get(item.run_id) == Settled.NOT_COMMITTED]
-    done = 0
     if committed:
         holders: dict[str, dict[str, str]] = defaultdict(dict)
         for item in committed:
@@ -82,12 +82,12 @@ def settle(sink: Sink, pins: list[buffer.Pin], *, now_ms: int) -> int:
             for entry in buffer.get_many(org_id=org_id, run_ids=list(by_run)):
                 entry.lease = by_run[entry.run_id]  # the exact pin: ack only what is still pinned so
                 entries.append(entry)
-        done += buffer.ack(entries, now_ms=now_ms)
+        buffer.ack(entries, now_ms=now_ms)
     if rolled_back:
-        done += buffer.unpin(rolled_back, now_ms=now_ms)
+        buffer.unpin(rolled_back, now_ms=now_ms)
     if committed or rolled_back:
         logger.info("mollifier.drain.pins_settled committed=%d not_committed=%d", len(committed), len(rolled_back))
-    return done
+    return outcome
 
 
 class Drainer:
@@ -314,7 +314,8 @@ class Drainer:
             metrics.DRAIN_FAILURES.labels(cause="ack_failed").inc()
 
     def _settle(self, pins: list[buffer.Pin], result: RoundResult) -> None:
-        result.settled += settle(self.sink, pins, now_ms=self.clock())
+        outcome = settle(self.sink, pins, now_ms=self.clock())
+        result.settled += sum(value != Settled.RUNNING for value in outcome.values())
 
     def drain_environment(self, *, org_id: str, env_id: str) -> RoundResult:
         """One round for one environment only (the dashboard's "drain now"), under the same rate cap."""

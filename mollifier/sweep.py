@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from mollifier import buffer, conf, keys, scripts
 from mollifier import client as redis_client
 from mollifier.drainer import settle
-from mollifier.sink import get_sink
+from mollifier.sink import Settled, get_sink
 from mollifier.stats import env_stats
 
 SWEEP_LEASE_MS = 60_000
@@ -69,7 +69,8 @@ def _sweep(redis, *, now_ms: int) -> SweepReport:
             )
             expired += reclaimed
             if pins:
-                settled += settle(get_sink(), pins, now_ms=now_ms)
+                outcome = settle(get_sink(), pins, now_ms=now_ms)
+                settled += sum(value != Settled.RUNNING for value in outcome.values())
     return SweepReport(
         orgs=len({row.org_id for row in rows}),
         envs=len(rows),

@@ -12,7 +12,7 @@ from django.utils import timezone
 from mollifier import buffer
 from mollifier.exceptions import BufferUnavailable
 from mollifier.stats import env_stats
-from runs import ids
+from runs import conf, ids
 from runs.exceptions import InvalidRequest, RunNotFound
 from runs.models import RunStatus, RuntimeEnvironment, TaskRun
 from runs.snapshots import entry_to_run, from_ms, to_ms
@@ -131,10 +131,10 @@ def task_run_list(
     in both during its drain).
 
     The buffer is read before Postgres: a run that moves between the two reads is then seen in both
-    (and shown once), never in neither. Redis work is bounded: BUFFER_SCAN_PER_PAGE entries at a
+    (and shown once), never in neither. Redis work is bounded: TRIGGER_LIST_BUFFER_SCAN entries at a
     time; when a scan stops there, the page ends at the last entry scanned (it may be short), so no
     buffered run is skipped. When the filters reject everything scanned, scanning goes on (up to
-    BUFFER_SCAN_MAX entries per page), so a page is empty only at the end of the listing."""
+    TRIGGER_LIST_BUFFER_SCAN_MAX entries per page), so a page is empty only at the end of the listing."""
     newest_first = before is None
     cursor = before if before is not None else after
     scan = _BufferScan(environment, filters, cursor, newest_first)
@@ -142,10 +142,10 @@ def task_run_list(
         scan.more()
         rows = _postgres_page(environment, filters, page_size, cursor, newest_first)
         runs, more = _merge(rows, scan, page_size, newest_first)
-        if runs or scan.exhausted or scan.scanned >= BUFFER_SCAN_MAX:
+        if runs or scan.exhausted or scan.scanned >= conf.buffer_scan_max():
             break
     if not runs and not scan.exhausted:
-        # The filters rejected BUFFER_SCAN_MAX buffered runs in a row: carry on from there next page.
+        # The filters rejected TRIGGER_LIST_BUFFER_SCAN_MAX buffered runs in a row: carry on from there next page.
         edge = Cursor(*scan.bound)
         return RunPage(runs=[], next=edge if newest_first else None, previous=None if newest_first else edge)
     if not newest_first:
@@ -176,7 +176,6 @@ def _merge(rows: list[TaskRun], scan: "_BufferScan", page_size: int, newest_firs
 
 # Statuses a buffered run can have; a filter on others never needs the buffer.
 BUFFERED_STATUSES = frozenset({RunStatus.QUEUED, RunStatus.DELAYED, RunStatus.CANCELED, RunStatus.SYSTEM_FAILURE})
-BUFFER_SCAN_MAX = 10_000
 
 
 def _score(value: datetime) -> str:
@@ -220,7 +219,7 @@ class _BufferScan:
                     org_id=str(self.environment.organization_id),
                     env_id=str(self.environment.pk),
                     newest_first=self.newest_first,
-                    limit=BUFFER_SCAN_PER_PAGE,
+                    limit=conf.buffer_scan_per_page(),
                     beyond=self.beyond,
                     floor=self.floor,
                 )
@@ -228,7 +227,7 @@ class _BufferScan:
                 if chunk.last is not None:
                     self.beyond = chunk.last
                     self.bound = (from_ms(int(float(chunk.last[0]))), ids.from_friendly(ids.RUN, chunk.last[1]))
-                self.scanned += BUFFER_SCAN_PER_PAGE
+                self.scanned += conf.buffer_scan_per_page()
         except BufferUnavailable:
             logger.warning("runs.list.buffer_unavailable env=%s", self.environment.pk, exc_info=True)
             self.exhausted = True
@@ -243,9 +242,6 @@ class _BufferScan:
         org_id = str(self.environment.organization_id)
         run_ids = buffer.batch_buffered_items(org_id=org_id, batch_id=self.filters.batch_id).values()
         return buffer.get_many(org_id=org_id, run_ids=list(run_ids))
-
-
-BUFFER_SCAN_PER_PAGE = 500
 
 
 @dataclass(frozen=True)

@@ -167,6 +167,14 @@ TRIGGER = {
     "MAX_TAGS_PER_RUN": env_int("TRIGGER_MAX_TAGS_PER_RUN", 10),
     "MAX_METADATA_BYTES": env_int("TRIGGER_MAX_METADATA_BYTES", 256 * 1024),
     "REQUEST_IDEMPOTENCY_TTL_SECONDS": env_int("TRIGGER_REQUEST_IDEMPOTENCY_TTL_SECONDS", 24 * 3600),
+    # Buffered runs a listing reads at a time, and at most per page (runs/conf.py).
+    "LIST_BUFFER_SCAN": env_int("TRIGGER_LIST_BUFFER_SCAN", 500),
+    "LIST_BUFFER_SCAN_MAX": env_int("TRIGGER_LIST_BUFFER_SCAN_MAX", 10_000),
+    # A change to a run a drainer holds waits this long for it, then answers 503 (the SDK retries).
+    "MID_DRAIN_WAIT_SECONDS": float(env("TRIGGER_MID_DRAIN_WAIT_SECONDS", "2")),
+    "MID_DRAIN_POLL_SECONDS": 0.02,
+    # ~50-way contention on one buffered run's metadata (the original's figure).
+    "METADATA_CAS_ATTEMPTS": env_int("TRIGGER_METADATA_CAS_ATTEMPTS", 12),
     # How long a web process trusts a key's environment (and its organisation's flags); 0 disables.
     "AUTH_CACHE_SECONDS": float(env("TRIGGER_AUTH_CACHE_SECONDS", "2")),
 }

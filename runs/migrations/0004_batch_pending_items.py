@@ -6,24 +6,30 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('runs', '0003_mollifier_dashboard'),
+        ("runs", "0003_mollifier_dashboard"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='BatchTaskRunPendingItem',
+            name="BatchTaskRunPendingItem",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('index', models.PositiveIntegerField()),
-                ('run_id', models.CharField(max_length=32)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('batch', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='pending_items', to='runs.batchtaskrun')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("index", models.PositiveIntegerField()),
+                ("run_id", models.CharField(max_length=32)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "batch",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="pending_items",
+                        to="runs.batchtaskrun",
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['run_id'], name='batch_pending_run_idx')],
-                'constraints': [models.UniqueConstraint(fields=('batch', 'index'), name='batch_pending_index_uniq')],
+                "indexes": [models.Index(fields=["run_id"], name="batch_pending_run_idx")],
+                "constraints": [models.UniqueConstraint(fields=("batch", "index"), name="batch_pending_index_uniq")],
             },
         ),
     ]

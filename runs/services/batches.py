@@ -110,7 +110,11 @@ def batch_add_items(
             (
                 item,
                 task_run_prepare(
-                    environment=environment, task_identifier=item.task_identifier, options=item.options, now=now, batch=batch
+                    environment=environment,
+                    task_identifier=item.task_identifier,
+                    options=item.options,
+                    now=now,
+                    batch=batch,
                 ),
             )
             for item in new.values()

@@ -1,7 +1,7 @@
 """Wait-and-bounce for changes to a run that a drainer holds right now.
 
 A drainer holds an entry for one round (typically tens of milliseconds). A change arriving then is
-retried for up to MID_DRAIN_WAIT_SECONDS; after that the API answers 503, which the SDK retries.
+retried for up to TRIGGER_MID_DRAIN_WAIT_SECONDS; after that the API answers 503, which the SDK retries.
 When the drainer has already pinned the entry to its Postgres transaction, that transaction decides:
 committed, the run is its row now (the change goes there); rolled back, the run is given back to the
 buffer unchanged and the change applies there; still running, the change waits like any other.
@@ -15,37 +15,32 @@ from typing import TypeVar
 
 from django.utils import timezone
 
-from mollifier import buffer
 from mollifier.buffer import MutateResult, MutateStatus, Pin
-from mollifier.sink import Settled
+from mollifier.drainer import settle
+from mollifier.sink import Settled, get_sink
+from runs import conf
 from runs.exceptions import ServiceUnavailable
-from runs.services.pins import settle_pins
 from runs.snapshots import to_ms
-
-MID_DRAIN_WAIT_SECONDS = 2.0
-MID_DRAIN_POLL_SECONDS = 0.02
 
 T = TypeVar("T")
 
 
 def retry_while_draining(attempt: Callable[[], T], *, busy: Callable[[T], bool]) -> T:
-    deadline = time.monotonic() + MID_DRAIN_WAIT_SECONDS
+    deadline = time.monotonic() + conf.mid_drain_wait_seconds()
     while True:
         result = attempt()
         if not busy(result):
             return result
         if time.monotonic() >= deadline:
             raise ServiceUnavailable("Run materialisation timed out")
-        time.sleep(MID_DRAIN_POLL_SECONDS * random.uniform(0.5, 1.5))  # jitter: no lockstep polling
+        time.sleep(conf.mid_drain_poll_seconds() * random.uniform(0.5, 1.5))  # jitter: no lockstep polling
 
 
 def settle_pin(pin: Pin) -> Settled:
-    """What became of the drainer transaction a run is pinned to; a transaction that did not
-    commit gives the run back to the buffer, so the caller can retry there."""
-    outcome = settle_pins([pin]).get(pin.run_id, Settled.RUNNING)
-    if outcome == Settled.NOT_COMMITTED:
-        buffer.unpin([pin], now_ms=to_ms(timezone.now()))
-    return outcome
+    """What became of the drainer transaction a run is pinned to, settled as a drainer would: a
+    committed run is acked (its row is the run now), one that did not commit is given back to the
+    buffer, so the caller can retry there."""
+    return settle(get_sink(), [pin], now_ms=to_ms(timezone.now())).get(pin.run_id, Settled.RUNNING)
 
 
 def change_buffered_run(change: Callable[..., MutateResult], *, org_id: str, env_id: str, run_id: str) -> MutateResult:

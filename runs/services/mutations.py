@@ -13,13 +13,11 @@ from django.utils import timezone
 
 from mollifier import buffer
 from mollifier.buffer import MutateResult, MutateStatus
-from runs import durations
+from runs import conf, durations
 from runs.exceptions import InvalidRequest, RunNotFound, ServiceUnavailable, TooLarge, Unprocessable
 from runs.models import RunStatus, TaskRun
 from runs.services.mid_drain import change_buffered_run
 from runs.snapshots import to_ms
-
-METADATA_CAS_ATTEMPTS = 12  # covers ~50-way contention on one buffered run (the original's figure)
 
 
 def _row(run: TaskRun) -> TaskRun:
@@ -116,7 +114,7 @@ def task_run_update_metadata(*, run: TaskRun, metadata: dict | None, operations:
         return apply_operations(metadata if metadata is not None else current, operations)
 
     if run.is_buffered:
-        for _ in range(METADATA_CAS_ATTEMPTS):
+        for _ in range(conf.metadata_cas_attempts()):
             entry = buffer.get(org_id=str(run.organization_id), run_id=run.friendly_id)
             if entry is None or entry.materialised:
                 break

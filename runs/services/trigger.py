@@ -64,7 +64,9 @@ def task_run_trigger(
         if (run := _find(environment, ids.to_friendly(ids.RUN, known_id))) is not None:
             return TriggerOutcome(run=run, is_cached=False)  # the official answer to a retried request
 
-    run = task_run_prepare(environment=environment, task_identifier=task_identifier, options=options, now=now, batch=batch)
+    run = task_run_prepare(
+        environment=environment, task_identifier=task_identifier, options=options, now=now, batch=batch
+    )
     outcome = task_run_commit(run=run, options=options, now=now, batch=batch, batch_index=batch_index)
     request_remember(request_key=request_key, environment_id=environment.pk, scope=scope, value=outcome.run.id)
     return outcome
@@ -84,7 +86,12 @@ def task_run_prepare(
 
 
 def task_run_commit(
-    *, run: TaskRun, options: TriggerOptions, now: datetime, batch: BatchTaskRun | None = None, batch_index: int | None = None
+    *,
+    run: TaskRun,
+    options: TriggerOptions,
+    now: datetime,
+    batch: BatchTaskRun | None = None,
+    batch_index: int | None = None,
 ) -> TriggerOutcome:
     """Write a prepared run (Postgres or the buffer), or find the one its idempotency key names."""
     return _trigger(run=run, options=options, now=now, batch=batch, batch_index=batch_index)

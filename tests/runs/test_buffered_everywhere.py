@@ -8,7 +8,6 @@ import pytest
 
 from mollifier import buffer
 from mollifier.drainer import Drainer, now_ms
-from runs import selectors
 from runs.models import RunStatus, TaskRun
 from tests.buffering import write_round
 from tests.conftest import client_for
@@ -121,7 +120,8 @@ def test_a_change_mid_drain_waits_for_the_row(api, enrolled):
     assert TaskRun.objects.get(id=run_id.removeprefix("run_")).status == RunStatus.CANCELED
 
 
-def test_a_change_that_stays_mid_drain_answers_503_and_changes_nothing(api, enrolled):
+def test_a_change_that_stays_mid_drain_answers_503_and_changes_nothing(api, enrolled, settings):
+    settings.TRIGGER = {**settings.TRIGGER, "MID_DRAIN_WAIT_SECONDS": 0.2}
     run_id = buffered_run(api)
     lease(enrolled, run_id)
 
@@ -219,8 +219,8 @@ def test_another_environments_run_is_404_everywhere(api, enrolled, other_api, me
     assert api.get(f"/api/v3/runs/{run_id}").json()["tags"] == []
 
 
-def test_listing_merges_both_stores_newest_first_once_across_pages(api, enrolled, monkeypatch):
-    monkeypatch.setattr(selectors, "BUFFER_SCAN_PER_PAGE", 7)  # a backlog far larger than the scan
+def test_listing_merges_both_stores_newest_first_once_across_pages(api, enrolled, settings):
+    settings.TRIGGER = {**settings.TRIGGER, "LIST_BUFFER_SCAN": 7}  # a backlog far larger than the scan
     answered = [trigger(api, payload={"i": i}).json()["id"] for i in range(60)]
     org, env = str(enrolled.organization_id), str(enrolled.pk)
     half = buffer.pop(org_id=org, env_id=env, limit=20, lease_ms=60_000, now_ms=now_ms())

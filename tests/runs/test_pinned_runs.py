@@ -67,7 +67,8 @@ def test_a_change_to_a_run_whose_round_rolled_back_goes_to_the_buffer(leased):
     assert TaskRun.objects.get(id=run_id.removeprefix("run_")).status == RunStatus.CANCELED
 
 
-def test_a_change_waits_while_the_round_is_being_written_then_answers_503(leased):
+def test_a_change_waits_while_the_round_is_being_written_then_answers_503(leased, settings):
+    settings.TRIGGER = {**settings.TRIGGER, "MID_DRAIN_WAIT_SECONDS": 0.2}
     environment, api, entries = leased
     run_id = entries[0].run_id
     connection = pin_in_open_transaction(entries)

@@ -1,0 +1,33 @@
+"""Settings of the run API that are not limits of its input, read from ``settings.TRIGGER`` at call
+time (tests override them). Each is in the README's configuration table."""
+
+from django.conf import settings
+
+
+def _get(name: str):
+    return settings.TRIGGER[name]
+
+
+def buffer_scan_per_page() -> int:
+    """Buffered runs a listing reads from Redis at a time."""
+    return int(_get("LIST_BUFFER_SCAN"))
+
+
+def buffer_scan_max() -> int:
+    """Buffered runs a listing page may read before it gives up on filling the page (it then ends
+    empty, with a cursor to carry on from)."""
+    return int(_get("LIST_BUFFER_SCAN_MAX"))
+
+
+def mid_drain_wait_seconds() -> float:
+    """How long a change to a run a drainer holds waits for it before answering 503."""
+    return float(_get("MID_DRAIN_WAIT_SECONDS"))
+
+
+def mid_drain_poll_seconds() -> float:
+    return float(_get("MID_DRAIN_POLL_SECONDS"))
+
+
+def metadata_cas_attempts() -> int:
+    """Compare-and-set attempts of a metadata change to a buffered run under contention."""
+    return int(_get("METADATA_CAS_ATTEMPTS"))
