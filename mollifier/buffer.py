@@ -211,13 +211,17 @@ def pin(entries: Iterable[Entry], *, txid: str, now_ms: int, lease_ms: int) -> s
     return {_str(run_id) for reply in _run_script_calls(redis_client.get(), scripts.PIN, calls) for run_id in reply}
 
 
-def unpin(pins: Iterable[Pin], *, now_ms: int) -> int:
-    """Pinned runs whose transaction did not commit go back to ready, unchanged; returns how many."""
+def unpin(pins: Iterable[Pin], *, now_ms: int, keep_lease: bool = False) -> int:
+    """Pinned runs whose transaction did not commit go back to ready, unchanged (or, with
+    ``keep_lease``, stay leased to the drainer that pinned them, which retries); returns how many."""
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
     for item in pins:
         groups[(item.org_id, item.env_id)] += [item.run_id, item.holder]
     calls = [
-        ([keys.ready(org_id, env_id), keys.leases(org_id, env_id), keys.holders(org_id, env_id)], [now_ms, *pairs])
+        (
+            [keys.ready(org_id, env_id), keys.leases(org_id, env_id), keys.holders(org_id, env_id)],
+            [now_ms, "1" if keep_lease else "0", *pairs],
+        )
         for (org_id, env_id), pairs in groups.items()
     ]
     return sum(int(back) for back in _run_script_calls(redis_client.get(), scripts.UNPIN, calls)) if calls else 0
@@ -571,6 +575,27 @@ def listing(
 def leased_ids(*, org_id: str, env_id: str) -> set[str]:
     """Run ids a drainer holds right now in one environment."""
     return {_str(run_id) for run_id in redis_client.get().zrange(keys.leases(org_id, env_id), 0, -1)}
+
+
+DROPPED_KEPT = 1000
+
+
+def note_dropped(entries: Iterable[Entry], *, now_ms: int) -> None:
+    """Keep a trace of entries that leave without a row (their environment was deleted)."""
+    records = [
+        json.dumps({"run": e.run_id, "org": e.org_id, "env": e.env_id, "task": e.task, "at_ms": now_ms})
+        for e in entries
+    ]
+    if records:
+        redis = redis_client.get()
+        redis.lpush(keys.dropped(), *records)
+        redis.ltrim(keys.dropped(), 0, DROPPED_KEPT - 1)
+
+
+def recently_dropped(*, limit: int = 20) -> tuple[int, list[dict]]:
+    """How many dropped entries are on record (up to DROPPED_KEPT), and the latest ``limit``."""
+    redis = redis_client.get()
+    return int(redis.llen(keys.dropped())), [json.loads(raw) for raw in redis.lrange(keys.dropped(), 0, limit - 1)]
 
 
 def parked_orgs() -> list[str]:

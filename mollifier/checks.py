@@ -28,6 +28,7 @@ from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from mollifier import client
+from mollifier.client import REDIS_ERRORS
 from mollifier.exceptions import BufferUnavailable
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def _read_policy(pool: redis.ConnectionPool) -> PolicyReading:
     probe = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
     try:
         answer = probe.config_get("maxmemory-policy")
-    except BufferUnavailable as error:
+    except REDIS_ERRORS as error:
         return PolicyReading(node=node, error=f"{type(error).__name__}: {error}")
     finally:
         probe.connection_pool.disconnect()

@@ -65,11 +65,12 @@ class StartedRound:
     pins: list[buffer.Pin]  # other drainers' expired pins, found while leasing
 
 
-def settle(sink: Sink, pins: list[buffer.Pin], *, now_ms: int) -> dict[str, Settled]:
+def settle(sink: Sink, pins: list[buffer.Pin], *, now_ms: int, keep_lease: bool = False) -> dict[str, Settled]:
     """Settle pins by their transaction's outcome (asked of the sink): committed rows are acked,
-    transactions that did not commit give their runs back unchanged, running ones are left alone.
-    Returns each run's outcome. Anyone may settle a pin: the acks and give-backs only apply while
-    the exact pin still holds."""
+    transactions that did not commit give their runs back unchanged (or, with ``keep_lease``, leave
+    them leased, unpinned, to the drainer that pinned them), running ones are left alone. Returns
+    each run's outcome. Anyone may settle a pin: the acks and give-backs only apply while the exact
+    pin still holds."""
     outcome = sink.settle(pins)
     committed = [item for item in pins if outcome.get(item.run_id) == Settled.COMMITTED]
     rolled_back = [item for item in pins if outcome.get(item.run_id) == Settled.NOT_COMMITTED]
@@ -84,7 +85,7 @@ def settle(sink: Sink, pins: list[buffer.Pin], *, now_ms: int) -> dict[str, Sett
                 entries.append(entry)
         buffer.ack(entries, now_ms=now_ms)
     if rolled_back:
-        buffer.unpin(rolled_back, now_ms=now_ms)
+        buffer.unpin(rolled_back, now_ms=now_ms, keep_lease=keep_lease)
     if committed or rolled_back:
         logger.info("mollifier.drain.pins_settled committed=%d not_committed=%d", len(committed), len(rolled_back))
     return outcome
@@ -208,8 +209,10 @@ class Drainer:
             raise
 
     def _settle_after_failure(self, pinned: list[buffer.Pin]) -> None:
+        """This drainer's own write failed after its pin: rows that committed are acked; the rest
+        stay leased to it, unpinned, for it to retry (entry by entry, or with a backoff)."""
         try:
-            self._settle(pinned, RoundResult())
+            settle(self.sink, pinned, now_ms=self.clock(), keep_lease=True)
         except (SinkUnavailable, BufferUnavailable):
             # Neither store can tell right now: the pins stay, and whoever finds them once their
             # lease expires settles them (pop.lua reports them).
@@ -227,9 +230,12 @@ class Drainer:
             return
         except BufferUnavailable:
             raise  # the loop backs off; unpinned leases expire and are taken back
-        except Exception:
-            # Some entry cannot be written: find which, one transaction each.
-            logger.exception("mollifier.drain.round_failed entries=%d; isolating", len(entries))
+        except Exception as error:
+            # Some entry cannot be written: find which, one transaction each. One line, no
+            # traceback: the failing entry's own line follows (a poison entry must not flood logs).
+            logger.warning(
+                "mollifier.drain.round_failed entries=%d error=%s: isolating", len(entries), str(error)[:300]
+            )
             self._write_one_by_one(entries, result)
             self._ack([], missing, result)
             return

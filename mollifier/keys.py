@@ -67,6 +67,12 @@ def parked_orgs() -> str:
     return f"{PREFIX}:parked_orgs"
 
 
+def dropped() -> str:
+    """LIST, capped: the latest entries acked without a row because their environment was deleted
+    (JSON: run, org, env, task, at_ms), for operators (mollifier_status, the dashboard)."""
+    return f"{PREFIX}:dropped"
+
+
 def stats(org_id: str) -> str:
     """HASH: ``buffered`` (entries not yet materialised, for the cap) and ``gen`` (activation count)."""
     return f"{_org(org_id)}:stats"

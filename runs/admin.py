@@ -320,6 +320,8 @@ class MollifierDashboardAdmin(admin.ModelAdmin):
             ]
             orgs = sorted({row.org_id for row in rows} | set(enrolled) | set(shadow_orgs(since_ms=now - 3_600_000)))
             minutes = timeline(org_ids=orgs, now_ms=now)
+            parked = buffer.parked_entries(limit=100)
+            dropped_count, _ = buffer.recently_dropped(limit=0)
         except BufferUnavailable:
             context["error"] = "The buffer's Redis did not answer."
             return TemplateResponse(request, "admin/runs/mollifier_dashboard.html", context)
@@ -336,6 +338,8 @@ class MollifierDashboardAdmin(admin.ModelAdmin):
         ]
         recent = minutes[-5:]
         context.update(
+            parked=parked,
+            dropped_count=dropped_count,
             rows=table,
             totals={
                 "waiting": sum(r.waiting for r in rows),

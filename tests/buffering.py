@@ -9,7 +9,7 @@ from mollifier.drainer import now_ms
 from mollifier.sink import SinkReport
 from runs.api.serializers import trigger_options_from
 from runs.services.materialise import TaskRunSink
-from runs.services.trigger import _build_run
+from runs.services.trigger import task_run_prepare
 from runs.snapshots import run_to_entry, to_ms
 
 
@@ -27,7 +27,7 @@ def fill_buffer(
         pipe = redis.pipeline(transaction=False)
         entries = []
         for i in range(start, min(count, start + 1000)):
-            run = _build_run(environment=environment, task_identifier=task, options=opts, now=now, batch=batch)
+            run = task_run_prepare(environment=environment, task_identifier=task, options=opts, now=now, batch=batch)
             entries.append(run_to_entry(run, batch_index=i if batch else None))
             scripts.ACCEPT(
                 keys=buffer.accept_keys(entries[-1]), args=[to_ms(now), *buffer.accept_args(entries[-1])], client=pipe

@@ -48,7 +48,11 @@ def dead_redis(settings):
         "dead": {
             "BACKEND": "django_redis.cache.RedisCache",
             "LOCATION": "redis://127.0.0.1:1/0",
-            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2},
+            "OPTIONS": {
+                "SOCKET_CONNECT_TIMEOUT": 0.2,
+                "SOCKET_TIMEOUT": 0.2,
+                "REDIS_CLIENT_CLASS": "mollifier.client.BufferRedis",
+            },
         },
     }
     settings.MOLLIFIER = {**settings.MOLLIFIER, "REDIS_ALIAS": "dead", "REDIS_CLUSTER_URL": ""}

@@ -112,6 +112,8 @@ CACHES = {
         "OPTIONS": {
             "SOCKET_CONNECT_TIMEOUT": 1,
             "SOCKET_TIMEOUT": 1,
+            # Every Redis failure as one exception of the mollifier's (mollifier/client.py).
+            "REDIS_CLIENT_CLASS": "mollifier.client.BufferRedis",
         },
     }
 }

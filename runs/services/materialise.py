@@ -27,7 +27,7 @@ from django.db.models import JSONField
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
-from mollifier import conf
+from mollifier import buffer, conf
 from mollifier.buffer import Pin
 from mollifier.codec import Entry
 from mollifier.exceptions import SinkUnavailable
@@ -98,7 +98,7 @@ def _materialise(entries: list[Entry], *, minimal: bool = False) -> SinkReport:
         {int(entry.env_id) for entry in entries if entry.env_id.isdigit()}
     )
     runs: list[tuple[Entry, dict]] = []
-    dropped = 0
+    gone: list[Entry] = []
     if minimal:  # the last resort must not fail on a batch deleted meanwhile either
         batches = set(
             BatchTaskRun.objects.filter(id__in={e.batch_id for e in entries if e.batch_id}).values_list("id", flat=True)
@@ -110,7 +110,7 @@ def _materialise(entries: list[Entry], *, minimal: bool = False) -> SinkReport:
         environment = environments.get(int(entry.env_id)) if entry.env_id.isdigit() else None
         if environment is None:
             logger.warning("mollifier.drain.environment_gone run=%s env=%s", entry.run_id, entry.env_id)
-            dropped += 1
+            gone.append(entry)
             continue
         if minimal and (entry.terminal_error or entry.snapshot is None):
             values = minimal_failure_values(entry, environment=environment, now=now)
@@ -119,6 +119,8 @@ def _materialise(entries: list[Entry], *, minimal: bool = False) -> SinkReport:
         values["materialised_at"] = now
         runs.append((entry, values))
 
+    if gone:  # a trace for operators: these leave the buffer without a row (mollifier_status)
+        buffer.note_dropped(gone, now_ms=int(now.timestamp() * 1000))
     inserted = _insert([values for _, values in runs])
     pending = [(entry, values) for entry, values in runs if values["id"] not in inserted]
     existing = set(TaskRun.objects.filter(id__in=[values["id"] for _, values in pending]).values_list("id", flat=True))
@@ -128,7 +130,7 @@ def _materialise(entries: list[Entry], *, minimal: bool = False) -> SinkReport:
     _link_batch_items(runs, now=now)
     terminal = sum(values["status"] == RunStatus.SYSTEM_FAILURE for _, values in runs if values["id"] in inserted)
     return SinkReport(
-        inserted=len(inserted) - terminal, already=len(existing), failed=terminal + key_failures, dropped=dropped
+        inserted=len(inserted) - terminal, already=len(existing), failed=terminal + key_failures, dropped=len(gone)
     )
 
 

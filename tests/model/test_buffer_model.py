@@ -25,7 +25,6 @@ from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
     invariant,
-    precondition,
     rule,
     run_state_machine_as_test,
 )
@@ -134,7 +133,7 @@ class BufferModel(RuleBasedStateMachine):
         self.org, self.env_id = str(self.env.organization_id), str(self.env.pk)
         self.parent = TaskRunFactory(environment=self.env, task_identifier="parent")
         for key in keys_of_burst:
-            self.trigger(key=key, buffered=True, delayed=False, bypass=False)
+            self._trigger(key=key, buffered=True, delayed=False, bypass=False)
 
     # -- what users do ------------------------------------------------------------------------
 
@@ -166,21 +165,22 @@ class BufferModel(RuleBasedStateMachine):
         if key:
             self.holders[key] = run_id
 
-    @rule(
-        key=st.sampled_from([None, *KEYS]),
-        buffered=st.booleans(),
-        delayed=st.booleans(),
-        bypass=st.booleans(),
-    )
-    def trigger(self, key, buffered, delayed, bypass):
+    def trigger(self, data):
+        key = data.draw(st.sampled_from([None, *KEYS]), label="key")
+        buffered, delayed, bypass = (
+            data.draw(st.booleans(), label=label) for label in ("buffered", "delayed", "bypass")
+        )
+        self._trigger(key=key, buffered=buffered, delayed=delayed, bypass=bypass)
+
+    def _trigger(self, *, key, buffered, delayed, bypass):
         self._gate(buffered)
         options = trigger_options_from({"options": self._options(key, delayed, bypass)}, now=timezone.now())
         outcome = task_run_trigger(environment=self.env, task_identifier=TASK, options=options)
         self._record(outcome.run.friendly_id, key, delayed and not outcome.is_cached, outcome.is_cached)
 
-    @rule(buffered=st.booleans(), keys_of_items=st.lists(st.sampled_from([None, *KEYS]), min_size=1, max_size=3))
-    def batch(self, buffered, keys_of_items):
-        self._gate(buffered)
+    def batch(self, data):
+        self._gate(data.draw(st.booleans(), label="buffered"))
+        keys_of_items = data.draw(st.lists(st.sampled_from([None, *KEYS]), min_size=1, max_size=3), label="item keys")
         batch, _ = batch_create(environment=self.env, run_count=len(keys_of_items), task_identifiers=[TASK])
         now = timezone.now()
         items = [
@@ -205,11 +205,10 @@ class BufferModel(RuleBasedStateMachine):
             return data.draw(st.sampled_from(held))
         return data.draw(st.sampled_from(sorted(self.promises)))
 
-    @precondition(lambda self: bool(self.promises))
-    @rule(data=st.data(), change=st.sampled_from(["cancel", "tag", "metadata", "reschedule"]))
-    def change_a_run(self, data, change):
+    def change_a_run(self, data):
         """Cancel, tag, set metadata or reschedule a run; a 503 acknowledges nothing (the SDK
         would retry)."""
+        change = data.draw(st.sampled_from(["cancel", "tag", "metadata", "reschedule"]), label="change")
         run_id = self._a_run(data)
         promise = self.promises[run_id]
         try:
@@ -233,8 +232,8 @@ class BufferModel(RuleBasedStateMachine):
         except InvalidRequest:
             assert change == "reschedule" and (not promise.delayed or promise.cancelled), run_id
 
-    @rule(key=st.sampled_from(KEYS))
-    def reset_key(self, key):
+    def reset_key(self, data):
+        key = data.draw(st.sampled_from(KEYS), label="key")
         try:
             idempotency_key_reset(environment=self.env, task_identifier=TASK, key=key)
         except ServiceUnavailable:
@@ -247,9 +246,9 @@ class BufferModel(RuleBasedStateMachine):
             if promise.key == key:
                 promise.key = None
 
-    @rule(page_size=st.integers(1, 4))
-    def walk_a_page(self, page_size):
+    def walk_a_page(self, data):
         """One page of a listing walk; drains and changes may happen between pages."""
+        page_size = data.draw(st.integers(1, 4), label="page size")
         if self.walk is None:
             self.walk = {"expected": sorted(self.promises), "seen": [], "after": None}
         walk = self.walk
@@ -287,11 +286,10 @@ class BufferModel(RuleBasedStateMachine):
     def _can_write(drainer: ModelDrainer) -> bool:
         return bool(drainer.entries) and not drainer.written and not drainer.open
 
-    @precondition(lambda self: self._any(self._idle))
-    @rule(data=st.data(), stalls=st.booleans())
-    def lease(self, data, stalls):
-        """Lease up to 3 runs; ``stalls``: the drainer then stalls past its lease at once."""
+    def lease(self, data):
+        """Lease up to 3 runs; sometimes the drainer then stalls past its lease at once."""
         drainer = self._pick(data, self._idle)
+        stalls = data.draw(st.booleans(), label="stalls past its lease")
         popped = buffer.pop(org_id=self.org, env_id=self.env_id, limit=3, lease_ms=LEASE_MS, now_ms=now_ms())
         drainer.entries, drainer.written = popped.entries, False
         if stalls:
@@ -301,13 +299,9 @@ class BufferModel(RuleBasedStateMachine):
         for entry in drainer.entries:
             redis_client().zadd(keys.leases(self.org, self.env_id), {entry.run_id: 0}, xx=True)
 
-    @precondition(lambda self: self._any(self._holding))
-    @rule(data=st.data())
     def time_passes_its_lease(self, data):
         self._expire(self._pick(data, self._holding))
 
-    @precondition(lambda self: self._any(self._can_write))
-    @rule(data=st.data())
     def write(self, data):
         drainer = self._pick(data, self._can_write)
         entries = drainer.entries
@@ -316,38 +310,56 @@ class BufferModel(RuleBasedStateMachine):
         )
         drainer.written = True
 
-    @precondition(lambda self: self._any(self._can_write))
-    @rule(data=st.data())
     def write_and_stall(self, data):
         drainer = self._pick(data, self._can_write)
         drainer.open = OpenWrite(drainer.entries)
 
-    @precondition(lambda self: self._any(lambda drainer: drainer.open))
-    @rule(data=st.data())
     def stall_ends(self, data):
         drainer = self._pick(data, lambda drainer: drainer.open)
         drainer.open.finish()
         drainer.open, drainer.written = None, True
 
-    @precondition(lambda self: self._any(lambda drainer: drainer.written and not drainer.open))
-    @rule(data=st.data())
     def ack(self, data):
         drainer = self._pick(data, lambda drainer: drainer.written and not drainer.open)
         buffer.ack(drainer.entries, now_ms=now_ms())
         drainer.entries, drainer.written = [], False
 
-    @precondition(lambda self: self._any(lambda drainer: not self._idle(drainer)))
-    @rule(data=st.data())
     def dies(self, data):
         drainer = self._pick(data, lambda drainer: not self._idle(drainer))
         if drainer.open:
             drainer.open.abort()
         drainer.entries, drainer.written, drainer.open = [], False, None
 
-    @precondition(lambda self: self._any(self._idle))
-    @rule()
-    def a_real_drainer_round(self):
+    def a_real_drainer_round(self, data):
         Drainer().drain_round()
+
+    # -- one step: an action drawn by weight among those possible now --------------------------
+
+    def _possible(self) -> dict[str, int]:
+        """Action → weight. One rule draws among them (rather than one rule each) so that the
+        interleavings that matter — a lease, time passing, a change, a late write — come often,
+        not only when a random subset of rules happens to be enabled together."""
+        can = {
+            "trigger": 3,
+            "batch": 1,
+            "reset_key": 1,
+            "walk_a_page": 2,
+            "change_a_run": 4 if self.promises else 0,
+            "lease": 3 if self._any(self._idle) else 0,
+            "time_passes_its_lease": 2 if self._any(self._holding) else 0,
+            "write": 3 if self._any(self._can_write) else 0,
+            "write_and_stall": 2 if self._any(self._can_write) else 0,
+            "stall_ends": 2 if self._any(lambda drainer: drainer.open) else 0,
+            "ack": 3 if self._any(lambda drainer: drainer.written and not drainer.open) else 0,
+            "dies": 1 if self._any(lambda drainer: not self._idle(drainer)) else 0,
+            "a_real_drainer_round": 1 if self._any(self._idle) else 0,
+        }
+        return {name: weight for name, weight in can.items() if weight}
+
+    @rule(data=st.data())
+    def step(self, data):
+        choices = [name for name, weight in self._possible().items() for _ in range(weight)]
+        getattr(self, data.draw(st.sampled_from(choices), label="action"))(data)
 
     # -- what must hold after every step ------------------------------------------------------
 

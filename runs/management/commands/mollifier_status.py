@@ -1,4 +1,5 @@
 from django.core.management.base import BaseCommand
+from django.template.defaultfilters import pluralize
 
 from mollifier import buffer, conf
 from mollifier.drainer import now_ms
@@ -7,7 +8,11 @@ from runs.models import RuntimeEnvironment
 
 
 class Command(BaseCommand):
-    help = "Show the mollifier buffer: depth per organisation and environment, oldest dwell, leases, gate state."
+    help = (
+        "Show the mollifier buffer: depth per organisation and environment, oldest dwell, leases, gate "
+        "state; parked runs (no row could be written) and runs dropped because their environment was "
+        "deleted. The first line shows the settings this process reads from its environment."
+    )
 
     def handle(self, *args, **options):
         now = now_ms()
@@ -15,17 +20,42 @@ class Command(BaseCommand):
         self.stdout.write(
             f"mollifier {'ON' if conf.enabled() else 'OFF'}{' (shadow mode)' if conf.shadow_mode() else ''}; "
             f"trip {conf.trip_threshold()} per {conf.trip_window_ms()} ms, hold {conf.hold_ms()} ms; "
-            f"drain cap {conf.drain_max_rows_per_sec():,} rows/s"
+            f"drain cap {conf.drain_max_rows_per_sec():,} rows/s (settings of this process's environment)"
         )
-        if not rows:
-            self.stdout.write("buffer empty")
-            return
         names = {
             str(env.pk): str(env)
             for env in RuntimeEnvironment.objects.filter(
                 pk__in=[int(r.env_id) for r in rows if r.env_id.isdigit()]
             ).select_related("project__organization")
         }
+        if rows:
+            self._table(rows, names, now)
+            # One snapshot: the total is the table's own sum, so the two never disagree mid-drain.
+            waiting, orgs = sum(row.waiting for row in rows), len({row.org_id for row in rows})
+            self.stdout.write(
+                f"total waiting: {waiting:,} in {orgs} organisation{pluralize(orgs)}, {len(rows)} "
+                f"environment{pluralize(len(rows))}"
+            )
+        else:
+            self.stdout.write("buffer empty")
+        parked = buffer.parked_entries(limit=10)
+        if parked:
+            total = sum(buffer.parked_count(org) for org in buffer.parked_orgs())
+            self.stdout.write(
+                f"PARKED: {total:,} run{pluralize(total)} no row could be written for "
+                "(see `manage.py mollifier_parked list`):"
+            )
+            for entry in parked:
+                error = (entry.last_error or {}).get("message", "")
+                self.stdout.write(f"  {entry.run_id}  {names.get(entry.env_id, 'env ' + entry.env_id)}  {error[:100]}")
+        dropped, latest = buffer.recently_dropped(limit=5)
+        if dropped:
+            self.stdout.write(
+                f"dropped: {dropped:,} run{pluralize(dropped)} on record left without a row (environment deleted); "
+                "latest: " + ", ".join(record["run"] for record in latest)
+            )
+
+    def _table(self, rows, names: dict, now: int) -> None:
         header = ("environment", "waiting", "ready", "leased", "expired", "oldest", "gate")
         table = [header] + [
             (
@@ -47,5 +77,3 @@ class Command(BaseCommand):
                     for i, (cell, width) in enumerate(zip(line, widths))
                 )
             )
-        totals = {org: buffer.buffered_count(org) for org in {row.org_id for row in rows}}
-        self.stdout.write(f"total waiting: {sum(totals.values()):,} in {len(totals)} organisations")

@@ -1,0 +1,89 @@
+"""Entries that cannot become their row, drained by real drainer processes: they back off, turn
+terminal, become a SYSTEM_FAILURE row — or, when not even a minimal row can be written, are parked
+for an operator. Never a loop, never silent, one log line per failure."""
+
+import json
+import re
+
+import pytest
+
+from mollifier import buffer, keys, scripts
+from mollifier.client import get as redis_client
+from runs.models import RunStatus, TaskRun
+from tests.buffering import fill_buffer
+from tests.factories import EnvironmentFactory
+from tests.server import finish, start_manage
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+FAST = {
+    "MOLLIFIER_DRAIN_MAX_ATTEMPTS": "2",
+    "MOLLIFIER_DRAIN_PARK_AFTER": "2",
+    "MOLLIFIER_DRAIN_BACKOFF_BASE_MS": "50",
+    "MOLLIFIER_DRAIN_BACKOFF_MAX_MS": "200",
+}
+
+
+def poison_snapshot(environment, run_id: str, **values) -> None:
+    """Overwrite a buffered run's snapshot with values its row cannot hold (as a bug, a version
+    skew or a hand-edited entry might)."""
+    key = keys.snapshot(str(environment.organization_id), run_id)
+    entry = buffer.get(org_id=str(environment.organization_id), run_id=run_id)
+    redis_client().set(key, json.dumps({**entry.snapshot, **values}))
+
+
+def test_an_entry_its_row_cannot_hold_backs_off_then_lands_as_a_minimal_failure_row():
+    environment = EnvironmentFactory()
+    good, bad = fill_buffer(environment, 2)
+    poison_snapshot(environment, bad, ttl="1" * 100)  # the ttl column holds 64 characters
+
+    output = finish(start_manage("mollifier_drain", "--once", **FAST), timeout=60)
+
+    rows = {run.friendly_id: run for run in TaskRun.objects.all()}
+    assert sorted(rows) == sorted([good, bad]), output
+    assert rows[good].status == RunStatus.QUEUED
+    assert rows[bad].status == RunStatus.SYSTEM_FAILURE
+    assert "attempts_exhausted" in rows[bad].error["message"] and "only its ids were kept" in rows[bad].error["message"]
+    assert rows[bad].ttl is None and rows[bad].task_identifier == "hello-world"
+    assert buffer.buffered_count(str(environment.organization_id)) == 0
+    failures = re.findall(r"mollifier\.drain\.entry_failed run=(\S+) attempts=(\d+)", output)
+    assert {run for run, _ in failures} == {bad} and len(failures) <= 4  # backed off, not a loop
+    assert "Traceback" not in output  # one line per failure
+
+
+def test_an_entry_that_cannot_be_written_in_any_form_is_parked_then_discarded_by_an_operator():
+    environment = EnvironmentFactory()
+    (good,) = fill_buffer(environment, 1)
+    # An entry whose very id cannot be a row id (ids are at most 32 characters).
+    entry = buffer.get(org_id=str(environment.organization_id), run_id=good)
+    entry.run_id = "run_" + "z" * 40
+    scripts.ACCEPT(
+        keys=buffer.accept_keys(entry), args=[entry.accepted_at_ms, *buffer.accept_args(entry)], client=redis_client()
+    )
+
+    output = finish(start_manage("mollifier_drain", "--once", **FAST), timeout=60)
+
+    assert "mollifier.drain.parked run=" + entry.run_id in output and "Traceback" not in output
+    assert [e.run_id for e in buffer.parked_entries()] == [entry.run_id]
+    assert TaskRun.objects.get().friendly_id == good
+    status = finish(start_manage("mollifier_status"))
+    assert "PARKED: 1 run" in status and entry.run_id in status
+
+    refused = start_manage("mollifier_parked", "discard", entry.run_id)
+    assert refused.wait(30) != 0 and "--reason" in refused.communicate()[0]
+    discarded = finish(start_manage("mollifier_parked", "discard", entry.run_id, "--reason", "id from a bad import"))
+
+    assert f"{entry.run_id} discarded: id from a bad import" in discarded
+    assert buffer.parked_entries() == [] and buffer.buffered_count(str(environment.organization_id)) == 0
+
+
+def test_entries_of_a_deleted_environment_leave_a_trace_for_operators():
+    environment = EnvironmentFactory()
+    run_ids = fill_buffer(environment, 3)
+    environment.delete()
+
+    output = finish(start_manage("mollifier_drain", "--once"))
+    status = finish(start_manage("mollifier_status"))
+
+    assert "3 dropped" in output and output.count("mollifier.drain.environment_gone") == 3
+    assert "dropped: 3 runs on record" in status and run_ids[-1] in status
