@@ -16,6 +16,7 @@ from runs import ids
 from runs.exceptions import BatchNotFound, InvalidRequest, ServiceUnavailable
 from runs.models import BatchTaskRun, BatchTaskRunItem, RuntimeEnvironment
 from runs.options import TriggerOptions
+from runs.services.packets import PACKET_TYPE, packets_use
 from runs.services.request_idempotency import request_lookup, request_remember
 from runs.services.trigger import task_run_trigger
 
@@ -94,6 +95,11 @@ def batch_add_items(
     batch = batch_get(environment=environment, batch_id=batch_id)
     if (bad := next((item for item in items if item.index >= batch.run_count), None)) is not None:
         raise InvalidRequest(f"Item index {bad.index} is out of range: the batch has {batch.run_count} runs.")
+    packets_use(
+        environment=environment,
+        paths=[item.options.payload for item in items if item.options.payload_type == PACKET_TYPE],
+        now=now,
+    )
     accepted = deduplicated = 0
     with transaction.atomic():
         batch = (
