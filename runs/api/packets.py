@@ -14,7 +14,7 @@ from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import permissions, serializers
-from rest_framework.exceptions import ParseError
+from rest_framework.exceptions import ParseError, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -24,6 +24,8 @@ from runs.api.views import EnvironmentApi
 from runs.exceptions import PacketNotFound
 from runs.selectors import task_run_get
 from runs.services.packets import (
+    MAX_FILENAME_LENGTH,
+    MAX_PATH_LENGTH,
     RUN_FIELDS,
     packet_download_url,
     packet_open,
@@ -46,6 +48,19 @@ class PacketUrlSchema(serializers.Serializer):
 
 
 _IN_USE = OpenApiResponse(ErrorSchema, description="A trigger already named this packet: upload under a new name")
+_NAME = r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}(/[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}){0,15}"
+_FILENAME = OpenApiParameter(
+    "filename",
+    {"type": "string", "pattern": f"^{_NAME}$", "maxLength": MAX_FILENAME_LENGTH},
+    OpenApiParameter.PATH,
+    description="The SDK's name for the packet, e.g. trigger/packet_…/payload.json (its '/' may be percent-encoded)",
+)
+_PATH = OpenApiParameter(
+    "path",
+    {"type": "string", "pattern": f"^env_[0-9]+/{_NAME}$", "maxLength": MAX_PATH_LENGTH},
+    OpenApiParameter.PATH,
+    description="A storage path, as the upload handshake answered it: env_<id>/<filename>",
+)
 
 
 class PacketUploadUrlApi(EnvironmentApi):
@@ -57,6 +72,7 @@ class PacketUploadUrlApi(EnvironmentApi):
             "(e.g. `trigger/packet_…/payload.json`) in this environment, and the storage path to trigger with."
         ),
         request=None,
+        parameters=[_FILENAME],
         responses={**responses(200, PacketUploadUrlSchema), 409: _IN_USE},
     )
     def put(self, request, filename: str):
@@ -69,6 +85,7 @@ class PacketDownloadUrlApi(EnvironmentApi):
         operation_id="create_packet_download_url",
         summary="Presign a packet download",
         description="A presigned GET URL for a packet of this environment, named by its storage path.",
+        parameters=[_PATH],
         responses=responses(200, PacketUrlSchema, 404),
     )
     def get(self, request, path: str):
@@ -88,6 +105,8 @@ class RunPacketUrlApi(EnvironmentApi):
         responses=responses(200, PacketUrlSchema, 404),
     )
     def get(self, request, run_id: str, field: str):
+        if field not in RUN_FIELDS:
+            raise ValidationError({"field": f"Must be one of {', '.join(RUN_FIELDS)}."})
         run = task_run_get(environment=self.environment, run_id=run_id)
         if (path := run_packet_path(run, field)) is None:
             raise PacketNotFound(f"The run has no stored {field}")
