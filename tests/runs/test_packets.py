@@ -408,3 +408,23 @@ def test_a_downloaded_packet_whose_object_vanished_is_404(api, packets_root):
     response = get_url(url)
 
     assert response.status_code == 404 and response.json() == {"error": "Packet not found"}
+
+
+def test_the_run_packet_endpoint_names_only_payload_or_output(api):
+    run_id = trigger_packet(api, upload(api, big_payload(1))).json()["id"]
+
+    response = api.get(f"/api/v1/runs/{run_id}/packets/metadata")
+
+    assert response.status_code == 400
+    assert response.json() == {"error": "field: Must be one of payload, output."}
+
+
+def test_the_openapi_schema_describes_the_handshakes_but_not_the_presigned_urls(api):
+    schema = api.get("/api/schema", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    paths = schema["paths"]
+
+    assert paths["/api/v2/packets/{filename}"]["put"]["operationId"] == "create_packet_upload_url"
+    assert paths["/api/v1/packets/{path}"]["get"]["summary"] == "Presign a packet download"
+    assert "get" in paths["/api/v1/runs/{run_id}/packets/{field}"]
+    assert not [path for path in paths if "packet-store" in path]
+    assert "payloadPresignedUrl" in schema["components"]["schemas"]["RunSchema"]["properties"]
