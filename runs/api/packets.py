@@ -15,6 +15,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import permissions, serializers
 from rest_framework.exceptions import ParseError, ValidationError
+from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -26,7 +27,9 @@ from runs.selectors import task_run_get
 from runs.services.packets import (
     MAX_FILENAME_LENGTH,
     MAX_PATH_LENGTH,
+    MAX_SEGMENTS,
     RUN_FIELDS,
+    SEGMENT_PATTERN,
     packet_download_url,
     packet_open,
     packet_store,
@@ -48,7 +51,7 @@ class PacketUrlSchema(serializers.Serializer):
 
 
 _IN_USE = OpenApiResponse(ErrorSchema, description="A trigger already named this packet: upload under a new name")
-_NAME = r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}(/[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}){0,15}"
+_NAME = f"{SEGMENT_PATTERN}(/{SEGMENT_PATTERN}){{0,{MAX_SEGMENTS - 1}}}"
 _FILENAME = OpenApiParameter(
     "filename",
     {"type": "string", "pattern": f"^{_NAME}$", "maxLength": MAX_FILENAME_LENGTH},
@@ -124,11 +127,23 @@ def _upload_body(request) -> tuple[IO[bytes], int | None]:
     return (request.stream or io.BytesIO()), length
 
 
+class _AnyAccept(BaseContentNegotiation):
+    """A presigned URL answers whatever the client says it accepts, as an object store does; its body
+    is read raw, never parsed."""
+
+    def select_parser(self, request, parsers):
+        return None
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
 class PacketObjectApi(APIView):
     """A presigned URL: the signature is the authority, no secret key is read."""
 
     authentication_classes = ()
     permission_classes = (permissions.AllowAny,)
+    content_negotiation_class = _AnyAccept
 
     def _verify(self, method: str, path: str) -> None:
         params = self.request.query_params
@@ -144,7 +159,13 @@ class PacketObjectApi(APIView):
     def get(self, request, path: str):
         self._verify("GET", path)
         packet, content = packet_open(path=path)
-        return FileResponse(content, content_type=packet.content_type)
+        response = FileResponse(
+            content, content_type=packet.content_type, as_attachment=True, filename=path.rpartition("/")[2]
+        )
+        # The content type is the uploader's: a browser opening the link must not run it on this origin
+        # (the admin lives here). The SDK reads the body and the content type, and ignores these.
+        response["Content-Security-Policy"] = "default-src 'none'; sandbox"
+        return response
 
     @extend_schema(exclude=True)
     def put(self, request, path: str):

@@ -21,6 +21,7 @@ skip each other's locked rows, and deleting an object twice is harmless.
 
 import logging
 import os
+import re
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ logger = logging.getLogger(__name__)
 SCAN_LIMIT = 10_000  # buffered entries older than the cutoff read per environment
 CLOCK_SKEW = timedelta(hours=1)  # between the web processes' clocks and this one's
 BATCH_SIZE = 500
+_ENV_FOLDER = re.compile(r"env_[0-9]{1,18}")
 
 
 @dataclass
@@ -173,15 +175,18 @@ def _prune_empty_folders(path: str) -> None:
 
 
 def _walk(folder: str = "") -> Iterator[str]:
+    """Every object under the environments' folders. Only ``env_<id>`` folders are entered: a store
+    pointed by mistake at a folder with other files in it loses none of them."""
     storage = packet_storage()
     try:
         folders, files = storage.listdir(folder)
     except FileNotFoundError:
         return  # a local store that never received a packet
-    for name in files:
-        yield f"{folder}/{name}" if folder else name
+    if folder:
+        yield from (f"{folder}/{name}" for name in files)
     for name in folders:
-        yield from _walk(f"{folder}/{name}" if folder else name)
+        if folder or _ENV_FOLDER.fullmatch(name):
+            yield from _walk(f"{folder}/{name}" if folder else name)
 
 
 def _remove_orphans(*, cutoff: datetime, dry_run: bool, report: CleanupReport) -> None:

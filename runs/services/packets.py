@@ -51,7 +51,9 @@ MAX_SEGMENTS = 16
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 RUN_FIELDS = ("payload", "output")  # what GET /api/v1/runs/{id}/packets/{field} may name
 
-_SEGMENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
+SEGMENT_PATTERN = r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}"  # one segment of a path; segments are joined by "/"
+
+_SEGMENT = re.compile(SEGMENT_PATTERN)
 _PREFIX = re.compile(r"env_([0-9]{1,18})/")
 _EXPIRES = re.compile(r"[0-9]{1,12}")
 _CONTENT_TYPE = re.compile(r"[\x20-\x7e]{1,128}")

@@ -6,6 +6,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from mollifier import buffer
 from mollifier.drainer import now_ms
@@ -280,8 +281,6 @@ def test_another_environments_upload_lands_in_its_own_prefix(api, other_api, env
 
 
 def test_the_handshakes_need_the_secret_key(environment):
-    from rest_framework.test import APIClient
-
     anonymous = APIClient()
 
     assert anonymous.put("/api/v2/packets/trigger/p/payload.json").status_code == 401
@@ -428,3 +427,27 @@ def test_the_openapi_schema_describes_the_handshakes_but_not_the_presigned_urls(
     assert "get" in paths["/api/v1/runs/{run_id}/packets/{field}"]
     assert not [path for path in paths if "packet-store" in path]
     assert "payloadPresignedUrl" in schema["components"]["schemas"]["RunSchema"]["properties"]
+
+
+def test_a_download_is_an_attachment_that_a_browser_will_not_run(api):
+    path = upload(api, b"<script>alert(1)</script>", content_type="text/html")
+    url = api.get(f"/api/v1/packets/{path}").json()["presignedUrl"]
+
+    response = APIClient().get(url, HTTP_ACCEPT="text/html")
+
+    assert response.status_code == 200 and response["Content-Type"] == "text/html"
+    assert response["Content-Disposition"] == 'attachment; filename="payload.json"'
+    assert response["Content-Security-Policy"] == "default-src 'none'; sandbox"
+    assert response["X-Content-Type-Options"] == "nosniff"
+
+
+def test_presigned_urls_answer_whatever_the_client_accepts(api):
+    handshake = presign_upload(api).json()
+
+    uploaded = APIClient().generic(
+        "PUT", handshake["presignedUrl"], b"{}", content_type="application/super+json", HTTP_ACCEPT="text/plain"
+    )
+    refused = APIClient().get(handshake["presignedUrl"], HTTP_ACCEPT="application/super+json")
+
+    assert uploaded.status_code == 200
+    assert refused.status_code == 403 and json.loads(refused.content)["error"]

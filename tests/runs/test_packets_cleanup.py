@@ -70,6 +70,19 @@ def test_a_second_run_finds_nothing_and_a_drained_run_keeps_its_packet(api, enro
     assert (packets_root / buffered).exists()
 
 
+def test_files_outside_the_environments_folders_are_never_touched(environment, packets_root):
+    """A store pointed by mistake at a folder with other things in it."""
+    strangers = [packets_root / "README.txt", packets_root / "other" / "data.json", packets_root / "env_x" / "a"]
+    for stranger in strangers:
+        stranger.parent.mkdir(parents=True, exist_ok=True)
+        stranger.write_text("keep me")
+        os.utime(stranger, (0, 0))
+
+    report = packets_cleanup(older_than=DAY, now=later())
+
+    assert report.orphans == [] and all(stranger.exists() for stranger in strangers)
+
+
 def test_nothing_is_removed_within_the_grace_period(api, environment, packets_root):
     path = upload(api, big_payload(1))
 

@@ -48,7 +48,7 @@ class Command(BaseCommand):
             self.stdout.write(f"{verb} {path} (no record)")
         self.stdout.write(
             f"packets_cleanup: {verb} {len(report.deleted)} unused packets ({report.deleted_bytes:,} bytes) and "
-            f"{len(report.orphans)} unrecorded objects older than {older_than}; "
+            f"{len(report.orphans)} unrecorded objects older than {older_than.total_seconds() / 3600:g}h; "
             f"{report.referenced} newly found in use by runs, {report.kept_buffered} kept for buffered runs, "
             f"{report.kept_unsure} kept because the buffer could not be read completely, "
             f"{report.failed} failed deletes (retried next run)"
