@@ -102,7 +102,7 @@ def _trigger_function(run: TaskRun) -> str:
 
 
 def run_detail(run: TaskRun, *, payload_url: str | None = None) -> dict:
-    """``payload_url``: the presigned download URL of an offloaded payload (runs.api.packets)."""
+    """``payload_url``: the presigned download URL of an offloaded payload (runs.api.presigned)."""
     data = _common(run)
     data["triggerFunction"] = _trigger_function(run)
     data["relatedRuns"] = {}  # the SDK requires the object; nested run summaries are not kept here

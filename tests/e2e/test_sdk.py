@@ -115,18 +115,18 @@ def _assert_packet_rows(environment, count: int) -> None:
     assert set(Packet.objects.filter(environment=environment, path__in=paths).values_list("path", flat=True)) == paths
 
 
-def test_official_sdk_offloads_large_payloads_directly(node, tmp_path):
+def test_official_sdk_offloads_large_payloads_directly(node, packets_root):
     """300 KiB payloads (object and text) by trigger, tasks.batchTrigger and batch.trigger, written
     straight to Postgres: each retrieved intact, then again."""
     environment = EnvironmentFactory()
-    with running_server(PACKETS_ROOT=str(tmp_path)) as base_url:
+    with running_server() as base_url:
         state = _packets_script(node, base_url, environment.secret_key, "trigger")
         _packets_script(node, base_url, environment.secret_key, "verify", json.dumps(state))
     _assert_packet_rows(environment, 7)
-    assert len(list(tmp_path.glob(f"env_{environment.pk}/**/payload.*"))) == 8  # and the SDK's own export
+    assert len(list(packets_root.glob(f"env_{environment.pk}/**/payload.*"))) == 8  # and the SDK's own export
 
 
-def test_official_sdk_offloads_large_payloads_while_buffered(node, tmp_path):
+def test_official_sdk_offloads_large_payloads_while_buffered(node):
     """The same with a gate that trips after one trigger: every later run, batch items too, waits in
     the buffer holding only its packet's path, retrieves intact there, and again once drained."""
     from mollifier import buffer
@@ -141,7 +141,6 @@ def test_official_sdk_offloads_large_payloads_while_buffered(node, tmp_path):
         "MOLLIFIER_TRIP_WINDOW_MS": "60000",
         "MOLLIFIER_HOLD_MS": "60000",
         "TRIGGER_AUTH_CACHE_SECONDS": "0",
-        "PACKETS_ROOT": str(tmp_path),
     }
     with running_server(**gate) as base_url:
         state = _packets_script(node, base_url, environment.secret_key, "trigger")
