@@ -144,7 +144,7 @@ def packet_upload_url(*, environment: RuntimeEnvironment, filename: str, now: da
     named that path: a run's payload never changes under it."""
     path = packet_path_for(environment=environment, filename=filename)
     if Packet.objects.filter(path=path, used_at__isnull=False).exists():
-        raise PacketInUse(f"Packet {path} is already the payload of a run; upload under a new name")
+        raise PacketInUse(f"A trigger already named packet {path}: upload under a new name")
     return path, packet_url(method="PUT", path=path, now=now)
 
 
@@ -213,7 +213,7 @@ def packet_store(
         with transaction.atomic():
             existing = Packet.objects.select_for_update().filter(path=path).first()
             if existing is not None and existing.used_at is not None:
-                raise PacketInUse(f"Packet {path} is already the payload of a run; upload under a new name")
+                raise PacketInUse(f"A trigger already named packet {path}: upload under a new name")
             upload = File(spool, name=path)
             upload.content_type = content_type  # object stores (S3) keep it on the object too
             storage = packet_storage()
