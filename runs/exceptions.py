@@ -43,3 +43,17 @@ class Unprocessable(RunError):
 
 class TooLarge(RunError):
     """A value over its size limit (413)."""
+
+
+class PacketNotFound(RunError):
+    """No stored packet at that path for this caller (404)."""
+
+
+class PacketAccessDenied(RunError):
+    """A presigned packet URL with a wrong or expired signature (403), as an object store answers."""
+
+
+class PacketInUse(RunError):
+    """An upload to a packet that a trigger already named: a run's payload never changes (409)."""
+
+    headers = {"x-should-retry": "false"}  # the SDK retries a bare 409; this one cannot succeed

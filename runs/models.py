@@ -247,3 +247,32 @@ class BatchTaskRunPendingItem(models.Model):
 
     def __str__(self) -> str:
         return f"{self.batch_id}[{self.index}] → run_{self.run_id}"
+
+
+class Packet(models.Model):
+    """An object the SDK uploaded through a presigned URL (a payload of 128 KiB or more).
+
+    The bytes live in ``storages["packets"]`` at ``path``; this row, written once they are stored,
+    says whose they are and what they are: a filesystem cannot keep a content type, and the SDK
+    parses a download by it. runs.services.packet_cleanup removes packets no run names.
+    """
+
+    environment = models.ForeignKey(RuntimeEnvironment, on_delete=models.CASCADE, related_name="packets")
+    path = models.CharField(max_length=600, unique=True)  # env_<id>/<the SDK's filename>
+    content_type = models.CharField(max_length=128)
+    size = models.PositiveBigIntegerField()
+    uploaded_at = models.DateTimeField()
+    # When a trigger last named it: the cleanup's grace period counts from here.
+    used_at = models.DateTimeField(null=True, blank=True)
+    # Set by the cleanup once a written run names it: from then on it is kept with its environment.
+    referenced_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["uploaded_at"], condition=models.Q(referenced_at__isnull=True), name="packet_unreferenced_idx"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.path

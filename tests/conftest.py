@@ -13,6 +13,20 @@ def redis_client():
     return client
 
 
+@pytest.fixture(autouse=True)
+def packets_root(settings, tmp_path):
+    """Each test's packet store: a fresh folder (never the dev server's .dev/packets)."""
+    root = tmp_path / "packets"
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "packets": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(root), "allow_overwrite": True},
+        },
+    }
+    return root
+
+
 @pytest.fixture
 def environment(db):
     return EnvironmentFactory()

@@ -43,6 +43,8 @@ def server_env(**overrides: str) -> dict:
         SECRET_KEY="test-secret-key-for-the-e2e-server",
         DB_CONN_MAX_AGE="0",  # the test database is dropped at the end; hold no connection open
     )
+    if location := settings.STORAGES["packets"].get("OPTIONS", {}).get("location"):
+        env["PACKETS_ROOT"] = str(location)  # the test's own packet store (tests/conftest.py)
     env.update(overrides)
     return env
 

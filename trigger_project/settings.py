@@ -181,6 +181,49 @@ TRIGGER = {
     "AUTH_CACHE_SECONDS": float(env("TRIGGER_AUTH_CACHE_SECONDS", "2")),
 }
 
+# Large payloads (README: Large payloads): the SDK offloads payloads of 128 KiB or more to an object
+# store through presigned URLs that this service signs and serves itself, over storages["packets"].
+PACKETS = {
+    "MAX_BYTES": env_int("PACKETS_MAX_BYTES", 10 * 1024 * 1024),
+    "URL_TTL_SECONDS": env_int("PACKETS_URL_TTL_SECONDS", 900),
+    # Objects no run names are removed by `packets_cleanup` once this long unused.
+    "CLEANUP_GRACE_SECONDS": env_int("PACKETS_CLEANUP_GRACE_SECONDS", 24 * 3600),
+    # Base of the presigned URLs (e.g. https://api.example.com behind a proxy); empty: the request's host.
+    "PUBLIC_URL": env("PACKETS_PUBLIC_URL", "").rstrip("/"),
+}
+
+
+def _packets_storage() -> dict:
+    backend = env("PACKETS_BACKEND", "filesystem")
+    if backend == "filesystem":
+        # Overwriting lets the SDK retry an upload to the same presigned URL.
+        location = env("PACKETS_ROOT", "") or str(BASE_DIR / ".dev" / "packets")
+        return {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": location, "allow_overwrite": True},
+        }
+    if backend == "s3":
+        options = {
+            "bucket_name": env("PACKETS_S3_BUCKET"),
+            "location": env("PACKETS_S3_PREFIX", ""),
+            "endpoint_url": env("PACKETS_S3_ENDPOINT_URL", "") or None,
+            "region_name": env("PACKETS_S3_REGION", "") or None,
+            # Unset: boto3's own chain (AWS_* variables, instance role, …).
+            "access_key": env("PACKETS_S3_ACCESS_KEY_ID", "") or None,
+            "secret_key": env("PACKETS_S3_SECRET_ACCESS_KEY", "") or None,
+            "addressing_style": env("PACKETS_S3_ADDRESSING_STYLE", "") or None,
+            "file_overwrite": True,
+        }
+        return {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": options}
+    raise ImproperlyConfigured(f"PACKETS_BACKEND must be filesystem or s3, got {backend!r}.")
+
+
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "packets": _packets_storage(),
+}
+
 # The mollifier (README: Configuration). Where trigger.dev has the same knob, the name is the same
 # without its TRIGGER_ prefix. mollifier/conf.py reads this at call time, never at import.
 MOLLIFIER = {

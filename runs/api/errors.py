@@ -27,6 +27,9 @@ DOMAIN_STATUS = {
     domain.ServiceUnavailable: status.HTTP_503_SERVICE_UNAVAILABLE,
     domain.Unprocessable: status.HTTP_422_UNPROCESSABLE_ENTITY,
     domain.TooLarge: status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    domain.PacketNotFound: status.HTTP_404_NOT_FOUND,
+    domain.PacketAccessDenied: status.HTTP_403_FORBIDDEN,
+    domain.PacketInUse: status.HTTP_409_CONFLICT,
 }
 
 
@@ -62,7 +65,8 @@ def exception_handler(exc, context):
     for error_class, status_code in DOMAIN_STATUS.items():
         if isinstance(exc, error_class):
             set_rollback()
-            return error_response(exc.message, status_code, **getattr(exc, "extra", {}))
+            headers = getattr(exc, "headers", None)
+            return error_response(exc.message, status_code, headers=headers, **getattr(exc, "extra", {}))
     if isinstance(exc, BufferUnavailable):
         set_rollback()
         logger.warning("runs.api.buffer_unavailable", exc_info=exc)

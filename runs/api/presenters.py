@@ -101,7 +101,8 @@ def _trigger_function(run: TaskRun) -> str:
     return ("batchTrigger" if run.batch_id else "trigger") + wait
 
 
-def run_detail(run: TaskRun) -> dict:
+def run_detail(run: TaskRun, *, payload_url: str | None = None) -> dict:
+    """``payload_url``: the presigned download URL of an offloaded payload (runs.api.presigned)."""
     data = _common(run)
     data["triggerFunction"] = _trigger_function(run)
     data["relatedRuns"] = {}  # the SDK requires the object; nested run summaries are not kept here
@@ -111,6 +112,8 @@ def run_detail(run: TaskRun) -> dict:
     present, payload = decode_payload(run.payload, run.payload_type)
     if present:
         data["payload"] = payload
+    if payload_url:
+        data["payloadPresignedUrl"] = payload_url  # the SDK downloads it in place of the payload
     if run.error:
         data["error"] = run.error
     return data

@@ -81,6 +81,7 @@ class RunSchema(_RunCommon):
     attemptCount = serializers.IntegerField()
     batchId = serializers.CharField(required=False)
     payload = serializers.JSONField(required=False)
+    payloadPresignedUrl = serializers.CharField(required=False)
     error = serializers.DictField(required=False)
 
 

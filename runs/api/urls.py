@@ -2,7 +2,7 @@
 
 from django.urls import path, re_path
 
-from runs.api import views
+from runs.api import packets, views
 
 urlpatterns = [
     # Task ids may contain "/" (the SDK percent-encodes it, Django decodes it before routing).
@@ -24,4 +24,9 @@ urlpatterns = [
     path("api/v3/batches", views.BatchCreateApi.as_view(), name="batch-create"),
     path("api/v3/batches/<str:batch_id>/items", views.BatchItemsApi.as_view(), name="batch-items"),
     path("api/v2/batches/<str:batch_id>", views.BatchRetrieveApi.as_view(), name="batch-retrieve"),
+    # Packets (large payloads): the SDK percent-encodes the "/" of its filenames; Django decodes them.
+    re_path(r"^api/v2/packets/(?P<filename>(?s:.+))$", packets.PacketUploadUrlApi.as_view(), name="packet-upload-url"),
+    re_path(r"^api/v1/packets/(?P<path>(?s:.+))$", packets.PacketDownloadUrlApi.as_view(), name="packet-download-url"),
+    path("api/v1/runs/<str:run_id>/packets/<str:field>", packets.RunPacketUrlApi.as_view(), name="run-packet-url"),
+    re_path(r"^api/packet-store/(?P<path>(?s:.+))$", packets.PacketObjectApi.as_view(), name="packet-object"),
 ]

@@ -10,7 +10,7 @@ from rest_framework.exceptions import ParseError, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from runs.api import presenters, serializers
+from runs.api import presenters, presigned, serializers
 from runs.api.errors import error_response
 from runs.api.filters import parse_run_list_query
 from runs.api.parsers import read_ndjson
@@ -111,7 +111,7 @@ class RunRetrieveApi(EnvironmentApi):
         except RunNotFound as error:
             # Tell the SDK to retry: a run accepted a moment ago may not be readable yet.
             return error_response(error.message, status.HTTP_404_NOT_FOUND, headers={"x-should-retry": "true"})
-        return Response(presenters.run_detail(run))
+        return Response(presenters.run_detail(run, payload_url=presigned.payload_url(request, run)))
 
 
 class RunCancelApi(EnvironmentApi):
@@ -171,7 +171,8 @@ class RunRescheduleApi(EnvironmentApi):
     def post(self, request, run_id: str):
         run = task_run_get(environment=self.environment, run_id=run_id)
         task_run_reschedule(run=run, delay=self.body(serializers.RescheduleSerializer)["delay"])
-        return Response(presenters.run_detail(task_run_get(environment=self.environment, run_id=run_id)))
+        run = task_run_get(environment=self.environment, run_id=run_id)
+        return Response(presenters.run_detail(run, payload_url=presigned.payload_url(request, run)))
 
 
 class RunReplayApi(EnvironmentApi):

@@ -17,6 +17,7 @@ from runs.exceptions import BatchNotFound, InvalidRequest, ServiceUnavailable
 from runs.models import BatchTaskRun, BatchTaskRunItem, BatchTaskRunPendingItem, RuntimeEnvironment
 from runs.options import TriggerOptions
 from runs.services.batch_items import batch_link_pending, batch_refresh_status
+from runs.services.packets import PACKET_TYPE, packets_use
 from runs.services.request_idempotency import request_lookup, request_remember
 from runs.services.trigger import run_parent, task_run_commit, task_run_prepare
 
@@ -97,6 +98,11 @@ def batch_add_items(
     batch = batch_get(environment=environment, batch_id=batch_id)
     if (bad := next((item for item in items if item.index >= batch.run_count), None)) is not None:
         raise InvalidRequest(f"Item index {bad.index} is out of range: the batch has {batch.run_count} runs.")
+    packets_use(
+        environment=environment,
+        paths=[item.options.payload for item in items if item.options.payload_type == PACKET_TYPE],
+        now=now,
+    )
     with transaction.atomic():
         # One stream at a time per batch: the row lock serialises resent streams.
         batch = BatchTaskRun.objects.select_for_update().select_related("environment").get(pk=batch.pk)

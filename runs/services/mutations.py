@@ -17,6 +17,7 @@ from runs import conf, durations
 from runs.exceptions import InvalidRequest, RunNotFound, ServiceUnavailable, TooLarge, Unprocessable
 from runs.models import RunStatus, TaskRun
 from runs.services.mid_drain import change_buffered_run
+from runs.services.packets import PACKET_TYPE
 from runs.snapshots import to_ms
 
 
@@ -214,4 +215,6 @@ def task_run_replay_body(*, run: TaskRun, overrides: dict) -> dict:
         elif name != "payload":
             options[name] = value
     payload = overrides["payload"] if "payload" in overrides else run.payload
+    if "payload" in overrides and "payloadType" not in overrides and options["payloadType"] == PACKET_TYPE:
+        options["payloadType"] = "application/json"  # the SDK's default; the new payload is not a packet path
     return {"payload": payload, "options": {k: v for k, v in options.items() if v is not None}}

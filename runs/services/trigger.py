@@ -29,6 +29,7 @@ from runs.options import TriggerOptions
 from runs.services import idempotency
 from runs.services.batch_items import batch_link_pending
 from runs.services.flags import mollifier_enrolled
+from runs.services.packets import PACKET_TYPE, packets_use
 from runs.services.request_idempotency import request_lookup, request_remember
 from runs.snapshots import entry_to_run, run_to_entry, to_ms
 
@@ -57,6 +58,7 @@ def task_run_trigger(
     Raises InvalidRequest for a parent run that is not in this environment, BufferFull when the
     organisation's buffer is at its cap, and ServiceUnavailable when a same-key trigger held the
     idempotency claim too long. Nothing is written before validation has passed.
+    A packet payload (``application/store``) must name a packet of this environment: see packets_use.
     """
     now = now or timezone.now()
     scope = [task_identifier]
@@ -64,6 +66,8 @@ def task_run_trigger(
         if (run := _find(environment, ids.to_friendly(ids.RUN, known_id))) is not None:
             return TriggerOutcome(run=run, is_cached=False)  # the official answer to a retried request
 
+    if options.payload_type == PACKET_TYPE and batch is None:  # batch items: checked together, before any is written
+        packets_use(environment=environment, paths=[options.payload], now=now)
     run = task_run_prepare(
         environment=environment, task_identifier=task_identifier, options=options, now=now, batch=batch
     )

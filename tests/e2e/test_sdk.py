@@ -1,5 +1,6 @@
 """The official trigger.dev SDK (pinned in tests/e2e/package.json) against the real server process."""
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -88,3 +89,84 @@ def test_official_sdk_sees_buffered_runs_everywhere(node):
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert buffer.buffered_count(str(environment.organization_id)) == 0
     assert TaskRun.objects.filter(environment=environment).count() == 41
+
+
+def _packets_script(node, base_url: str, key: str, *args: str) -> dict:
+    result = subprocess.run(
+        [node, "sdk_packets.mjs", *args],
+        cwd=E2E_DIR,
+        env={"PATH": "/usr/bin:/bin", "TRIGGER_API_URL": base_url, "TRIGGER_SECRET_KEY": key},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _assert_packet_rows(environment, count: int) -> None:
+    from runs.models import Packet
+
+    rows = TaskRun.objects.filter(environment=environment, task_identifier="big")
+    assert rows.count() == count
+    assert set(rows.values_list("payload_type", flat=True)) == {"application/store"}
+    paths = set(rows.values_list("payload", flat=True))
+    assert all(path.startswith(f"env_{environment.pk}/trigger/packet_") for path in paths)
+    assert set(Packet.objects.filter(environment=environment, path__in=paths).values_list("path", flat=True)) == paths
+
+
+def test_official_sdk_offloads_large_payloads_directly(node, packets_root):
+    """300 KiB payloads (object and text) by trigger, tasks.batchTrigger and batch.trigger, written
+    straight to Postgres: each retrieved intact, then again."""
+    environment = EnvironmentFactory()
+    with running_server() as base_url:
+        state = _packets_script(node, base_url, environment.secret_key, "trigger")
+        _packets_script(node, base_url, environment.secret_key, "verify", json.dumps(state))
+    _assert_packet_rows(environment, 7)
+    assert len(list(packets_root.glob(f"env_{environment.pk}/**/payload.*"))) == 8  # and the SDK's own export
+
+
+def test_official_sdk_offloads_large_payloads_while_buffered(node):
+    """The same with a gate that trips after one trigger: every later run, batch items too, waits in
+    the buffer holding only its packet's path, retrieves intact there, and again once drained."""
+    from mollifier import buffer
+    from tests.conftest import enroll
+    from tests.server import start_manage
+
+    environment = enroll(EnvironmentFactory())
+    org = str(environment.organization_id)
+    gate = {
+        "MOLLIFIER_ENABLED": "1",
+        "MOLLIFIER_TRIP_THRESHOLD": "1",
+        "MOLLIFIER_TRIP_WINDOW_MS": "60000",
+        "MOLLIFIER_HOLD_MS": "60000",
+        "TRIGGER_AUTH_CACHE_SECONDS": "0",
+    }
+    with running_server(**gate) as base_url:
+        state = _packets_script(node, base_url, environment.secret_key, "trigger")
+        waiting, more = buffer.listing(
+            org_id=org, env_id=str(environment.pk), newest_first=True, bound_ms=None, limit=100
+        )
+        assert len(waiting) == 6 and not more  # all but the first trigger
+        for entry in waiting:
+            assert entry.snapshot["payload_type"] == "application/store"
+            assert len(entry.raw_snapshot or json.dumps(entry.snapshot)) < 2_000  # the path, not 300 KiB
+        drainer = start_manage("mollifier_drain", "--once", MOLLIFIER_DRAIN_MAX_ROWS_PER_SEC="1000")
+        assert drainer.wait(120) == 0
+        assert buffer.buffered_count(org) == 0
+        _packets_script(node, base_url, environment.secret_key, "verify", json.dumps(state))
+    _assert_packet_rows(environment, 7)
+
+
+def test_official_sdk_offloads_large_payloads_to_s3(node):
+    """The same SDK calls with the packet store on S3 (moto's S3 server on loopback)."""
+    from tests import s3
+
+    environment = EnvironmentFactory()
+    with s3.s3_server() as endpoint:
+        bucket = s3.new_bucket(endpoint)
+        with running_server(**s3.server_env(endpoint, bucket, prefix="packets")) as base_url:
+            _packets_script(node, base_url, environment.secret_key, "trigger")
+        stored = s3.keys(endpoint, bucket)
+    _assert_packet_rows(environment, 7)
+    assert len(stored) == 8 and all(key.startswith(f"packets/env_{environment.pk}/") for key in stored)

@@ -16,9 +16,11 @@ pytestmark = pytest.mark.django_db
 
 
 def watch_redis():
-    """Record every command Redis receives (MONITOR) until stop() is called."""
+    """Record every command the suite's Redis database receives (MONITOR) until stop() is called."""
     url = django_settings.REDIS_URL
     watcher = redis_py.Redis.from_url(url)
+    # MONITOR reports every database of the server: other suites may share it.
+    db = int(watcher.connection_pool.connection_kwargs.get("db") or 0)
     commands: list[str] = []
     ready = threading.Event()
     marker = "ECHO end-of-watch"
@@ -30,7 +32,8 @@ def watch_redis():
                 command = event["command"]
                 if command == marker or command.endswith("end-of-watch"):
                     return
-                commands.append(command)
+                if event["db"] == db:
+                    commands.append(command)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()

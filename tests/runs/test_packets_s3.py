@@ -1,0 +1,65 @@
+"""The packet store on S3 (django-storages against moto's real S3 server): the same code, the same
+answers, the bytes in a bucket."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from runs.models import Packet
+from runs.services.packet_cleanup import packets_cleanup
+from tests import s3
+from tests.packets import big_payload, get_url, presign_upload, put_bytes, trigger_packet, upload
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    with s3.s3_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def bucket(s3_endpoint, settings):
+    name = s3.new_bucket(s3_endpoint)
+    settings.STORAGES = {**settings.STORAGES, "packets": s3.storage_settings(s3_endpoint, name, prefix="packets")}
+    return name
+
+
+def test_a_packet_round_trips_through_a_bucket(api, environment, s3_endpoint, bucket):
+    data = big_payload(300)
+    path = upload(api, data)
+
+    run_id = trigger_packet(api, path).json()["id"]
+    downloaded = get_url(api.get(f"/api/v3/runs/{run_id}").json()["payloadPresignedUrl"])
+
+    assert downloaded.status_code == 200
+    assert downloaded["Content-Type"] == "application/super+json"
+    assert b"".join(downloaded.streaming_content).decode() == data
+    assert s3.keys(s3_endpoint, bucket) == [f"packets/{path}"]
+    head = s3.client(s3_endpoint).head_object(Bucket=bucket, Key=f"packets/{path}")
+    assert head["ContentType"] == "application/super+json" and head["ContentLength"] == len(data)
+
+
+def test_limits_and_refusals_are_the_same_on_s3(api, s3_endpoint, bucket, settings):
+    settings.PACKETS = {**settings.PACKETS, "MAX_BYTES": 1000}
+    url = presign_upload(api).json()["presignedUrl"]
+
+    assert put_bytes(url, b"x" * 1001).status_code == 413
+    assert put_bytes(url.replace("signature=", "signature=x"), b"{}").status_code == 403
+    assert trigger_packet(api, presign_upload(api).json()["storagePath"]).status_code == 422
+    assert s3.keys(s3_endpoint, bucket) == [] and not Packet.objects.exists()
+
+
+def test_the_cleanup_removes_unused_objects_and_unrecorded_ones_from_the_bucket(api, environment, s3_endpoint, bucket):
+    unused = upload(api, b'{"json":1}', filename="trigger/packet_unused/payload.json")
+    kept = upload(api, b'{"json":2}', filename="trigger/packet_kept/payload.json")
+    trigger_packet(api, kept)
+    orphan = f"env_{environment.pk}/trigger/packet_orphan/payload.json"
+    s3.client(s3_endpoint).put_object(Bucket=bucket, Key=f"packets/{orphan}", Body=b"{}")
+
+    report = packets_cleanup(older_than=timedelta(days=1), now=timezone.now() + timedelta(days=2))
+
+    assert report.deleted == [unused] and report.orphans == [orphan] and report.failed == 0
+    assert s3.keys(s3_endpoint, bucket) == [f"packets/{kept}"]
