@@ -144,10 +144,9 @@ def test_official_sdk_offloads_large_payloads_while_buffered(node):
     }
     with running_server(**gate) as base_url:
         state = _packets_script(node, base_url, environment.secret_key, "trigger")
-        waiting, more = buffer.listing(
-            org_id=org, env_id=str(environment.pk), newest_first=True, bound_ms=None, limit=100
-        )
-        assert len(waiting) == 6 and not more  # all but the first trigger
+        scan = buffer.listing(org_id=org, env_id=str(environment.pk), newest_first=True, limit=100)
+        waiting = scan.entries
+        assert len(waiting) == 6 and scan.exhausted  # all but the first trigger
         for entry in waiting:
             assert entry.snapshot["payload_type"] == "application/store"
             assert len(entry.raw_snapshot or json.dumps(entry.snapshot)) < 2_000  # the path, not 300 KiB

@@ -11,8 +11,8 @@ from rest_framework.test import APIClient
 from mollifier import buffer
 from mollifier.drainer import now_ms
 from runs.models import Packet, TaskRun
-from runs.services.materialise import materialise_entries
 from runs.services.packets import packet_url
+from tests.buffering import write_round
 from tests.packets import (
     STORE,
     big_payload,
@@ -88,7 +88,7 @@ def test_a_buffered_run_holds_only_the_path_and_retrieves_its_packet_buffered_mi
     entries = lease(enrolled, run_id)
     assert entries
     urls.append(api.get(f"/api/v3/runs/{run_id}").json()["payloadPresignedUrl"])  # mid-drain
-    materialise_entries(entries)  # the drainer's round, finished by hand
+    write_round(entries)  # the drainer's round, finished by hand
     buffer.ack(entries, now_ms=now_ms())
     urls.append(api.get(f"/api/v3/runs/{run_id}").json()["payloadPresignedUrl"])  # written
 
