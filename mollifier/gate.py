@@ -48,9 +48,10 @@ def _global_tripped(redis, now_ms: int) -> bool:
 
 
 def admit(**kwargs) -> "Admission":
-    """See ``_admit``; counts every decision that reached the gate's Redis (mollifier_gate_decisions_total)."""
+    """See ``_admit``; counts every decision past the master switch and enrolment, bypasses
+    included (mollifier_gate_decisions_total{decision, reason})."""
     admission = _admit(**kwargs)
-    if admission.reason not in ("disabled", "not_enrolled") and not admission.reason.startswith("bypass"):
+    if admission.reason not in ("disabled", "not_enrolled"):
         decision = admission.decision.value
         if admission.accepted is not None and admission.accepted.status == "over_cap":
             decision = "refused"
@@ -72,8 +73,8 @@ def _admit(
     """Decide for one trigger, and buffer it when the decision is to mollify.
 
     ``entry`` builds the buffer entry; it is called only when the trigger may be buffered.
-    ``bypass`` names why this trigger must go straight to Postgres (debounce, one-time token,
-    triggerAndWait); bypassed triggers are not counted against the rate.
+    ``bypass`` names why this trigger must go straight to Postgres (a triggerAndWait child, whose
+    parent waits on its row); bypassed triggers are not counted against the rate.
     """
     if not conf.enabled():
         return Admission(Decision.PASS_THROUGH, "disabled")

@@ -11,8 +11,10 @@ from datetime import UTC, datetime, timedelta
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-_IDEMPOTENCY_TTL = re.compile(r"^(\d+)([smhd])$")
-_NATURAL = re.compile(r"^(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)(?:hr|h))?(?:(\d+)m)?(?:(\d+)s)?$")
+# Digits are bounded: a longer number is past MAX_DURATION anyway, and converting thousands of
+# digits (or building a timedelta from them) must not cost or crash anything.
+_IDEMPOTENCY_TTL = re.compile(r"^(\d{1,12})([smhd])$")
+_NATURAL = re.compile(r"^(?:(\d{1,12})w)?(?:(\d{1,12})d)?(?:(\d{1,12})(?:hr|h))?(?:(\d{1,12})m)?(?:(\d{1,12})s)?$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # Extended ISO 8601 only (what Date.toISOString sends): "11111111" is not a date here.
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?)?$")
@@ -24,8 +26,8 @@ def parse_idempotency_ttl(value: str) -> timedelta | None:
     match = _IDEMPOTENCY_TTL.match(value)
     if not match:
         return None
-    duration = timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]])
-    return duration if duration <= MAX_DURATION else None
+    seconds = int(match[1]) * _UNIT_SECONDS[match[2]]
+    return timedelta(seconds=seconds) if seconds <= MAX_DURATION.total_seconds() else None
 
 
 def parse_natural_duration(value: str) -> timedelta | None:
@@ -34,13 +36,12 @@ def parse_natural_duration(value: str) -> timedelta | None:
         return None
     weeks, days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
     total = weeks * 604800 + days * 86400 + hours * 3600 + minutes * 60 + seconds
-    duration = timedelta(seconds=total)
-    return duration if duration <= MAX_DURATION else None
+    return timedelta(seconds=total) if total <= MAX_DURATION.total_seconds() else None
 
 
 def parse_date(value: str) -> datetime | None:
     """An aware datetime for an extended ISO 8601 string, or None when it is not one."""
-    if not _ISO_DATE.match(value.strip()):
+    if len(value) > 64 or not _ISO_DATE.match(value.strip()):
         return None
     try:
         parsed = parse_datetime(value.strip())
@@ -56,6 +57,8 @@ def parse_date(value: str) -> datetime | None:
 def parse_delay(value: str, *, now: datetime) -> datetime | None:
     """When a run with ``delay`` should start: ``now`` + a duration, or an ISO date within
     MAX_DURATION from now (a date in the past means "now")."""
+    if len(value) > 64:
+        return None
     if (duration := parse_natural_duration(value)) is not None:
         return now + duration
     date = parse_date(value)

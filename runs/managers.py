@@ -1,6 +1,7 @@
 """TaskRun's manager: Postgres first, then the mollifier buffer (DESIGN §8)."""
 
 from django.db import models
+from django.db.models import Q
 
 from runs import ids
 
@@ -8,6 +9,21 @@ from runs import ids
 class TaskRunQuerySet(models.QuerySet):
     def for_environment(self, environment) -> "TaskRunQuerySet":
         return self.filter(environment=environment)
+
+    def with_status(self, statuses, *, now) -> "TaskRunQuerySet":
+        """Runs whose status, as a reader sees it at ``now`` (TaskRun.status_at), is one of these."""
+        return self.filter(status_q(statuses, now=now))
+
+
+def status_q(statuses, *, now) -> Q:
+    """TaskRun.status_at as a query: a stored DELAYED counts as QUEUED once its delay has passed."""
+    wanted = set(statuses)
+    query = Q(status__in=wanted - {"QUEUED", "DELAYED"})
+    if "QUEUED" in wanted:
+        query |= Q(status="QUEUED") | Q(status="DELAYED", delay_until__lte=now)
+    if "DELAYED" in wanted:
+        query |= Q(status="DELAYED", delay_until__gt=now) | Q(status="DELAYED", delay_until__isnull=True)
+    return query
 
 
 class TaskRunManager(models.Manager.from_queryset(TaskRunQuerySet)):  # type: ignore[misc]

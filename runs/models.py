@@ -199,6 +199,13 @@ class TaskRun(models.Model):
     def friendly_id(self) -> str:
         return ids.to_friendly(ids.RUN, self.id)
 
+    def status_at(self, now) -> str:
+        """The status a reader sees at ``now``: a DELAYED run whose delay has passed is QUEUED
+        (the same rule for a row and a buffered run; its ``delay_until`` is kept)."""
+        if self.status == RunStatus.DELAYED and self.delay_until is not None and self.delay_until <= now:
+            return RunStatus.QUEUED
+        return self.status
+
     @property
     def is_buffered(self) -> bool:
         """True for a run read from the mollifier buffer (built from its snapshot, never saved)."""

@@ -27,5 +27,3 @@ class TriggerOptions:
     is_test: bool = False
     parent_run_id: str | None = None  # friendly id (run_…)
     resume_parent_on_completion: bool = False
-    debounce: dict | None = None
-    one_time_use_token: str | None = None

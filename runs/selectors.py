@@ -1,6 +1,7 @@
 """Reading runs: by id and as a filtered, keyset-paginated listing (newest first)."""
 
 import base64
+import binascii
 import json
 import logging
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from django.utils import timezone
 from mollifier import buffer
 from mollifier.exceptions import BufferUnavailable
 from mollifier.stats import env_stats
-from runs import conf, ids
+from runs import conf, ids, json_values
 from runs.exceptions import InvalidRequest, RunNotFound
 from runs.models import RunStatus, RuntimeEnvironment, TaskRun
 from runs.snapshots import entry_to_run, from_ms, to_ms
@@ -56,11 +57,20 @@ class Cursor:
 
     @classmethod
     def decode(cls, token: str) -> "Cursor":
+        """The cursor of a ``pagination.next/previous`` token; InvalidRequest for anything this
+        server did not make (bounded: a forged token is refused before it is parsed)."""
         try:
+            if len(token) > 200:
+                raise ValueError("too long")
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-            created_at, run_id = json.loads(raw)
-            return cls(datetime.fromisoformat(created_at), str(run_id))
-        except (ValueError, TypeError, UnicodeDecodeError):
+            created_at, run_id = json_values.loads(raw)
+            if not isinstance(created_at, str) or not isinstance(run_id, str) or len(run_id) > 64:
+                raise ValueError("not a cursor")
+            moment = datetime.fromisoformat(created_at)
+            if moment.tzinfo is None:
+                raise ValueError("naive time")
+            return cls(moment, run_id)
+        except (ValueError, TypeError, UnicodeDecodeError, binascii.Error):
             raise InvalidRequest("Invalid page cursor") from None
 
     @classmethod
@@ -78,8 +88,9 @@ class RunPage:
 def filter_runs(queryset: QuerySet[TaskRun], filters: RunListFilters) -> QuerySet[TaskRun]:
     if filters.match_nothing:
         return queryset.none()
+    if filters.statuses:
+        queryset = queryset.with_status(filters.statuses, now=timezone.now())
     lookups = {
-        "status__in": filters.statuses,
         "task_identifier__in": filters.task_identifiers,
         "task_version__in": filters.versions,
         "tags__overlap": filters.tags,
@@ -103,7 +114,7 @@ def matches(run: TaskRun, filters: RunListFilters) -> bool:
     """The same filters as ``filter_runs``, for a buffered run (an unsaved TaskRun)."""
     checks = (
         not filters.match_nothing,
-        not filters.statuses or run.status in filters.statuses,
+        not filters.statuses or run.status_at(timezone.now()) in filters.statuses,
         not filters.task_identifiers or run.task_identifier in filters.task_identifiers,
         not filters.versions or run.task_version in filters.versions,
         not filters.tags or bool(set(filters.tags) & set(run.tags)),

@@ -74,14 +74,14 @@ def run_to_entry(run: TaskRun, *, batch_index: int | None = None) -> Entry:
     )
 
 
-def entry_status(entry: Entry, *, now: datetime) -> str:
-    """What a buffered run is, to a reader now (and what its row will say when written now)."""
+def entry_status(entry: Entry) -> str:
+    """The status a buffered run's row has (and will have when written): stored as on a row, so
+    that ``TaskRun.status_at`` reads both the same way (a passed delay reads as QUEUED)."""
     if entry.snapshot is None or entry.terminal_error:
         return RunStatus.SYSTEM_FAILURE
     if entry.cancelled_at_ms is not None:
         return RunStatus.CANCELED
-    delay_until = from_ms(entry.delay_until_ms)
-    if delay_until is not None and delay_until > now:
+    if entry.delay_until_ms is not None:
         return RunStatus.DELAYED
     return RunStatus.QUEUED
 
@@ -97,7 +97,7 @@ def entry_values(entry: Entry, *, environment: RuntimeEnvironment, now: datetime
     writes it now. A snapshot that cannot be read still gives a run: SYSTEM_FAILURE, from the envelope."""
     snapshot = entry.snapshot or {}
     created_at = from_ms(entry.accepted_at_ms) or now
-    status = entry_status(entry, now=now)
+    status = entry_status(entry)
     cancelled_at = from_ms(entry.cancelled_at_ms)
     values = {**_DEFAULTS, **{name: snapshot[name] for name in _SNAPSHOT_COLUMNS if name in snapshot}}
     values.update(
@@ -110,7 +110,7 @@ def entry_values(entry: Entry, *, environment: RuntimeEnvironment, now: datetime
         tags=sorted(entry.tags),
         metadata=entry.metadata,
         metadata_type=entry.metadata_type or "application/json",
-        delay_until=from_ms(entry.delay_until_ms) if status == RunStatus.DELAYED else None,
+        delay_until=from_ms(entry.delay_until_ms),  # kept, as on a row: status_at reads it
         idempotency_key=entry.idempotency_key,
         idempotency_key_expires_at=from_ms(entry.idempotency_expires_ms) if entry.idempotency_key else None,
         batch_id=entry.batch_id,

@@ -4,8 +4,9 @@ Optional fields are omitted, never ``null``: the SDK's schemas throw on ``null``
 A buffered run (an unsaved TaskRun built from its snapshot) renders through the same functions.
 """
 
-import json
+from django.utils import timezone
 
+from runs import json_values
 from runs.models import BatchTaskRun, RunStatus, TaskRun
 
 QUEUED_LIKE = {RunStatus.QUEUED, RunStatus.DELAYED, RunStatus.PENDING_VERSION}
@@ -42,9 +43,9 @@ def decode_payload(payload: str | None, payload_type: str) -> tuple[bool, object
         return False, None
     if payload_type in ("application/super+json", "application/json"):
         try:
-            value = json.loads(payload)
-        except ValueError:
-            return True, payload
+            value = json_values.loads(payload)
+        except json_values.UnsafeJSON:
+            return True, payload  # not JSON we can give back: the text as stored
         if payload_type == "application/super+json":
             return ("json" in value, value.get("json")) if isinstance(value, dict) else (True, value)
         return True, value
@@ -55,8 +56,8 @@ def decode_metadata(metadata: str | None) -> dict | None:
     if metadata is None:
         return None
     try:
-        value = json.loads(metadata)
-    except ValueError:
+        value = json_values.loads(metadata)
+    except json_values.UnsafeJSON:
         return None
     return value if isinstance(value, dict) else None
 
@@ -71,9 +72,9 @@ def _idempotency_key(run: TaskRun) -> str | None:
 def _common(run: TaskRun) -> dict:
     data = {
         "id": run.friendly_id,
-        "status": run.status,
+        "status": (status := run.status_at(timezone.now())),
         "taskIdentifier": run.task_identifier,
-        **status_flags(run.status),
+        **status_flags(status),
         "isTest": run.is_test,
         "createdAt": iso(run.created_at),
         "updatedAt": iso(run.updated_at),

@@ -12,12 +12,26 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from runs import durations
+from runs import durations, json_values
+from runs.exceptions import TooLarge, Unprocessable
+from runs.models import TaskRun
 from runs.options import TriggerOptions
 
 MACHINES = ["micro", "small-1x", "small-2x", "medium-1x", "medium-2x", "large-1x", "large-2x"]
-MAX_KEY_LENGTH = 2048
-MAX_TASK_LENGTH = 128
+JSON_PAYLOAD_TYPES = frozenset({"application/json", "application/super+json"})
+
+
+def column(name: str) -> int:
+    """The length of a TaskRun column: a validator and its column cannot disagree."""
+    field = TaskRun._meta.get_field(name)
+    return getattr(field, "base_field", field).max_length  # tags: the array's element
+
+
+MAX_KEY_LENGTH = column("idempotency_key")
+# The unique index on (environment, task, key) holds at most ~2,700 bytes per entry: a key is
+# bounded in bytes too, so that a long key of wide characters is a 400, not a database error.
+MAX_KEY_BYTES = 2048
+MAX_TASK_LENGTH = column("task_identifier")
 
 
 class CheapCopyFields:
@@ -64,8 +78,8 @@ class TagsField(serializers.Field):
         if not isinstance(items, list) or not all(isinstance(t, str) for t in items):
             raise serializers.ValidationError("Must be a string or a list of strings.")
         tags = list(dict.fromkeys(items))
-        if any(not tag or len(tag) > 128 or "\x00" in tag for tag in tags):
-            raise serializers.ValidationError("Each tag must be 1 to 128 characters.")
+        if any(not tag or len(tag) > column("tags") for tag in tags):
+            raise serializers.ValidationError(f"Each tag must be 1 to {column('tags')} characters.")
         limit = settings.TRIGGER["MAX_TAGS_PER_RUN"]
         if len(tags) > limit:
             raise serializers.ValidationError(f"At most {limit} tags per run, got {len(tags)}.")
@@ -85,32 +99,33 @@ class TtlField(serializers.Field):
                 raise serializers.ValidationError("Must be between 0 and 3650 days in seconds.")
             return f"{data}s"
         if isinstance(data, str) and durations.parse_natural_duration(data) is not None:
-            return data.strip()
+            value = data.strip()
+            if len(value) > column("ttl"):
+                raise serializers.ValidationError(f"Must be at most {column('ttl')} characters.")
+            return value
         raise serializers.ValidationError('Must be a duration like "10m" or "1h30m", or whole seconds.')
 
     def to_representation(self, value):
         return value
 
 
-def _has_nul(value) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(map(_has_nul, value))
-    return False
+def storable_json(value):
+    """A value both stores can hold and give back (runs/json_values.py). The request parser checks
+    whole bodies; this also covers bodies built by the server (a replay)."""
+    try:
+        return json_values.check(value)
+    except json_values.UnsafeJSON as error:
+        raise serializers.ValidationError(str(error)) from None
 
 
-def no_null_characters(value):
-    """Postgres text cannot hold NUL; the SDK never sends one (it escapes NUL inside its JSON string)."""
-    if _has_nul(value):
-        raise serializers.ValidationError("Null characters are not allowed.")
+def key_in_bytes(value):
+    if value is not None and len(value.encode("utf-8")) > MAX_KEY_BYTES:
+        raise serializers.ValidationError(f"Must be at most {MAX_KEY_BYTES} bytes in UTF-8.")
     return value
 
 
 class QueueSerializer(CheapCopyFields, serializers.Serializer):
-    name = serializers.CharField(max_length=256)
+    name = serializers.CharField(max_length=column("queue"))
 
 
 class IdempotencyKeyOptionsSerializer(CheapCopyFields, serializers.Serializer):
@@ -119,23 +134,25 @@ class IdempotencyKeyOptionsSerializer(CheapCopyFields, serializers.Serializer):
 
 
 class TriggerOptionsSerializer(CheapCopyFields, serializers.Serializer):
-    payloadType = serializers.CharField(max_length=64, required=False, allow_null=True)
-    idempotencyKey = serializers.CharField(max_length=MAX_KEY_LENGTH, required=False, allow_null=True)
+    payloadType = serializers.CharField(max_length=column("payload_type"), required=False, allow_null=True)
+    idempotencyKey = serializers.CharField(
+        max_length=MAX_KEY_LENGTH, required=False, allow_null=True, validators=[key_in_bytes]
+    )
     idempotencyKeyTTL = serializers.CharField(max_length=32, required=False, allow_null=True)
     idempotencyKeyOptions = IdempotencyKeyOptionsSerializer(required=False, allow_null=True)
     delay = serializers.CharField(max_length=64, required=False, allow_null=True)
     ttl = TtlField(required=False, allow_null=True)
     tags = TagsField(required=False, allow_null=True)
     queue = QueueSerializer(required=False, allow_null=True)
-    concurrencyKey = ScalarStringField(max_length=256, required=False, allow_null=True)
+    concurrencyKey = ScalarStringField(max_length=column("concurrency_key"), required=False, allow_null=True)
     maxAttempts = serializers.IntegerField(min_value=1, max_value=100, required=False, allow_null=True)
     maxDuration = serializers.IntegerField(min_value=0, max_value=30 * 86400, required=False, allow_null=True)
-    metadata = serializers.JSONField(required=False, allow_null=True, validators=[no_null_characters])
-    metadataType = serializers.CharField(max_length=64, required=False, allow_null=True)
+    metadata = serializers.JSONField(required=False, allow_null=True, validators=[storable_json])
+    metadataType = serializers.CharField(max_length=column("metadata_type"), required=False, allow_null=True)
     machine = serializers.ChoiceField(choices=MACHINES, required=False, allow_null=True)
     priority = serializers.IntegerField(min_value=0, max_value=30 * 86400, required=False, allow_null=True)
-    region = serializers.CharField(max_length=64, required=False, allow_null=True)
-    lockToVersion = serializers.CharField(max_length=128, required=False, allow_null=True)
+    region = serializers.CharField(max_length=column("region"), required=False, allow_null=True)
+    lockToVersion = serializers.CharField(max_length=column("task_version"), required=False, allow_null=True)
     test = serializers.BooleanField(required=False, allow_null=True)
     parentRunId = serializers.CharField(max_length=64, required=False, allow_null=True)
     resumeParentOnCompletion = serializers.BooleanField(required=False, allow_null=True)
@@ -153,20 +170,55 @@ class TriggerOptionsSerializer(CheapCopyFields, serializers.Serializer):
         return value
 
     def validate_metadata(self, value):
-        if value is not None and not isinstance(value, dict):
+        if value is None:
+            return value
+        if not isinstance(value, dict):
             raise serializers.ValidationError("Must be a JSON object.")
+        limit = settings.TRIGGER["MAX_METADATA_BYTES"]
+        if len(json_values.dumps(value).encode()) > limit:
+            raise TooLarge(f"options.metadata: Metadata is larger than {limit} bytes.")  # as on PUT: 413
+        return value
+
+    def validate_debounce(self, value):
+        if value is not None:
+            # Debounce needs a scheduler that holds and replaces runs; this service stores runs and
+            # executes none. Refused rather than ignored: an ignored debounce would quietly
+            # trigger every call, and skip the gate besides.
+            raise Unprocessable("options.debounce: Debounced triggers are not supported by this server.")
+        return value
+
+    def validate_oneTimeUseToken(self, value):
+        if value is not None:
+            # One-time tokens come from public trigger tokens, which this service does not issue.
+            raise Unprocessable("options.oneTimeUseToken: One-time-use tokens are not supported by this server.")
         return value
 
 
-class TriggerBodySerializer(CheapCopyFields, serializers.Serializer):
-    payload = serializers.JSONField(required=False, allow_null=True, validators=[no_null_characters])
+class PayloadChecks:
+    """A payload declared JSON text (``payloadType`` ``application/json`` or
+    ``application/super+json``, as the SDK sends) must be JSON the stores can hold: it is parsed
+    back on every read. A string without a declared type is kept as text when it is not JSON."""
+
+    def validate(self, attrs):
+        payload = attrs.get("payload")
+        payload_type = (attrs.get("options") or {}).get("payloadType")
+        if isinstance(payload, str) and payload_type in JSON_PAYLOAD_TYPES:
+            try:
+                json_values.loads(payload)
+            except json_values.UnsafeJSON as error:
+                raise serializers.ValidationError({"payload": f"Not valid JSON for {payload_type}: {error}"}) from None
+        return attrs
+
+
+class TriggerBodySerializer(PayloadChecks, CheapCopyFields, serializers.Serializer):
+    payload = serializers.JSONField(required=False, allow_null=True, validators=[storable_json])
     options = TriggerOptionsSerializer(required=False, allow_null=True)
 
 
-class BatchItemSerializer(CheapCopyFields, serializers.Serializer):
+class BatchItemSerializer(PayloadChecks, CheapCopyFields, serializers.Serializer):
     index = serializers.IntegerField(min_value=0, max_value=1_000_000)
     task = serializers.CharField(max_length=MAX_TASK_LENGTH)
-    payload = serializers.JSONField(required=False, allow_null=True, validators=[no_null_characters])
+    payload = serializers.JSONField(required=False, allow_null=True, validators=[storable_json])
     options = TriggerOptionsSerializer(required=False, allow_null=True)
 
 
@@ -177,7 +229,9 @@ class BatchCreateSerializer(serializers.Serializer):
     )
     parentRunId = serializers.CharField(max_length=64, required=False, allow_null=True)
     resumeParentOnCompletion = serializers.BooleanField(required=False, allow_null=True)
-    idempotencyKey = serializers.CharField(max_length=MAX_KEY_LENGTH, required=False, allow_null=True)
+    idempotencyKey = serializers.CharField(
+        max_length=MAX_KEY_LENGTH, required=False, allow_null=True, validators=[key_in_bytes]
+    )
     idempotencyKeyOptions = IdempotencyKeyOptionsSerializer(required=False, allow_null=True)
 
     def validate_runCount(self, value):
@@ -245,6 +299,4 @@ def trigger_options_from(validated: dict, *, now: datetime) -> TriggerOptions:
         is_test=bool(opts.get("test")),
         parent_run_id=opts.get("parentRunId"),
         resume_parent_on_completion=bool(opts.get("resumeParentOnCompletion")),
-        debounce=opts.get("debounce"),
-        one_time_use_token=opts.get("oneTimeUseToken"),
     )

@@ -13,7 +13,7 @@ from rest_framework.views import APIView
 from runs.api import presenters, presigned, serializers
 from runs.api.errors import error_response
 from runs.api.filters import parse_run_list_query
-from runs.api.parsers import read_ndjson
+from runs.api.parsers import is_chunked, parse_chunked_json, read_ndjson
 from runs.api.schema import (
     LIST_PARAMETERS,
     BatchCreatedSchema,
@@ -62,13 +62,24 @@ class EnvironmentApi(APIView):
             raise ParseError(f"{REQUEST_KEY_HEADER} must be 1 to 128 printable characters")
         return value
 
+    def json_object(self, *, required: bool = True) -> dict:
+        """The JSON object body (also sent chunked); 400 when it is not an object, or missing and
+        ``required`` (else an empty dict)."""
+        if is_chunked(self.request):
+            data = parse_chunked_json(self.request)
+        elif not self.request.META.get("CONTENT_LENGTH", "0").strip("0"):
+            if required:
+                raise ParseError("Request body is empty")
+            return {}
+        else:
+            data = self.request.data
+        if not isinstance(data, dict):
+            raise ParseError("Request body must be a JSON object")
+        return data
+
     def body(self, serializer_class) -> dict:
         """The validated JSON object body; 400 when it is missing, not an object, or invalid."""
-        if not self.request.META.get("CONTENT_LENGTH", "0").strip("0"):
-            raise ParseError("Request body is empty")
-        if not isinstance(self.request.data, dict):
-            raise ParseError("Request body must be a JSON object")
-        serializer = serializer_class(data=self.request.data)
+        serializer = serializer_class(data=self.json_object())
         serializer.is_valid(raise_exception=True)
         return serializer.validated_data
 
@@ -181,9 +192,7 @@ class RunReplayApi(EnvironmentApi):
     )
     def post(self, request, run_id: str):
         run = task_run_get(environment=self.environment, run_id=run_id)
-        overrides = request.data if request.META.get("CONTENT_LENGTH", "0").strip("0") else {}
-        if not isinstance(overrides, dict):
-            raise ParseError("Request body must be a JSON object")
+        overrides = self.json_object(required=False)
         serializer = serializers.TriggerBodySerializer(data=task_run_replay_body(run=run, overrides=overrides))
         serializer.is_valid(raise_exception=True)
         outcome = task_run_trigger(

@@ -5,15 +5,13 @@ drainer holds right now is waited for briefly, then 503 (runs.services.mid_drain
 answer is the same, and a change acknowledged while buffered survives materialisation.
 """
 
-import json
-
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from mollifier import buffer
 from mollifier.buffer import MutateResult, MutateStatus
-from runs import conf, durations
+from runs import conf, durations, json_values
 from runs.exceptions import InvalidRequest, RunNotFound, ServiceUnavailable, TooLarge, Unprocessable
 from runs.models import RunStatus, TaskRun
 from runs.services.mid_drain import change_buffered_run
@@ -66,9 +64,10 @@ def task_run_add_tags(*, run: TaskRun, tags: list[str]) -> int:
 
 
 def metadata_of(run: TaskRun) -> dict:
+    """The run's metadata as an object ({} when there is none, or it cannot be read back)."""
     try:
-        value = json.loads(run.metadata) if run.metadata else {}
-    except ValueError:
+        value = json_values.loads(run.metadata) if run.metadata else {}
+    except json_values.UnsafeJSON:
         return {}
     return value if isinstance(value, dict) else {}
 
@@ -99,7 +98,12 @@ def apply_operations(metadata: dict, operations: list[dict]) -> dict:
 
 
 def _encode_metadata(metadata: dict) -> str:
-    text = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False)
+    """The JSON text to store; refused (400) when an operation made a value no reader could take
+    back (an increment past the float range or the integer digit limit), 413 past the size limit."""
+    try:
+        text = json_values.dumps(metadata)
+    except json_values.UnsafeJSON as error:
+        raise InvalidRequest(f"The metadata would not be valid JSON: {error}") from None
     limit = settings.TRIGGER["MAX_METADATA_BYTES"]
     if len(text.encode()) > limit:
         raise TooLarge(f"Metadata is larger than {limit} bytes.")
@@ -151,16 +155,16 @@ def task_run_reschedule(*, run: TaskRun, delay: str) -> None:
     delay_until = durations.parse_delay(delay, now=now)
     if delay_until is None:
         raise InvalidRequest('delay: Must be a duration like "30s" or "1h30m", or an ISO 8601 date.')
-    if run.status != RunStatus.DELAYED:
-        raise InvalidRequest(f"Cannot reschedule a run that is not delayed (it is {run.status}).")
+    if (status := run.status_at(now)) != RunStatus.DELAYED:
+        raise InvalidRequest(f"Cannot reschedule a run that is not delayed (it is {status}).")
     if run.is_buffered:
         result = _wait_in_buffer(run, lambda **kw: buffer.set_delay(delay_until_ms=to_ms(delay_until), **kw))
         if result is not None:
             return
     with transaction.atomic():
         row = _row(run)
-        if row.status != RunStatus.DELAYED:
-            raise InvalidRequest(f"Cannot reschedule a run that is not delayed (it is {row.status}).")
+        if (status := row.status_at(now)) != RunStatus.DELAYED:
+            raise InvalidRequest(f"Cannot reschedule a run that is not delayed (it is {status}).")
         row.delay_until, row.updated_at = delay_until, now
         row.save(update_fields=["delay_until", "updated_at"])
 

@@ -150,13 +150,11 @@ def _trigger(
 
 
 def _bypass(options: TriggerOptions) -> str | None:
-    """Why this trigger must reach Postgres now (and is not counted against the rate)."""
-    if options.debounce:
-        return "debounce"
-    if options.one_time_use_token:
-        return "one_time_use_token"
+    """Why this trigger must reach Postgres now (and is not counted against the rate): only a
+    triggerAndWait child, whose parent (checked to exist) waits on the child's row. Debounce and
+    one-time-use tokens are refused at the door, so no caller can opt out of the gate."""
     if options.parent_run_id and options.resume_parent_on_completion:
-        return "trigger_and_wait"  # the parent waits on the child's row
+        return "trigger_and_wait"
     return None
 
 

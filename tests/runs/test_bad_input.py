@@ -179,7 +179,7 @@ def test_task_ids_with_control_characters_are_refused_not_html(api):
 
 def test_null_characters_are_refused(api):
     assert_error(api.post("/api/v1/tasks/t%00x/trigger", {"payload": "x"}, format="json"), 400)
-    assert_error(api.post("/api/v1/tasks/t/trigger", {"payload": "a\u0000b"}, format="json"), 400, "Null characters")
+    assert_error(api.post("/api/v1/tasks/t/trigger", {"payload": "a\u0000b"}, format="json"), 400, "null characters")
     assert_error(trigger(api, payload=1, tags=["a\u0000"]), 400, "options.tags")
     assert_error(trigger(api, payload=1, metadata={"k": "\u0000"}), 400, "options.metadata")
 

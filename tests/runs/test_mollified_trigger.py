@@ -181,18 +181,22 @@ def test_batch_items_are_buffered_with_their_batch_and_index(api, enrolled):
 
 
 @pytest.mark.parametrize(
-    "options",
-    [{"debounce": {"key": "d", "delay": "5s"}}, {"oneTimeUseToken": "tok"}],
+    "options, field",
+    [
+        ({"debounce": {"key": "d", "delay": "5s"}}, "options.debounce"),
+        ({"oneTimeUseToken": "tok"}, "options.oneTimeUseToken"),
+    ],
 )
-def test_bypassed_triggers_go_to_postgres_and_are_not_counted(api, enrolled, options, redis_client):
+def test_no_caller_can_opt_out_of_the_gate_with_debounce_or_a_one_time_token(api, enrolled, options, field):
+    """Both used to skip the buffer for any caller that sent them; neither is supported here, so
+    both are refused rather than silently ignored."""
     burst(api, 6)
-    before = redis_client.hget(keys.rate(org_of(enrolled), str(enrolled.pk)), "c")
+    before = TaskRun.objects.count()
 
     response = trigger(api, payload=1, **options)
 
-    assert "x-mollifier" not in response.headers
-    assert TaskRun.objects.filter(id=response.json()["id"].removeprefix("run_")).exists()
-    assert redis_client.hget(keys.rate(org_of(enrolled), str(enrolled.pk)), "c") == before
+    assert response.status_code == 422 and field in response.json()["error"]
+    assert TaskRun.objects.count() == before
 
 
 def test_trigger_and_wait_bypasses_the_gate(api, enrolled):
