@@ -1,10 +1,15 @@
 """Request bodies, bounded: JSON for most endpoints, NDJSON (possibly chunked) for batch items."""
 
 from django.conf import settings
+from gunicorn.http.errors import ParseException as GunicornParseError
 from rest_framework import exceptions
 from rest_framework.parsers import JSONParser
 
 from runs import json_values
+
+# A broken chunked body surfaces when it is read: gunicorn (the server here) raises its own parse
+# errors (InvalidChunkSize, ChunkMissingTerminator, …); other servers raise OSErrors.
+BROKEN_BODY = (OSError, GunicornParseError)
 
 
 class PayloadTooLarge(exceptions.APIException):
@@ -25,8 +30,7 @@ def loads_strict(raw: bytes):
 def read_bounded(stream, limit: int) -> bytes:
     try:
         raw = stream.read(limit + 1) if stream is not None else b""
-    except OSError as error:
-        # gunicorn's errors for a broken chunked body (InvalidChunkSize, NoMoreData, …) are OSErrors.
+    except BROKEN_BODY as error:
         raise exceptions.ParseError(f"Malformed request body ({type(error).__name__})") from None
     if len(raw) > limit:
         raise PayloadTooLarge(f"Request body is larger than {limit} bytes")

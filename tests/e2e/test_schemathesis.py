@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from mollifier import buffer, keys
+from mollifier.client import get as redis_client
 from runs.models import RunStatus, TaskRun
 from tests.conftest import enroll
 from tests.factories import EnvironmentFactory
@@ -16,16 +18,22 @@ from tests.server import running_server
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
-def test_fuzzing_the_live_api_finds_no_server_error_and_no_schema_violation(tmp_path):
+@pytest.mark.parametrize("store", ["direct", "buffered"])
+def test_fuzzing_the_live_api_finds_no_server_error_and_no_schema_violation(tmp_path, store):
+    """Twice: every run written directly (the mollifier off), and every trigger buffered (the
+    environment's gate held tripped for the whole run)."""
     environment = enroll(EnvironmentFactory())
     schemathesis = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
     assert schemathesis, "schemathesis is a dev dependency"
     gate = {
-        "MOLLIFIER_ENABLED": "1",
-        "MOLLIFIER_TRIP_THRESHOLD": "3",
+        "MOLLIFIER_ENABLED": "1" if store == "buffered" else "0",
+        "MOLLIFIER_TRIP_THRESHOLD": "1",
         "MOLLIFIER_TRIP_WINDOW_MS": "60000",
-        "MOLLIFIER_HOLD_MS": "60000",
+        "MOLLIFIER_HOLD_MS": "600000",
     }
+    if store == "buffered":
+        tripped = keys.tripped(str(environment.organization_id), str(environment.pk))
+        redis_client().set(tripped, "1", px=600_000)
     with running_server(**gate) as base_url:
         result = subprocess.run(
             [
@@ -47,7 +55,7 @@ def test_fuzzing_the_live_api_finds_no_server_error_and_no_schema_violation(tmp_
                 "--phases",
                 "examples,coverage,fuzzing",
                 "--max-time",
-                "60",
+                "45",
                 "--generation-allow-x00",
                 "true",
                 # Schemathesis cannot write NDJSON bodies; that endpoint is covered by test_bad_input and the SDK tests.
@@ -67,3 +75,5 @@ def test_fuzzing_the_live_api_finds_no_server_error_and_no_schema_violation(tmp_
     print(result.stdout[-6000:], result.stderr[-2000:])
     assert result.returncode == 0, result.stdout[-6000:]
     assert not TaskRun.objects.filter(environment=environment, status=RunStatus.SYSTEM_FAILURE).exists()
+    if store == "buffered":
+        assert buffer.buffered_count(str(environment.organization_id)) > 0  # the fuzzed triggers were buffered
