@@ -12,7 +12,8 @@ from rest_framework.views import APIView
 
 from runs.api import presenters, presigned, serializers
 from runs.api.errors import error_response
-from runs.api.filters import parse_run_list_query
+from runs.api.filters import environment_names, run_list_filters
+from runs.api.pagination import RunCursorPagination
 from runs.api.parsers import is_chunked, parse_chunked_json, read_ndjson
 from runs.api.schema import (
     LIST_PARAMETERS,
@@ -29,8 +30,7 @@ from runs.api.schema import (
 )
 from runs.api.tokens import public_token
 from runs.exceptions import RunNotFound
-from runs.models import Project
-from runs.selectors import task_run_get, task_run_list
+from runs.selectors import environment_in_project, environment_matches, task_run_get, task_run_list
 from runs.services.batches import BatchItem, batch_add_items, batch_create, batch_get, batch_retrieve
 from runs.services.cancel import task_run_cancel
 from runs.services.idempotency import idempotency_key_reset
@@ -205,25 +205,16 @@ class RunReplayApi(EnvironmentApi):
 
 
 class RunListApi(EnvironmentApi):
+    pagination_class = RunCursorPagination
+
     @extend_schema(operation_id="list_runs", parameters=LIST_PARAMETERS, responses=responses(200, RunListSchema))
     def get(self, request):
-        query = parse_run_list_query(request.query_params)
-        return self.render_page(query)
+        return self.render_page(run_list_filters(request.query_params))
 
-    def render_page(self, query):
-        page = task_run_list(
-            environment=self.environment,
-            filters=query.filters,
-            page_size=query.page_size,
-            after=query.after,
-            before=query.before,
-        )
-        pagination = {}
-        if page.next:
-            pagination["next"] = page.next.encode()
-        if page.previous:
-            pagination["previous"] = page.previous.encode()
-        return Response({"data": [presenters.run_list_item(run) for run in page.runs], "pagination": pagination})
+    def render_page(self, filters: dict):
+        paginator = self.pagination_class()
+        page = paginator.paginate_queryset(task_run_list(environment=self.environment, filters=filters), self.request)
+        return paginator.get_paginated_response([presenters.run_list_item(run) for run in page])
 
 
 class ProjectRunListApi(RunListApi):
@@ -233,15 +224,12 @@ class ProjectRunListApi(RunListApi):
         operation_id="list_project_runs", parameters=LIST_PARAMETERS, responses=responses(200, RunListSchema, 404)
     )
     def get(self, request, project_ref: str):
-        environment = self.environment
-        if not Project.objects.filter(pk=environment.project_id, external_ref=project_ref).exists():
+        if not environment_in_project(environment=self.environment, project_ref=project_ref):
             return error_response("Project not found", status.HTTP_404_NOT_FOUND)
-        query = parse_run_list_query(request.query_params)
-        wanted = {name.lower() for name in query.environments}
-        names = {environment.slug.lower(), environment.type.lower(), environment.KEY_PREFIXES[environment.type]}
-        if wanted and not wanted & names:
-            return Response({"data": [], "pagination": {}})
-        return self.render_page(query)
+        filters = run_list_filters(request.query_params)
+        if not environment_matches(environment=self.environment, names=environment_names(request.query_params)):
+            filters["nothing"] = True  # filter[env] names another environment
+        return self.render_page(filters)
 
 
 class IdempotencyKeyResetApi(EnvironmentApi):
