@@ -111,8 +111,13 @@ def _loads(value):
         return None
 
 
+def as_text(value) -> str:
+    """A Redis reply value (bytes, or str from a decoding client) as text."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
 def _text(value) -> str | None:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    return None if value is None else as_text(value)
 
 
 def _tags(value) -> list[str]:
@@ -127,7 +132,7 @@ def from_fields(raw: dict, stored_snapshot=None) -> Entry | None:
 
     Hot in the drainer: values are decoded only where a string is needed (json and int read bytes).
     """
-    fields = {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
+    fields = {as_text(k): v for k, v in raw.items()}
     get = fields.get
     run, env, org = _text(get("run")), _text(get("env")), _text(get("org"))
     if not run or not env or not org:

@@ -18,13 +18,11 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from mollifier import buffer, conf
-from mollifier.drainer import Drainer, now_ms
+from mollifier import buffer
+from mollifier.clock import now_ms
 from mollifier.exceptions import BufferUnavailable
-from mollifier.stats import env_stats, shadow_orgs, timeline
-from runs import charts
 from runs.exceptions import RunError
-from runs.models import BatchTaskRun, MollifierDashboard, Organization, Project, RunStatus, RuntimeEnvironment, TaskRun
+from runs.models import BatchTaskRun, Organization, Project, RunStatus, RuntimeEnvironment, TaskRun
 from runs.read_fallback import Where, buffered_runs_by_id
 from runs.selectors import tags_in_use, task_identifiers_in_use
 from runs.services.cancel import task_run_cancel
@@ -224,6 +222,7 @@ class TaskRunAdmin(admin.ModelAdmin):
     search_fields = ["id"]  # searched by the merged read: a run id, an idempotency key or a tag
     search_help_text = "A run id, an idempotency key or a tag."
     list_per_page = 100
+    show_facets = admin.ShowFacets.NEVER  # facet counts come from querysets; this list is merged
     ordering = ["-created_at", "-id"]
     actions = ["cancel_runs", "reset_idempotency_keys"]
     change_list_template = "admin/runs/taskrun/change_list.html"
@@ -376,111 +375,3 @@ class TaskRunAdmin(admin.ModelAdmin):
 class BatchTaskRunAdmin(admin.ModelAdmin):
     list_display = ["friendly_id", "status", "run_count", "sealed", "environment", "created_at"]
     list_select_related = ["environment__project__organization"]
-
-
-@admin.register(MollifierDashboard)
-class MollifierDashboardAdmin(admin.ModelAdmin):
-    """The buffer at a glance: depth per environment, dwell, leases, drain rate, gate decisions."""
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-    def get_urls(self):
-        view = self.admin_site.admin_view
-        return [
-            path(
-                "drain/<str:org_id>/<str:env_id>/",
-                view(require_POST(self.drain_now)),
-                name="runs_mollifierdashboard_drain",
-            ),
-            *super().get_urls(),
-        ]
-
-    def changelist_view(self, request, extra_context=None):
-        if not self.has_view_permission(request):
-            raise PermissionDenied
-        now = now_ms()
-        context = {
-            **self.admin_site.each_context(request),
-            "title": "Mollifier dashboard",
-            "opts": self.model._meta,
-            "settings": _knobs(),
-            "can_drain": request.user.has_perm("runs.change_taskrun"),
-        }
-        try:
-            rows = env_stats(now_ms=now)
-            enrolled = [
-                str(pk)
-                for pk in Organization.objects.filter(feature_flags__mollifierEnabled=True).values_list("pk", flat=True)
-            ]
-            orgs = sorted({row.org_id for row in rows} | set(enrolled) | set(shadow_orgs(since_ms=now - 3_600_000)))
-            minutes = timeline(org_ids=orgs, now_ms=now)
-            parked = buffer.parked_entries(limit=100)
-            dropped_count, _ = buffer.recently_dropped(limit=0)
-        except BufferUnavailable:
-            context["error"] = "The buffer's Redis did not answer."
-            return TemplateResponse(request, "admin/runs/mollifier_dashboard.html", context)
-        environments = RuntimeEnvironment.objects.select_related("project__organization").in_bulk(
-            [int(row.env_id) for row in rows if row.env_id.isdigit()]
-        )
-        table = [
-            {
-                "row": row,
-                "name": str(environments.get(int(row.env_id), f"org {row.org_id} env {row.env_id}")),
-                "oldest_seconds": row.oldest_age_ms(now) / 1000,
-            }
-            for row in rows
-        ]
-        recent = minutes[-5:]
-        context.update(
-            parked=parked,
-            dropped_count=dropped_count,
-            rows=table,
-            totals={
-                "waiting": sum(r.waiting for r in rows),
-                "leased": sum(r.leased for r in rows),
-                "expired": sum(r.expired_leases for r in rows),
-                "oldest_seconds": max((r.oldest_age_ms(now) for r in rows), default=0) / 1000,
-                "drained_per_minute": round(sum(m["drained"] for m in recent) / len(recent)),
-                "tripped": sum(r.tripped for r in rows),
-            },
-            depth_chart=charts.horizontal_bars([(item["name"], item["row"].waiting) for item in table[:20]]),
-            decisions_chart=charts.stacked_bars(
-                minutes,
-                [
-                    ("pass_through", "#79aec8", "pass-through"),
-                    ("mollify", "#e0a800", "mollified"),
-                    ("shadow", "#a0a0a0", "shadow"),
-                    ("refused", "#ba2121", "refused (cap)"),
-                ],
-            ),
-            drained_chart=charts.stacked_bars(minutes, [("drained", "#417690", "rows drained")]),
-        )
-        return TemplateResponse(request, "admin/runs/mollifier_dashboard.html", context)
-
-    def drain_now(self, request, org_id: str, env_id: str):
-        if not request.user.has_perm("runs.change_taskrun"):
-            raise PermissionDenied
-        result = Drainer().drain_environment(org_id=org_id, env_id=env_id)
-        messages.success(
-            request, f"Drained {result.acked} run(s) of that environment ({result.report.inserted} inserted)."
-        )
-        return HttpResponseRedirect(reverse("admin:runs_mollifierdashboard_changelist"))
-
-
-def _knobs() -> dict:
-    return {
-        "enabled": conf.enabled(),
-        "shadow": conf.shadow_mode(),
-        "threshold": conf.trip_threshold(),
-        "window_ms": conf.trip_window_ms(),
-        "hold_ms": conf.hold_ms(),
-        "cap": conf.drain_max_rows_per_sec(),
-        "org_cap": conf.org_buffer_cap(),
-    }

@@ -37,6 +37,13 @@ class Project(models.Model):
         return f"{self.organization.slug}/{self.slug}"
 
 
+class EnvironmentQuerySet(models.QuerySet):
+    def by_ids(self, env_ids) -> dict[str, "RuntimeEnvironment"]:
+        """Environments by the string ids the buffer carries (one query; other strings skipped)."""
+        numbers = {int(env_id) for env_id in env_ids if str(env_id).isdigit()}
+        return {str(pk): environment for pk, environment in self.in_bulk(numbers).items()}
+
+
 class RuntimeEnvironment(models.Model):
     class Type(models.TextChoices):
         DEVELOPMENT = "DEVELOPMENT"
@@ -54,6 +61,8 @@ class RuntimeEnvironment(models.Model):
     api_key_hash = models.CharField(max_length=64, unique=True)
     api_key_prefix = models.CharField(max_length=24)
     created_at = models.DateTimeField(default=timezone.now)
+
+    objects = EnvironmentQuerySet.as_manager()
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["project", "slug"], name="env_project_slug_uniq")]
@@ -210,18 +219,6 @@ class TaskRun(models.Model):
     def is_buffered(self) -> bool:
         """True for a run read from the mollifier buffer (built from its snapshot, never saved)."""
         return self._state.adding
-
-
-class MollifierDashboard(models.Model):
-    """No table: the admin's entry point to the buffer dashboard (a Redis-backed page)."""
-
-    class Meta:
-        managed = False
-        verbose_name = verbose_name_plural = "Mollifier dashboard"
-        default_permissions = ("view",)
-
-    def __str__(self) -> str:
-        return "Mollifier dashboard"
 
 
 class BatchTaskRunItem(models.Model):

@@ -258,11 +258,11 @@ class MergedRuns:
             return []
         if self.environments is not None:
             return self.environments
-        with_work = {row.env_id for row in env_stats(now_ms=to_ms(self.now)) if row.env_id.isdigit()}
-        queryset = RuntimeEnvironment.objects.filter(pk__in=[int(env_id) for env_id in with_work])
-        if "environment" in self.filters:
-            queryset = queryset.filter(pk__in=self.filters["environment"])
-        return list(queryset.select_related("organization", "project"))
+        with_work = RuntimeEnvironment.objects.select_related("organization", "project").by_ids(
+            row.env_id for row in env_stats(now_ms=to_ms(self.now))
+        )
+        wanted = self.filters.get("environment")
+        return [env for env in with_work.values() if wanted is None or env.pk in wanted]
 
     def _streams(self, *, newest_first: bool, position: Position | None) -> list[_Stream]:
         beyond = (_score(position.created_at), ids.to_friendly(ids.RUN, position.internal_id)) if position else None
@@ -435,11 +435,9 @@ def buffered_runs_by_id(internal_ids: Iterable[str]) -> list[TaskRun]:
         for entry in buffer.get_many(org_id=org_id, run_ids=wanted)
         if not entry.materialised
     ]
-    environments = RuntimeEnvironment.objects.select_related("organization", "project").in_bulk(
-        [int(entry.env_id) for entry in entries if entry.env_id.isdigit()]
+    environments = RuntimeEnvironment.objects.select_related("organization", "project").by_ids(
+        entry.env_id for entry in entries
     )
     return [
-        entry_to_run(entry, environment=environments[int(entry.env_id)])
-        for entry in entries
-        if entry.env_id.isdigit() and int(entry.env_id) in environments
+        entry_to_run(entry, environment=environments[entry.env_id]) for entry in entries if entry.env_id in environments
     ]

@@ -3,7 +3,7 @@
 from typing import Any
 
 from runs.exceptions import RunNotFound
-from runs.models import Project, RuntimeEnvironment, TaskRun
+from runs.models import Organization, Project, RuntimeEnvironment, TaskRun
 from runs.read_fallback import MergedRuns
 
 
@@ -43,3 +43,17 @@ def tags_in_use(*, limit: int = 30) -> list[str]:
     """Tags of the newest runs in Postgres (the admin's tag filter)."""
     tags = TaskRun.objects.order_by("-created_at").values_list("tags", flat=True)[:1000]
     return sorted({tag for run_tags in tags for tag in run_tags})[:limit]
+
+
+class BufferDirectory:
+    """Tenants as the mollifier's dashboard needs them (``MOLLIFIER["DIRECTORY"]``)."""
+
+    def environment_labels(self, env_ids) -> dict[str, str]:
+        environments = RuntimeEnvironment.objects.select_related("project__organization").by_ids(env_ids)
+        return {env_id: str(environment) for env_id, environment in environments.items()}
+
+    def enrolled_organizations(self) -> list[str]:
+        return [
+            str(pk)
+            for pk in Organization.objects.filter(feature_flags__mollifierEnabled=True).values_list("pk", flat=True)
+        ]

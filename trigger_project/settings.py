@@ -251,6 +251,8 @@ MOLLIFIER = {
     "DRAIN_IDLE_SLEEP_MS": env_int("MOLLIFIER_DRAIN_IDLE_SLEEP_MS", 100),
     "STALE_AFTER_MS": env_int("MOLLIFIER_STALE_AFTER_MS", 60_000),
     "SINK": env("MOLLIFIER_SINK", "runs.services.materialise.TaskRunSink"),
+    # Environment names and enrolled organisations for the dashboard (mollifier/directory.py).
+    "DIRECTORY": "runs.selectors.BufferDirectory",
     "REDIS_ALIAS": "default",
     "REDIS_CLUSTER_URL": env("MOLLIFIER_REDIS_CLUSTER_URL", ""),
 }

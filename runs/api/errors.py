@@ -6,7 +6,6 @@ a 503 (the SDK retries it); anything else is logged and answered 500 without int
 
 import logging
 import math
-import time
 
 from django.db import DataError, InterfaceError, OperationalError
 from rest_framework import exceptions, status
@@ -14,6 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
 
+from mollifier.clock import now_ms
 from mollifier.exceptions import BufferUnavailable
 from runs import exceptions as domain
 
@@ -50,7 +50,7 @@ def error_response(message: str, status_code: int, headers: dict | None = None, 
 
 
 def _buffer_full(exc: domain.BufferFull) -> Response:
-    reset_ms = int(time.time() * 1000) + exc.retry_after_ms
+    reset_ms = now_ms() + exc.retry_after_ms
     headers = {
         "x-ratelimit-reset": str(reset_ms),  # epoch milliseconds: what the SDK's 429 handling reads
         "Retry-After": str(math.ceil(exc.retry_after_ms / 1000)),

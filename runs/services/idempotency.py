@@ -13,12 +13,12 @@ from django.utils import timezone
 
 from mollifier import buffer
 from mollifier.buffer import Pin, ResetResult, ResetStatus
+from mollifier.clock import now_ms
 from mollifier.exceptions import BufferUnavailable
 from mollifier.sink import Settled
 from runs.exceptions import IdempotencyKeyNotFound, ServiceUnavailable
 from runs.models import RunStatus, RuntimeEnvironment, TaskRun
 from runs.services.mid_drain import retry_while_draining, settle_pin
-from runs.snapshots import to_ms
 
 DEFAULT_TTL = timedelta(days=30)
 # Runs in these states give their key back (the official server's rule).
@@ -74,9 +74,7 @@ def idempotency_key_reset(*, environment: RuntimeEnvironment, task_identifier: s
     cleared = idempotency_key_clear(**scope)
 
     def attempt() -> ResetResult:
-        result = buffer.reset_idempotency(
-            org_id=org_id, env_id=env_id, task=task_identifier, key=key, now_ms=to_ms(timezone.now())
-        )
+        result = buffer.reset_idempotency(org_id=org_id, env_id=env_id, task=task_identifier, key=key, now_ms=now_ms())
         if result.status != ResetStatus.PINNED:
             return result
         outcome = settle_pin(Pin(org_id, env_id, result.run_id, result.holder))

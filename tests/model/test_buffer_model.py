@@ -31,7 +31,8 @@ from hypothesis.stateful import (
 
 from mollifier import buffer, keys
 from mollifier.client import get as redis_client
-from mollifier.drainer import Drainer, now_ms
+from mollifier.clock import now_ms
+from mollifier.drainer import Drainer
 from runs.api.serializers import trigger_options_from
 from runs.exceptions import IdempotencyKeyNotFound, InvalidRequest, ServiceUnavailable
 from runs.models import BatchTaskRun, BatchTaskRunItem, RunStatus, TaskRun

@@ -7,7 +7,8 @@ import time
 import pytest
 
 from mollifier import buffer
-from mollifier.drainer import Drainer, now_ms
+from mollifier.clock import now_ms
+from mollifier.drainer import Drainer
 from runs.models import RunStatus, TaskRun
 from tests.buffering import write_round
 from tests.conftest import client_for

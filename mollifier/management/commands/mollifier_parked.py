@@ -4,7 +4,7 @@ import logging
 from django.core.management.base import BaseCommand, CommandError
 
 from mollifier import buffer
-from mollifier.drainer import now_ms
+from mollifier.clock import now_ms
 
 logger = logging.getLogger("mollifier.parked")
 

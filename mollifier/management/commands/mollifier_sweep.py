@@ -4,7 +4,7 @@ import time
 from django.core.management.base import BaseCommand
 
 from mollifier import conf
-from mollifier.drainer import now_ms
+from mollifier.clock import now_ms
 from mollifier.sweep import sweep
 
 

@@ -2,7 +2,7 @@ from django.core.management.base import BaseCommand
 from django.template.defaultfilters import pluralize
 
 from mollifier import buffer, conf
-from mollifier.drainer import now_ms
+from mollifier.clock import now_ms
 from mollifier.stats import env_stats
 from runs.models import RuntimeEnvironment
 
@@ -22,12 +22,10 @@ class Command(BaseCommand):
             f"trip {conf.trip_threshold()} per {conf.trip_window_ms()} ms, hold {conf.hold_ms()} ms; "
             f"drain cap {conf.drain_max_rows_per_sec():,} rows/s (settings of this process's environment)"
         )
-        names = {
-            str(env.pk): str(env)
-            for env in RuntimeEnvironment.objects.filter(
-                pk__in=[int(r.env_id) for r in rows if r.env_id.isdigit()]
-            ).select_related("project__organization")
-        }
+        environments = RuntimeEnvironment.objects.select_related("project__organization").by_ids(
+            [row.env_id for row in rows] + [entry.env_id for entry in buffer.parked_entries(limit=10)]
+        )
+        names = {env_id: str(environment) for env_id, environment in environments.items()}
         if rows:
             self._table(rows, names, now)
             # One snapshot: the total is the table's own sum, so the two never disagree mid-drain.
