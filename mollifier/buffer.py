@@ -88,7 +88,7 @@ def _index_org(client, org_id: str, generation: str) -> None:
 
 
 def accept(entry: Entry, *, now_ms: int, claim_marker: str = "", claim_ttl: int = 0) -> AcceptResult:
-    """Buffer ``entry`` without consulting the gate (the gate's own path is gate.admit)."""
+    """Buffer ``entry`` without consulting the gate (the gate's own path is gate.admit_or_buffer)."""
     redis = redis_client.get()
     reply = scripts.ACCEPT(
         keys=accept_keys(entry),

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 from mollifier import client as redis_client
 from mollifier import conf, keys, metrics, scripts
-from mollifier.buffer import AcceptResult, accept_args, accept_keys, accept_result
-from mollifier.codec import Entry
+from mollifier.buffer import AcceptResult, AcceptStatus, accept_args, accept_keys, accept_result
+from mollifier.claims import Claim
+from mollifier.codec import Entry, as_text
 from mollifier.exceptions import BufferUnavailable
 
 logger = logging.getLogger(__name__)
@@ -47,19 +48,7 @@ def _global_tripped(redis, now_ms: int) -> bool:
     return bool(int(tripped))
 
 
-def admit(**kwargs) -> "Admission":
-    """See ``_admit``; counts every decision past the master switch and enrolment, bypasses
-    included (mollifier_gate_decisions_total{decision, reason})."""
-    admission = _admit(**kwargs)
-    if admission.reason not in ("disabled", "not_enrolled"):
-        decision = admission.decision.value
-        if admission.accepted is not None and admission.accepted.status == "over_cap":
-            decision = "refused"
-        metrics.GATE_DECISIONS.labels(decision=decision, reason=admission.reason).inc()
-    return admission
-
-
-def _admit(
+def admit_or_buffer(
     *,
     org_id: str,
     env_id: str,
@@ -67,8 +56,40 @@ def _admit(
     bypass: str | None,
     entry: Callable[[], Entry],
     now_ms: int,
-    claim_marker: str = "",
-    claim_ttl: int = 0,
+    claim: Claim | None = None,
+) -> Admission:
+    """Decide for one trigger — and, when the decision is to mollify, buffer it in the same step.
+
+    Counts every decision past the master switch and enrolment, bypasses included
+    (mollifier_gate_decisions_total{decision, reason}). See ``_decide``."""
+    admission = _decide(
+        org_id=org_id,
+        env_id=env_id,
+        enrolled=enrolled,
+        bypass=bypass,
+        entry=entry,
+        now_ms=now_ms,
+        claim_marker=claim.marker if claim else "",
+        claim_ttl=claim.publish_ttl if claim else 0,
+    )
+    if admission.reason not in ("disabled", "not_enrolled"):
+        decision = admission.decision.value
+        if admission.accepted is not None and admission.accepted.status == AcceptStatus.OVER_CAP:
+            decision = "refused"
+        metrics.GATE_DECISIONS.labels(decision=decision, reason=admission.reason).inc()
+    return admission
+
+
+def _decide(
+    *,
+    org_id: str,
+    env_id: str,
+    enrolled: bool,
+    bypass: str | None,
+    entry: Callable[[], Entry],
+    now_ms: int,
+    claim_marker: str,
+    claim_ttl: int,
 ) -> Admission:
     """Decide for one trigger, and buffer it when the decision is to mollify.
 
@@ -116,7 +137,7 @@ def _admit(
             ],
             client=redis,
         )
-        if reply[0] in (b"pass_through", "pass_through"):
+        if as_text(reply[0]) == "pass_through":
             return Admission(Decision.PASS_THROUGH, "under_threshold")
         logger.debug("mollifier.gate.mollified org=%s env=%s reason=%s", org_id, env_id, reason)
         return Admission(Decision.MOLLIFY, reason, accept_result(reply, candidate, client=redis))

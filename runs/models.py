@@ -242,15 +242,15 @@ class BatchTaskRunPendingItem(models.Model):
 
     batch = models.ForeignKey(BatchTaskRun, on_delete=models.CASCADE, related_name="pending_items")
     index = models.PositiveIntegerField()
-    run_id = models.CharField(max_length=32)  # the internal id of the buffered run
+    run_internal_id = models.CharField(max_length=32)  # the buffered run's internal id (no row to point at yet)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["batch", "index"], name="batch_pending_index_uniq")]
-        indexes = [models.Index(fields=["run_id"], name="batch_pending_run_idx")]
+        indexes = [models.Index(fields=["run_internal_id"], name="batch_pending_run_idx")]
 
     def __str__(self) -> str:
-        return f"{self.batch_id}[{self.index}] → run_{self.run_id}"
+        return f"{self.batch_id}[{self.index}] → run_{self.run_internal_id}"
 
 
 class Packet(models.Model):

@@ -1,7 +1,9 @@
-"""The one place where errors become HTTP answers: always ``{"error": "<message>"}``.
+"""How the run API's exceptions become HTTP answers (DRF's EXCEPTION_HANDLER): always
+``{"error": "<message>"}``. Views that answer an error themselves use ``error_response`` from here;
+outside the API, ``/metrics`` and the JSON 404 of ``trigger_project/urls.py`` keep the same shape.
 
-Domain errors map by class; DRF's own errors keep their status; a database that cannot be reached is
-a 503 (the SDK retries it); anything else is logged and answered 500 without internals.
+Domain errors map by class; DRF's own errors keep their status; Redis or a database that cannot be
+reached is a 503 (the SDK retries it); anything else is logged and answered 500 without internals.
 """
 
 import logging

@@ -39,7 +39,7 @@ from runs.services.mutations import (
     task_run_add_tags,
     task_run_replay_body,
     task_run_reschedule,
-    task_run_update_metadata,
+    task_run_update_metadata_and_related,
 )
 from runs.services.trigger import task_run_trigger
 
@@ -157,19 +157,13 @@ class RunMetadataApi(EnvironmentApi):
     def put(self, request, run_id: str):
         run = task_run_get(environment=self.environment, run_id=run_id)
         body = self.body(serializers.UpdateMetadataSerializer)
-        metadata = task_run_update_metadata(
-            run=run, metadata=body.get("metadata"), operations=body.get("operations", [])
+        metadata = task_run_update_metadata_and_related(
+            run=run,
+            metadata=body.get("metadata"),
+            operations=body.get("operations", []),
+            parent_operations=body.get("parentOperations") or [],
+            root_operations=body.get("rootOperations") or [],
         )
-        for relation, operations in (
-            ("parent_run_id", body.get("parentOperations")),
-            ("root_run_id", body.get("rootOperations")),
-        ):
-            if operations and (related_id := getattr(run, relation)):
-                try:
-                    related = task_run_get(environment=self.environment, run_id=f"run_{related_id}")
-                except RunNotFound:
-                    continue  # the related run is not visible to this key: nothing to change
-                task_run_update_metadata(run=related, metadata=None, operations=operations)
         return Response({"metadata": metadata})
 
 

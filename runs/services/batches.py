@@ -167,13 +167,9 @@ def batch_retrieve(*, environment: RuntimeEnvironment, batch_id: str) -> tuple[B
 
 def batch_run_ids(*, batch: BatchTaskRun) -> list[str]:
     """The batch's runs as friendly ids, in item order, wherever each run lives."""
-    by_index = {
-        index: ids.to_friendly(ids.RUN, run_id)
-        for model in (BatchTaskRunItem, BatchTaskRunPendingItem)
-        for index, run_id in model.objects.filter(batch=batch).values_list(
-            "index", "task_run_id" if model is BatchTaskRunItem else "run_id"
-        )
-    }
+    linked = BatchTaskRunItem.objects.filter(batch=batch).values_list("index", "task_run_id")
+    pending = BatchTaskRunPendingItem.objects.filter(batch=batch).values_list("index", "run_internal_id")
+    by_index = {index: ids.to_friendly(ids.RUN, internal_id) for index, internal_id in [*linked, *pending]}
     for index, run_id in _buffered_items(batch).items():
         by_index.setdefault(index, run_id)
     return [by_index[index] for index in sorted(by_index)]

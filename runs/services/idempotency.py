@@ -43,17 +43,19 @@ def idempotent_run_find(*, environment_id: int, task_identifier: str, key: str, 
         return None
     if key_is_live(run=run, now=now):
         return run
-    idempotency_key_clear(environment_id=environment_id, task_identifier=task_identifier, key=key, only_run_id=run.id)
+    idempotency_key_clear(
+        environment_id=environment_id, task_identifier=task_identifier, key=key, only_internal_id=run.id
+    )
     return None
 
 
 def idempotency_key_clear(
-    *, environment_id: int, task_identifier: str, key: str, only_run_id: str | None = None
+    *, environment_id: int, task_identifier: str, key: str, only_internal_id: str | None = None
 ) -> int:
     """Take ``key`` off the runs holding it; returns how many rows changed."""
     runs = TaskRun.objects.filter(environment_id=environment_id, task_identifier=task_identifier, idempotency_key=key)
-    if only_run_id is not None:
-        runs = runs.filter(id=only_run_id)
+    if only_internal_id is not None:
+        runs = runs.filter(id=only_internal_id)
     return runs.update(idempotency_key=None, idempotency_key_expires_at=None, updated_at=timezone.now())
 
 

@@ -179,7 +179,7 @@ def _resolve_key_conflicts(contested: list[dict], *, now) -> int:
         holder = holders.get(scope)
         if holder is not None and not idempotency.key_is_live(run=holder, now=now):
             idempotency.idempotency_key_clear(
-                environment_id=scope[0], task_identifier=scope[1], key=scope[2], only_run_id=holder.id
+                environment_id=scope[0], task_identifier=scope[1], key=scope[2], only_internal_id=holder.id
             )
             holder = None
         if holder is None:

@@ -14,6 +14,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from mollifier import buffer, claims, conf, gate
+from mollifier.buffer import AcceptStatus
 from mollifier.exceptions import BufferUnavailable, ClaimTimeout
 from runs import ids
 from runs.exceptions import BufferFull, InvalidRequest, ServiceUnavailable
@@ -106,47 +107,79 @@ def _trigger(
 ) -> TriggerOutcome:
     environment = run.environment
     enrolled = mollifier_enrolled(environment.organization)
-    uses_buffer = conf.enabled() and enrolled
     key = options.idempotency_key
-    claim = None
     if key is not None:
-        # Postgres first. When the organisation uses the buffer, the claim (taken by bypassed
-        # triggers too, so that no path races a buffered holder of the key) reads the buffered
-        # holder in the same script.
-        holder = _holder_of_key(run=run, key=key, now=now, uses_buffer=False)
-        if holder is not None:
-            _link_batch_item(batch=batch, index=batch_index, run=holder)
-            return TriggerOutcome(run=holder, is_cached=True)
-        if uses_buffer:
-            claim, existing = _claim(run=run, key=key, now=now)
-            if existing is not None:
-                _link_batch_item(batch=batch, index=batch_index, run=existing)
-                return TriggerOutcome(run=existing, is_cached=True)
+        if (holder := _holder_of_key(run=run, key=key, now=now, uses_buffer=False)) is not None:
+            return _cached(holder, batch=batch, batch_index=batch_index)
+        if conf.enabled() and enrolled:
+            # The claim serialises same-key triggers across both stores (bypassed triggers claim
+            # too, so that no path races a buffered holder); its script reads the buffered holder.
+            try:
+                with claims.held(
+                    org_id=str(run.organization_id),
+                    env_id=str(run.environment_id),
+                    task=run.task_identifier,
+                    key=key,
+                    key_expires_ms=to_ms(run.idempotency_key_expires_at),
+                    now_ms=to_ms(now),
+                ) as held:
+                    if (holder := _claimed_holder(run=run, key=key, now=now, outcome=held.outcome)) is not None:
+                        return _cached(holder, batch=batch, batch_index=batch_index)
+                    return _admit_and_write(
+                        run=run,
+                        options=options,
+                        now=now,
+                        batch=batch,
+                        batch_index=batch_index,
+                        enrolled=enrolled,
+                        held=held,
+                    )
+            except ClaimTimeout as error:
+                raise ServiceUnavailable(str(error)) from None
+    return _admit_and_write(
+        run=run, options=options, now=now, batch=batch, batch_index=batch_index, enrolled=enrolled, held=None
+    )
 
-    published = False
-    try:
-        admission = gate.admit(
-            org_id=str(environment.organization_id),
-            env_id=str(environment.pk),
-            enrolled=enrolled,
-            bypass=_bypass(options),
-            entry=lambda: run_to_entry(run, batch_index=batch_index),
-            now_ms=to_ms(now),
-            claim_marker=claim.marker if claim else "",
-            claim_ttl=claim.publish_ttl if claim else 0,
-        )
-        if admission.decision == gate.Decision.MOLLIFY:
-            outcome = _buffered_outcome(run=run, admission=admission, now=now)
-            # An accepted entry published the claim in the same script; any other outcome releases it.
-            published = admission.accepted.status == "accepted"
-        else:
-            outcome = _insert_or_find_existing(run=run, key=key, now=now, batch=batch, batch_index=batch_index)
-            if claim is not None:
-                published = claims.publish(claim, outcome.run.friendly_id)
+
+def _cached(holder: TaskRun, *, batch: BatchTaskRun | None, batch_index: int | None) -> TriggerOutcome:
+    """The answer to a trigger whose idempotency key another run holds."""
+    _link_batch_item(batch=batch, index=batch_index, run=holder)
+    return TriggerOutcome(run=holder, is_cached=True)
+
+
+def _admit_and_write(
+    *,
+    run: TaskRun,
+    options: TriggerOptions,
+    now: datetime,
+    batch: BatchTaskRun | None,
+    batch_index: int | None,
+    enrolled: bool,
+    held: claims.Held | None,
+) -> TriggerOutcome:
+    """Through the gate: into the buffer (mollified), or into Postgres; the claim, when held, is
+    published with the run id (the buffer's accept publishes it in its own script)."""
+    environment = run.environment
+    admission = gate.admit_or_buffer(
+        org_id=str(environment.organization_id),
+        env_id=str(environment.pk),
+        enrolled=enrolled,
+        bypass=_bypass(options),
+        entry=lambda: run_to_entry(run, batch_index=batch_index),
+        now_ms=to_ms(now),
+        claim=held.claim if held else None,
+    )
+    if admission.decision == gate.Decision.MOLLIFY:
+        outcome = _buffered_outcome(run=run, admission=admission, now=now)
+        if held and admission.accepted.status == AcceptStatus.ACCEPTED:
+            held.published_by_accept()
         return outcome
-    finally:
-        if claim is not None and not published:
-            claims.release(claim)
+    outcome = _insert_or_find_existing(
+        run=run, key=options.idempotency_key, now=now, batch=batch, batch_index=batch_index
+    )
+    if held:
+        held.publish(outcome.run.friendly_id)
+    return outcome
 
 
 def _bypass(options: TriggerOptions) -> str | None:
@@ -189,41 +222,30 @@ def _holder_of_key(*, run: TaskRun, key: str, now: datetime, uses_buffer: bool) 
     return entry_to_run(entry, environment=run.environment, now=now) if entry is not None else None
 
 
-def _claim(*, run: TaskRun, key: str, now: datetime) -> tuple[claims.Claim | None, TaskRun | None]:
-    """Take the pre-gate claim, or find the run of the trigger that holds (or held) it."""
-    try:
-        outcome = claims.acquire(
-            org_id=str(run.organization_id),
-            env_id=str(run.environment_id),
-            task=run.task_identifier,
-            key=key,
-            key_expires_ms=to_ms(run.idempotency_key_expires_at),
-            now_ms=to_ms(now),
-        )
-    except ClaimTimeout as error:
-        raise ServiceUnavailable(str(error)) from None
-    if outcome.kind == "claimed":
-        return outcome.claim, None
-    if outcome.kind in ("buffered", "resolved"):
-        if outcome.kind == "buffered":
-            holder = _holder_of_key(run=run, key=key, now=now, uses_buffer=True)  # checks expiry
-        else:
-            holder = _find(run.environment, outcome.run_id)
-        if holder is not None and holder.idempotency_key == key:
-            return None, holder
-        logger.info("runs.trigger.claim_winner_gone env=%s run=%s", run.environment_id, outcome.run_id)
-    return None, None  # unavailable, or the winner is gone: Postgres's constraint decides
+def _claimed_holder(*, run: TaskRun, key: str, now: datetime, outcome: claims.ClaimOutcome) -> TaskRun | None:
+    """The run the claim says holds the key (a buffered run, or a published winner), or None when
+    the claim is ours, Redis did not answer, or the winner is gone (Postgres's constraint decides)."""
+    if outcome.kind == claims.ClaimKind.BUFFERED:
+        holder = _holder_of_key(run=run, key=key, now=now, uses_buffer=True)  # checks expiry
+    elif outcome.kind == claims.ClaimKind.RESOLVED:
+        holder = _find(run.environment, outcome.run_id)
+    else:
+        return None
+    if holder is not None and holder.idempotency_key == key:
+        return holder
+    logger.info("runs.trigger.claim_winner_gone env=%s run=%s", run.environment_id, outcome.run_id)
+    return None
 
 
 def _buffered_outcome(*, run: TaskRun, admission: gate.Admission, now: datetime) -> TriggerOutcome:
     accepted = admission.accepted
-    if accepted.status == "over_cap":
+    if accepted.status == AcceptStatus.OVER_CAP:
         retry_after_ms = min(30_000, max(1_000, math.ceil(accepted.count / 100 / conf.drain_max_rows_per_sec() * 1000)))
         raise BufferFull(
             f"Too many runs are waiting to be written for this organisation ({accepted.count}); retry shortly.",
             retry_after_ms=retry_after_ms,
         )
-    if accepted.status == "duplicate_idempotency":
+    if accepted.status == AcceptStatus.DUPLICATE_IDEMPOTENCY:
         # A same-key trigger got into the buffer between our lookup and our accept.
         if (winner := _find(run.environment, accepted.run_id)) is not None:
             return TriggerOutcome(run=winner, is_cached=True)
@@ -266,7 +288,7 @@ def _link_batch_item(*, batch: BatchTaskRun | None, index: int | None, run: Task
     if batch is None or index is None:
         return
     if run.is_buffered:
-        BatchTaskRunPendingItem.objects.get_or_create(batch=batch, index=index, defaults={"run_id": run.id})
+        BatchTaskRunPendingItem.objects.get_or_create(batch=batch, index=index, defaults={"run_internal_id": run.id})
         # Linked once the run's row exists: checked after this commit and after each drain's.
         transaction.on_commit(lambda: batch_link_pending(batch_ids=[batch.id]))
         return

@@ -106,7 +106,7 @@ def test_the_global_gate_trips_across_environments(mollifier_on, settings):
     settings.MOLLIFIER = {**settings.MOLLIFIER, "TRIP_THRESHOLD": 1000, "GLOBAL_TRIP_THRESHOLD": 3}
     now = 1_800_000_000_000
     decisions = [
-        gate.admit(
+        gate.admit_or_buffer(
             org_id="1", env_id=str(env), enrolled=True, bypass=None, entry=entry_factory(str(env)), now_ms=now + env
         )
         for env in range(6)
@@ -124,23 +124,29 @@ def test_the_gate_fails_open_when_redis_is_down(api, environment, mollifier_on, 
     assert {r.status_code for r in responses} == {200}
     assert not [r for r in responses if "x-mollifier" in r.headers]
     assert TaskRun.objects.count() == 2  # idempotency still holds through Postgres
-    assert gate.admit(
+    assert gate.admit_or_buffer(
         org_id="1", env_id="1", enrolled=True, bypass=None, entry=entry_factory("1"), now_ms=0
     ) == gate.Admission(gate.Decision.PASS_THROUGH, "redis_error")
 
 
 def test_bypass_and_switch_reasons(mollifier_on, settings):
     assert (
-        gate.admit(org_id="1", env_id="1", enrolled=True, bypass="debounce", entry=entry_factory("1"), now_ms=0).reason
+        gate.admit_or_buffer(
+            org_id="1", env_id="1", enrolled=True, bypass="debounce", entry=entry_factory("1"), now_ms=0
+        ).reason
         == "bypass:debounce"
     )
     assert (
-        gate.admit(org_id="1", env_id="1", enrolled=False, bypass=None, entry=entry_factory("1"), now_ms=0).reason
+        gate.admit_or_buffer(
+            org_id="1", env_id="1", enrolled=False, bypass=None, entry=entry_factory("1"), now_ms=0
+        ).reason
         == "not_enrolled"
     )
     settings.MOLLIFIER = {**settings.MOLLIFIER, "ENABLED": False}
     assert (
-        gate.admit(org_id="1", env_id="1", enrolled=True, bypass=None, entry=entry_factory("1"), now_ms=0).reason
+        gate.admit_or_buffer(
+            org_id="1", env_id="1", enrolled=True, bypass=None, entry=entry_factory("1"), now_ms=0
+        ).reason
         == "disabled"
     )
 
@@ -150,4 +156,4 @@ def test_a_zero_threshold_is_refused(mollifier_on, settings):
 
     settings.MOLLIFIER = {**settings.MOLLIFIER, "TRIP_THRESHOLD": 0}
     with pytest.raises(ImproperlyConfigured):
-        gate.admit(org_id="1", env_id="1", enrolled=True, bypass=None, entry=entry_factory("1"), now_ms=0)
+        gate.admit_or_buffer(org_id="1", env_id="1", enrolled=True, bypass=None, entry=entry_factory("1"), now_ms=0)
