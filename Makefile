@@ -29,6 +29,7 @@ e2e-deps:
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: install e2e-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

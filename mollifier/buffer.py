@@ -51,7 +51,7 @@ def accept_keys(entry: Entry) -> list[str]:
     ]
 
 
-def accept_args(entry: Entry, *, claim_marker: str = "", claim_ttl: int = 0) -> list[str]:
+def accept_args(entry: Entry, *, claim_marker: str = "", claim_ttl: int = 0) -> list[str | bytes]:
     """The arguments after now_ms shared by accept.lua and gate_accept.lua, then the fields."""
     return [
         entry.run_id,
@@ -347,8 +347,8 @@ def parked_entries(*, limit: int = 1000) -> list[Entry]:
     redis = redis_client.get()
     found: list[tuple[int, Entry]] = []
     for org_id in sorted(as_text(org) for org in redis.smembers(keys.parked_orgs())):
-        scored = redis.zrange(keys.parked(org_id), 0, limit - 1, withscores=True)
-        for entry in get_many(org_id=org_id, run_ids=[as_text(run) for run, _ in scored]):
+        parked = redis.zrange(keys.parked(org_id), 0, limit - 1)
+        for entry in get_many(org_id=org_id, run_ids=[as_text(run) for run in parked]):
             found.append((entry.parked_at_ms or 0, entry))
     return [entry for _, entry in sorted(found, key=lambda pair: pair[0])][:limit]
 

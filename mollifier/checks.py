@@ -71,7 +71,7 @@ def _read_policy(pool: redis.ConnectionPool) -> PolicyReading:
         return PolicyReading(node=node, error=f"{type(error).__name__}: {error}")
     finally:
         probe.connection_pool.disconnect()
-    value = answer.get("maxmemory-policy", answer.get(b"maxmemory-policy"))
+    value = answer.get("maxmemory-policy") or answer.get(b"maxmemory-policy")  # type: ignore[call-overload]
     if value is None:
         return PolicyReading(node=node, error="CONFIG GET returned no maxmemory-policy")
     return PolicyReading(node=node, policy=as_text(value))

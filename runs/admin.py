@@ -48,7 +48,7 @@ class OrganizationForm(forms.ModelForm):
             self.fields["mollifier_enabled"].initial = mollifier_enrolled(self.instance)
 
     def clean(self):
-        cleaned = super().clean()
+        cleaned = super().clean() or {}
         flags = cleaned.get("feature_flags")
         flags = dict(flags) if isinstance(flags, dict) else {}
         flags[MOLLIFIER_ENABLED] = bool(cleaned.get("mollifier_enabled"))  # other flags are kept
@@ -144,7 +144,8 @@ class EnvironmentFilter(VocabularyFilter):
         return [(str(env.pk), str(env)) for env in RuntimeEnvironment.objects.select_related("project__organization")]
 
     def vocabulary_value(self):
-        return [int(self.value())] if self.value().isdigit() else [-1]
+        value = self.value() or ""
+        return [int(value)] if value.isdigit() else [-1]
 
 
 class TagFilter(VocabularyFilter):
@@ -168,9 +169,8 @@ class RunChangeList(ChangeList):
             filters["search"] = self.query.strip()
         self.merged = TaskRun.objects.all().with_buffered().filter(**filters)
         self.counts = self.merged.counts()
-        paginator = self.model_admin.get_paginator(
-            request, _Counted(self.merged, self.counts.total), self.list_per_page
-        )
+        counted = _Counted(self.merged, self.counts.total)  # slicing and count() are what a paginator uses
+        paginator = self.model_admin.get_paginator(request, counted, self.list_per_page)  # type: ignore[arg-type]
         self.result_count = self.full_result_count = self.counts.total
         self.show_full_result_count = False
         self.show_admin_actions = True
@@ -254,7 +254,9 @@ class TaskRunAdmin(admin.ModelAdmin):
         """The selected runs of either store: rows from the action's queryset, buffered runs by id."""
         rows = list(queryset.select_related("environment"))
         if request.POST.get("select_across") == "1":
-            return list(self.get_changelist_instance(request).merged[0:ACROSS_LIMIT])
+            changelist = self.get_changelist_instance(request)
+            assert isinstance(changelist, RunChangeList)
+            return list(changelist.merged[0:ACROSS_LIMIT])
         wanted = set(request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)) - {run.pk for run in rows}
         return rows + buffered_runs_by_id(wanted)
 

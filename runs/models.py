@@ -41,7 +41,7 @@ class EnvironmentQuerySet(models.QuerySet):
     def by_ids(self, env_ids) -> dict[str, "RuntimeEnvironment"]:
         """Environments by the string ids the buffer carries (one query; other strings skipped)."""
         numbers = {int(env_id) for env_id in env_ids if str(env_id).isdigit()}
-        return {str(pk): environment for pk, environment in self.in_bulk(numbers).items()}
+        return {str(pk): environment for pk, environment in self.in_bulk(numbers).items()}  # type: ignore[misc]
 
 
 class RuntimeEnvironment(models.Model):
@@ -207,6 +207,16 @@ class TaskRun(models.Model):
     @property
     def friendly_id(self) -> str:
         return ids.to_friendly(ids.RUN, self.id)
+
+    @classmethod
+    def column_length(cls, name: str) -> int:
+        """A text column's length (an array's: its elements'): validators and cut-offs read it here,
+        so they cannot disagree with the column."""
+        field = cls._meta.get_field(name)
+        length = getattr(getattr(field, "base_field", field), "max_length", None)
+        if length is None:
+            raise ValueError(f"TaskRun.{name} has no length")
+        return int(length)
 
     def status_at(self, now) -> str:
         """The status a reader sees at ``now``: a DELAYED run whose delay has passed is QUEUED

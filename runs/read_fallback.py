@@ -199,7 +199,7 @@ class _Stream:
                 continue
             run = entry_to_run(entry, environment=self.environment)
             if self.leased is not None:
-                run.where = Where.DRAINING if entry.run_id in self.leased else Where.BUFFERED
+                run.where = Where.DRAINING if entry.run_id in self.leased else Where.BUFFERED  # type: ignore[attr-defined]
             if self.cursor_key is not None and (sort_key(run) < self.cursor_key) != self.newest_first:
                 continue
             if merged.matches(run):
@@ -387,9 +387,9 @@ class MergedRuns:
             self._rows().order_by("-created_at", "-id").values_list("created_at", "id")[:stop]
         ):
             found[internal_id] = ((created_at, internal_id), None)  # Postgres wins; read below
-        window = sorted(found.items(), key=lambda item: item[1][0], reverse=True)[start:stop]
-        rows = {row.id: row for row in self._rows().filter(id__in=[i for i, (_, run) in window if run is None])}
-        return [run if run is not None else rows[i] for i, (_, run) in window if run is not None or i in rows]
+        ordered = sorted(found.items(), key=lambda item: item[1][0], reverse=True)[start:stop]
+        rows = {row.id: row for row in self._rows().filter(id__in=[i for i, (_, run) in ordered if run is None])}
+        return [run if run is not None else rows[i] for i, (_, run) in ordered if run is not None or i in rows]
 
     def counts(self) -> Counts:
         """How many match, in each store. Without filters the buffer's side is its listing sizes;

@@ -30,7 +30,8 @@ def environment_in_project(*, environment: RuntimeEnvironment, project_ref: str)
 def environment_matches(*, environment: RuntimeEnvironment, names: list[str]) -> bool:
     """Does ``filter[env]`` (slugs or types, any case; empty: any) name this environment?"""
     wanted = {name.lower() for name in names}
-    known = {environment.slug.lower(), environment.type.lower(), environment.KEY_PREFIXES[environment.type]}
+    prefix = environment.KEY_PREFIXES[RuntimeEnvironment.Type(environment.type)]
+    known = {environment.slug.lower(), environment.type.lower(), prefix}
     return not wanted or bool(wanted & known)
 
 

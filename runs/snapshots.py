@@ -7,6 +7,7 @@ re-read from Postgres when the row is written.
 """
 
 from datetime import UTC, datetime
+from typing import overload
 
 from django.utils import timezone
 
@@ -41,6 +42,10 @@ SNAPSHOT_FIELDS = (
 )
 
 
+@overload
+def to_ms(value: datetime) -> int: ...
+@overload
+def to_ms(value: None) -> None: ...
 def to_ms(value: datetime | None) -> int | None:
     return None if value is None else int(value.timestamp() * 1000)
 
@@ -134,7 +139,7 @@ def _clean(value: str) -> str:
 
 
 def _fit(value: str, field_name: str) -> str:
-    limit = TaskRun._meta.get_field(field_name).max_length
+    limit = TaskRun.column_length(field_name)
     value = _clean(value)
     return value if len(value) <= limit else value[: limit - 1] + "…"
 

@@ -2,6 +2,7 @@
 
 import os
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -160,7 +161,7 @@ SPECTACULAR_SETTINGS = {
 }
 
 # The run API's own limits (README: Configuration).
-TRIGGER = {
+TRIGGER: dict[str, Any] = {
     # Largest request body the JSON endpoints read; the SDK offloads payloads over 128 KiB.
     "MAX_BODY_BYTES": env_int("TRIGGER_MAX_BODY_BYTES", 1024 * 1024),
     # Largest NDJSON body of one batch-items request.
@@ -183,7 +184,7 @@ TRIGGER = {
 
 # Large payloads (README: Large payloads): the SDK offloads payloads of 128 KiB or more to an object
 # store through presigned URLs that this service signs and serves itself, over storages["packets"].
-PACKETS = {
+PACKETS: dict[str, Any] = {
     "MAX_BYTES": env_int("PACKETS_MAX_BYTES", 10 * 1024 * 1024),
     "URL_TTL_SECONDS": env_int("PACKETS_URL_TTL_SECONDS", 900),
     # Objects no run names are removed by `packets_cleanup` once this long unused.
@@ -226,7 +227,7 @@ STORAGES = {
 
 # The mollifier (README: Configuration). Where trigger.dev has the same knob, the name is the same
 # without its TRIGGER_ prefix. mollifier/conf.py reads this at call time, never at import.
-MOLLIFIER = {
+MOLLIFIER: dict[str, Any] = {
     "ENABLED": env_bool("MOLLIFIER_ENABLED", False),
     "SHADOW_MODE": env_bool("MOLLIFIER_SHADOW_MODE", False),
     "TRIP_THRESHOLD": env_int("MOLLIFIER_TRIP_THRESHOLD", 100),

@@ -53,22 +53,22 @@ def decode(token: str) -> Position:
 class RunCursorPagination(BasePagination):
     """Pages a MergedRuns by position; the page is read by ``paginate_queryset``."""
 
-    def paginate_queryset(self, queryset: MergedRuns, request, view=None) -> list:
+    def paginate_queryset(self, queryset: MergedRuns, request, view=None) -> list:  # type: ignore[override]
         size, after, before = self.parse(request.query_params)
         self.page: Page = queryset.page(size=size, after=after, before=before)
         return self.page.runs
 
     @staticmethod
     def parse(query: QueryDict) -> tuple[int, Position | None, Position | None]:
-        raw_size = query.get("page[size]") or query.get("limit") or str(DEFAULT_PAGE_SIZE)
+        raw_size = str(query.get("page[size]") or query.get("limit") or DEFAULT_PAGE_SIZE)
         try:
             size = int(raw_size) if len(raw_size) < 10 else 0
         except ValueError:
             size = 0
         if not 1 <= size <= MAX_PAGE_SIZE:
             raise QueryError(f"page[size] must be a whole number from 1 to {MAX_PAGE_SIZE}")
-        after = decode(query["page[after]"]) if query.get("page[after]") else None
-        before = decode(query["page[before]"]) if query.get("page[before]") else None
+        after = decode(str(query["page[after]"])) if query.get("page[after]") else None
+        before = decode(str(query["page[before]"])) if query.get("page[before]") else None
         if after and before:
             raise QueryError("Use page[after] or page[before], not both")
         return size, after, before

@@ -30,6 +30,7 @@ from runs.api.schema import (
 )
 from runs.api.tokens import public_token
 from runs.exceptions import RunNotFound
+from runs.models import RuntimeEnvironment
 from runs.selectors import environment_in_project, environment_matches, task_run_get, task_run_list
 from runs.services.batches import BatchItem, batch_add_items, batch_create, batch_get, batch_retrieve
 from runs.services.cancel import task_run_cancel
@@ -51,8 +52,8 @@ class EnvironmentApi(APIView):
     """Base: every endpoint acts inside the environment of the caller's secret key."""
 
     @property
-    def environment(self):
-        return self.request.user.environment
+    def environment(self) -> RuntimeEnvironment:
+        return self.request.user.environment  # type: ignore[union-attr]  # SecretKeyAuthentication's user
 
     def request_key(self) -> str | None:
         value = self.request.headers.get(REQUEST_KEY_HEADER)
@@ -217,7 +218,7 @@ class ProjectRunListApi(RunListApi):
     @extend_schema(
         operation_id="list_project_runs", parameters=LIST_PARAMETERS, responses=responses(200, RunListSchema, 404)
     )
-    def get(self, request, project_ref: str):
+    def get(self, request, project_ref: str):  # type: ignore[override]  # the project route's extra argument
         if not environment_in_project(environment=self.environment, project_ref=project_ref):
             return error_response("Project not found", status.HTTP_404_NOT_FOUND)
         filters = run_list_filters(request.query_params)

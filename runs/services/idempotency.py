@@ -71,9 +71,8 @@ def idempotency_key_reset(*, environment: RuntimeEnvironment, task_identifier: s
     Raises IdempotencyKeyNotFound when no run held it, and ServiceUnavailable when Postgres had
     nothing and the buffer could not be checked (or its holder stayed mid-drain).
     """
-    scope = {"environment_id": environment.pk, "task_identifier": task_identifier, "key": key}
     org_id, env_id = str(environment.organization_id), str(environment.pk)
-    cleared = idempotency_key_clear(**scope)
+    cleared = idempotency_key_clear(environment_id=environment.pk, task_identifier=task_identifier, key=key)
 
     def attempt() -> ResetResult:
         result = buffer.reset_idempotency(org_id=org_id, env_id=env_id, task=task_identifier, key=key, now_ms=now_ms())
@@ -96,6 +95,6 @@ def idempotency_key_reset(*, environment: RuntimeEnvironment, task_identifier: s
     if cleared or buffered:
         return KeyReset(cleared, buffered)
     # The holder may have been written to Postgres between the two steps above.
-    if cleared := idempotency_key_clear(**scope):
+    if cleared := idempotency_key_clear(environment_id=environment.pk, task_identifier=task_identifier, key=key):
         return KeyReset(cleared, None)
     raise IdempotencyKeyNotFound(f"No runs found with idempotency key: {key} and task: {task_identifier}")

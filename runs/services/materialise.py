@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 FIELDS = TaskRun._meta.concrete_fields
 ATTRS = tuple(field.attname for field in FIELDS)
-COLUMNS = ", ".join(connection.ops.quote_name(field.column) for field in FIELDS)
+COLUMNS = ", ".join(connection.ops.quote_name(str(field.column)) for field in FIELDS)
 JSON_POSITIONS = tuple(i for i, field in enumerate(FIELDS) if isinstance(field, JSONField))
 STAGING = "mollifier_incoming_runs"
 
@@ -220,4 +220,4 @@ def _link_batch_items(runs: list[tuple[Entry, dict]], *, now) -> None:
             'ON CONFLICT (batch_id, "index") DO NOTHING',
             [now, [e.batch_id for e, _ in members], [v["id"] for _, v in members], [e.batch_index for e, _ in members]],
         )
-    batch_refresh(batch_ids={entry.batch_id for entry, _ in members}, now=now)
+    batch_refresh(batch_ids={entry.batch_id for entry, _ in members if entry.batch_id}, now=now)

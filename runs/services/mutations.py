@@ -40,7 +40,7 @@ def _wait_in_buffer(run: TaskRun, change) -> MutateResult | None:
 
 def task_run_add_tags(*, run: TaskRun, tags: list[str]) -> int:
     """Add tags (de-duplicated); returns how many were new. Unprocessable past MAX_TAGS_PER_RUN."""
-    limit = settings.TRIGGER["MAX_TAGS_PER_RUN"]
+    limit = int(settings.TRIGGER["MAX_TAGS_PER_RUN"])
     if run.is_buffered:
         before = set(run.tags)
         result = _wait_in_buffer(run, lambda **kw: buffer.add_tags(tags=tags, max_tags=limit, **kw))

@@ -14,7 +14,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from mollifier import buffer, claims, conf, gate
-from mollifier.buffer import AcceptStatus
+from mollifier.buffer import AcceptResult, AcceptStatus
 from mollifier.exceptions import BufferUnavailable, ClaimTimeout
 from runs import ids
 from runs.exceptions import BufferFull, InvalidRequest, ServiceUnavailable
@@ -169,8 +169,8 @@ def _admit_and_write(
         now_ms=to_ms(now),
         claim=held.claim if held else None,
     )
-    if admission.decision == gate.Decision.MOLLIFY:
-        outcome = _buffered_outcome(run=run, admission=admission, now=now)
+    if admission.accepted is not None:  # mollified: the buffer answered
+        outcome = _buffered_outcome(run=run, accepted=admission.accepted)
         if held and admission.accepted.status == AcceptStatus.ACCEPTED:
             held.published_by_accept()
         return outcome
@@ -237,8 +237,7 @@ def _claimed_holder(*, run: TaskRun, key: str, now: datetime, outcome: claims.Cl
     return None
 
 
-def _buffered_outcome(*, run: TaskRun, admission: gate.Admission, now: datetime) -> TriggerOutcome:
-    accepted = admission.accepted
+def _buffered_outcome(*, run: TaskRun, accepted: AcceptResult) -> TriggerOutcome:
     if accepted.status == AcceptStatus.OVER_CAP:
         retry_after_ms = min(30_000, max(1_000, math.ceil(accepted.count / 100 / conf.drain_max_rows_per_sec() * 1000)))
         raise BufferFull(
