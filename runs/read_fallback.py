@@ -177,25 +177,32 @@ class _Stream:
     leased: set[str] | None = None
 
     def read(self, merged: "MergedRuns") -> int:
-        """Scan the next chunk; returns how many entries were scanned."""
+        """Scan the next chunk; returns how many entries were scanned. A batch filter reads the
+        batch's buffered members at once instead (a batch holds at most a few thousand)."""
         org_id, env_id = str(self.environment.organization_id), str(self.environment.pk)
-        limit = conf.buffer_scan_per_page()
-        chunk = buffer.listing(
-            org_id=org_id,
-            env_id=env_id,
-            newest_first=self.newest_first,
-            limit=limit,
-            beyond=self.beyond,
-            floor=self.floor,
-        )
-        self.exhausted = chunk.exhausted
-        if chunk.last is not None:
-            self.beyond = chunk.last
-            self.bound = (from_ms(int(float(chunk.last[0]))), ids.from_friendly(ids.RUN, chunk.last[1]) or "")
+        if (batch_id := merged.filters.get("batch")) is not None:
+            members = buffer.batch_buffered_items(org_id=org_id, batch_id=batch_id)
+            entries = buffer.get_many(org_id=org_id, run_ids=list(members.values()))
+            self.exhausted, scanned = True, len(entries)
+        else:
+            limit = conf.buffer_scan_per_page()
+            chunk = buffer.listing(
+                org_id=org_id,
+                env_id=env_id,
+                newest_first=self.newest_first,
+                limit=limit,
+                beyond=self.beyond,
+                floor=self.floor,
+            )
+            entries, self.exhausted, scanned = chunk.entries, chunk.exhausted, limit
+            if chunk.last is not None:
+                self.beyond = chunk.last
+                self.bound = (from_ms(int(float(chunk.last[0]))), ids.from_friendly(ids.RUN, chunk.last[1]) or "")
         if merged.needs_where and self.leased is None:
             self.leased = buffer.leased_ids(org_id=org_id, env_id=env_id)
-        for entry in chunk.entries:
-            if entry.env_id != env_id:
+        matched = []
+        for entry in entries:
+            if entry.env_id != env_id or entry.materialised:
                 continue
             run = entry_to_run(entry, environment=self.environment)
             if self.leased is not None:
@@ -203,8 +210,10 @@ class _Stream:
             if self.cursor_key is not None and (sort_key(run) < self.cursor_key) != self.newest_first:
                 continue
             if merged.matches(run):
-                self.runs.append(run)
-        return limit
+                matched.append(run)
+        # In the stream's order (a batch's members come by index, not by time).
+        self.runs.extend(sorted(matched, key=sort_key, reverse=self.newest_first))
+        return scanned
 
 
 class MergedRuns:
