@@ -51,8 +51,15 @@ def accept_keys(entry: Entry) -> list[str]:
     ]
 
 
-def accept_args(entry: Entry, *, claim_marker: str = "", claim_ttl: int = 0) -> list[str | bytes]:
-    """The arguments after now_ms shared by accept.lua and gate_accept.lua, then the fields."""
+def accept_args(
+    entry: Entry,
+    *,
+    claim_marker: str = "",
+    claim_ttl: int = 0,
+    request: tuple[str, str] | None = None,
+) -> list[str | bytes]:
+    """The arguments after now_ms of accept.lua, then the fields; gate_accept.lua also takes
+    ``request`` (its request-key arguments) before the fields."""
     return [
         entry.run_id,
         entry.env_id,
@@ -62,6 +69,7 @@ def accept_args(entry: Entry, *, claim_marker: str = "", claim_ttl: int = 0) -> 
         claim_marker,
         str(claim_ttl),
         pack_snapshot(entry),
+        *(request or ()),
         *to_fields(entry),
     ]
 
@@ -96,6 +104,12 @@ def accept(entry: Entry, *, now_ms: int, claim_marker: str = "", claim_ttl: int 
         client=redis,
     )
     return accept_result(reply, entry, client=redis)
+
+
+def remember_request(*, org_id: str, env_id: str, task: str, request_key: str, run_id: str, ttl_ms: int) -> None:
+    """Make a request's idempotency key name ``run_id`` (the gate records it as it decides; this
+    corrects it when another run answered the request)."""
+    redis_client.get().set(keys.request(org_id, env_id, task, request_key), run_id, px=ttl_ms)
 
 
 def get(*, org_id: str, run_id: str) -> Entry | None:

@@ -28,6 +28,7 @@ class Entry:
     idempotency_expires_ms: int | None = None
     batch_id: str | None = None
     batch_index: int | None = None
+    request_key: str | None = None  # the SDK's request idempotency key of the trigger that made it
     # State kept by the buffer.
     attempts: int = 0
     metadata_version: int = 0
@@ -68,6 +69,7 @@ def to_fields(entry: Entry) -> list[str]:
         "idem_expires_ms": entry.idempotency_expires_ms,
         "batch_id": entry.batch_id,
         "batch_index": entry.batch_index,
+        "req": entry.request_key,
         "cancelled_at_ms": entry.cancelled_at_ms,
         "cancel_reason": entry.cancel_reason,
     }
@@ -154,6 +156,7 @@ def from_fields(raw: dict, stored_snapshot=None) -> Entry | None:
         idempotency_expires_ms=_int(get("idem_expires_ms")),
         batch_id=_text(get("batch_id")) or None,
         batch_index=_int(get("batch_index")),
+        request_key=_text(get("req")) or None,
         attempts=_int(get("attempts")) or 0,
         metadata_version=_int(get("metadata_version")) or 0,
         cancelled_at_ms=_int(get("cancelled_at_ms")),

@@ -117,6 +117,7 @@ class BatchTaskRun(models.Model):
     sealed = models.BooleanField(default=False)
     idempotency_key = models.CharField(max_length=2048, null=True, blank=True)
     idempotency_key_options = models.JSONField(null=True, blank=True)
+    request_key = models.CharField(max_length=128, null=True, blank=True)  # the SDK's, of the create call
     parent_run_id = models.CharField(max_length=64, null=True, blank=True)
     resume_parent_on_completion = models.BooleanField(default=False)
     created_at = models.DateTimeField(default=timezone.now)
@@ -126,6 +127,11 @@ class BatchTaskRun(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["environment", "idempotency_key"], name="batch_env_idem_uniq"),
+            models.UniqueConstraint(
+                fields=["environment", "request_key"],
+                condition=models.Q(request_key__isnull=False),
+                name="batch_env_request_uniq",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -152,6 +158,9 @@ class TaskRun(models.Model):
     idempotency_key = models.CharField(max_length=2048, null=True, blank=True)
     idempotency_key_expires_at = models.DateTimeField(null=True, blank=True)
     idempotency_key_options = models.JSONField(null=True, blank=True)
+    # The SDK's x-trigger-request-idempotency-key of the trigger that made the run (written directly;
+    # a buffered run's is resolved in Redis): a retried request finds its first run by it.
+    request_key = models.CharField(max_length=128, null=True, blank=True)
     task_version = models.CharField(max_length=128, null=True, blank=True)  # lockToVersion
     queue = models.CharField(max_length=256, null=True, blank=True)
     concurrency_key = models.CharField(max_length=256, null=True, blank=True)
@@ -193,6 +202,11 @@ class TaskRun(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["environment", "task_identifier", "idempotency_key"], name="run_env_task_idem_uniq"
+            ),
+            models.UniqueConstraint(
+                fields=["environment", "task_identifier", "request_key"],
+                condition=models.Q(request_key__isnull=False),
+                name="run_env_task_request_uniq",
             ),
         ]
         indexes = [

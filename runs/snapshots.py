@@ -75,6 +75,7 @@ def run_to_entry(run: TaskRun, *, batch_index: int | None = None) -> Entry:
         idempotency_key=run.idempotency_key,
         idempotency_expires_ms=to_ms(run.idempotency_key_expires_at),
         batch_id=run.batch_id,
+        request_key=run.request_key,
         batch_index=batch_index if run.batch_id else None,
     )
 
@@ -177,4 +178,7 @@ def entry_to_run(entry: Entry, *, environment: RuntimeEnvironment, now: datetime
     """An unsaved TaskRun for ``entry`` (``run.is_buffered`` is true): one shape for serializers."""
     run = TaskRun(**entry_values(entry, environment=environment, now=now or timezone.now()))
     run.environment = environment  # cached: no query when presenters read it
+    # Readers compare it (a retried request's run); the drain never writes it: a buffered run's
+    # request key is resolved in Redis, and a row holding it too could only conflict.
+    run.request_key = entry.request_key
     return run

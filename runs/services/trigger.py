@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -31,7 +32,6 @@ from runs.services import idempotency
 from runs.services.batch_items import batch_link_pending
 from runs.services.flags import mollifier_enrolled
 from runs.services.packets import PACKET_TYPE, packets_use
-from runs.services.request_idempotency import request_lookup, request_remember
 from runs.snapshots import entry_to_run, run_to_entry, to_ms
 
 logger = logging.getLogger(__name__)
@@ -62,19 +62,15 @@ def task_run_trigger(
     A packet payload (``application/store``) must name a packet of this environment: see packets_use.
     """
     now = now or timezone.now()
-    scope = [task_identifier]
-    if (known_id := request_lookup(request_key=request_key, environment_id=environment.pk, scope=scope)) is not None:
-        if (run := _find(environment, ids.to_friendly(ids.RUN, known_id))) is not None:
-            return TriggerOutcome(run=run, is_cached=False)  # the official answer to a retried request
-
     if options.payload_type == PACKET_TYPE and batch is None:  # batch items: checked together, before any is written
         packets_use(environment=environment, paths=[options.payload], now=now)
     run = task_run_prepare(
         environment=environment, task_identifier=task_identifier, options=options, now=now, batch=batch
     )
-    outcome = task_run_commit(run=run, options=options, now=now, batch=batch, batch_index=batch_index)
-    request_remember(request_key=request_key, environment_id=environment.pk, scope=scope, value=outcome.run.id)
-    return outcome
+    # The request's key rides with the run: on its row (unique per environment and task) or, for an
+    # enrolled organisation, resolved by the gate's own script. No lookup before: no round trip.
+    run.request_key = request_key
+    return task_run_commit(run=run, options=options, now=now, batch=batch, batch_index=batch_index)
 
 
 def task_run_prepare(
@@ -110,7 +106,7 @@ def _trigger(
     key = options.idempotency_key
     if key is not None:
         if (holder := _holder_of_key(run=run, key=key, now=now, uses_buffer=False)) is not None:
-            return _cached(holder, batch=batch, batch_index=batch_index)
+            return _cached(holder, batch=batch, batch_index=batch_index, request_key=run.request_key)
         if conf.enabled() and enrolled:
             # The claim serialises same-key triggers across both stores (bypassed triggers claim
             # too, so that no path races a buffered holder); its script reads the buffered holder.
@@ -124,7 +120,7 @@ def _trigger(
                     now_ms=to_ms(now),
                 ) as held:
                     if (holder := _claimed_holder(run=run, key=key, now=now, outcome=held.outcome)) is not None:
-                        return _cached(holder, batch=batch, batch_index=batch_index)
+                        return _cached(holder, batch=batch, batch_index=batch_index, request_key=run.request_key)
                     return _admit_and_write(
                         run=run,
                         options=options,
@@ -141,10 +137,14 @@ def _trigger(
     )
 
 
-def _cached(holder: TaskRun, *, batch: BatchTaskRun | None, batch_index: int | None) -> TriggerOutcome:
-    """The answer to a trigger whose idempotency key another run holds."""
+def _cached(
+    holder: TaskRun, *, batch: BatchTaskRun | None, batch_index: int | None, request_key: str | None = None
+) -> TriggerOutcome:
+    """The answer to a trigger whose idempotency key another run holds: cached — unless it is
+    the same request again (a retry gets its first run back as first answered, not cached)."""
     _link_batch_item(batch=batch, index=batch_index, run=holder)
-    return TriggerOutcome(run=holder, is_cached=True)
+    repeated = request_key is not None and holder.request_key == request_key
+    return TriggerOutcome(run=holder, is_cached=not repeated)
 
 
 def _admit_and_write(
@@ -160,15 +160,27 @@ def _admit_and_write(
     """Through the gate: into the buffer (mollified), or into Postgres; the claim, when held, is
     published with the run id (the buffer's accept publishes it in its own script)."""
     environment = run.environment
-    admission = gate.admit_or_buffer(
-        org_id=str(environment.organization_id),
-        env_id=str(environment.pk),
-        enrolled=enrolled,
-        bypass=_bypass(options),
-        entry=lambda: run_to_entry(run, batch_index=batch_index),
-        now_ms=to_ms(now),
-        claim=held.claim if held else None,
-    )
+
+    def admit(*, replace_request: bool = False) -> gate.Admission:
+        return gate.admit_or_buffer(
+            org_id=str(environment.organization_id),
+            env_id=str(environment.pk),
+            enrolled=enrolled,
+            bypass=_bypass(options),
+            entry=lambda: run_to_entry(run, batch_index=batch_index),
+            now_ms=to_ms(now),
+            claim=held.claim if held else None,
+            request_key=run.request_key,
+            request_ttl_ms=int(settings.TRIGGER["REQUEST_IDEMPOTENCY_TTL_SECONDS"]) * 1000,
+            replace_request=replace_request,
+        )
+
+    admission = admit()
+    if admission.repeated_run:
+        if (first := _find(environment, admission.repeated_run)) is not None:
+            return _cached(first, batch=batch, batch_index=batch_index, request_key=first.request_key)
+        # The run the key named was never written (its attempt failed after the gate): this one is.
+        admission = admit(replace_request=True)
     if admission.accepted is not None:  # mollified: the buffer answered
         outcome = _buffered_outcome(run=run, accepted=admission.accepted)
         if held and admission.accepted.status == AcceptStatus.ACCEPTED:
@@ -179,6 +191,19 @@ def _admit_and_write(
     )
     if held:
         held.publish(outcome.run.friendly_id)
+    if outcome.run is not run and run.request_key and admission.reason not in ("disabled", "not_enrolled"):
+        # The gate made the request key name this trigger's run, which another run answered for.
+        try:
+            buffer.remember_request(
+                org_id=str(environment.organization_id),
+                env_id=str(environment.pk),
+                task=run.task_identifier,
+                request_key=run.request_key,
+                run_id=outcome.run.friendly_id,
+                ttl_ms=int(settings.TRIGGER["REQUEST_IDEMPOTENCY_TTL_SECONDS"]) * 1000,
+            )
+        except BufferUnavailable:
+            logger.warning("runs.trigger.request_key_not_corrected env=%s", environment.pk, exc_info=True)
     return outcome
 
 
@@ -271,9 +296,21 @@ def _insert_or_find_existing(
                 _link_batch_item(batch=batch, index=batch_index, run=run)
             return TriggerOutcome(run=run, is_cached=False)
         except IntegrityError as error:
-            if _violated_constraint(error) != idempotency.UNIQUE_CONSTRAINT:
+            violated = _violated_constraint(error)
+            if violated == REQUEST_CONSTRAINT and (first := _run_of_request(run)) is not None:
+                return TriggerOutcome(run=first, is_cached=False)  # a retried request: its first run
+            if violated != idempotency.UNIQUE_CONSTRAINT:
                 raise
     raise IntegrityError(f"idempotency key {key!r} kept changing hands")
+
+
+REQUEST_CONSTRAINT = "run_env_task_request_uniq"
+
+
+def _run_of_request(run: TaskRun) -> TaskRun | None:
+    return TaskRun.objects.filter(
+        environment_id=run.environment_id, task_identifier=run.task_identifier, request_key=run.request_key
+    ).first()
 
 
 def _violated_constraint(error: IntegrityError) -> str | None:
