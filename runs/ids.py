@@ -12,6 +12,8 @@ from mollifier import clock
 
 _ALPHABET = string.digits + string.ascii_lowercase
 _TIME_CHARS = 9  # base-36 milliseconds: enough until the year 5188
+_RANDOM_CHARS = 15
+_RANDOM_SPAN = 36**_RANDOM_CHARS  # ~77.5 random bits
 
 
 def _base36(value: int, width: int) -> str:
@@ -24,7 +26,8 @@ def _base36(value: int, width: int) -> str:
 
 def new_internal_id(*, now_ms: int | None = None) -> str:
     now_ms = clock.now_ms() if now_ms is None else now_ms
-    return "c" + _base36(now_ms, _TIME_CHARS) + "".join(secrets.choice(_ALPHABET) for _ in range(15))
+    # One draw of 15 base-36 digits: a secrets.choice per character cost 30 µs of a trigger.
+    return "c" + _base36(now_ms, _TIME_CHARS) + _base36(secrets.randbelow(_RANDOM_SPAN), _RANDOM_CHARS)
 
 
 def to_friendly(prefix: str, internal_id: str) -> str:

@@ -9,6 +9,7 @@ in — request bodies, JSON payloads, the result of metadata operations — with
 
 import json
 import math
+import re
 from typing import Any
 
 MAX_DEPTH = 64  # objects and arrays nested deeper than this are refused
@@ -54,11 +55,31 @@ def _check_text(text: str, path: str) -> None:
         raise UnsafeJSON(f"{path}: lone surrogates (like \\ud800) are not valid Unicode") from None
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e309 reads as infinity
+        raise UnsafeJSON("numbers must be finite (1e309 is out of range)")
+    return value
+
+
+# In JSON text, a NUL or a lone surrogate can only arrive as a \u escape (a raw NUL is a control
+# character the parser refuses; UTF-8 cannot encode a surrogate). A backslash before the escape
+# (an escaped backslash) makes this match too: it only sends the value to the full check.
+_SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+
+
 def loads(raw: bytes | str) -> Any:
-    """Strict ``json.loads`` (no NaN or Infinity, valid UTF-8) of a value that passes ``check``."""
+    """Strict ``json.loads`` (no NaN or Infinity, valid UTF-8) of a value that passes ``check``.
+
+    The text decides whether the parsed value needs walking: infinite numbers are refused as they
+    are parsed, and without a suspect escape or enough brackets to nest ``MAX_DEPTH`` deep the value
+    cannot fail ``check`` (walking a 600-byte payload cost more than parsing it)."""
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        return check(json.loads(text, parse_constant=_reject_constant))
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        if _SUSPECT_ESCAPE.search(text) or text.count("[") + text.count("{") >= MAX_DEPTH:
+            check(value)
+        return value
     except UnsafeJSON:
         raise
     except (ValueError, RecursionError, UnicodeDecodeError) as error:  # includes the 4,300-digit limit
