@@ -95,6 +95,21 @@ def test_a_round_committed_but_never_acked_is_settled_not_rewritten(drain_settin
     assert buffer.buffered_count(org) == 0
 
 
+def test_a_round_holding_a_run_already_written_writes_the_others_and_counts_it(drain_settings):
+    """The round's COPY straight into the table meets the existing row; the round goes again
+    through the conflict-tolerant insert, in the same transaction."""
+    environment = EnvironmentFactory()
+    run_ids = fill_buffer(environment, 10)
+    org, env = str(environment.organization_id), str(environment.pk)
+    popped = buffer.pop(org_id=org, env_id=env, limit=100, lease_ms=60_000, now_ms=now_ms())
+    write_round([entry for entry in popped.entries if entry.run_id == run_ids[3]])  # written, not acked
+
+    report = write_round(popped.entries)
+
+    assert (report.inserted, report.already) == (9, 1)
+    assert sorted(TaskRun.objects.values_list("id", flat=True)) == sorted(internal(run_id) for run_id in run_ids)
+
+
 def test_cancelled_and_delayed_runs_land_as_such(enrolled, drain_settings):
     api = client_for(enrolled)
     [trigger(api, payload=i) for i in range(5)]

@@ -1,3 +1,4 @@
+import gc
 import signal
 import sys
 import threading
@@ -91,6 +92,10 @@ class Command(BaseCommand):
                 f"mollifier_drain: batch {conf.drain_batch_size()} per environment, "
                 f"cap {conf.drain_max_rows_per_sec():,} rows/s{' (once)' if once else ''}"
             )
+        # Everything loaded so far (Django, the app) lives as long as the process: out of the
+        # collector's sight, a round's tens of thousands of short-lived objects no longer make
+        # each collection walk it (a collection inside reading 1,000 entries cost ~100 ms).
+        gc.freeze()
         Drainer(stop=stop).run(once=once, on_round=progress)
         if progress.live:
             self.stdout.write("")
