@@ -86,10 +86,11 @@ TEMPLATES = [
     },
 ]
 
-# Postgres: DATABASE_URL, else the embedded server in .dev/ (started on first use).
+# Postgres: DATABASE_URL, else the embedded server in .dev/. Only its address is read here: importing
+# the settings starts no server (`make run`, `make services` and the test suite start them).
 DATABASES = {
     "default": dj_database_url.parse(
-        env("DATABASE_URL", "") or embedded.ensure_postgres(),
+        env("DATABASE_URL", "") or embedded.postgres_url(),
         # A new connection per request cut a writing view from ~400 to ~75 req/s here (DESIGN §10).
         conn_max_age=env_int("DB_CONN_MAX_AGE", 600),
         conn_health_checks=True,
@@ -103,7 +104,7 @@ _db_options["connect_timeout"] = env_int("DB_CONNECT_TIMEOUT", 5)
 # A slow Postgres answers 503 (retried by the SDK) instead of holding a worker until it is killed.
 _db_options["options"] = f"-c statement_timeout={env_int('DB_STATEMENT_TIMEOUT_MS', 10_000)}"
 
-REDIS_URL = env("REDIS_URL", "") or embedded.ensure_redis()
+REDIS_URL = env("REDIS_URL", "") or embedded.redis_url()
 CACHES = {
     "default": {
         "BACKEND": "django_redis.cache.RedisCache",
