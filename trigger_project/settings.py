@@ -20,6 +20,8 @@ if not DEBUG and not os.environ.get("SECRET_KEY"):
         "key. For local development set DEBUG=1 (make run and make test do)."
     )
 SECRET_KEY = env("SECRET_KEY", "dev-only-insecure-secret-key-change-me")
+# Former keys, comma-separated: what they signed (presigned packet URLs, admin sessions) still verifies.
+SECRET_KEY_FALLBACKS = [k.strip() for k in env("SECRET_KEY_FALLBACKS", "").split(",") if k.strip()]
 ALLOWED_HOSTS = [h.strip() for h in env("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",") if h.strip()]
 CSRF_TRUSTED_ORIGINS = [o.strip() for o in env("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
 
