@@ -17,8 +17,8 @@ def pytest_configure(config):
     """Start the embedded Postgres and Redis when the suite runs on them (DATABASE_URL / REDIS_URL
     unset): the settings only read where they are. Servers already running (`make run`, `make
     services`) are used as they are and left running."""
-    if hasattr(config, "workerinput"):
-        return  # an xdist worker: the controller owns the servers
+    if hasattr(config, "workerinput") or config.getoption("help", False):
+        return  # an xdist worker (the controller owns the servers), or `pytest --help`
     if not os.environ.get("DATABASE_URL"):
         if not embedded.postgres_running():
             _STARTED.append(("Postgres", embedded.stop_postgres))
