@@ -33,6 +33,7 @@ e2e-deps:
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # On the embedded servers (no DATABASE_URL / REDIS_URL) the suite starts them, and stops those it started.
 test: install e2e-deps lint

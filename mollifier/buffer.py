@@ -17,11 +17,7 @@ from redis.cluster import RedisCluster
 
 from mollifier import client as redis_client
 from mollifier import conf, keys, scripts
-from mollifier.codec import Entry, error_json, from_fields, pack_snapshot, to_fields
-
-
-def _str(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+from mollifier.codec import Entry, as_text, error_json, from_fields, pack_snapshot, to_fields
 
 
 class AcceptStatus(enum.StrEnum):
@@ -55,8 +51,15 @@ def accept_keys(entry: Entry) -> list[str]:
     ]
 
 
-def accept_args(entry: Entry, *, claim_marker: str = "", claim_ttl: int = 0) -> list[str]:
-    """The arguments after now_ms shared by accept.lua and gate_accept.lua, then the fields."""
+def accept_args(
+    entry: Entry,
+    *,
+    claim_marker: str = "",
+    claim_ttl: int = 0,
+    request: tuple[str, str] | None = None,
+) -> list[str | bytes]:
+    """The arguments after now_ms of accept.lua, then the fields; gate_accept.lua also takes
+    ``request`` (its request-key arguments) before the fields."""
     return [
         entry.run_id,
         entry.env_id,
@@ -66,14 +69,15 @@ def accept_args(entry: Entry, *, claim_marker: str = "", claim_ttl: int = 0) -> 
         claim_marker,
         str(claim_ttl),
         pack_snapshot(entry),
+        *(request or ()),
         *to_fields(entry),
     ]
 
 
 def accept_result(reply, entry: Entry, *, client) -> AcceptResult:
     """Read an accept reply; index the organisation when this accept made it active."""
-    status = AcceptStatus(_str(reply[0]))
-    detail = _str(reply[1]) if len(reply) > 1 else ""
+    status = AcceptStatus(as_text(reply[0]))
+    detail = as_text(reply[1]) if len(reply) > 1 else ""
     if status == AcceptStatus.ACCEPTED:
         if detail:
             _index_org(client, entry.org_id, detail)
@@ -92,7 +96,7 @@ def _index_org(client, org_id: str, generation: str) -> None:
 
 
 def accept(entry: Entry, *, now_ms: int, claim_marker: str = "", claim_ttl: int = 0) -> AcceptResult:
-    """Buffer ``entry`` without consulting the gate (the gate's own path is gate.admit)."""
+    """Buffer ``entry`` without consulting the gate (the gate's own path is gate.admit_or_buffer)."""
     redis = redis_client.get()
     reply = scripts.ACCEPT(
         keys=accept_keys(entry),
@@ -100,6 +104,12 @@ def accept(entry: Entry, *, now_ms: int, claim_marker: str = "", claim_ttl: int 
         client=redis,
     )
     return accept_result(reply, entry, client=redis)
+
+
+def remember_request(*, org_id: str, env_id: str, task: str, request_key: str, run_id: str, ttl_ms: int) -> None:
+    """Make a request's idempotency key name ``run_id`` (the gate records it as it decides; this
+    corrects it when another run answered the request)."""
+    redis_client.get().set(keys.request(org_id, env_id, task, request_key), run_id, px=ttl_ms)
 
 
 def get(*, org_id: str, run_id: str) -> Entry | None:
@@ -126,7 +136,7 @@ def lookup_idempotency(*, org_id: str, env_id: str, task: str, key: str, now_ms:
     owner = redis_client.get().get(keys.idempotency(org_id, env_id, task, key))
     if owner is None:
         return None
-    entry = get(org_id=org_id, run_id=_str(owner))
+    entry = get(org_id=org_id, run_id=as_text(owner))
     if entry is not None and not entry.materialised and entry.env_id == env_id:
         if entry.idempotency_expires_ms is None or entry.idempotency_expires_ms > now_ms:
             return entry
@@ -158,7 +168,7 @@ class Popped:
 
 
 def _pins(org_id: str, env_id: str, flat: list) -> list[Pin]:
-    return [Pin(org_id, env_id, _str(run), _str(holder)) for run, holder in zip(flat[::2], flat[1::2])]
+    return [Pin(org_id, env_id, as_text(run), as_text(holder)) for run, holder in zip(flat[::2], flat[1::2])]
 
 
 def new_lease_token() -> str:
@@ -174,7 +184,7 @@ def pop(*, org_id: str, env_id: str, limit: int, lease_ms: int, now_ms: int) -> 
         args=[now_ms, limit, lease_ms, token],
         client=redis,
     )
-    run_ids = [_str(run_id) for run_id in run_ids]
+    run_ids = [as_text(run_id) for run_id in run_ids]
     entries = get_many(org_id=org_id, run_ids=run_ids)
     for entry in entries:
         entry.lease = token
@@ -208,7 +218,7 @@ def pin(entries: Iterable[Entry], *, txid: str, now_ms: int, lease_ms: int) -> s
         ([keys.leases(org_id, env_id), keys.holders(org_id, env_id)], [token, txid, now_ms, lease_ms, *run_ids])
         for (org_id, env_id, token), run_ids in groups.items()
     ]
-    return {_str(run_id) for reply in _run_script_calls(redis_client.get(), scripts.PIN, calls) for run_id in reply}
+    return {as_text(run_id) for reply in _run_script_calls(redis_client.get(), scripts.PIN, calls) for run_id in reply}
 
 
 def unpin(pins: Iterable[Pin], *, now_ms: int, keep_lease: bool = False) -> int:
@@ -294,8 +304,8 @@ def ack(entries: Iterable[Entry], *, now_ms: int, missing: Iterable[Missing] = (
     idle: dict[str, int] = {}
     for (org_id, _), (count, idle_gen, _refused) in zip(groups, _run_script_calls(redis, scripts.ACK, calls)):
         acked += int(count)
-        if _str(idle_gen):
-            idle[org_id] = int(_str(idle_gen))
+        if as_text(idle_gen):
+            idle[org_id] = int(as_text(idle_gen))
     for org_id, gen in idle.items():
         scripts.ORG_UNINDEX(keys=[keys.orgs()], args=[org_id, gen], client=redis)
     return acked
@@ -350,9 +360,9 @@ def parked_entries(*, limit: int = 1000) -> list[Entry]:
     """Parked entries of every organisation, oldest first."""
     redis = redis_client.get()
     found: list[tuple[int, Entry]] = []
-    for org_id in sorted(_str(org) for org in redis.smembers(keys.parked_orgs())):
-        scored = redis.zrange(keys.parked(org_id), 0, limit - 1, withscores=True)
-        for entry in get_many(org_id=org_id, run_ids=[_str(run) for run, _ in scored]):
+    for org_id in sorted(as_text(org) for org in redis.smembers(keys.parked_orgs())):
+        parked = redis.zrange(keys.parked(org_id), 0, limit - 1)
+        for entry in get_many(org_id=org_id, run_ids=[as_text(run) for run in parked]):
             found.append((entry.parked_at_ms or 0, entry))
     return [entry for _, entry in sorted(found, key=lambda pair: pair[0])][:limit]
 
@@ -375,8 +385,8 @@ def unpark(entry: Entry, *, now_ms: int) -> bool:
         args=[entry.run_id, now_ms, env],
         client=redis,
     )
-    if int(reply[0]) and len(reply) > 1 and _str(reply[1]):
-        _index_org(redis, org, _str(reply[1]))
+    if int(reply[0]) and len(reply) > 1 and as_text(reply[1]):
+        _index_org(redis, org, as_text(reply[1]))
     _forget_parked_org(redis, org)
     return bool(int(reply[0]))
 
@@ -436,7 +446,7 @@ def _mutate(*, org_id: str, env_id: str, run_id: str, op: str, now_ms: int, args
         args=[op, env_id, run_id, now_ms, *args],
         client=redis_client.get(),
     )
-    return MutateResult(MutateStatus(_str(reply[0])), _str(reply[1]) if len(reply) > 1 else "")
+    return MutateResult(MutateStatus(as_text(reply[0])), as_text(reply[1]) if len(reply) > 1 else "")
 
 
 def cancel(*, org_id: str, env_id: str, run_id: str, now_ms: int, reason: str) -> MutateResult:
@@ -501,7 +511,7 @@ def reset_idempotency(*, org_id: str, env_id: str, task: str, key: str, now_ms: 
     lookup = keys.idempotency(org_id, env_id, task, key)
     for _ in range(3):  # the lookup may change hands between the read and the script
         owner = redis.get(lookup)
-        owner = _str(owner) if owner is not None else ""
+        owner = as_text(owner) if owner is not None else ""
         reply = scripts.RESET_IDEMPOTENCY(
             keys=[
                 lookup,
@@ -514,19 +524,19 @@ def reset_idempotency(*, org_id: str, env_id: str, task: str, key: str, now_ms: 
             args=[owner, now_ms],
             client=redis,
         )
-        status = ResetStatus(_str(reply[0]))
+        status = ResetStatus(as_text(reply[0]))
         if status != ResetStatus.MOVED:
-            return ResetResult(status, *(_str(part) for part in reply[1:3]))
+            return ResetResult(status, *(as_text(part) for part in reply[1:3]))
     return ResetResult(ResetStatus.BUSY)
 
 
 def active_orgs() -> list[str]:
     """Organisations with buffered work, in index order."""
-    return [_str(org) for org in redis_client.get().zrange(keys.orgs(), 0, -1)]
+    return [as_text(org) for org in redis_client.get().zrange(keys.orgs(), 0, -1)]
 
 
 def active_envs(org_id: str) -> list[str]:
-    return sorted(_str(env) for env in redis_client.get().smembers(keys.envs(org_id)))
+    return sorted(as_text(env) for env in redis_client.get().smembers(keys.envs(org_id)))
 
 
 def buffered_count(org_id: str) -> int:
@@ -536,7 +546,7 @@ def buffered_count(org_id: str) -> int:
 def batch_buffered_items(*, org_id: str, batch_id: str) -> dict[int, str]:
     """index → run id of a batch's items that are still in the buffer."""
     raw = redis_client.get().hgetall(keys.batch_items(org_id, batch_id))
-    return {int(_str(index)): _str(run_id) for index, run_id in raw.items()}
+    return {int(as_text(index)): as_text(run_id) for index, run_id in raw.items()}
 
 
 @dataclass(frozen=True)
@@ -565,8 +575,8 @@ def listing(
         args=["desc" if newest_first else "asc", limit, *(beyond or ("", "")), floor or ""],
         client=redis,
     )
-    members = [_str(member) for member in flat[::2]]
-    scores = [_str(score) for score in flat[1::2]]
+    members = [as_text(member) for member in flat[::2]]
+    scores = [as_text(score) for score in flat[1::2]]
     entries = [entry for entry in get_many(org_id=org_id, run_ids=members) if not entry.materialised]
     last = (scores[-1], members[-1]) if members else None
     return ListingScan(entries, last, len(members) < limit)
@@ -574,7 +584,7 @@ def listing(
 
 def leased_ids(*, org_id: str, env_id: str) -> set[str]:
     """Run ids a drainer holds right now in one environment."""
-    return {_str(run_id) for run_id in redis_client.get().zrange(keys.leases(org_id, env_id), 0, -1)}
+    return {as_text(run_id) for run_id in redis_client.get().zrange(keys.leases(org_id, env_id), 0, -1)}
 
 
 DROPPED_KEPT = 1000
@@ -599,4 +609,4 @@ def recently_dropped(*, limit: int = 20) -> tuple[int, list[dict]]:
 
 
 def parked_orgs() -> list[str]:
-    return sorted(_str(org) for org in redis_client.get().smembers(keys.parked_orgs()))
+    return sorted(as_text(org) for org in redis_client.get().smembers(keys.parked_orgs()))

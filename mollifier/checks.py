@@ -29,6 +29,7 @@ from redis.retry import Retry
 
 from mollifier import client
 from mollifier.client import REDIS_ERRORS
+from mollifier.codec import as_text
 from mollifier.exceptions import BufferUnavailable
 
 logger = logging.getLogger(__name__)
@@ -70,10 +71,10 @@ def _read_policy(pool: redis.ConnectionPool) -> PolicyReading:
         return PolicyReading(node=node, error=f"{type(error).__name__}: {error}")
     finally:
         probe.connection_pool.disconnect()
-    value = answer.get("maxmemory-policy", answer.get(b"maxmemory-policy"))
+    value = answer.get("maxmemory-policy") or answer.get(b"maxmemory-policy")  # type: ignore[call-overload]
     if value is None:
         return PolicyReading(node=node, error="CONFIG GET returned no maxmemory-policy")
-    return PolicyReading(node=node, policy=value.decode() if isinstance(value, bytes) else str(value))
+    return PolicyReading(node=node, policy=as_text(value))
 
 
 def maxmemory_policies() -> list[PolicyReading]:

@@ -9,15 +9,19 @@ Fails open: when Redis cannot be reached the trigger proceeds unclaimed (``unava
 Postgres's unique constraint still decides between same-key writers.
 """
 
+import enum
 import logging
 import math
 import random
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from mollifier import client as redis_client
 from mollifier import conf, keys, metrics, scripts
+from mollifier.codec import as_text
 from mollifier.exceptions import BufferUnavailable, ClaimTimeout
 
 logger = logging.getLogger(__name__)
@@ -37,9 +41,16 @@ class Claim:
         return keys.claim(self.org_id, self.env_id, self.task, self.key)
 
 
+class ClaimKind(enum.StrEnum):
+    CLAIMED = "claimed"  # ours: the caller makes the run
+    BUFFERED = "buffered"  # a buffered run holds the key: ``run_id``
+    RESOLVED = "resolved"  # another trigger made the run and published it: ``run_id``
+    UNAVAILABLE = "unavailable"  # Redis did not answer: no claim (fail open)
+
+
 @dataclass(frozen=True)
 class ClaimOutcome:
-    kind: str  # claimed | buffered (a buffered run holds the key) | resolved (a winner published) | unavailable
+    kind: ClaimKind
     run_id: str = ""
     claim: Claim | None = None
 
@@ -66,21 +77,21 @@ def acquire(*, org_id: str, env_id: str, task: str, key: str, key_expires_ms: in
         redis = redis_client.get()
         while True:
             reply = scripts.CLAIM(keys=redis_keys, args=[claim.marker, ttl], client=redis)
-            kind = reply[0].decode()
-            if kind == "claimed":
-                metrics.CLAIM_OUTCOMES.labels(outcome="claimed").inc()
-                return ClaimOutcome("claimed", claim=claim)
-            if kind in ("buffered", "resolved"):
+            kind = as_text(reply[0])
+            if kind == ClaimKind.CLAIMED:
                 metrics.CLAIM_OUTCOMES.labels(outcome=kind).inc()
-                return ClaimOutcome(kind, reply[1].decode())
+                return ClaimOutcome(ClaimKind.CLAIMED, claim=claim)
+            if kind in (ClaimKind.BUFFERED, ClaimKind.RESOLVED):
+                metrics.CLAIM_OUTCOMES.labels(outcome=kind).inc()
+                return ClaimOutcome(ClaimKind(kind), as_text(reply[1]))
             if time.monotonic() >= deadline:
                 metrics.CLAIM_OUTCOMES.labels(outcome="timeout").inc()
                 raise ClaimTimeout(f"Idempotency claim resolution timed out for key {key!r}")
             time.sleep(poll * random.uniform(0.5, 1.5))  # jitter: waiters do not poll in lockstep
     except BufferUnavailable:
         logger.warning("mollifier.claim.redis_unavailable org=%s env=%s", org_id, env_id, exc_info=True)
-        metrics.CLAIM_OUTCOMES.labels(outcome="unavailable").inc()
-        return ClaimOutcome("unavailable")
+        metrics.CLAIM_OUTCOMES.labels(outcome=ClaimKind.UNAVAILABLE).inc()
+        return ClaimOutcome(ClaimKind.UNAVAILABLE)
 
 
 def publish(claim: Claim, run_id: str) -> bool:
@@ -106,3 +117,38 @@ def release(claim: Claim) -> bool:
     except BufferUnavailable:
         logger.warning("mollifier.claim.release_failed org=%s", claim.org_id, exc_info=True)
         return False
+
+
+class Held:
+    """The claim of one trigger, while it makes its run (``held``)."""
+
+    def __init__(self, outcome: ClaimOutcome):
+        self.outcome = outcome
+        self.published = False
+
+    @property
+    def claim(self) -> Claim | None:
+        return self.outcome.claim
+
+    def publish(self, run_id: str) -> None:
+        if self.claim is not None:
+            self.published = publish(self.claim, run_id)
+
+    def published_by_accept(self) -> None:
+        """The buffer's accept published the claim in its own script."""
+        self.published = True
+
+
+@contextmanager
+def held(*, org_id: str, env_id: str, task: str, key: str, key_expires_ms: int | None, now_ms: int) -> Iterator[Held]:
+    """Hold the pre-gate claim of a key while the block makes the run (``acquire``: it may wait,
+    and raises ClaimTimeout). The block publishes the run id through the Held (or the accept did);
+    a claim left unpublished — an error, an over-cap refusal — is released on the way out."""
+    handle = Held(
+        acquire(org_id=org_id, env_id=env_id, task=task, key=key, key_expires_ms=key_expires_ms, now_ms=now_ms)
+    )
+    try:
+        yield handle
+    finally:
+        if handle.claim is not None and not handle.published:
+            release(handle.claim)

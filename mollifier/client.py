@@ -49,7 +49,7 @@ class BufferCluster(_Translated, RedisCluster):
 @lru_cache(maxsize=4)
 def _cluster(url: str) -> BufferCluster:
     try:
-        return BufferCluster.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        return BufferCluster.from_url(url, socket_timeout=2, socket_connect_timeout=2)  # type: ignore[return-value]  # from_url builds cls
     except REDIS_ERRORS as error:  # the client reaches its nodes as it is built
         raise BufferUnavailable(f"{type(error).__name__}: {error}") from error
 

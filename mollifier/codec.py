@@ -28,6 +28,7 @@ class Entry:
     idempotency_expires_ms: int | None = None
     batch_id: str | None = None
     batch_index: int | None = None
+    request_key: str | None = None  # the SDK's request idempotency key of the trigger that made it
     # State kept by the buffer.
     attempts: int = 0
     metadata_version: int = 0
@@ -68,6 +69,7 @@ def to_fields(entry: Entry) -> list[str]:
         "idem_expires_ms": entry.idempotency_expires_ms,
         "batch_id": entry.batch_id,
         "batch_index": entry.batch_index,
+        "req": entry.request_key,
         "cancelled_at_ms": entry.cancelled_at_ms,
         "cancel_reason": entry.cancel_reason,
     }
@@ -111,8 +113,13 @@ def _loads(value):
         return None
 
 
+def as_text(value) -> str:
+    """A Redis reply value (bytes, or str from a decoding client) as text."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
 def _text(value) -> str | None:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    return None if value is None else as_text(value)
 
 
 def _tags(value) -> list[str]:
@@ -127,7 +134,7 @@ def from_fields(raw: dict, stored_snapshot=None) -> Entry | None:
 
     Hot in the drainer: values are decoded only where a string is needed (json and int read bytes).
     """
-    fields = {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
+    fields = {as_text(k): v for k, v in raw.items()}
     get = fields.get
     run, env, org = _text(get("run")), _text(get("env")), _text(get("org"))
     if not run or not env or not org:
@@ -149,6 +156,7 @@ def from_fields(raw: dict, stored_snapshot=None) -> Entry | None:
         idempotency_expires_ms=_int(get("idem_expires_ms")),
         batch_id=_text(get("batch_id")) or None,
         batch_index=_int(get("batch_index")),
+        request_key=_text(get("req")) or None,
         attempts=_int(get("attempts")) or 0,
         metadata_version=_int(get("metadata_version")) or 0,
         cancelled_at_ms=_int(get("cancelled_at_ms")),

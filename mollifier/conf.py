@@ -118,6 +118,10 @@ def sink_path() -> str:
     return str(_get("SINK"))
 
 
+def directory_path() -> str:
+    return str(_get("DIRECTORY"))
+
+
 def redis_alias() -> str:
     return str(_get("REDIS_ALIAS"))
 

@@ -20,15 +20,12 @@ from dataclasses import dataclass, field
 
 from mollifier import buffer, conf, keys, metrics, scripts
 from mollifier import client as redis_client
+from mollifier.clock import now_ms
 from mollifier.codec import Entry
 from mollifier.exceptions import BufferUnavailable, SinkUnavailable
 from mollifier.sink import OUTCOMES, Settled, Sink, SinkReport, get_sink
 
 logger = logging.getLogger(__name__)
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def round_budget() -> int:

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 from mollifier import client as redis_client
 from mollifier import conf, keys, metrics, scripts
-from mollifier.buffer import AcceptResult, accept_args, accept_keys, accept_result
-from mollifier.codec import Entry
+from mollifier.buffer import AcceptResult, AcceptStatus, accept_args, accept_keys, accept_result
+from mollifier.claims import Claim
+from mollifier.codec import Entry, as_text
 from mollifier.exceptions import BufferUnavailable
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class Admission:
     decision: Decision
     reason: str  # disabled, bypass:<why>, not_enrolled, under_threshold, per_env_rate, global_rate, redis_error
     accepted: AcceptResult | None = None  # set when mollified: what the buffer did with the entry
+    repeated_run: str = ""  # a retried request: the run its first attempt made (nothing else was done)
 
 
 def _global_tripped(redis, now_ms: int) -> bool:
@@ -47,19 +49,7 @@ def _global_tripped(redis, now_ms: int) -> bool:
     return bool(int(tripped))
 
 
-def admit(**kwargs) -> "Admission":
-    """See ``_admit``; counts every decision past the master switch and enrolment, bypasses
-    included (mollifier_gate_decisions_total{decision, reason})."""
-    admission = _admit(**kwargs)
-    if admission.reason not in ("disabled", "not_enrolled"):
-        decision = admission.decision.value
-        if admission.accepted is not None and admission.accepted.status == "over_cap":
-            decision = "refused"
-        metrics.GATE_DECISIONS.labels(decision=decision, reason=admission.reason).inc()
-    return admission
-
-
-def _admit(
+def admit_or_buffer(
     *,
     org_id: str,
     env_id: str,
@@ -67,8 +57,54 @@ def _admit(
     bypass: str | None,
     entry: Callable[[], Entry],
     now_ms: int,
-    claim_marker: str = "",
-    claim_ttl: int = 0,
+    claim: Claim | None = None,
+    request_key: str | None = None,
+    request_ttl_ms: int = 0,
+    replace_request: bool = False,
+) -> Admission:
+    """Decide for one trigger — and, when the decision is to mollify, buffer it in the same step.
+
+    ``request_key`` (the SDK's request idempotency key) is resolved in the same script: a retried
+    request gets ``repeated_run``, the run its first attempt made, and is neither counted nor
+    buffered again; otherwise the key is made to name this trigger's run for ``request_ttl_ms``.
+    ``replace_request``: the run the key named is gone; let this trigger's run take the key.
+
+    Counts every decision past the master switch and enrolment, bypasses included
+    (mollifier_gate_decisions_total{decision, reason}). See ``_decide``."""
+    admission = _decide(
+        org_id=org_id,
+        env_id=env_id,
+        enrolled=enrolled,
+        bypass=bypass,
+        entry=entry,
+        now_ms=now_ms,
+        claim_marker=claim.marker if claim else "",
+        claim_ttl=claim.publish_ttl if claim else 0,
+        request_key=request_key,
+        request_ttl_ms=request_ttl_ms,
+        replace_request=replace_request,
+    )
+    if admission.reason not in ("disabled", "not_enrolled", "repeated_request"):
+        decision = admission.decision.value
+        if admission.accepted is not None and admission.accepted.status == AcceptStatus.OVER_CAP:
+            decision = "refused"
+        metrics.GATE_DECISIONS.labels(decision=decision, reason=admission.reason).inc()
+    return admission
+
+
+def _decide(
+    *,
+    org_id: str,
+    env_id: str,
+    enrolled: bool,
+    bypass: str | None,
+    entry: Callable[[], Entry],
+    now_ms: int,
+    claim_marker: str,
+    claim_ttl: int,
+    request_key: str | None,
+    request_ttl_ms: int,
+    replace_request: bool,
 ) -> Admission:
     """Decide for one trigger, and buffer it when the decision is to mollify.
 
@@ -105,6 +141,7 @@ def _admit(
                 keys.tripped(org_id, env_id),
                 *accept_keys(candidate),
                 keys.minute(org_id, now_ms // 60_000),
+                keys.request(org_id, env_id, candidate.task, request_key) if request_key else keys.unused(org_id),
             ],
             args=[
                 now_ms,
@@ -112,11 +149,18 @@ def _admit(
                 threshold,
                 hold,
                 "1" if forced else "0",
-                *accept_args(candidate, claim_marker=claim_marker, claim_ttl=claim_ttl),
+                *accept_args(
+                    candidate,
+                    claim_marker=claim_marker,
+                    claim_ttl=claim_ttl,
+                    request=(str(request_ttl_ms) if request_key else "", "1" if replace_request else "0"),
+                ),
             ],
             client=redis,
         )
-        if reply[0] in (b"pass_through", "pass_through"):
+        if as_text(reply[0]) == "duplicate_request":
+            return Admission(Decision.PASS_THROUGH, "repeated_request", repeated_run=as_text(reply[1]))
+        if as_text(reply[0]) == "pass_through":
             return Admission(Decision.PASS_THROUGH, "under_threshold")
         logger.debug("mollifier.gate.mollified org=%s env=%s reason=%s", org_id, env_id, reason)
         return Admission(Decision.MOLLIFY, reason, accept_result(reply, candidate, client=redis))

@@ -83,6 +83,12 @@ def idempotency(org_id: str, env_id: str, task: str, key: str) -> str:
     return f"{_org(org_id)}:idem:{_b64(env_id)}:{_b64(task)}:{_b64(key)}"
 
 
+def request(org_id: str, env_id: str, task: str, request_key: str) -> str:
+    """STRING with a TTL (TRIGGER_REQUEST_IDEMPOTENCY_TTL_SECONDS): the run a request made, by the
+    SDK's ``x-trigger-request-idempotency-key``, so a retried request gets its first run back."""
+    return f"{_org(org_id)}:req:{_b64(env_id)}:{_b64(task)}:{_b64(request_key)}"
+
+
 def claim(org_id: str, env_id: str, task: str, key: str) -> str:
     """STRING with TTL: ``pending:<token>`` while a trigger holds the pre-gate claim, then its run id."""
     return f"{_org(org_id)}:claim:{_b64(env_id)}:{_b64(task)}:{_b64(key)}"

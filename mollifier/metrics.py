@@ -6,12 +6,12 @@ shared empty directory, as `make run` does; `/metrics` then sums every process's
 """
 
 import os
-import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from mollifier import clock
 from mollifier.exceptions import BufferUnavailable
 from mollifier.sink import OUTCOMES
 
@@ -79,7 +79,7 @@ class BufferCollector:
         from mollifier import buffer
         from mollifier.stats import env_stats
 
-        now_ms = time.time_ns() // 1_000_000
+        now_ms = clock.now_ms()
         try:
             rows = env_stats(now_ms=now_ms)
             parked = sum(buffer.parked_count(org) for org in buffer.parked_orgs())

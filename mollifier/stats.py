@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 from mollifier import buffer, keys
 from mollifier import client as redis_client
+from mollifier.codec import as_text
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def timeline(*, org_ids: list[str], now_ms: int, minutes: int = 60) -> list[dict
         for _ in org_ids:
             for minute in span:
                 for field, value in next(replies).items():
-                    name = field.decode() if isinstance(field, bytes) else field
+                    name = as_text(field)
                     if name in totals[minute]:
                         totals[minute][name] += int(value)
     return [{"minute": minute, **counts} for minute, counts in totals.items()]
@@ -82,4 +83,58 @@ def timeline(*, org_ids: list[str], now_ms: int, minutes: int = 60) -> list[dict
 def shadow_orgs(*, since_ms: int) -> list[str]:
     """Organisations shadow mode would have mollified since ``since_ms``."""
     raw = redis_client.get().zrangebyscore(keys.shadow_orgs(), since_ms, "+inf")
-    return [org.decode() if isinstance(org, bytes) else org for org in raw]
+    return [as_text(org) for org in raw]
+
+
+@dataclass(frozen=True)
+class DashboardRow:
+    stats: EnvStats
+    label: str  # the environment's name (from the directory), or its ids
+    oldest_seconds: float
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    """Everything the admin dashboard shows, read in one pass."""
+
+    rows: list[DashboardRow]
+    minutes: list[dict]  # per minute, oldest first: gate decisions and rows drained
+    waiting: int
+    leased: int
+    expired: int
+    tripped: int
+    oldest_seconds: float
+    drained_per_minute: int  # the average over the last five minutes
+    parked: list  # mollifier.codec.Entry, oldest first
+    dropped: int  # entries on record that left without a row (environment deleted)
+
+
+def dashboard(*, now_ms: int, directory) -> Dashboard:
+    """The buffer at a glance. ``directory`` names environments and lists enrolled organisations
+    (mollifier/directory.py). Raises BufferUnavailable when Redis does not answer."""
+    rows = env_stats(now_ms=now_ms)
+    charted = (
+        {row.org_id for row in rows}
+        | set(directory.enrolled_organizations())
+        | set(shadow_orgs(since_ms=now_ms - 3_600_000))
+    )
+    minutes = timeline(org_ids=sorted(charted), now_ms=now_ms)
+    labels = directory.environment_labels(row.env_id for row in rows)
+    recent = minutes[-5:]
+    return Dashboard(
+        rows=[
+            DashboardRow(
+                row, labels.get(row.env_id, f"org {row.org_id} env {row.env_id}"), row.oldest_age_ms(now_ms) / 1000
+            )
+            for row in rows
+        ],
+        minutes=minutes,
+        waiting=sum(row.waiting for row in rows),
+        leased=sum(row.leased for row in rows),
+        expired=sum(row.expired_leases for row in rows),
+        tripped=sum(row.tripped for row in rows),
+        oldest_seconds=max((row.oldest_age_ms(now_ms) for row in rows), default=0) / 1000,
+        drained_per_minute=round(sum(minute["drained"] for minute in recent) / len(recent)),
+        parked=buffer.parked_entries(limit=100),
+        dropped=buffer.recently_dropped(limit=0)[0],
+    )

@@ -7,21 +7,24 @@ import json
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
+from django.core.paginator import InvalidPage
 from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from mollifier import buffer, conf
-from mollifier.drainer import Drainer, now_ms
+from mollifier import buffer
+from mollifier.clock import now_ms
 from mollifier.exceptions import BufferUnavailable
-from mollifier.stats import env_stats, shadow_orgs, timeline
-from runs import charts
-from runs.exceptions import IdempotencyKeyNotFound, RunError
-from runs.models import BatchTaskRun, MollifierDashboard, Organization, Project, RuntimeEnvironment, TaskRun
-from runs.selectors import buffered_runs
+from runs.exceptions import RunError
+from runs.models import BatchTaskRun, Organization, Project, RunStatus, RuntimeEnvironment, TaskRun
+from runs.read_fallback import Where, buffered_runs_by_id
+from runs.selectors import tags_in_use, task_identifiers_in_use
 from runs.services.cancel import task_run_cancel
 from runs.services.flags import MOLLIFIER_ENABLED, flag_enabled, mollifier_enrolled, organization_set_flag
 from runs.services.idempotency import idempotency_key_reset
@@ -45,7 +48,7 @@ class OrganizationForm(forms.ModelForm):
             self.fields["mollifier_enabled"].initial = mollifier_enrolled(self.instance)
 
     def clean(self):
-        cleaned = super().clean()
+        cleaned = super().clean() or {}
         flags = cleaned.get("feature_flags")
         flags = dict(flags) if isinstance(flags, dict) else {}
         flags[MOLLIFIER_ENABLED] = bool(cleaned.get("mollifier_enabled"))  # other flags are kept
@@ -100,40 +103,135 @@ class RuntimeEnvironmentAdmin(admin.ModelAdmin):
     readonly_fields = ["api_key_hash", "api_key_prefix"]
 
 
-class WhereFilter(admin.SimpleListFilter):
-    title = "where"
-    parameter_name = "where"
+class VocabularyFilter(admin.SimpleListFilter):
+    """A list filter from the merged read's vocabulary (runs/read_fallback.py FILTERS): it narrows
+    both stores at once, so its ``queryset`` leaves the rows to RunChangeList."""
 
-    def lookups(self, request, model_admin):
-        return [
-            ("buffered", "waiting in the buffer"),
-            ("draining", "being written by a drainer"),
-            ("materialised", "written from the buffer"),
-            ("direct", "written directly"),
-        ]
+    vocabulary = ""
 
     def queryset(self, request, queryset):
-        value = self.value()
-        if value in ("buffered", "draining"):
-            return queryset.none()  # those live in Redis: shown in the table above the rows
-        if value == "materialised":
-            return queryset.filter(materialised_at__isnull=False)
-        if value == "direct":
-            return queryset.filter(buffered_at__isnull=True)
         return queryset
+
+    def vocabulary_value(self):
+        return [self.value()]
+
+
+class WhereFilter(VocabularyFilter):
+    title = parameter_name = vocabulary = "where"
+
+    def lookups(self, request, model_admin):
+        return list(Where.LABELS.items())
+
+
+class StatusFilter(VocabularyFilter):
+    title, parameter_name, vocabulary = "status", "status", "status"
+
+    def lookups(self, request, model_admin):
+        return RunStatus.choices
+
+
+class TaskFilter(VocabularyFilter):
+    title, parameter_name, vocabulary = "task", "task", "task_identifier"
+
+    def lookups(self, request, model_admin):
+        return [(task, task) for task in task_identifiers_in_use()]
+
+
+class EnvironmentFilter(VocabularyFilter):
+    title, parameter_name, vocabulary = "environment", "environment", "environment"
+
+    def lookups(self, request, model_admin):
+        return [(str(env.pk), str(env)) for env in RuntimeEnvironment.objects.select_related("project__organization")]
+
+    def vocabulary_value(self):
+        value = self.value() or ""
+        return [int(value)] if value.isdigit() else [-1]
+
+
+class TagFilter(VocabularyFilter):
+    title, parameter_name, vocabulary = "tag", "tag", "tag"
+
+    def lookups(self, request, model_admin):
+        return [(tag, tag) for tag in tags_in_use()]
+
+
+class RunChangeList(ChangeList):
+    """Task runs from both stores in one list, newest first, paged with the admin's ``?p=``: the
+    merged read does the filtering, the search, the counting and the paging."""
+
+    def get_results(self, request):
+        filters = {
+            spec.vocabulary: spec.vocabulary_value()
+            for spec in self.filter_specs
+            if isinstance(spec, VocabularyFilter) and spec.value()
+        }
+        if self.query.strip():
+            filters["search"] = self.query.strip()
+        self.merged = TaskRun.objects.all().with_buffered().filter(**filters)
+        self.counts = self.merged.counts()
+        counted = _Counted(self.merged, self.counts.total)  # slicing and count() are what a paginator uses
+        paginator = self.model_admin.get_paginator(request, counted, self.list_per_page)  # type: ignore[arg-type]
+        self.result_count = self.full_result_count = self.counts.total
+        self.show_full_result_count = False
+        self.show_admin_actions = True
+        self.can_show_all = self.result_count <= self.list_max_show_all
+        self.multi_page = self.result_count > self.list_per_page
+        if (self.show_all and self.can_show_all) or not self.multi_page:
+            self.result_list = self.merged[0 : self.result_count]
+        else:
+            try:
+                self.result_list = paginator.page(self.page_num).object_list
+            except InvalidPage:
+                raise IncorrectLookupParameters from None
+        self.paginator = paginator
+
+    def url_for_result(self, result):
+        if result.is_buffered:
+            return reverse("admin:runs_taskrun_buffered", args=[result.organization_id, result.friendly_id])
+        return super().url_for_result(result)
+
+
+class _Counted:
+    """The merged runs with their count worked out once (the paginator asks for it again)."""
+
+    def __init__(self, merged, total: int):
+        self.merged, self.total = merged, total
+
+    def count(self) -> int:
+        return self.total
+
+    def __getitem__(self, window):
+        return self.merged[window]
+
+
+ACROSS_LIMIT = 10_000  # "select all" acts on at most this many runs at once
 
 
 @admin.register(TaskRun)
 class TaskRunAdmin(admin.ModelAdmin):
-    list_display = ["friendly_id", "task_identifier", "status", "where", "environment", "created_at", "idempotency_key"]
-    list_filter = [WhereFilter, "status"]
-    list_select_related = ["environment__project__organization"]
-    search_fields = ["id", "idempotency_key"]
+    list_display = [
+        "friendly_id",
+        "task_identifier",
+        "status_now",
+        "where",
+        "environment",
+        "created_at",
+        "idempotency_key",
+    ]
+    list_filter = [WhereFilter, StatusFilter, TaskFilter, EnvironmentFilter, TagFilter]
+    search_fields = ["id"]  # searched by the merged read: a run id, an idempotency key or a tag
     search_help_text = "A run id, an idempotency key or a tag."
-    show_full_result_count = False
+    list_per_page = 100
+    show_facets = admin.ShowFacets.NEVER  # facet counts come from querysets; this list is merged
     ordering = ["-created_at", "-id"]
     actions = ["cancel_runs", "reset_idempotency_keys"]
     change_list_template = "admin/runs/taskrun/change_list.html"
+
+    def get_changelist(self, request, **kwargs):
+        return RunChangeList
+
+    def get_search_results(self, request, queryset, search_term):
+        return queryset, False  # the merged read searches both stores (RunChangeList)
 
     def has_add_permission(self, request):
         return False  # runs come from triggers
@@ -144,46 +242,50 @@ class TaskRunAdmin(admin.ModelAdmin):
     def get_readonly_fields(self, request, obj=None):
         return [field.name for field in TaskRun._meta.fields]
 
+    @admin.display(description="status")
+    def status_now(self, run):
+        return run.status_at(timezone.now())
+
     @admin.display(description="where")
     def where(self, run):
-        return "materialised" if run.materialised_at else "direct"
+        return Where.LABELS[Where.of(run)]
 
-    def get_search_results(self, request, queryset, search_term):
-        term = search_term.strip().removeprefix("run_")
-        results, duplicates = super().get_search_results(request, queryset, term)
-        if term:
-            results |= queryset.filter(tags__contains=[search_term.strip()])
-        return results, duplicates
-
-    def changelist_view(self, request, extra_context=None):
-        where = request.GET.get("where")
-        rows, error = [], None
-        if where not in ("materialised", "direct"):
-            try:
-                rows = buffered_runs(
-                    search=request.GET.get("q", ""), where=where if where in ("buffered", "draining") else None
-                )
-            except BufferUnavailable:
-                error = "The buffer's Redis did not answer: only runs in Postgres are shown."
-        context = {"buffered_rows": rows, "buffer_error": error, "now": timezone.now(), **(extra_context or {})}
-        return super().changelist_view(request, extra_context=context)
+    def _selected_runs(self, request, queryset) -> list[TaskRun]:
+        """The selected runs of either store: rows from the action's queryset, buffered runs by id."""
+        rows = list(queryset.select_related("environment"))
+        if request.POST.get("select_across") == "1":
+            changelist = self.get_changelist_instance(request)
+            assert isinstance(changelist, RunChangeList)
+            return list(changelist.merged[0:ACROSS_LIMIT])
+        wanted = set(request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)) - {run.pk for run in rows}
+        return rows + buffered_runs_by_id(wanted)
 
     @admin.action(description="Cancel the selected runs", permissions=["change"])
     def cancel_runs(self, request, queryset):
-        for run in queryset:
-            task_run_cancel(run=run, reason="Canceled in the admin")
-        self.message_user(request, f"Cancelled {queryset.count()} run(s) (finished runs are left as they were).")
+        runs, failed = self._selected_runs(request, queryset), 0
+        for run in runs:
+            try:
+                task_run_cancel(run=run, reason="Canceled in the admin")
+            except RunError:
+                failed += 1  # e.g. still being written: 503 on the API; the operator retries
+        self.message_user(
+            request,
+            f"Cancelled {len(runs) - failed} run(s) (finished runs are left as they were)"
+            + (f"; {failed} could not be cancelled right now, retry." if failed else "."),
+        )
 
     @admin.action(description="Reset the idempotency keys of the selected runs", permissions=["change"])
     def reset_idempotency_keys(self, request, queryset):
         done = 0
-        for run in queryset.exclude(idempotency_key=None).select_related("environment"):
+        for run in self._selected_runs(request, queryset):
+            if not run.idempotency_key:
+                continue
             try:
                 idempotency_key_reset(
                     environment=run.environment, task_identifier=run.task_identifier, key=run.idempotency_key
                 )
                 done += 1
-            except IdempotencyKeyNotFound:
+            except RunError:
                 continue
         self.message_user(request, f"Released {done} idempotency key(s).")
 
@@ -275,111 +377,3 @@ class TaskRunAdmin(admin.ModelAdmin):
 class BatchTaskRunAdmin(admin.ModelAdmin):
     list_display = ["friendly_id", "status", "run_count", "sealed", "environment", "created_at"]
     list_select_related = ["environment__project__organization"]
-
-
-@admin.register(MollifierDashboard)
-class MollifierDashboardAdmin(admin.ModelAdmin):
-    """The buffer at a glance: depth per environment, dwell, leases, drain rate, gate decisions."""
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-    def get_urls(self):
-        view = self.admin_site.admin_view
-        return [
-            path(
-                "drain/<str:org_id>/<str:env_id>/",
-                view(require_POST(self.drain_now)),
-                name="runs_mollifierdashboard_drain",
-            ),
-            *super().get_urls(),
-        ]
-
-    def changelist_view(self, request, extra_context=None):
-        if not self.has_view_permission(request):
-            raise PermissionDenied
-        now = now_ms()
-        context = {
-            **self.admin_site.each_context(request),
-            "title": "Mollifier dashboard",
-            "opts": self.model._meta,
-            "settings": _knobs(),
-            "can_drain": request.user.has_perm("runs.change_taskrun"),
-        }
-        try:
-            rows = env_stats(now_ms=now)
-            enrolled = [
-                str(pk)
-                for pk in Organization.objects.filter(feature_flags__mollifierEnabled=True).values_list("pk", flat=True)
-            ]
-            orgs = sorted({row.org_id for row in rows} | set(enrolled) | set(shadow_orgs(since_ms=now - 3_600_000)))
-            minutes = timeline(org_ids=orgs, now_ms=now)
-            parked = buffer.parked_entries(limit=100)
-            dropped_count, _ = buffer.recently_dropped(limit=0)
-        except BufferUnavailable:
-            context["error"] = "The buffer's Redis did not answer."
-            return TemplateResponse(request, "admin/runs/mollifier_dashboard.html", context)
-        environments = RuntimeEnvironment.objects.select_related("project__organization").in_bulk(
-            [int(row.env_id) for row in rows if row.env_id.isdigit()]
-        )
-        table = [
-            {
-                "row": row,
-                "name": str(environments.get(int(row.env_id), f"org {row.org_id} env {row.env_id}")),
-                "oldest_seconds": row.oldest_age_ms(now) / 1000,
-            }
-            for row in rows
-        ]
-        recent = minutes[-5:]
-        context.update(
-            parked=parked,
-            dropped_count=dropped_count,
-            rows=table,
-            totals={
-                "waiting": sum(r.waiting for r in rows),
-                "leased": sum(r.leased for r in rows),
-                "expired": sum(r.expired_leases for r in rows),
-                "oldest_seconds": max((r.oldest_age_ms(now) for r in rows), default=0) / 1000,
-                "drained_per_minute": round(sum(m["drained"] for m in recent) / len(recent)),
-                "tripped": sum(r.tripped for r in rows),
-            },
-            depth_chart=charts.horizontal_bars([(item["name"], item["row"].waiting) for item in table[:20]]),
-            decisions_chart=charts.stacked_bars(
-                minutes,
-                [
-                    ("pass_through", "#79aec8", "pass-through"),
-                    ("mollify", "#e0a800", "mollified"),
-                    ("shadow", "#a0a0a0", "shadow"),
-                    ("refused", "#ba2121", "refused (cap)"),
-                ],
-            ),
-            drained_chart=charts.stacked_bars(minutes, [("drained", "#417690", "rows drained")]),
-        )
-        return TemplateResponse(request, "admin/runs/mollifier_dashboard.html", context)
-
-    def drain_now(self, request, org_id: str, env_id: str):
-        if not request.user.has_perm("runs.change_taskrun"):
-            raise PermissionDenied
-        result = Drainer().drain_environment(org_id=org_id, env_id=env_id)
-        messages.success(
-            request, f"Drained {result.acked} run(s) of that environment ({result.report.inserted} inserted)."
-        )
-        return HttpResponseRedirect(reverse("admin:runs_mollifierdashboard_changelist"))
-
-
-def _knobs() -> dict:
-    return {
-        "enabled": conf.enabled(),
-        "shadow": conf.shadow_mode(),
-        "threshold": conf.trip_threshold(),
-        "window_ms": conf.trip_window_ms(),
-        "hold_ms": conf.hold_ms(),
-        "cap": conf.drain_max_rows_per_sec(),
-        "org_cap": conf.org_buffer_cap(),
-    }

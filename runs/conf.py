@@ -1,6 +1,8 @@
 """Settings of the run API that are not limits of its input, read from ``settings.TRIGGER`` at call
 time (tests override them). Each is in the README's configuration table."""
 
+from typing import Any
+
 from django.conf import settings
 
 
@@ -31,3 +33,24 @@ def mid_drain_poll_seconds() -> float:
 def metadata_cas_attempts() -> int:
     """Compare-and-set attempts of a metadata change to a buffered run under contention."""
     return int(_get("METADATA_CAS_ATTEMPTS"))
+
+
+def _packets(name: str) -> Any:
+    return getattr(settings, "PACKETS")[name]  # noqa: B009  (getattr: its value types are the settings', not object)
+
+
+def packet_max_bytes() -> int:
+    """The largest packet an upload may store (PACKETS_MAX_BYTES; 413 past it)."""
+    return int(_packets("MAX_BYTES"))
+
+
+def packet_url_ttl_seconds() -> int:
+    return int(_packets("URL_TTL_SECONDS"))
+
+
+def packet_cleanup_grace_seconds() -> int:
+    return int(_packets("CLEANUP_GRACE_SECONDS"))
+
+
+def packet_public_url() -> str:
+    return str(_packets("PUBLIC_URL"))

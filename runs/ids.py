@@ -7,7 +7,8 @@ The id is minted before anything is written, and whichever store receives the ru
 
 import secrets
 import string
-import time
+
+from mollifier import clock
 
 _ALPHABET = string.digits + string.ascii_lowercase
 _TIME_CHARS = 9  # base-36 milliseconds: enough until the year 5188
@@ -22,7 +23,7 @@ def _base36(value: int, width: int) -> str:
 
 
 def new_internal_id(*, now_ms: int | None = None) -> str:
-    now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    now_ms = clock.now_ms() if now_ms is None else now_ms
     return "c" + _base36(now_ms, _TIME_CHARS) + "".join(secrets.choice(_ALPHABET) for _ in range(15))
 
 

@@ -14,6 +14,14 @@ class TaskRunQuerySet(models.QuerySet):
         """Runs whose status, as a reader sees it at ``now`` (TaskRun.status_at), is one of these."""
         return self.filter(status_q(statuses, now=now))
 
+    def with_buffered(self, *, environments=None):
+        """This queryset's rows and the runs still in the mollifier buffer, as one ordered,
+        lazily read result (runs.read_fallback.MergedRuns), for ``environments`` (None: every
+        environment with buffered runs). Filter it with its own vocabulary: ``.filter(status=[…])``."""
+        from runs.read_fallback import MergedRuns  # it builds TaskRuns: importing it here would be circular
+
+        return MergedRuns(self, environments=environments)
+
 
 def status_q(statuses, *, now) -> Q:
     """TaskRun.status_at as a query: a stored DELAYED counts as QUEUED once its delay has passed."""

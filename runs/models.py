@@ -37,6 +37,13 @@ class Project(models.Model):
         return f"{self.organization.slug}/{self.slug}"
 
 
+class EnvironmentQuerySet(models.QuerySet):
+    def by_ids(self, env_ids) -> dict[str, "RuntimeEnvironment"]:
+        """Environments by the string ids the buffer carries (one query; other strings skipped)."""
+        numbers = {int(env_id) for env_id in env_ids if str(env_id).isdigit()}
+        return {str(pk): environment for pk, environment in self.in_bulk(numbers).items()}  # type: ignore[misc]
+
+
 class RuntimeEnvironment(models.Model):
     class Type(models.TextChoices):
         DEVELOPMENT = "DEVELOPMENT"
@@ -54,6 +61,8 @@ class RuntimeEnvironment(models.Model):
     api_key_hash = models.CharField(max_length=64, unique=True)
     api_key_prefix = models.CharField(max_length=24)
     created_at = models.DateTimeField(default=timezone.now)
+
+    objects = EnvironmentQuerySet.as_manager()
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["project", "slug"], name="env_project_slug_uniq")]
@@ -108,6 +117,7 @@ class BatchTaskRun(models.Model):
     sealed = models.BooleanField(default=False)
     idempotency_key = models.CharField(max_length=2048, null=True, blank=True)
     idempotency_key_options = models.JSONField(null=True, blank=True)
+    request_key = models.CharField(max_length=128, null=True, blank=True)  # the SDK's, of the create call
     parent_run_id = models.CharField(max_length=64, null=True, blank=True)
     resume_parent_on_completion = models.BooleanField(default=False)
     created_at = models.DateTimeField(default=timezone.now)
@@ -117,6 +127,11 @@ class BatchTaskRun(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["environment", "idempotency_key"], name="batch_env_idem_uniq"),
+            models.UniqueConstraint(
+                fields=["environment", "request_key"],
+                condition=models.Q(request_key__isnull=False),
+                name="batch_env_request_uniq",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -143,6 +158,9 @@ class TaskRun(models.Model):
     idempotency_key = models.CharField(max_length=2048, null=True, blank=True)
     idempotency_key_expires_at = models.DateTimeField(null=True, blank=True)
     idempotency_key_options = models.JSONField(null=True, blank=True)
+    # The SDK's x-trigger-request-idempotency-key of the trigger that made the run (written directly;
+    # a buffered run's is resolved in Redis): a retried request finds its first run by it.
+    request_key = models.CharField(max_length=128, null=True, blank=True)
     task_version = models.CharField(max_length=128, null=True, blank=True)  # lockToVersion
     queue = models.CharField(max_length=256, null=True, blank=True)
     concurrency_key = models.CharField(max_length=256, null=True, blank=True)
@@ -185,6 +203,11 @@ class TaskRun(models.Model):
             models.UniqueConstraint(
                 fields=["environment", "task_identifier", "idempotency_key"], name="run_env_task_idem_uniq"
             ),
+            models.UniqueConstraint(
+                fields=["environment", "task_identifier", "request_key"],
+                condition=models.Q(request_key__isnull=False),
+                name="run_env_task_request_uniq",
+            ),
         ]
         indexes = [
             # Listing: newest first within an environment, keyset-paginated on (created_at, id).
@@ -199,6 +222,16 @@ class TaskRun(models.Model):
     def friendly_id(self) -> str:
         return ids.to_friendly(ids.RUN, self.id)
 
+    @classmethod
+    def column_length(cls, name: str) -> int:
+        """A text column's length (an array's: its elements'): validators and cut-offs read it here,
+        so they cannot disagree with the column."""
+        field = cls._meta.get_field(name)
+        length = getattr(getattr(field, "base_field", field), "max_length", None)
+        if length is None:
+            raise ValueError(f"TaskRun.{name} has no length")
+        return int(length)
+
     def status_at(self, now) -> str:
         """The status a reader sees at ``now``: a DELAYED run whose delay has passed is QUEUED
         (the same rule for a row and a buffered run; its ``delay_until`` is kept)."""
@@ -210,18 +243,6 @@ class TaskRun(models.Model):
     def is_buffered(self) -> bool:
         """True for a run read from the mollifier buffer (built from its snapshot, never saved)."""
         return self._state.adding
-
-
-class MollifierDashboard(models.Model):
-    """No table: the admin's entry point to the buffer dashboard (a Redis-backed page)."""
-
-    class Meta:
-        managed = False
-        verbose_name = verbose_name_plural = "Mollifier dashboard"
-        default_permissions = ("view",)
-
-    def __str__(self) -> str:
-        return "Mollifier dashboard"
 
 
 class BatchTaskRunItem(models.Model):
@@ -245,15 +266,15 @@ class BatchTaskRunPendingItem(models.Model):
 
     batch = models.ForeignKey(BatchTaskRun, on_delete=models.CASCADE, related_name="pending_items")
     index = models.PositiveIntegerField()
-    run_id = models.CharField(max_length=32)  # the internal id of the buffered run
+    run_internal_id = models.CharField(max_length=32)  # the buffered run's internal id (no row to point at yet)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["batch", "index"], name="batch_pending_index_uniq")]
-        indexes = [models.Index(fields=["run_id"], name="batch_pending_run_idx")]
+        indexes = [models.Index(fields=["run_internal_id"], name="batch_pending_run_idx")]
 
     def __str__(self) -> str:
-        return f"{self.batch_id}[{self.index}] → run_{self.run_id}"
+        return f"{self.batch_id}[{self.index}] → run_{self.run_internal_id}"
 
 
 class Packet(models.Model):

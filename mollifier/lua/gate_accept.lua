@@ -1,21 +1,36 @@
 --[[ gate_accept: evaluate the environment's trip and, when it is tripped, accept the trigger into
-the buffer in the same step (one round trip for a mollified trigger).
+the buffer in the same step (one round trip for a mollified trigger). The request's idempotency
+key (the SDK's x-trigger-request-idempotency-key) is resolved here too: a retried request finds the
+run its first attempt made, whichever store took it, and is not counted against the rate again.
 
 KEYS: 1 rate, 2 tripped, 3 entry, 4 snapshot, 5 ready, 6 listing, 7 envs, 8 stats, 9 idem, 10 claim, 11 batch,
-      12 minute (the organisation's counters for this minute)
+      12 minute (the organisation's counters for this minute), 13 request (or a placeholder)
 ARGV: 1 now_ms, 2 window_ms, 3 threshold, 4 hold_ms, 5 force ('1': a global trip holds),
       6 run, 7 env, 8 cap, 9 idem_key ('' for none), 10 batch_index ('' for none),
-      11 claim_marker ('' or 'pending:<token>'), 12 claim_ttl, 13 snapshot, 14.. entry field/value pairs
-returns: {'pass_through', estimate} when not tripped, else the accept reply (lib/accept.lua)
+      11 claim_marker ('' or 'pending:<token>'), 12 claim_ttl, 13 snapshot,
+      14 request ttl ms ('' when the request has no key), 15 replace ('1': the run the key named is
+      gone: this request makes a new one), 16.. entry field/value pairs
+returns: {'duplicate_request', run} for a retried request; {'pass_through', estimate} when not
+         tripped (the request key now names this run); else the accept reply (lib/accept.lua)
 ]]
 local now_ms = tonumber(ARGV[1])
+local request_ttl = ARGV[14]
+if request_ttl ~= '' and ARGV[15] ~= '1' then
+  local known = redis.call('GET', KEYS[13])
+  if known then
+    return {'duplicate_request', known}
+  end
+end
 local estimate, tripped = evaluate_trip(KEYS[1], KEYS[2], now_ms, tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
 if tripped == 0 and ARGV[5] ~= '1' then
   count(KEYS[12], 'pass_through', 1)
+  if request_ttl ~= '' then
+    redis.call('SET', KEYS[13], ARGV[6], 'PX', tonumber(request_ttl))
+  end
   return {'pass_through', tostring(estimate)}
 end
 local fields = {}
-for i = 14, #ARGV do
+for i = 16, #ARGV do
   fields[#fields + 1] = ARGV[i]
 end
 local reply = accept_entry(
@@ -24,4 +39,7 @@ local reply = accept_entry(
    batch_index = ARGV[10], claim_marker = ARGV[11], claim_ttl = tonumber(ARGV[12]), snapshot = ARGV[13], fields = fields}
 )
 count(KEYS[12], reply[1] == 'over_cap' and 'refused' or 'mollify', 1)
+if reply[1] == 'accepted' and request_ttl ~= '' then
+  redis.call('SET', KEYS[13], ARGV[6], 'PX', tonumber(request_ttl))
+end
 return reply

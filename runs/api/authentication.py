@@ -42,22 +42,27 @@ class SecretKeyAuthentication(authentication.BaseAuthentication):
         return self.keyword  # makes DRF answer 401 rather than 403
 
 
-_CACHE_LIMIT = 10_000
-_cache: dict[str, tuple[float, RuntimeEnvironment]] = {}
+class KeyCache(dict[str, tuple[float, RuntimeEnvironment]]):
+    """key hash → (expiry on the monotonic clock, environment): this process's, bounded."""
+
+    LIMIT = 10_000
+
+
+key_cache = KeyCache()
 
 
 def environment_for_key(key: str) -> RuntimeEnvironment | None:
     """The environment of a secret key (cached briefly per process), or None."""
     key_hash = RuntimeEnvironment.hash_api_key(key)
     now = time.monotonic()
-    if (hit := _cache.get(key_hash)) is not None and hit[0] > now:
+    if (hit := key_cache.get(key_hash)) is not None and hit[0] > now:
         return hit[1]
     environment = (
         RuntimeEnvironment.objects.select_related("organization", "project").filter(api_key_hash=key_hash).first()
     )
     ttl = settings.TRIGGER["AUTH_CACHE_SECONDS"]
     if environment is not None and ttl > 0:
-        if len(_cache) >= _CACHE_LIMIT:
-            _cache.clear()  # bounded; refills with the keys in use
-        _cache[key_hash] = (now + ttl, environment)
+        if len(key_cache) >= KeyCache.LIMIT:
+            key_cache.clear()  # bounded; refills with the keys in use
+        key_cache[key_hash] = (now + ttl, environment)
     return environment

@@ -1,12 +1,13 @@
-"""The one place where errors become HTTP answers: always ``{"error": "<message>"}``.
+"""How the run API's exceptions become HTTP answers (DRF's EXCEPTION_HANDLER): always
+``{"error": "<message>"}``. Views that answer an error themselves use ``error_response`` from here;
+outside the API, ``/metrics`` and the JSON 404 of ``trigger_project/urls.py`` keep the same shape.
 
-Domain errors map by class; DRF's own errors keep their status; a database that cannot be reached is
-a 503 (the SDK retries it); anything else is logged and answered 500 without internals.
+Domain errors map by class; DRF's own errors keep their status; Redis or a database that cannot be
+reached is a 503 (the SDK retries it); anything else is logged and answered 500 without internals.
 """
 
 import logging
 import math
-import time
 
 from django.db import DataError, InterfaceError, OperationalError
 from rest_framework import exceptions, status
@@ -14,6 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
 
+from mollifier.clock import now_ms
 from mollifier.exceptions import BufferUnavailable
 from runs import exceptions as domain
 
@@ -50,7 +52,7 @@ def error_response(message: str, status_code: int, headers: dict | None = None, 
 
 
 def _buffer_full(exc: domain.BufferFull) -> Response:
-    reset_ms = int(time.time() * 1000) + exc.retry_after_ms
+    reset_ms = now_ms() + exc.retry_after_ms
     headers = {
         "x-ratelimit-reset": str(reset_ms),  # epoch milliseconds: what the SDK's 429 handling reads
         "Retry-After": str(math.ceil(exc.retry_after_ms / 1000)),

@@ -1,33 +1,15 @@
-"""The query string of ``runs.list``: ``filter[…]`` and ``page[…]`` parameters (API.md §7)."""
+"""The ``filter[…]`` parameters of ``runs.list`` (API.md §7), as the merged read's vocabulary
+(runs/read_fallback.py FILTERS). Pages are runs/api/pagination.py's."""
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from django.http import QueryDict
 from django.utils import timezone
 
 from runs import durations, ids
-from runs.exceptions import InvalidRequest
+from runs.api.pagination import QueryError
 from runs.models import RunStatus
-from runs.selectors import Cursor, RunListFilters
-
-DEFAULT_PAGE_SIZE = 25
-MAX_PAGE_SIZE = 100
-
-
-class QueryError(InvalidRequest):
-    def __init__(self, detail: str):
-        super().__init__("Query Error")
-        self.extra = {"details": [detail]}
-
-
-@dataclass(frozen=True)
-class RunListQuery:
-    filters: RunListFilters
-    page_size: int
-    after: Cursor | None
-    before: Cursor | None
-    environments: list[str]  # filter[env] of the project route: environment slugs or types
 
 
 def _list(query: QueryDict, name: str) -> list[str]:
@@ -38,16 +20,18 @@ def _timestamp(query: QueryDict, name: str) -> datetime | None:
     raw = query.get(name)
     if raw is None or raw == "":
         return None
-    try:
-        return datetime.fromtimestamp(int(raw) / 1000, tz=UTC)
-    except (ValueError, OverflowError, OSError):
-        pass
+    if len(raw) < 20:  # epoch milliseconds (a longer number is no time this service can hold)
+        try:
+            return datetime.fromtimestamp(int(raw) / 1000, tz=UTC)
+        except (ValueError, OverflowError, OSError):
+            pass
     if (parsed := durations.parse_date(raw)) is not None:
         return parsed
     raise QueryError(f"{name} must be epoch milliseconds or an ISO 8601 date")
 
 
-def parse_run_list_query(query: QueryDict, *, now: datetime | None = None) -> RunListQuery:
+def run_list_filters(query: QueryDict, *, now: datetime | None = None) -> dict[str, Any]:
+    """The filters of a ``runs.list`` query string, in the merged read's vocabulary."""
     now = now or timezone.now()
     statuses = _list(query, "filter[status]")
     if unknown := [s for s in statuses if s not in RunStatus.values]:
@@ -65,37 +49,27 @@ def parse_run_list_query(query: QueryDict, *, now: datetime | None = None) -> Ru
             raise QueryError('filter[createdAt][period] must be a duration like "1d" or "2h"')
         created_from = max(filter(None, [created_from, now - duration]))
 
-    batch_id = None
-    match_nothing = bool(query.get("filter[bulkAction]") or query.get("filter[schedule]"))
+    filters: dict[str, Any] = {
+        "status": statuses,
+        "task_identifier": _list(query, "filter[taskIdentifier]"),
+        "version": _list(query, "filter[version]"),
+        "tag": _list(query, "filter[tag]"),
+        "queue": _list(query, "filter[queue]"),
+        "machine": _list(query, "filter[machine]"),
+        "region": _list(query, "filter[region]"),
+        "is_test": {"true": True, "false": False}.get(is_test or ""),
+        "created_from": created_from,
+        "created_to": created_to,
+    }
     if batch := query.get("filter[batch]"):
-        batch_id = ids.from_friendly(ids.BATCH, batch)
-        match_nothing = match_nothing or batch_id is None
+        filters["batch"] = ids.from_friendly(ids.BATCH, batch)
+        if filters["batch"] is None:
+            filters["nothing"] = True  # not a batch id: no run is in it
+    if query.get("filter[bulkAction]") or query.get("filter[schedule]"):
+        filters["nothing"] = True  # this service has neither bulk actions nor schedules
+    return filters
 
-    filters = RunListFilters(
-        statuses=statuses,
-        task_identifiers=_list(query, "filter[taskIdentifier]"),
-        versions=_list(query, "filter[version]"),
-        tags=_list(query, "filter[tag]"),
-        is_test={"true": True, "false": False}.get(is_test or ""),
-        created_from=created_from,
-        created_to=created_to,
-        batch_id=batch_id,
-        queues=_list(query, "filter[queue]"),
-        machines=_list(query, "filter[machine]"),
-        regions=_list(query, "filter[region]"),
-        match_nothing=match_nothing,
-    )
 
-    raw_size = query.get("page[size]") or query.get("limit") or str(DEFAULT_PAGE_SIZE)
-    try:
-        page_size = int(raw_size)
-    except ValueError:
-        page_size = 0
-    if not 1 <= page_size <= MAX_PAGE_SIZE:
-        raise QueryError(f"page[size] must be a whole number from 1 to {MAX_PAGE_SIZE}")
-
-    after = Cursor.decode(query["page[after]"]) if query.get("page[after]") else None
-    before = Cursor.decode(query["page[before]"]) if query.get("page[before]") else None
-    if after and before:
-        raise QueryError("Use page[after] or page[before], not both")
-    return RunListQuery(filters, page_size, after, before, _list(query, "filter[env]"))
+def environment_names(query: QueryDict) -> list[str]:
+    """``filter[env]`` of the project route: environment slugs or types."""
+    return _list(query, "filter[env]")

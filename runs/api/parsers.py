@@ -52,7 +52,7 @@ def read_body(request, limit: int) -> bytes:
 
 class BoundedJSONParser(JSONParser):
     def parse(self, stream, media_type=None, parser_context=None):
-        raw = read_bounded(stream, settings.TRIGGER["MAX_BODY_BYTES"])
+        raw = read_bounded(stream, int(settings.TRIGGER["MAX_BODY_BYTES"]))
         if not raw.strip():
             raise exceptions.ParseError("Request body is empty")
         return loads_strict(raw)
@@ -63,7 +63,7 @@ def parse_chunked_json(request):
     media_type = request.META.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
     if media_type != "application/json":
         raise exceptions.UnsupportedMediaType(media_type or "none")
-    raw = read_body(request, settings.TRIGGER["MAX_BODY_BYTES"])
+    raw = read_body(request, int(settings.TRIGGER["MAX_BODY_BYTES"]))
     if not raw.strip():
         raise exceptions.ParseError("Request body is empty")
     return loads_strict(raw)
@@ -78,7 +78,7 @@ def read_ndjson(request) -> list:
     media_type = request.META.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
     if media_type != "application/x-ndjson":
         raise exceptions.UnsupportedMediaType(media_type or "none")
-    raw = read_body(request, settings.TRIGGER["MAX_BATCH_BODY_BYTES"])
+    raw = read_body(request, int(settings.TRIGGER["MAX_BATCH_BODY_BYTES"]))
     items = []
     for number, line in enumerate(raw.split(b"\n"), start=1):
         if not line.strip():

@@ -4,6 +4,8 @@ Optional fields are omitted, never ``null``: the SDK's schemas throw on ``null``
 A buffered run (an unsaved TaskRun built from its snapshot) renders through the same functions.
 """
 
+from typing import Any
+
 from django.utils import timezone
 
 from runs import json_values
@@ -128,7 +130,7 @@ def run_list_item(run: TaskRun) -> dict:
 
 
 def batch_detail(batch: BatchTaskRun, run_ids: list[str]) -> dict:
-    data = {
+    data: dict[str, Any] = {
         "id": batch.friendly_id,
         "status": batch.status,
         "createdAt": iso(batch.created_at),

@@ -1,15 +1,15 @@
 """Presigned packet URLs as the API hands them out: absolute, since the SDK fetches them as they are."""
 
-from django.conf import settings
 from django.utils import timezone
 
+from runs import conf
 from runs.models import TaskRun
 from runs.services.packets import packet_url, run_packet_path
 
 
 def absolute(request, url: str) -> str:
     """``url`` (a path and query) on PACKETS_PUBLIC_URL, else on the host the request came to."""
-    base = settings.PACKETS["PUBLIC_URL"]
+    base = conf.packet_public_url()
     return f"{base}{url}" if base else request.build_absolute_uri(url)
 
 

@@ -100,7 +100,7 @@ class PaginationSchema(serializers.Serializer):
 
 
 class RunListSchema(serializers.Serializer):
-    data = RunListItemSchema(many=True)
+    data = RunListItemSchema(many=True)  # type: ignore[assignment]  # a field named like Serializer.data
     pagination = PaginationSchema()
 
 
@@ -122,7 +122,7 @@ class BatchItemsSchema(serializers.Serializer):
 
 class BatchProcessingSchema(serializers.Serializer):
     completedAt = serializers.DateTimeField(required=False)
-    errors = serializers.ListField(child=serializers.DictField())
+    errors = serializers.ListField(child=serializers.DictField())  # type: ignore[assignment]  # the wire's name
 
 
 class BatchSchema(serializers.Serializer):

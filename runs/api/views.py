@@ -12,7 +12,8 @@ from rest_framework.views import APIView
 
 from runs.api import presenters, presigned, serializers
 from runs.api.errors import error_response
-from runs.api.filters import parse_run_list_query
+from runs.api.filters import environment_names, run_list_filters
+from runs.api.pagination import RunCursorPagination
 from runs.api.parsers import is_chunked, parse_chunked_json, read_ndjson
 from runs.api.schema import (
     LIST_PARAMETERS,
@@ -29,8 +30,8 @@ from runs.api.schema import (
 )
 from runs.api.tokens import public_token
 from runs.exceptions import RunNotFound
-from runs.models import Project
-from runs.selectors import task_run_get, task_run_list
+from runs.models import RuntimeEnvironment
+from runs.selectors import environment_in_project, environment_matches, task_run_get, task_run_list
 from runs.services.batches import BatchItem, batch_add_items, batch_create, batch_get, batch_retrieve
 from runs.services.cancel import task_run_cancel
 from runs.services.idempotency import idempotency_key_reset
@@ -39,7 +40,7 @@ from runs.services.mutations import (
     task_run_add_tags,
     task_run_replay_body,
     task_run_reschedule,
-    task_run_update_metadata,
+    task_run_update_metadata_and_related,
 )
 from runs.services.trigger import task_run_trigger
 
@@ -51,8 +52,8 @@ class EnvironmentApi(APIView):
     """Base: every endpoint acts inside the environment of the caller's secret key."""
 
     @property
-    def environment(self):
-        return self.request.user.environment
+    def environment(self) -> RuntimeEnvironment:
+        return self.request.user.environment  # type: ignore[union-attr]  # SecretKeyAuthentication's user
 
     def request_key(self) -> str | None:
         value = self.request.headers.get(REQUEST_KEY_HEADER)
@@ -195,19 +196,13 @@ class RunMetadataApi(EnvironmentApi):
     def put(self, request, run_id: str):
         run = task_run_get(environment=self.environment, run_id=run_id)
         body = self.body(serializers.UpdateMetadataSerializer)
-        metadata = task_run_update_metadata(
-            run=run, metadata=body.get("metadata"), operations=body.get("operations", [])
+        metadata = task_run_update_metadata_and_related(
+            run=run,
+            metadata=body.get("metadata"),
+            operations=body.get("operations", []),
+            parent_operations=body.get("parentOperations") or [],
+            root_operations=body.get("rootOperations") or [],
         )
-        for relation, operations in (
-            ("parent_run_id", body.get("parentOperations")),
-            ("root_run_id", body.get("rootOperations")),
-        ):
-            if operations and (related_id := getattr(run, relation)):
-                try:
-                    related = task_run_get(environment=self.environment, run_id=f"run_{related_id}")
-                except RunNotFound:
-                    continue  # the related run is not visible to this key: nothing to change
-                task_run_update_metadata(run=related, metadata=None, operations=operations)
         return Response({"metadata": metadata})
 
 
@@ -255,6 +250,8 @@ class RunReplayApi(EnvironmentApi):
 
 
 class RunListApi(EnvironmentApi):
+    pagination_class = RunCursorPagination
+
     @extend_schema(
         operation_id="list_runs",
         summary="List runs",
@@ -266,23 +263,12 @@ class RunListApi(EnvironmentApi):
         responses=responses(200, RunListSchema),
     )
     def get(self, request):
-        query = parse_run_list_query(request.query_params)
-        return self.render_page(query)
+        return self.render_page(run_list_filters(request.query_params))
 
-    def render_page(self, query):
-        page = task_run_list(
-            environment=self.environment,
-            filters=query.filters,
-            page_size=query.page_size,
-            after=query.after,
-            before=query.before,
-        )
-        pagination = {}
-        if page.next:
-            pagination["next"] = page.next.encode()
-        if page.previous:
-            pagination["previous"] = page.previous.encode()
-        return Response({"data": [presenters.run_list_item(run) for run in page.runs], "pagination": pagination})
+    def render_page(self, filters: dict):
+        paginator = self.pagination_class()
+        page = paginator.paginate_queryset(task_run_list(environment=self.environment, filters=filters), self.request)
+        return paginator.get_paginated_response([presenters.run_list_item(run) for run in page])
 
 
 class ProjectRunListApi(RunListApi):
@@ -298,16 +284,13 @@ class ProjectRunListApi(RunListApi):
         parameters=LIST_PARAMETERS,
         responses=responses(200, RunListSchema, 404),
     )
-    def get(self, request, project_ref: str):
-        environment = self.environment
-        if not Project.objects.filter(pk=environment.project_id, external_ref=project_ref).exists():
+    def get(self, request, project_ref: str):  # type: ignore[override]  # the project route's extra argument
+        if not environment_in_project(environment=self.environment, project_ref=project_ref):
             return error_response("Project not found", status.HTTP_404_NOT_FOUND)
-        query = parse_run_list_query(request.query_params)
-        wanted = {name.lower() for name in query.environments}
-        names = {environment.slug.lower(), environment.type.lower(), environment.KEY_PREFIXES[environment.type]}
-        if wanted and not wanted & names:
-            return Response({"data": [], "pagination": {}})
-        return self.render_page(query)
+        filters = run_list_filters(request.query_params)
+        if not environment_matches(environment=self.environment, names=environment_names(request.query_params)):
+            filters["nothing"] = True  # filter[env] names another environment
+        return self.render_page(filters)
 
 
 class IdempotencyKeyResetApi(EnvironmentApi):

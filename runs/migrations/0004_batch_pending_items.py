@@ -16,7 +16,7 @@ class Migration(migrations.Migration):
             fields=[
                 ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
                 ("index", models.PositiveIntegerField()),
-                ("run_id", models.CharField(max_length=32)),
+                ("run_internal_id", models.CharField(max_length=32)),
                 ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
                 (
                     "batch",
@@ -28,7 +28,7 @@ class Migration(migrations.Migration):
                 ),
             ],
             options={
-                "indexes": [models.Index(fields=["run_id"], name="batch_pending_run_idx")],
+                "indexes": [models.Index(fields=["run_internal_id"], name="batch_pending_run_idx")],
                 "constraints": [models.UniqueConstraint(fields=("batch", "index"), name="batch_pending_index_uniq")],
             },
         ),

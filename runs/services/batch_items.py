@@ -42,10 +42,10 @@ def batch_link_pending(*, batch_ids: list[str] | None = None) -> int:
         cursor.execute(
             "WITH moved AS ("
             "  DELETE FROM runs_batchtaskrunpendingitem p USING runs_taskrun r"
-            f'  WHERE p.run_id = r.id {scope} RETURNING p.batch_id, p.run_id, p."index"'
+            f'  WHERE p.run_internal_id = r.id {scope} RETURNING p.batch_id, p.run_internal_id, p."index"'
             ") "
             'INSERT INTO runs_batchtaskrunitem (batch_id, task_run_id, "index", created_at) '
-            'SELECT batch_id, run_id, "index", now() FROM moved '
+            'SELECT batch_id, run_internal_id, "index", now() FROM moved '
             'ON CONFLICT (batch_id, "index") DO NOTHING RETURNING batch_id',
             [batch_ids] if batch_ids is not None else [],
         )

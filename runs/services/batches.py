@@ -18,7 +18,6 @@ from runs.models import BatchTaskRun, BatchTaskRunItem, BatchTaskRunPendingItem,
 from runs.options import TriggerOptions
 from runs.services.batch_items import batch_link_pending, batch_refresh_status
 from runs.services.packets import PACKET_TYPE, packets_use
-from runs.services.request_idempotency import request_lookup, request_remember
 from runs.services.trigger import run_parent, task_run_commit, task_run_prepare
 
 
@@ -49,10 +48,12 @@ def batch_create(
     resume_parent_on_completion: bool = False,
     request_key: str | None = None,
 ) -> tuple[BatchTaskRun, bool]:
-    """Create a batch, or return the one this call repeats; the bool says "cached" (skip the items)."""
-    scope = ["batch", *sorted(set(task_identifiers))]
-    if (known_id := request_lookup(request_key=request_key, environment_id=environment.pk, scope=scope)) is not None:
-        if (batch := BatchTaskRun.objects.filter(environment=environment, id=known_id).first()) is not None:
+    """Create a batch, or return the one this call repeats; the bool says "cached" (skip the items).
+
+    A retried call (the same request key) gets its first batch back, not cached, as the official
+    server answers; the request key is kept on the batch's row."""
+    if request_key is not None:
+        if batch := BatchTaskRun.objects.filter(environment=environment, request_key=request_key).first():
             return batch, False
     if idempotency_key is not None:
         if batch := BatchTaskRun.objects.filter(environment=environment, idempotency_key=idempotency_key).first():
@@ -67,14 +68,18 @@ def batch_create(
         idempotency_key_options=idempotency_key_options if idempotency_key else None,
         parent_run_id=parent_run_id,
         resume_parent_on_completion=resume_parent_on_completion,
+        request_key=request_key,
     )
     try:
         with transaction.atomic():
             batch.save(force_insert=True)
     except IntegrityError:
-        # A concurrent create with the same key won.
+        # A concurrent create won: the same request (retried), or the same idempotency key.
+        if request_key is not None and (
+            first := BatchTaskRun.objects.filter(environment=environment, request_key=request_key).first()
+        ):
+            return first, False
         return BatchTaskRun.objects.get(environment=environment, idempotency_key=idempotency_key), True
-    request_remember(request_key=request_key, environment_id=environment.pk, scope=scope, value=batch.id)
     return batch, False
 
 
@@ -167,13 +172,9 @@ def batch_retrieve(*, environment: RuntimeEnvironment, batch_id: str) -> tuple[B
 
 def batch_run_ids(*, batch: BatchTaskRun) -> list[str]:
     """The batch's runs as friendly ids, in item order, wherever each run lives."""
-    by_index = {
-        index: ids.to_friendly(ids.RUN, run_id)
-        for model in (BatchTaskRunItem, BatchTaskRunPendingItem)
-        for index, run_id in model.objects.filter(batch=batch).values_list(
-            "index", "task_run_id" if model is BatchTaskRunItem else "run_id"
-        )
-    }
+    linked = BatchTaskRunItem.objects.filter(batch=batch).values_list("index", "task_run_id")
+    pending = BatchTaskRunPendingItem.objects.filter(batch=batch).values_list("index", "run_internal_id")
+    by_index = {index: ids.to_friendly(ids.RUN, internal_id) for index, internal_id in [*linked, *pending]}
     for index, run_id in _buffered_items(batch).items():
         by_index.setdefault(index, run_id)
     return [by_index[index] for index in sorted(by_index)]

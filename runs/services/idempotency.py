@@ -13,12 +13,12 @@ from django.utils import timezone
 
 from mollifier import buffer
 from mollifier.buffer import Pin, ResetResult, ResetStatus
+from mollifier.clock import now_ms
 from mollifier.exceptions import BufferUnavailable
 from mollifier.sink import Settled
 from runs.exceptions import IdempotencyKeyNotFound, ServiceUnavailable
 from runs.models import RunStatus, RuntimeEnvironment, TaskRun
 from runs.services.mid_drain import retry_while_draining, settle_pin
-from runs.snapshots import to_ms
 
 DEFAULT_TTL = timedelta(days=30)
 # Runs in these states give their key back (the official server's rule).
@@ -43,17 +43,19 @@ def idempotent_run_find(*, environment_id: int, task_identifier: str, key: str, 
         return None
     if key_is_live(run=run, now=now):
         return run
-    idempotency_key_clear(environment_id=environment_id, task_identifier=task_identifier, key=key, only_run_id=run.id)
+    idempotency_key_clear(
+        environment_id=environment_id, task_identifier=task_identifier, key=key, only_internal_id=run.id
+    )
     return None
 
 
 def idempotency_key_clear(
-    *, environment_id: int, task_identifier: str, key: str, only_run_id: str | None = None
+    *, environment_id: int, task_identifier: str, key: str, only_internal_id: str | None = None
 ) -> int:
     """Take ``key`` off the runs holding it; returns how many rows changed."""
     runs = TaskRun.objects.filter(environment_id=environment_id, task_identifier=task_identifier, idempotency_key=key)
-    if only_run_id is not None:
-        runs = runs.filter(id=only_run_id)
+    if only_internal_id is not None:
+        runs = runs.filter(id=only_internal_id)
     return runs.update(idempotency_key=None, idempotency_key_expires_at=None, updated_at=timezone.now())
 
 
@@ -69,14 +71,11 @@ def idempotency_key_reset(*, environment: RuntimeEnvironment, task_identifier: s
     Raises IdempotencyKeyNotFound when no run held it, and ServiceUnavailable when Postgres had
     nothing and the buffer could not be checked (or its holder stayed mid-drain).
     """
-    scope = {"environment_id": environment.pk, "task_identifier": task_identifier, "key": key}
     org_id, env_id = str(environment.organization_id), str(environment.pk)
-    cleared = idempotency_key_clear(**scope)
+    cleared = idempotency_key_clear(environment_id=environment.pk, task_identifier=task_identifier, key=key)
 
     def attempt() -> ResetResult:
-        result = buffer.reset_idempotency(
-            org_id=org_id, env_id=env_id, task=task_identifier, key=key, now_ms=to_ms(timezone.now())
-        )
+        result = buffer.reset_idempotency(org_id=org_id, env_id=env_id, task=task_identifier, key=key, now_ms=now_ms())
         if result.status != ResetStatus.PINNED:
             return result
         outcome = settle_pin(Pin(org_id, env_id, result.run_id, result.holder))
@@ -96,6 +95,6 @@ def idempotency_key_reset(*, environment: RuntimeEnvironment, task_identifier: s
     if cleared or buffered:
         return KeyReset(cleared, buffered)
     # The holder may have been written to Postgres between the two steps above.
-    if cleared := idempotency_key_clear(**scope):
+    if cleared := idempotency_key_clear(environment_id=environment.pk, task_identifier=task_identifier, key=key):
         return KeyReset(cleared, None)
     raise IdempotencyKeyNotFound(f"No runs found with idempotency key: {key} and task: {task_identifier}")

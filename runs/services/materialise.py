@@ -37,13 +37,13 @@ from runs.models import BatchTaskRun, RunStatus, RuntimeEnvironment, TaskRun
 from runs.services import idempotency
 from runs.services.batch_items import batch_link_pending, batch_refresh
 from runs.services.pins import settle_pins
-from runs.snapshots import entry_values, minimal_failure_values
+from runs.snapshots import entry_values, minimal_failure_values, to_ms
 
 logger = logging.getLogger(__name__)
 
 FIELDS = TaskRun._meta.concrete_fields
 ATTRS = tuple(field.attname for field in FIELDS)
-COLUMNS = ", ".join(connection.ops.quote_name(field.column) for field in FIELDS)
+COLUMNS = ", ".join(connection.ops.quote_name(str(field.column)) for field in FIELDS)
 JSON_POSITIONS = tuple(i for i, field in enumerate(FIELDS) if isinstance(field, JSONField))
 STAGING = "mollifier_incoming_runs"
 
@@ -94,9 +94,7 @@ def _begin_fenced() -> str:
 
 def _materialise(entries: list[Entry], *, minimal: bool = False) -> SinkReport:
     now = timezone.now()
-    environments = RuntimeEnvironment.objects.in_bulk(
-        {int(entry.env_id) for entry in entries if entry.env_id.isdigit()}
-    )
+    environments = RuntimeEnvironment.objects.by_ids(entry.env_id for entry in entries)
     runs: list[tuple[Entry, dict]] = []
     gone: list[Entry] = []
     if minimal:  # the last resort must not fail on a batch deleted meanwhile either
@@ -107,7 +105,7 @@ def _materialise(entries: list[Entry], *, minimal: bool = False) -> SinkReport:
             if entry.batch_id not in batches:
                 entry.batch_id = entry.batch_index = None
     for entry in entries:
-        environment = environments.get(int(entry.env_id)) if entry.env_id.isdigit() else None
+        environment = environments.get(entry.env_id)
         if environment is None:
             logger.warning("mollifier.drain.environment_gone run=%s env=%s", entry.run_id, entry.env_id)
             gone.append(entry)
@@ -120,7 +118,7 @@ def _materialise(entries: list[Entry], *, minimal: bool = False) -> SinkReport:
         runs.append((entry, values))
 
     if gone:  # a trace for operators: these leave the buffer without a row (mollifier_status)
-        buffer.note_dropped(gone, now_ms=int(now.timestamp() * 1000))
+        buffer.note_dropped(gone, now_ms=to_ms(now))
     inserted = _insert([values for _, values in runs])
     pending = [(entry, values) for entry, values in runs if values["id"] not in inserted]
     existing = set(TaskRun.objects.filter(id__in=[values["id"] for _, values in pending]).values_list("id", flat=True))
@@ -181,7 +179,7 @@ def _resolve_key_conflicts(contested: list[dict], *, now) -> int:
         holder = holders.get(scope)
         if holder is not None and not idempotency.key_is_live(run=holder, now=now):
             idempotency.idempotency_key_clear(
-                environment_id=scope[0], task_identifier=scope[1], key=scope[2], only_run_id=holder.id
+                environment_id=scope[0], task_identifier=scope[1], key=scope[2], only_internal_id=holder.id
             )
             holder = None
         if holder is None:
@@ -222,4 +220,4 @@ def _link_batch_items(runs: list[tuple[Entry, dict]], *, now) -> None:
             'ON CONFLICT (batch_id, "index") DO NOTHING',
             [now, [e.batch_id for e, _ in members], [v["id"] for _, v in members], [e.batch_index for e, _ in members]],
         )
-    batch_refresh(batch_ids={entry.batch_id for entry, _ in members}, now=now)
+    batch_refresh(batch_ids={entry.batch_id for entry, _ in members if entry.batch_id}, now=now)

@@ -13,14 +13,12 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from django.utils import timezone
-
 from mollifier.buffer import MutateResult, MutateStatus, Pin
+from mollifier.clock import now_ms
 from mollifier.drainer import settle
 from mollifier.sink import Settled, get_sink
 from runs import conf
 from runs.exceptions import ServiceUnavailable
-from runs.snapshots import to_ms
 
 T = TypeVar("T")
 
@@ -40,7 +38,7 @@ def settle_pin(pin: Pin) -> Settled:
     """What became of the drainer transaction a run is pinned to, settled as a drainer would: a
     committed run is acked (its row is the run now), one that did not commit is given back to the
     buffer, so the caller can retry there."""
-    return settle(get_sink(), [pin], now_ms=to_ms(timezone.now())).get(pin.run_id, Settled.RUNNING)
+    return settle(get_sink(), [pin], now_ms=now_ms()).get(pin.run_id, Settled.RUNNING)
 
 
 def change_buffered_run(change: Callable[..., MutateResult], *, org_id: str, env_id: str, run_id: str) -> MutateResult:
@@ -48,14 +46,14 @@ def change_buffered_run(change: Callable[..., MutateResult], *, org_id: str, env
     waiting while a drainer holds it. MATERIALISED or NOT_FOUND mean: the run is its row now."""
 
     def attempt() -> MutateResult:
-        result = change(org_id=org_id, env_id=env_id, run_id=run_id, now_ms=to_ms(timezone.now()))
+        result = change(org_id=org_id, env_id=env_id, run_id=run_id, now_ms=now_ms())
         if result.status != MutateStatus.PINNED:
             return result
         outcome = settle_pin(result.pin(org_id=org_id, env_id=env_id, run_id=run_id))
         if outcome == Settled.COMMITTED:
             return MutateResult(MutateStatus.MATERIALISED)
         if outcome == Settled.NOT_COMMITTED:
-            return change(org_id=org_id, env_id=env_id, run_id=run_id, now_ms=to_ms(timezone.now()))
+            return change(org_id=org_id, env_id=env_id, run_id=run_id, now_ms=now_ms())
         return MutateResult(MutateStatus.BUSY)
 
     return retry_while_draining(attempt, busy=lambda result: result.status in (MutateStatus.BUSY, MutateStatus.PINNED))

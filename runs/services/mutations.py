@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from mollifier import buffer
 from mollifier.buffer import MutateResult, MutateStatus
-from runs import conf, durations, json_values
+from runs import conf, durations, ids, json_values
 from runs.exceptions import InvalidRequest, RunNotFound, ServiceUnavailable, TooLarge, Unprocessable
 from runs.models import RunStatus, TaskRun
 from runs.services.mid_drain import change_buffered_run
@@ -40,12 +40,12 @@ def _wait_in_buffer(run: TaskRun, change) -> MutateResult | None:
 
 def task_run_add_tags(*, run: TaskRun, tags: list[str]) -> int:
     """Add tags (de-duplicated); returns how many were new. Unprocessable past MAX_TAGS_PER_RUN."""
-    limit = settings.TRIGGER["MAX_TAGS_PER_RUN"]
+    limit = int(settings.TRIGGER["MAX_TAGS_PER_RUN"])
     if run.is_buffered:
         before = set(run.tags)
         result = _wait_in_buffer(run, lambda **kw: buffer.add_tags(tags=tags, max_tags=limit, **kw))
         if result is not None:
-            if result.status == "limit_exceeded":
+            if result.status == MutateStatus.LIMIT_EXCEEDED:
                 raise Unprocessable(f"Runs can only have {limit} tags, this would make {result.value}.")
             return len(set(tags) - before)
     with transaction.atomic():
@@ -134,7 +134,7 @@ def task_run_update_metadata(*, run: TaskRun, metadata: dict | None, operations:
             )
             if result is None:
                 break
-            if result.status == "applied":
+            if result.status == MutateStatus.APPLIED:
                 return new
         else:
             raise ServiceUnavailable("Metadata is changing too fast; retry")
@@ -144,6 +144,30 @@ def task_run_update_metadata(*, run: TaskRun, metadata: dict | None, operations:
         row.metadata, row.metadata_type, row.updated_at = _encode_metadata(new), "application/json", timezone.now()
         row.save(update_fields=["metadata", "metadata_type", "updated_at"])
         return new
+
+
+def task_run_update_metadata_and_related(
+    *,
+    run: TaskRun,
+    metadata: dict | None,
+    operations: list[dict],
+    parent_operations: list[dict],
+    root_operations: list[dict],
+) -> dict:
+    """The SDK's metadata update: the run's own change, then operations on its parent and root runs
+    (the SDK's ``metadata.parent`` / ``metadata.root``). A related run that is not in the run's
+    environment is left alone. Returns the run's new metadata."""
+    new = task_run_update_metadata(run=run, metadata=metadata, operations=operations)
+    for related_id, related_operations in ((run.parent_run_id, parent_operations), (run.root_run_id, root_operations)):
+        if related_operations and related_id:
+            try:
+                related = TaskRun.objects.get_with_fallback(
+                    environment=run.environment, run_id=ids.to_friendly(ids.RUN, related_id)
+                )
+            except TaskRun.DoesNotExist:
+                continue
+            task_run_update_metadata(run=related, metadata=None, operations=related_operations)
+    return new
 
 
 # -- reschedule ----------------------------------------------------------------------------------

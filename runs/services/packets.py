@@ -25,7 +25,6 @@ from datetime import datetime
 from typing import IO
 from urllib.parse import urlencode
 
-from django.conf import settings
 from django.core import signing
 from django.core.exceptions import ImproperlyConfigured
 from django.core.files import File
@@ -33,6 +32,7 @@ from django.core.files.storage import Storage, storages
 from django.db import transaction
 from django.urls import reverse
 
+from runs import conf
 from runs.exceptions import (
     InvalidRequest,
     PacketAccessDenied,
@@ -117,7 +117,7 @@ def _signer() -> signing.Signer:
 def packet_url(*, method: str, path: str, now: datetime) -> str:
     """A presigned URL (path and query, no host) letting anyone ``method`` (GET or PUT) ``path`` for
     PACKETS_URL_TTL_SECONDS."""
-    expires = int(now.timestamp()) + settings.PACKETS["URL_TTL_SECONDS"]
+    expires = int(now.timestamp()) + conf.packet_url_ttl_seconds()
     signature = _signer().sign(_message(method, path, expires)).rpartition(":")[2]
     query = urlencode({"expires": expires, "signature": signature})
     return f"{reverse('packet-object', kwargs={'path': path})}?{query}"
@@ -200,7 +200,7 @@ def packet_store(
     _check_syntax(path, what="path")
     environment_id = _environment_id(path)
     content_type = _content_type(content_type)
-    limit = settings.PACKETS["MAX_BYTES"]
+    limit = conf.packet_max_bytes()
     if content_length is not None and content_length > limit:
         raise TooLarge(f"Packet is larger than {limit} bytes (PACKETS_MAX_BYTES)")
     if not RuntimeEnvironment.objects.filter(pk=environment_id).exists():
@@ -215,7 +215,7 @@ def packet_store(
             if existing is not None and existing.used_at is not None:
                 raise PacketInUse(f"A trigger already named packet {path}: upload under a new name")
             upload = File(spool, name=path)
-            upload.content_type = content_type  # object stores (S3) keep it on the object too
+            upload.content_type = content_type  # type: ignore[attr-defined]  # object stores (S3) keep it on the object too
             storage = packet_storage()
             stored = storage.save(path, upload)
             if stored != path:

@@ -23,8 +23,8 @@ def settle_pins(pins: list[Pin]) -> dict[str, Settled]:
         return {}
     with connection.cursor() as cursor:
         cursor.execute("SELECT t, pg_xact_status(t::xid8) FROM unnest(%s::text[]) AS t", [txids])
-        status = {txid: _XACT_STATUS.get(value) for txid, value in cursor.fetchall()}
-    settled = {item.run_id: status[item.txid] for item in pins if status.get(item.txid) is not None}
+        status = {txid: _XACT_STATUS[value] for txid, value in cursor.fetchall() if value in _XACT_STATUS}
+    settled = {item.run_id: status[item.txid] for item in pins if item.txid in status}
     # Postgres no longer knows a transaction that old: its rows tell.
     unknown = [item.run_id for item in pins if item.run_id not in settled]
     if unknown:

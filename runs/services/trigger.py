@@ -10,10 +10,12 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from mollifier import buffer, claims, conf, gate
+from mollifier.buffer import AcceptResult, AcceptStatus
 from mollifier.exceptions import BufferUnavailable, ClaimTimeout
 from runs import ids
 from runs.exceptions import BufferFull, InvalidRequest, ServiceUnavailable
@@ -30,7 +32,6 @@ from runs.services import idempotency
 from runs.services.batch_items import batch_link_pending
 from runs.services.flags import mollifier_enrolled
 from runs.services.packets import PACKET_TYPE, packets_use
-from runs.services.request_idempotency import request_lookup, request_remember
 from runs.snapshots import entry_to_run, run_to_entry, to_ms
 
 logger = logging.getLogger(__name__)
@@ -61,19 +62,15 @@ def task_run_trigger(
     A packet payload (``application/store``) must name a packet of this environment: see packets_use.
     """
     now = now or timezone.now()
-    scope = [task_identifier]
-    if (known_id := request_lookup(request_key=request_key, environment_id=environment.pk, scope=scope)) is not None:
-        if (run := _find(environment, ids.to_friendly(ids.RUN, known_id))) is not None:
-            return TriggerOutcome(run=run, is_cached=False)  # the official answer to a retried request
-
     if options.payload_type == PACKET_TYPE and batch is None:  # batch items: checked together, before any is written
         packets_use(environment=environment, paths=[options.payload], now=now)
     run = task_run_prepare(
         environment=environment, task_identifier=task_identifier, options=options, now=now, batch=batch
     )
-    outcome = task_run_commit(run=run, options=options, now=now, batch=batch, batch_index=batch_index)
-    request_remember(request_key=request_key, environment_id=environment.pk, scope=scope, value=outcome.run.id)
-    return outcome
+    # The request's key rides with the run: on its row (unique per environment and task) or, for an
+    # enrolled organisation, resolved by the gate's own script. No lookup before: no round trip.
+    run.request_key = request_key
+    return task_run_commit(run=run, options=options, now=now, batch=batch, batch_index=batch_index)
 
 
 def task_run_prepare(
@@ -106,47 +103,108 @@ def _trigger(
 ) -> TriggerOutcome:
     environment = run.environment
     enrolled = mollifier_enrolled(environment.organization)
-    uses_buffer = conf.enabled() and enrolled
     key = options.idempotency_key
-    claim = None
     if key is not None:
-        # Postgres first. When the organisation uses the buffer, the claim (taken by bypassed
-        # triggers too, so that no path races a buffered holder of the key) reads the buffered
-        # holder in the same script.
-        holder = _holder_of_key(run=run, key=key, now=now, uses_buffer=False)
-        if holder is not None:
-            _link_batch_item(batch=batch, index=batch_index, run=holder)
-            return TriggerOutcome(run=holder, is_cached=True)
-        if uses_buffer:
-            claim, existing = _claim(run=run, key=key, now=now)
-            if existing is not None:
-                _link_batch_item(batch=batch, index=batch_index, run=existing)
-                return TriggerOutcome(run=existing, is_cached=True)
+        if (holder := _holder_of_key(run=run, key=key, now=now, uses_buffer=False)) is not None:
+            return _cached(holder, batch=batch, batch_index=batch_index, request_key=run.request_key)
+        if conf.enabled() and enrolled:
+            # The claim serialises same-key triggers across both stores (bypassed triggers claim
+            # too, so that no path races a buffered holder); its script reads the buffered holder.
+            try:
+                with claims.held(
+                    org_id=str(run.organization_id),
+                    env_id=str(run.environment_id),
+                    task=run.task_identifier,
+                    key=key,
+                    key_expires_ms=to_ms(run.idempotency_key_expires_at),
+                    now_ms=to_ms(now),
+                ) as held:
+                    if (holder := _claimed_holder(run=run, key=key, now=now, outcome=held.outcome)) is not None:
+                        return _cached(holder, batch=batch, batch_index=batch_index, request_key=run.request_key)
+                    return _admit_and_write(
+                        run=run,
+                        options=options,
+                        now=now,
+                        batch=batch,
+                        batch_index=batch_index,
+                        enrolled=enrolled,
+                        held=held,
+                    )
+            except ClaimTimeout as error:
+                raise ServiceUnavailable(str(error)) from None
+    return _admit_and_write(
+        run=run, options=options, now=now, batch=batch, batch_index=batch_index, enrolled=enrolled, held=None
+    )
 
-    published = False
-    try:
-        admission = gate.admit(
+
+def _cached(
+    holder: TaskRun, *, batch: BatchTaskRun | None, batch_index: int | None, request_key: str | None = None
+) -> TriggerOutcome:
+    """The answer to a trigger whose idempotency key another run holds: cached — unless it is
+    the same request again (a retry gets its first run back as first answered, not cached)."""
+    _link_batch_item(batch=batch, index=batch_index, run=holder)
+    repeated = request_key is not None and holder.request_key == request_key
+    return TriggerOutcome(run=holder, is_cached=not repeated)
+
+
+def _admit_and_write(
+    *,
+    run: TaskRun,
+    options: TriggerOptions,
+    now: datetime,
+    batch: BatchTaskRun | None,
+    batch_index: int | None,
+    enrolled: bool,
+    held: claims.Held | None,
+) -> TriggerOutcome:
+    """Through the gate: into the buffer (mollified), or into Postgres; the claim, when held, is
+    published with the run id (the buffer's accept publishes it in its own script)."""
+    environment = run.environment
+
+    def admit(*, replace_request: bool = False) -> gate.Admission:
+        return gate.admit_or_buffer(
             org_id=str(environment.organization_id),
             env_id=str(environment.pk),
             enrolled=enrolled,
             bypass=_bypass(options),
             entry=lambda: run_to_entry(run, batch_index=batch_index),
             now_ms=to_ms(now),
-            claim_marker=claim.marker if claim else "",
-            claim_ttl=claim.publish_ttl if claim else 0,
+            claim=held.claim if held else None,
+            request_key=run.request_key,
+            request_ttl_ms=int(settings.TRIGGER["REQUEST_IDEMPOTENCY_TTL_SECONDS"]) * 1000,
+            replace_request=replace_request,
         )
-        if admission.decision == gate.Decision.MOLLIFY:
-            outcome = _buffered_outcome(run=run, admission=admission, now=now)
-            # An accepted entry published the claim in the same script; any other outcome releases it.
-            published = admission.accepted.status == "accepted"
-        else:
-            outcome = _insert_or_find_existing(run=run, key=key, now=now, batch=batch, batch_index=batch_index)
-            if claim is not None:
-                published = claims.publish(claim, outcome.run.friendly_id)
+
+    admission = admit()
+    if admission.repeated_run:
+        if (first := _find(environment, admission.repeated_run)) is not None:
+            return _cached(first, batch=batch, batch_index=batch_index, request_key=first.request_key)
+        # The run the key named was never written (its attempt failed after the gate): this one is.
+        admission = admit(replace_request=True)
+    if admission.accepted is not None:  # mollified: the buffer answered
+        outcome = _buffered_outcome(run=run, accepted=admission.accepted)
+        if held and admission.accepted.status == AcceptStatus.ACCEPTED:
+            held.published_by_accept()
         return outcome
-    finally:
-        if claim is not None and not published:
-            claims.release(claim)
+    outcome = _insert_or_find_existing(
+        run=run, key=options.idempotency_key, now=now, batch=batch, batch_index=batch_index
+    )
+    if held:
+        held.publish(outcome.run.friendly_id)
+    if outcome.run is not run and run.request_key and admission.reason not in ("disabled", "not_enrolled"):
+        # The gate made the request key name this trigger's run, which another run answered for.
+        try:
+            buffer.remember_request(
+                org_id=str(environment.organization_id),
+                env_id=str(environment.pk),
+                task=run.task_identifier,
+                request_key=run.request_key,
+                run_id=outcome.run.friendly_id,
+                ttl_ms=int(settings.TRIGGER["REQUEST_IDEMPOTENCY_TTL_SECONDS"]) * 1000,
+            )
+        except BufferUnavailable:
+            logger.warning("runs.trigger.request_key_not_corrected env=%s", environment.pk, exc_info=True)
+    return outcome
 
 
 def _bypass(options: TriggerOptions) -> str | None:
@@ -189,41 +247,29 @@ def _holder_of_key(*, run: TaskRun, key: str, now: datetime, uses_buffer: bool) 
     return entry_to_run(entry, environment=run.environment, now=now) if entry is not None else None
 
 
-def _claim(*, run: TaskRun, key: str, now: datetime) -> tuple[claims.Claim | None, TaskRun | None]:
-    """Take the pre-gate claim, or find the run of the trigger that holds (or held) it."""
-    try:
-        outcome = claims.acquire(
-            org_id=str(run.organization_id),
-            env_id=str(run.environment_id),
-            task=run.task_identifier,
-            key=key,
-            key_expires_ms=to_ms(run.idempotency_key_expires_at),
-            now_ms=to_ms(now),
-        )
-    except ClaimTimeout as error:
-        raise ServiceUnavailable(str(error)) from None
-    if outcome.kind == "claimed":
-        return outcome.claim, None
-    if outcome.kind in ("buffered", "resolved"):
-        if outcome.kind == "buffered":
-            holder = _holder_of_key(run=run, key=key, now=now, uses_buffer=True)  # checks expiry
-        else:
-            holder = _find(run.environment, outcome.run_id)
-        if holder is not None and holder.idempotency_key == key:
-            return None, holder
-        logger.info("runs.trigger.claim_winner_gone env=%s run=%s", run.environment_id, outcome.run_id)
-    return None, None  # unavailable, or the winner is gone: Postgres's constraint decides
+def _claimed_holder(*, run: TaskRun, key: str, now: datetime, outcome: claims.ClaimOutcome) -> TaskRun | None:
+    """The run the claim says holds the key (a buffered run, or a published winner), or None when
+    the claim is ours, Redis did not answer, or the winner is gone (Postgres's constraint decides)."""
+    if outcome.kind == claims.ClaimKind.BUFFERED:
+        holder = _holder_of_key(run=run, key=key, now=now, uses_buffer=True)  # checks expiry
+    elif outcome.kind == claims.ClaimKind.RESOLVED:
+        holder = _find(run.environment, outcome.run_id)
+    else:
+        return None
+    if holder is not None and holder.idempotency_key == key:
+        return holder
+    logger.info("runs.trigger.claim_winner_gone env=%s run=%s", run.environment_id, outcome.run_id)
+    return None
 
 
-def _buffered_outcome(*, run: TaskRun, admission: gate.Admission, now: datetime) -> TriggerOutcome:
-    accepted = admission.accepted
-    if accepted.status == "over_cap":
+def _buffered_outcome(*, run: TaskRun, accepted: AcceptResult) -> TriggerOutcome:
+    if accepted.status == AcceptStatus.OVER_CAP:
         retry_after_ms = min(30_000, max(1_000, math.ceil(accepted.count / 100 / conf.drain_max_rows_per_sec() * 1000)))
         raise BufferFull(
             f"Too many runs are waiting to be written for this organisation ({accepted.count}); retry shortly.",
             retry_after_ms=retry_after_ms,
         )
-    if accepted.status == "duplicate_idempotency":
+    if accepted.status == AcceptStatus.DUPLICATE_IDEMPOTENCY:
         # A same-key trigger got into the buffer between our lookup and our accept.
         if (winner := _find(run.environment, accepted.run_id)) is not None:
             return TriggerOutcome(run=winner, is_cached=True)
@@ -250,9 +296,21 @@ def _insert_or_find_existing(
                 _link_batch_item(batch=batch, index=batch_index, run=run)
             return TriggerOutcome(run=run, is_cached=False)
         except IntegrityError as error:
-            if _violated_constraint(error) != idempotency.UNIQUE_CONSTRAINT:
+            violated = _violated_constraint(error)
+            if violated == REQUEST_CONSTRAINT and (first := _run_of_request(run)) is not None:
+                return TriggerOutcome(run=first, is_cached=False)  # a retried request: its first run
+            if violated != idempotency.UNIQUE_CONSTRAINT:
                 raise
     raise IntegrityError(f"idempotency key {key!r} kept changing hands")
+
+
+REQUEST_CONSTRAINT = "run_env_task_request_uniq"
+
+
+def _run_of_request(run: TaskRun) -> TaskRun | None:
+    return TaskRun.objects.filter(
+        environment_id=run.environment_id, task_identifier=run.task_identifier, request_key=run.request_key
+    ).first()
 
 
 def _violated_constraint(error: IntegrityError) -> str | None:
@@ -266,7 +324,7 @@ def _link_batch_item(*, batch: BatchTaskRun | None, index: int | None, run: Task
     if batch is None or index is None:
         return
     if run.is_buffered:
-        BatchTaskRunPendingItem.objects.get_or_create(batch=batch, index=index, defaults={"run_id": run.id})
+        BatchTaskRunPendingItem.objects.get_or_create(batch=batch, index=index, defaults={"run_internal_id": run.id})
         # Linked once the run's row exists: checked after this commit and after each drain's.
         transaction.on_commit(lambda: batch_link_pending(batch_ids=[batch.id]))
         return

@@ -96,11 +96,12 @@ def test_operator_enrols_watches_and_cancels_in_the_browser(browser):
         assert len(buffered) == 7
 
         page.goto(f"{base_url}/admin/runs/taskrun/")
-        table = page.inner_text("#buffered_list")
-        assert all(run_id in table for run_id in buffered)
+        table = page.inner_text("#result_list")
+        assert all(run_id in table for run_id in buffered)  # one list: both stores
+        assert "7 waiting in the buffer + 5 in Postgres" in page.inner_text("#run-counts")
         page.screenshot(path=str(shots / "admin-changelist.png"), full_page=True)
 
-        page.goto(f"{base_url}/admin/runs/mollifierdashboard/")
+        page.goto(f"{base_url}/admin/mollifier/dashboard/")
         assert page.inner_text("#waiting") == "7"
         page.screenshot(path=str(shots / "admin-dashboard.png"), full_page=True)
 
@@ -115,7 +116,7 @@ def test_operator_enrols_watches_and_cancels_in_the_browser(browser):
         page.goto(f"{base_url}/admin/runs/taskrun/buffered/{organization.pk}/{victim}/")  # now a row: redirected
         assert f"/admin/runs/taskrun/{victim.removeprefix('run_')}/change/" in page.url
         assert "Canceled" in page.content()  # the row page shows the status label
-        page.goto(f"{base_url}/admin/runs/mollifierdashboard/")
+        page.goto(f"{base_url}/admin/mollifier/dashboard/")
         assert "The buffer is empty" in page.content()
     assert TaskRun.objects.get(id=victim.removeprefix("run_")).status == RunStatus.CANCELED
     assert TaskRun.objects.filter(environment=environment).count() == 12

@@ -31,11 +31,12 @@ from hypothesis.stateful import (
 
 from mollifier import buffer, keys
 from mollifier.client import get as redis_client
-from mollifier.drainer import Drainer, now_ms
+from mollifier.clock import now_ms
+from mollifier.drainer import Drainer
 from runs.api.serializers import trigger_options_from
 from runs.exceptions import IdempotencyKeyNotFound, InvalidRequest, ServiceUnavailable
 from runs.models import BatchTaskRun, BatchTaskRunItem, RunStatus, TaskRun
-from runs.selectors import RunListFilters, task_run_get, task_run_list
+from runs.selectors import task_run_get, task_run_list
 from runs.services.batches import BatchItem, batch_add_items, batch_create, batch_retrieve
 from runs.services.cancel import task_run_cancel
 from runs.services.idempotency import idempotency_key_reset
@@ -252,11 +253,8 @@ class BufferModel(RuleBasedStateMachine):
         if self.walk is None:
             self.walk = {"expected": sorted(self.promises), "seen": [], "after": None}
         walk = self.walk
-        page = task_run_list(
-            environment=self.env,
-            filters=RunListFilters(task_identifiers=[TASK]),
-            page_size=page_size,
-            after=walk["after"],
+        page = task_run_list(environment=self.env, filters={"task_identifier": [TASK]}).page(
+            size=page_size, after=walk["after"]
         )
         walk["seen"] += [run.friendly_id for run in page.runs]
         assert page.runs or page.next is None, "an empty page while more follow"

@@ -4,7 +4,8 @@ import pytest
 
 from mollifier import buffer, keys, scripts
 from mollifier.client import get as redis_client
-from mollifier.drainer import Drainer, now_ms
+from mollifier.clock import now_ms
+from mollifier.drainer import Drainer
 from runs.models import BatchTaskRun, BatchTaskRunItem, RunStatus, TaskRun
 from tests.buffering import fill_buffer, write_round
 from tests.conftest import client_for

@@ -1,50 +1,15 @@
 """The gate's cascade, through the real trigger path."""
 
-import threading
-
 import pytest
-import redis as redis_py
-from django.conf import settings as django_settings
 
 from mollifier import buffer, gate, keys
 from mollifier.codec import Entry
 from runs.models import TaskRun
 from tests.conftest import enroll
 from tests.helpers import trigger
+from tests.redis_watch import watch_redis
 
 pytestmark = pytest.mark.django_db
-
-
-def watch_redis():
-    """Record every command the suite's Redis database receives (MONITOR) until stop() is called."""
-    url = django_settings.REDIS_URL
-    watcher = redis_py.Redis.from_url(url)
-    # MONITOR reports every database of the server: other suites may share it.
-    db = int(watcher.connection_pool.connection_kwargs.get("db") or 0)
-    commands: list[str] = []
-    ready = threading.Event()
-    marker = "ECHO end-of-watch"
-
-    def run():
-        with watcher.monitor() as monitor:
-            ready.set()
-            for event in monitor.listen():
-                command = event["command"]
-                if command == marker or command.endswith("end-of-watch"):
-                    return
-                if event["db"] == db:
-                    commands.append(command)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    ready.wait(5)
-
-    def stop() -> list[str]:
-        redis_py.Redis.from_url(url).echo("end-of-watch")
-        thread.join(5)
-        return commands
-
-    return stop
 
 
 def test_switch_off_touches_no_mollifier_key(api, environment, settings):
@@ -53,12 +18,11 @@ def test_switch_off_touches_no_mollifier_key(api, environment, settings):
     stop = watch_redis()
 
     responses = [trigger(api, payload=i, idempotencyKey=f"k{i}") for i in range(5)]
-    commands = stop()
+    commands = [event["command"] for event in stop()]
 
     assert {r.status_code for r in responses} == {200}
     assert TaskRun.objects.count() == 5
-    assert commands, "the watcher saw the request-idempotency cache at least"
-    assert not [c for c in commands if "mollifier" in c or "EVALSHA" in c.upper()]
+    assert not [c for c in commands if "mollifier" in c or "EVALSHA" in c.upper()], commands
 
 
 def test_an_organisation_that_is_not_enrolled_is_not_gated(api, environment, mollifier_on, redis_client):
@@ -106,7 +70,7 @@ def test_the_global_gate_trips_across_environments(mollifier_on, settings):
     settings.MOLLIFIER = {**settings.MOLLIFIER, "TRIP_THRESHOLD": 1000, "GLOBAL_TRIP_THRESHOLD": 3}
     now = 1_800_000_000_000
     decisions = [
-        gate.admit(
+        gate.admit_or_buffer(
             org_id="1", env_id=str(env), enrolled=True, bypass=None, entry=entry_factory(str(env)), now_ms=now + env
         )
         for env in range(6)
@@ -124,23 +88,29 @@ def test_the_gate_fails_open_when_redis_is_down(api, environment, mollifier_on, 
     assert {r.status_code for r in responses} == {200}
     assert not [r for r in responses if "x-mollifier" in r.headers]
     assert TaskRun.objects.count() == 2  # idempotency still holds through Postgres
-    assert gate.admit(
+    assert gate.admit_or_buffer(
         org_id="1", env_id="1", enrolled=True, bypass=None, entry=entry_factory("1"), now_ms=0
     ) == gate.Admission(gate.Decision.PASS_THROUGH, "redis_error")
 
 
 def test_bypass_and_switch_reasons(mollifier_on, settings):
     assert (
-        gate.admit(org_id="1", env_id="1", enrolled=True, bypass="debounce", entry=entry_factory("1"), now_ms=0).reason
+        gate.admit_or_buffer(
+            org_id="1", env_id="1", enrolled=True, bypass="debounce", entry=entry_factory("1"), now_ms=0
+        ).reason
         == "bypass:debounce"
     )
     assert (
-        gate.admit(org_id="1", env_id="1", enrolled=False, bypass=None, entry=entry_factory("1"), now_ms=0).reason
+        gate.admit_or_buffer(
+            org_id="1", env_id="1", enrolled=False, bypass=None, entry=entry_factory("1"), now_ms=0
+        ).reason
         == "not_enrolled"
     )
     settings.MOLLIFIER = {**settings.MOLLIFIER, "ENABLED": False}
     assert (
-        gate.admit(org_id="1", env_id="1", enrolled=True, bypass=None, entry=entry_factory("1"), now_ms=0).reason
+        gate.admit_or_buffer(
+            org_id="1", env_id="1", enrolled=True, bypass=None, entry=entry_factory("1"), now_ms=0
+        ).reason
         == "disabled"
     )
 
@@ -150,4 +120,4 @@ def test_a_zero_threshold_is_refused(mollifier_on, settings):
 
     settings.MOLLIFIER = {**settings.MOLLIFIER, "TRIP_THRESHOLD": 0}
     with pytest.raises(ImproperlyConfigured):
-        gate.admit(org_id="1", env_id="1", enrolled=True, bypass=None, entry=entry_factory("1"), now_ms=0)
+        gate.admit_or_buffer(org_id="1", env_id="1", enrolled=True, bypass=None, entry=entry_factory("1"), now_ms=0)

@@ -17,7 +17,7 @@ from django.core.checks import run_checks
 from redis.cluster import RedisCluster
 
 from mollifier.checks import maxmemory_policies
-from tests.redis_cluster import _server_binary
+from tests.redis_cluster import server_binary
 from tests.server import ROOT, free_port, server_env, start_manage
 
 
@@ -27,7 +27,7 @@ def redis_server(*args: str) -> Iterator[str]:
     workdir = tempfile.mkdtemp(prefix="mollifier-policy-")
     port = free_port()
     process = subprocess.Popen(
-        [_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", workdir, "--save", "", *args],
+        [server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", workdir, "--save", "", *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -6,7 +6,7 @@ from django.core.management import call_command
 
 from mollifier import buffer, keys
 from mollifier.client import get as redis_client
-from mollifier.drainer import now_ms
+from mollifier.clock import now_ms
 from mollifier.sweep import sweep
 from runs.models import TaskRun
 from tests.buffering import fill_buffer

@@ -2,8 +2,7 @@
 (os._exit, like SIGKILL: no cleanup, no ack) at the step MOLLIFIER_CRASH_AT names.
 
 - after_pop: the round is leased, nothing is written;
-- before_commit: the round is pinned and its rows inserted inside the transaction, which never
-  commits;
+- before_commit: the round is pinned to its transaction, which never commits;
 - after_commit: the rows are committed, the round is never acked.
 """
 
@@ -21,12 +20,7 @@ class CrashingSink(TaskRunSink):
         def pin_then_maybe_crash(txid):
             kept = pin(txid)
             if step == "before_commit":
-                # The rows go in first, inside the transaction: the crash then leaves a pinned,
-                # uncommitted round behind.
-                from runs.services.materialise import _materialise
-
-                _materialise([entry for entry in entries if entry.run_id in kept])
-                os._exit(9)
+                os._exit(9)  # a pinned round whose transaction dies with the process
             return kept
 
         report = super().write(entries, pin=pin_then_maybe_crash, last_resort=last_resort)

@@ -108,27 +108,30 @@ def test_cancels_racing_the_drain_all_end_canceled(mollifier_on):
 
 def test_same_key_triggers_on_a_bypass_path_and_through_the_buffer_make_one_run(mollifier_on, settings):
     """triggerAndWait children skip the buffer; they still take the claim, so a concurrent same-key
-    trigger that is buffered cannot make a second run."""
+    trigger that is buffered cannot make a second run. Twenty rounds, a fresh key each: the race
+    window is narrow, and one round alone would rarely show the bug."""
     environment = enroll(EnvironmentFactory())
     parent = TaskRunFactory(environment=environment)
-    redis_client().set(keys.tripped(str(environment.organization_id), str(environment.pk)), "1", px=60_000)
+    redis_client().set(keys.tripped(str(environment.organization_id), str(environment.pk)), "1", px=600_000)
     now = timezone.now()
-    keyed = {"idempotencyKey": "the-key"}
-    waiting = trigger_options_from(
-        {"options": {**keyed, "parentRunId": parent.friendly_id, "resumeParentOnCompletion": True}}, now=now
-    )
-    buffered = trigger_options_from({"options": keyed}, now=now)
+    org = str(environment.organization_id)
 
     def fire(options):
         return task_run_trigger(environment=environment, task_identifier="t", options=options)
 
-    outcomes, errors = run_concurrently(fire, [(waiting,), (buffered,)] * 15)
+    for round_number in range(20):
+        keyed = {"idempotencyKey": f"the-key-{round_number}"}
+        waiting = trigger_options_from(
+            {"options": {**keyed, "parentRunId": parent.friendly_id, "resumeParentOnCompletion": True}}, now=now
+        )
+        buffered = trigger_options_from({"options": keyed}, now=now)
 
-    assert errors == []
-    assert len({outcome.run.id for outcome in outcomes}) == 1
-    assert sum(not outcome.is_cached for outcome in outcomes) == 1
-    in_postgres = TaskRun.objects.filter(idempotency_key="the-key").count()
-    org = str(environment.organization_id)
-    winners = sorted({outcome.run.friendly_id for outcome in outcomes})
-    in_buffer = sum(1 for entry in buffer.get_many(org_id=org, run_ids=winners) if entry.idempotency_key)
-    assert in_postgres + in_buffer == 1
+        outcomes, errors = run_concurrently(fire, [(waiting,), (buffered,)] * 6)
+
+        assert errors == []
+        assert len({outcome.run.id for outcome in outcomes}) == 1, round_number
+        assert sum(not outcome.is_cached for outcome in outcomes) == 1
+        in_postgres = TaskRun.objects.filter(idempotency_key=keyed["idempotencyKey"]).count()
+        winners = sorted({outcome.run.friendly_id for outcome in outcomes})
+        in_buffer = sum(1 for entry in buffer.get_many(org_id=org, run_ids=winners) if entry.idempotency_key)
+        assert in_postgres + in_buffer == 1

@@ -18,7 +18,7 @@ from mollifier import keys
 from runs.models import TaskRun
 from tests.conftest import enroll
 from tests.factories import EnvironmentFactory
-from tests.redis_cluster import _server_binary
+from tests.redis_cluster import server_binary
 from tests.server import running_server, start_manage
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -41,7 +41,7 @@ class RedisProcess:
     def start(self):
         self.process = subprocess.Popen(
             [
-                _server_binary(),
+                server_binary(),
                 "--port",
                 str(self.port),
                 "--bind",

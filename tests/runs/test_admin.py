@@ -30,7 +30,7 @@ def viewer_client():
     """Staff who may view runs but not change them."""
     user = User.objects.create_user("viewer", password="pw", is_staff=True)
     user.user_permissions.add(
-        *Permission.objects.filter(codename__in=["view_taskrun", "view_mollifierdashboard", "view_organization"])
+        *Permission.objects.filter(codename__in=["view_taskrun", "view_dashboard", "view_organization"])
     )
     client = Client()
     client.force_login(user)
@@ -38,7 +38,7 @@ def viewer_client():
 
 
 def test_the_admin_needs_a_staff_login():
-    for url in ["/admin/", "/admin/runs/taskrun/", "/admin/runs/mollifierdashboard/"]:
+    for url in ["/admin/", "/admin/runs/taskrun/", "/admin/mollifier/dashboard/"]:
         response = Client().get(url)
         assert response.status_code == 302 and "/admin/login/" in response["Location"]
 
@@ -121,7 +121,7 @@ def test_changing_actions_need_the_change_permission(viewer_client, enrolled):
 
     assert viewer_client.get(f"/admin/runs/taskrun/buffered/{org}/{run_id}/").status_code == 200
     assert viewer_client.post(f"/admin/runs/taskrun/buffered/{org}/{run_id}/cancel/").status_code == 403
-    assert viewer_client.post(f"/admin/runs/mollifierdashboard/drain/{org}/{env}/").status_code == 403
+    assert viewer_client.post(f"/admin/mollifier/dashboard/drain/{org}/{env}/").status_code == 403
     assert api.get(f"/api/v3/runs/{run_id}").json()["status"] == "QUEUED"
 
 
@@ -140,8 +140,8 @@ def test_the_dashboard_shows_depth_charts_and_drains_now(admin_client, enrolled)
     api = client_for(enrolled)
     [trigger(api, payload=i) for i in range(12)]  # 7 buffered
 
-    page = admin_client.get("/admin/runs/mollifierdashboard/").content.decode()
-    response = admin_client.post(f"/admin/runs/mollifierdashboard/drain/{enrolled.organization_id}/{enrolled.pk}/")
+    page = admin_client.get("/admin/mollifier/dashboard/").content.decode()
+    response = admin_client.post(f"/admin/mollifier/dashboard/drain/{enrolled.organization_id}/{enrolled.pk}/")
 
     assert 'id="waiting">7<' in page and "<svg" in page and str(enrolled) in page
     assert "mollified" in page and "Drain this environment now" in page

@@ -2,7 +2,7 @@ import time
 
 import pytest
 
-from runs.api.authentication import _cache, environment_for_key
+from runs.api.authentication import environment_for_key, key_cache
 from runs.services.environments import environment_rotate_key
 from runs.services.flags import MOLLIFIER_ENABLED, organization_set_flag
 
@@ -12,9 +12,9 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture(autouse=True)
 def empty_cache(settings):
     settings.TRIGGER = {**settings.TRIGGER, "AUTH_CACHE_SECONDS": 0.3}
-    _cache.clear()
+    key_cache.clear()
     yield
-    _cache.clear()
+    key_cache.clear()
 
 
 def test_a_cached_key_sees_flag_changes_after_the_ttl(environment):
@@ -38,4 +38,4 @@ def test_a_rotated_key_stops_working_after_the_ttl(environment):
 
 def test_unknown_keys_are_not_cached():
     assert environment_for_key("tr_dev_nope") is None
-    assert _cache == {}
+    assert key_cache == {}

@@ -11,7 +11,7 @@ def test_the_drain_rate_card_says_it_is_a_five_minute_average_and_the_charts_cou
     client = Client()
     client.force_login(User.objects.create_superuser("admin", "admin@example.com", "pw"))
 
-    page = client.get("/admin/runs/mollifierdashboard/").content.decode()
+    page = client.get("/admin/mollifier/dashboard/").content.decode()
 
     assert "drained per minute (5-minute average)<strong>" in page
     assert "<h2>Rows drained, last hour (per minute)</h2>" in page

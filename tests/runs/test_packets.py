@@ -9,7 +9,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from mollifier import buffer
-from mollifier.drainer import now_ms
+from mollifier.clock import now_ms
 from runs.models import Packet, TaskRun
 from runs.services.packets import packet_url
 from tests.buffering import write_round

@@ -8,7 +8,8 @@ import psycopg
 import pytest
 
 from mollifier import buffer
-from mollifier.drainer import Drainer, now_ms
+from mollifier.clock import now_ms
+from mollifier.drainer import Drainer
 from runs.models import RunStatus, TaskRun
 from tests.buffering import fill_buffer, write_round
 from tests.conftest import client_for, enroll

@@ -4,7 +4,7 @@ import logging
 from django.core.management.base import BaseCommand, CommandError
 
 from mollifier import buffer
-from mollifier.drainer import now_ms
+from mollifier.clock import now_ms
 
 logger = logging.getLogger("mollifier.parked")
 
@@ -33,9 +33,10 @@ class Command(BaseCommand):
             return
         if not run_id:
             raise CommandError(f"{action} needs a run id (run_…)")
-        entry = next((item for item in parked if item.run_id == run_id), None)
-        if entry is None:
+        found = next((item for item in parked if item.run_id == run_id), None)
+        if found is None:
             raise CommandError(f"{run_id} is not parked")
+        entry = found
         if action == "show":
             self.stdout.write(json.dumps(_describe(entry), indent=2, ensure_ascii=False, default=str))
         elif action == "retry":

@@ -5,7 +5,7 @@ from django.core.management.base import BaseCommand
 from django.template.defaultfilters import pluralize
 
 from mollifier import conf
-from mollifier.drainer import now_ms
+from mollifier.clock import now_ms
 from mollifier.sweep import sweep
 
 

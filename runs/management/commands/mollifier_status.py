@@ -2,7 +2,7 @@ from django.core.management.base import BaseCommand
 from django.template.defaultfilters import pluralize
 
 from mollifier import buffer, conf
-from mollifier.drainer import now_ms
+from mollifier.clock import now_ms
 from mollifier.stats import env_stats
 from runs.models import RuntimeEnvironment
 
@@ -24,12 +24,10 @@ class Command(BaseCommand):
             f"drain cap {conf.drain_max_rows_per_sec():,} rows/s; organisation cap {conf.org_buffer_cap():,} waiting "
             "(the settings this command runs with)"
         )
-        names = {
-            str(env.pk): str(env)
-            for env in RuntimeEnvironment.objects.filter(
-                pk__in=[int(r.env_id) for r in rows if r.env_id.isdigit()]
-            ).select_related("project__organization")
-        }
+        environments = RuntimeEnvironment.objects.select_related("project__organization").by_ids(
+            [row.env_id for row in rows] + [entry.env_id for entry in buffer.parked_entries(limit=10)]
+        )
+        names = {env_id: str(environment) for env_id, environment in environments.items()}
         if rows:
             self._table(rows, names, now)
             # One snapshot: the total is the table's own sum, so the two never disagree mid-drain.

@@ -2,12 +2,11 @@ import argparse
 import json as json_lib
 from datetime import timedelta
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.template.defaultfilters import pluralize
 from django.utils import timezone
 
-from runs import durations
+from runs import conf, durations
 from runs.services.packet_cleanup import packets_cleanup
 
 # Below this a packet could go between its upload and a trigger held up by a slow client; the
@@ -35,7 +34,7 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
     def handle(self, *args, older_than: timedelta | None, dry_run: bool, json: bool, **options):
-        older_than = older_than or timedelta(seconds=settings.PACKETS["CLEANUP_GRACE_SECONDS"])
+        older_than = older_than or timedelta(seconds=conf.packet_cleanup_grace_seconds())
         if older_than < MIN_OLDER_THAN:
             raise CommandError(f"--older-than must be at least {MIN_OLDER_THAN}")
         report = packets_cleanup(older_than=older_than, now=timezone.now(), dry_run=dry_run)

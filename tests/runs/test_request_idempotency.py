@@ -1,0 +1,132 @@
+"""Request idempotency (the SDK's ``x-trigger-request-idempotency-key``, one per call, the same on each
+retry): a retried call gets its first run back, whichever store took it, for 24 hours — at no extra
+Redis round trip. The key lives with the run: on its row, or resolved by the gate's own script."""
+
+import uuid
+
+import pytest
+
+from mollifier import keys
+from runs.models import BatchTaskRun, TaskRun
+from tests.conftest import client_for, enroll
+from tests.factories import EnvironmentFactory
+from tests.helpers import trigger
+from tests.redis_watch import round_trips, watch_redis
+
+pytestmark = pytest.mark.django_db
+
+TASK = "hello-world"
+
+
+def sdk_trigger(api, request_key: str, **options):
+    return trigger(api, payload={"p": 1}, headers={"x-trigger-request-idempotency-key": request_key}, **options)
+
+
+def trip(redis_client, environment, on: bool = True) -> None:
+    tripped = keys.tripped(str(environment.organization_id), str(environment.pk))
+    if on:
+        redis_client.set(tripped, "1", px=60_000)
+    else:
+        redis_client.delete(tripped)
+
+
+def test_a_retried_call_gets_its_written_run_back_with_the_mollifier_off(api, environment):
+    request_key = str(uuid.uuid4())
+
+    first, retry = sdk_trigger(api, request_key), sdk_trigger(api, request_key)
+
+    assert retry.json() == {"id": first.json()["id"], "isCached": False}
+    assert TaskRun.objects.get().request_key == request_key
+
+
+@pytest.mark.parametrize("first_buffered, retry_buffered", [(False, False), (True, True), (False, True), (True, False)])
+def test_a_retried_call_gets_its_first_run_back_whichever_store_took_either(
+    api, enrolled, redis_client, first_buffered, retry_buffered
+):
+    request_key = str(uuid.uuid4())
+    trip(redis_client, enrolled, first_buffered)
+    first = sdk_trigger(api, request_key)
+    trip(redis_client, enrolled, retry_buffered)
+
+    retry = sdk_trigger(api, request_key)
+
+    assert retry.json() == {"id": first.json()["id"], "isCached": False}
+    assert ("x-mollifier" in first.headers) == first_buffered and "x-mollifier" not in retry.headers
+    written = TaskRun.objects.filter(task_identifier=TASK).count()
+    waiting = 1 if first_buffered else 0
+    assert written + waiting == 1  # one run, not two
+    ttl = redis_client.pttl(keys.request(str(enrolled.organization_id), str(enrolled.pk), TASK, request_key))
+    assert 24 * 3600 * 1000 - 60_000 < ttl <= 24 * 3600 * 1000  # remembered for 24 hours
+
+
+def test_a_retry_is_not_counted_against_the_rate(api, enrolled, redis_client):
+    request_key = str(uuid.uuid4())
+    rate = keys.rate(str(enrolled.organization_id), str(enrolled.pk))
+    sdk_trigger(api, request_key)
+    counted = redis_client.hget(rate, "c")
+
+    sdk_trigger(api, request_key)
+
+    assert redis_client.hget(rate, "c") == counted
+
+
+def test_a_retry_of_a_keyed_call_is_its_first_answer_not_cached(api, enrolled, redis_client):
+    request_key = str(uuid.uuid4())
+    trip(redis_client, enrolled)
+    first = sdk_trigger(api, request_key, idempotencyKey="k")
+
+    retry = sdk_trigger(api, request_key, idempotencyKey="k")
+    other = sdk_trigger(api, str(uuid.uuid4()), idempotencyKey="k")
+
+    assert retry.json() == {"id": first.json()["id"], "isCached": False}
+    assert other.json() == {"id": first.json()["id"], "isCached": True}
+
+
+def test_a_request_key_whose_run_was_never_written_makes_a_new_run(api, enrolled, redis_client):
+    request_key = str(uuid.uuid4())
+    # The first attempt passed the gate (which made the key name its run), then failed to write.
+    redis_client.set(keys.request(str(enrolled.organization_id), str(enrolled.pk), TASK, request_key), "run_gone")
+
+    retry = sdk_trigger(api, request_key)
+    again = sdk_trigger(api, request_key)
+
+    assert retry.status_code == 200 and retry.json()["id"] != "run_gone"
+    assert again.json() == {"id": retry.json()["id"], "isCached": False}
+
+
+def test_a_retried_batch_create_gets_its_first_batch_back(api):
+    request_key = str(uuid.uuid4())
+    body = {"runCount": 2, "taskIdentifiers": ["t"]}
+    headers = {"x-trigger-request-idempotency-key": request_key}
+
+    first = api.post("/api/v3/batches", body, format="json", headers=headers).json()
+    retry = api.post("/api/v3/batches", body, format="json", headers=headers).json()
+
+    assert retry == first and first["isCached"] is False
+    assert BatchTaskRun.objects.get().request_key == request_key
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [("off", 0), ("not enrolled", 0), ("enrolled pass-through", 1), ("mollified", 1), ("keyed and mollified", 2)],
+)
+def test_redis_round_trips_of_an_sdk_shaped_trigger(settings, redis_client, mollifier_on, case, expected):
+    """P4's table, counted from Redis itself (MONITOR), with the SDK's request key on every call."""
+    environment = EnvironmentFactory()
+    if case != "not enrolled":
+        enroll(environment)
+    if case == "off":
+        settings.MOLLIFIER = {**settings.MOLLIFIER, "ENABLED": False}
+    if case in ("mollified", "keyed and mollified"):
+        trip(redis_client, environment)
+    api = client_for(environment)
+    options = {"idempotencyKey": f"k-{uuid.uuid4()}"} if case.startswith("keyed") else {}
+    sdk_trigger(api, str(uuid.uuid4()), **options)  # scripts loaded, connections open
+
+    stop = watch_redis()
+    response = sdk_trigger(api, str(uuid.uuid4()), **(options and {"idempotencyKey": f"k-{uuid.uuid4()}"}))
+    commands = round_trips(stop())
+
+    assert response.status_code == 200
+    assert ("x-mollifier" in response.headers) == (case in ("mollified", "keyed and mollified"))
+    assert len(commands) == expected, commands
