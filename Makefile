@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 E2E := tests/e2e
 
-.PHONY: install run test lint bench stop e2e-deps clean
+.PHONY: install run services test lint bench stop e2e-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ install: $(STAMP)
 
 run: install
 	$(BIN)/python -m trigger_project.dev
+
+# The embedded Postgres and Redis alone, for manage.py commands without `make run` (`make stop` stops them).
+services: install
+	$(BIN)/python -m trigger_project.embedded start
 
 # The SDK end-to-end test needs Node.js; without npm it is skipped with a visible reason.
 e2e-deps:
@@ -31,6 +35,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# On the embedded servers (no DATABASE_URL / REDIS_URL) the suite starts them, and stops those it started.
 test: install e2e-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -39,8 +44,10 @@ bench: install
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
 	QUICK=$(QUICK) $(BIN)/python -m bench
 
+# Says what it stopped. A fresh clone has no .venv, so no embedded server that could be running.
 stop:
-	$(BIN)/python -m trigger_project.embedded stop
+	@if test -x $(BIN)/python; then $(BIN)/python -m trigger_project.embedded stop; \
+	else echo "no $(VENV): no embedded server to stop"; fi
 
 clean: stop
 	rm -rf .dev $(VENV) $(E2E)/node_modules

@@ -54,6 +54,22 @@ for _cause in ("database_unavailable", "entry_failed", "marked_terminal", "parke
     DRAIN_FAILURES.labels(cause=_cause)
 for _outcome in ("claimed", "buffered", "resolved", "unavailable", "timeout"):
     CLAIM_OUTCOMES.labels(outcome=_outcome)
+# Every decision the gate counts (mollifier/gate.py `admit`), with each reason it can give: a trip is
+# per environment or global, and its trigger is mollified, refused (the organisation's buffer is
+# full) or, for an organisation not enrolled, only counted (shadow mode). The one bypass is the run
+# API's triggerAndWait child (runs/services/trigger.py).
+GATE_DECISION_REASONS = (
+    ("pass_through", "under_threshold"),
+    ("pass_through", "redis_error"),
+    ("pass_through", "bypass:trigger_and_wait"),
+    *(
+        (decision, reason)
+        for decision in ("mollify", "refused", "shadow")
+        for reason in ("per_env_rate", "global_rate")
+    ),
+)
+for _decision, _reason in GATE_DECISION_REASONS:
+    GATE_DECISIONS.labels(decision=_decision, reason=_reason)
 
 
 class BufferCollector:

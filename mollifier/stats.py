@@ -104,7 +104,7 @@ class Dashboard:
     expired: int
     tripped: int
     oldest_seconds: float
-    drained_per_minute: int  # the average over the last five minutes
+    drained_per_minute: int  # the average over the last five minutes, the current one as far as it has gone
     parked: list  # mollifier.codec.Entry, oldest first
     dropped: int  # entries on record that left without a row (environment deleted)
 
@@ -134,7 +134,9 @@ def dashboard(*, now_ms: int, directory) -> Dashboard:
         expired=sum(row.expired_leases for row in rows),
         tripped=sum(row.tripped for row in rows),
         oldest_seconds=max((row.oldest_age_ms(now_ms) for row in rows), default=0) / 1000,
-        drained_per_minute=round(sum(minute["drained"] for minute in recent) / len(recent)),
+        # Over the time the five buckets cover: four full minutes and the part of this one that has passed
+        # (dividing by five would read a steady rate low until the current minute ends).
+        drained_per_minute=round(sum(minute["drained"] for minute in recent) / (4 + now_ms % 60_000 / 60_000)),
         parked=buffer.parked_entries(limit=100),
         dropped=buffer.recently_dropped(limit=0)[0],
     )

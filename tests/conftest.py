@@ -1,8 +1,52 @@
+import os
+from urllib.parse import parse_qs, urlsplit
+
 import pytest
+from django.conf import settings
 from django_redis import get_redis_connection
 from rest_framework.test import APIClient
 
 from tests.factories import EnvironmentFactory
+from trigger_project import embedded
+
+# The embedded servers this session started, as (name, stop) pairs: stopped when it ends.
+_STARTED: list[tuple[str, object]] = []
+
+
+def pytest_configure(config):
+    """Start the embedded Postgres and Redis when the suite runs on them (DATABASE_URL / REDIS_URL
+    unset): the settings only read where they are. Servers already running (`make run`, `make
+    services`) are used as they are and left running."""
+    if hasattr(config, "workerinput") or config.getoption("help", False):
+        return  # an xdist worker (the controller owns the servers), or `pytest --help`
+    if not os.environ.get("DATABASE_URL"):
+        if not embedded.postgres_running():
+            _STARTED.append(("Postgres", embedded.stop_postgres))
+        url = embedded.ensure_postgres()
+        # The settings guessed the socket folder before the server recorded it (pgserver moves it out
+        # of a data folder whose path is too long for a socket): take the recorded one.
+        settings.DATABASES["default"]["HOST"] = parse_qs(urlsplit(url).query)["host"][0]
+    if not os.environ.get("REDIS_URL"):
+        if not embedded.redis_running():
+            _STARTED.append(("Redis", embedded.stop_redis))
+        embedded.ensure_redis()
+
+
+def pytest_report_header(config):
+    if _STARTED:
+        names = " and ".join(name for name, _ in _STARTED)
+        return f"embedded {names} started for this session (in {embedded.DEV_DIR}); stopped when it ends"
+    return None
+
+
+def pytest_unconfigure(config):
+    """Stop the embedded servers this session started, unless a `make run` began using them since."""
+    if (pid := embedded.launcher_pid()) is not None:
+        _STARTED.clear()
+        print(f"\nembedded servers left running: `make run` (pid {pid}) uses them")
+    while _STARTED:
+        _, stop = _STARTED.pop()
+        stop()
 
 
 @pytest.fixture(autouse=True)

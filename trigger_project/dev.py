@@ -1,8 +1,9 @@
 """``make run``: embedded servers (unless URLs are set), migrations, a demo key, and the server.
 
 Runs in the foreground. Ctrl-C (or SIGTERM) stops the web server and every embedded server this
-process started; servers that were already running (for instance started by a ``manage.py``
-command) are left as they were.
+process started; servers that were already running (started by ``make services``) are left as they
+were. On the embedded servers it writes the settings it runs with to ``.dev/env`` for the
+``manage.py`` commands of this clone (trigger_project/embedded.py), and removes the file on exit.
 """
 
 import os
@@ -40,21 +41,11 @@ def main() -> int:
     env.setdefault("MOLLIFIER_ENABLED", "1")
     # A development server: tracebacks, the dev-only SECRET_KEY, plain HTTP (settings default to off).
     env.setdefault("DEBUG", "1")
-    stops = []
-    if not env.get("DATABASE_URL"):
-        if not embedded.postgres_running():
-            stops.append(embedded.stop_postgres)
-        env["DATABASE_URL"] = embedded.ensure_postgres()
-        print(f"embedded Postgres: {env['DATABASE_URL']}", flush=True)
-    if not env.get("REDIS_URL"):
-        if not embedded.redis_running():
-            stops.append(embedded.stop_redis)
-        env["REDIS_URL"] = embedded.ensure_redis()
-        print(f"embedded Redis:    {env['REDIS_URL']}", flush=True)
-
+    stops: list = []
+    shares_env = not env.get("DATABASE_URL") and not env.get("REDIS_URL")
     children: list[subprocess.Popen] = []
 
-    def shutdown(*_):
+    def shutdown():
         for child in children:
             if child.poll() is None:
                 child.terminate()
@@ -64,11 +55,26 @@ def main() -> int:
                 child.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 child.kill()
+        if shares_env:
+            embedded.remove_shared_env(pid=os.getpid())
         for stop in stops:
             stop()
         print("stopped.", flush=True)
 
     try:
+        if not env.get("DATABASE_URL"):
+            if not embedded.postgres_running():
+                stops.append(embedded.stop_postgres)
+            env["DATABASE_URL"] = embedded.ensure_postgres()
+            print(f"embedded Postgres: {env['DATABASE_URL']}", flush=True)
+        if not env.get("REDIS_URL"):
+            if not embedded.redis_running():
+                stops.append(embedded.stop_redis)
+            env["REDIS_URL"] = embedded.ensure_redis()
+            print(f"embedded Redis:    {env['REDIS_URL']}", flush=True)
+        if shares_env:
+            shared = embedded.write_shared_env(env, pid=os.getpid())
+            print(f"manage.py commands of this clone use these settings too: {shared}", flush=True)
         _manage("migrate", "--noinput", env=env)
         print(_manage("seed_demo", env=env), end="", flush=True)
         port = env.get("PORT", "8000")

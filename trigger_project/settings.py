@@ -21,6 +21,8 @@ if not DEBUG and not os.environ.get("SECRET_KEY"):
         "key. For local development set DEBUG=1 (make run and make test do)."
     )
 SECRET_KEY = env("SECRET_KEY", "dev-only-insecure-secret-key-change-me")
+# Former keys, comma-separated: what they signed (presigned packet URLs, admin sessions) still verifies.
+SECRET_KEY_FALLBACKS = [k.strip() for k in env("SECRET_KEY_FALLBACKS", "").split(",") if k.strip()]
 ALLOWED_HOSTS = [h.strip() for h in env("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",") if h.strip()]
 CSRF_TRUSTED_ORIGINS = [o.strip() for o in env("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
 
@@ -87,10 +89,11 @@ TEMPLATES = [
     },
 ]
 
-# Postgres: DATABASE_URL, else the embedded server in .dev/ (started on first use).
+# Postgres: DATABASE_URL, else the embedded server in .dev/. Only its address is read here: importing
+# the settings starts no server (`make run`, `make services` and the test suite start them).
 DATABASES = {
     "default": dj_database_url.parse(
-        env("DATABASE_URL", "") or embedded.ensure_postgres(),
+        env("DATABASE_URL", "") or embedded.postgres_url(),
         # A new connection per request cut a writing view from ~400 to ~75 req/s here (DESIGN §10).
         conn_max_age=env_int("DB_CONN_MAX_AGE", 600),
         conn_health_checks=True,
@@ -104,7 +107,7 @@ _db_options["connect_timeout"] = env_int("DB_CONNECT_TIMEOUT", 5)
 # A slow Postgres answers 503 (retried by the SDK) instead of holding a worker until it is killed.
 _db_options["options"] = f"-c statement_timeout={env_int('DB_STATEMENT_TIMEOUT_MS', 10_000)}"
 
-REDIS_URL = env("REDIS_URL", "") or embedded.ensure_redis()
+REDIS_URL = env("REDIS_URL", "") or embedded.redis_url()
 CACHES = {
     "default": {
         "BACKEND": "django_redis.cache.RedisCache",

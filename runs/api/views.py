@@ -94,6 +94,14 @@ def _task_identifier(value: str) -> str:
 class TaskTriggerApi(EnvironmentApi):
     @extend_schema(
         operation_id="trigger_task",
+        summary="Trigger a task run",
+        description=(
+            "`tasks.trigger`: creates a run of `taskId` in the key's environment and answers its id. During a "
+            "burst the run may wait in the mollifier buffer (answered the same, plus `x-mollifier: buffered`); "
+            "it reads, lists and changes at once either way. An idempotency key or a retried "
+            "`x-trigger-request-idempotency-key` answers the existing run with `isCached: true`. The "
+            "`x-trigger-jwt` header is a public token that reads this run."
+        ),
         request=serializers.TriggerBodySerializer,
         responses=responses(200, TriggerResponseSchema, 404, 413, 415, 429),
     )
@@ -116,7 +124,15 @@ class TaskTriggerApi(EnvironmentApi):
 
 
 class RunRetrieveApi(EnvironmentApi):
-    @extend_schema(operation_id="retrieve_run", responses=responses(200, RunSchema, 404))
+    @extend_schema(
+        operation_id="retrieve_run",
+        summary="Retrieve a run",
+        description=(
+            "`runs.retrieve`: the run, wherever it is (written, waiting in the buffer, or being drained), with "
+            "its decoded payload or a `payloadPresignedUrl`. An unknown run is `404` with `x-should-retry: true`."
+        ),
+        responses=responses(200, RunSchema, 404),
+    )
     def get(self, request, run_id: str):
         try:
             run = task_run_get(environment=self.environment, run_id=run_id)
@@ -127,7 +143,16 @@ class RunRetrieveApi(EnvironmentApi):
 
 
 class RunCancelApi(EnvironmentApi):
-    @extend_schema(operation_id="cancel_run", request=None, responses=responses(200, IdSchema, 404))
+    @extend_schema(
+        operation_id="cancel_run",
+        summary="Cancel a run",
+        description=(
+            "`runs.cancel`: the run becomes CANCELED, also while it waits in the buffer (it is then written "
+            "CANCELED). A run that has already finished is left as it is."
+        ),
+        request=None,
+        responses=responses(200, IdSchema, 404),
+    )
     def post(self, request, run_id: str):
         run = task_run_cancel(run=task_run_get(environment=self.environment, run_id=run_id))
         return Response({"id": run.friendly_id})
@@ -136,6 +161,8 @@ class RunCancelApi(EnvironmentApi):
 class RunTagsApi(EnvironmentApi):
     @extend_schema(
         operation_id="add_run_tags",
+        summary="Add tags to a run",
+        description="Adds the tags the run does not have yet; `422` past the per-run limit (10 by default).",
         request=serializers.AddTagsSerializer,
         responses=responses(200, MessageSchema, 404, 413, 415, 422),
     )
@@ -146,12 +173,23 @@ class RunTagsApi(EnvironmentApi):
 
 
 class RunMetadataApi(EnvironmentApi):
-    @extend_schema(operation_id="get_run_metadata", responses=responses(200, MetadataSchema, 404))
+    @extend_schema(
+        operation_id="get_run_metadata",
+        summary="Read a run's metadata",
+        description="The run's metadata object (empty when it has none), wherever the run is.",
+        responses=responses(200, MetadataSchema, 404),
+    )
     def get(self, request, run_id: str):
         return Response({"metadata": metadata_of(task_run_get(environment=self.environment, run_id=run_id))})
 
     @extend_schema(
         operation_id="update_run_metadata",
+        summary="Change a run's metadata",
+        description=(
+            "Replaces the metadata (`metadata`) and/or applies `operations` (set, delete, append, remove, "
+            "increment, update) atomically, wherever the run is; `parentOperations` and `rootOperations` apply "
+            "to its parent and root runs. Answers the run's new metadata."
+        ),
         request=serializers.UpdateMetadataSerializer,
         responses=responses(200, MetadataSchema, 404, 413, 415),
     )
@@ -171,6 +209,11 @@ class RunMetadataApi(EnvironmentApi):
 class RunRescheduleApi(EnvironmentApi):
     @extend_schema(
         operation_id="reschedule_run",
+        summary="Reschedule a delayed run",
+        description=(
+            "`runs.reschedule`: moves a DELAYED run's start to `delay` (a duration from now such as `30s`, or an "
+            "ISO 8601 date) and answers the run; `400` unless the run still reads DELAYED. `0s` makes it QUEUED."
+        ),
         request=serializers.RescheduleSerializer,
         responses=responses(200, RunSchema, 404, 413, 415),
     )
@@ -183,7 +226,14 @@ class RunRescheduleApi(EnvironmentApi):
 
 class RunReplayApi(EnvironmentApi):
     @extend_schema(
-        operation_id="replay_run", request=OpenApiTypes.OBJECT, responses=responses(200, IdSchema, 404, 413, 415, 429)
+        operation_id="replay_run",
+        summary="Replay a run",
+        description=(
+            "`runs.replay`: triggers a new run of the same task with the run's payload and options, changed by "
+            "any overrides in the body; it passes the gate like any trigger. Answers the new run's id."
+        ),
+        request=OpenApiTypes.OBJECT,
+        responses=responses(200, IdSchema, 404, 413, 415, 429),
     )
     def post(self, request, run_id: str):
         run = task_run_get(environment=self.environment, run_id=run_id)
@@ -202,7 +252,16 @@ class RunReplayApi(EnvironmentApi):
 class RunListApi(EnvironmentApi):
     pagination_class = RunCursorPagination
 
-    @extend_schema(operation_id="list_runs", parameters=LIST_PARAMETERS, responses=responses(200, RunListSchema))
+    @extend_schema(
+        operation_id="list_runs",
+        summary="List runs",
+        description=(
+            "`runs.list`: the environment's runs, newest first, from both stores (buffered runs merged in, each "
+            "run once), filtered by `filter[…]` and paged by cursor (`page[after]`, `page[before]`)."
+        ),
+        parameters=LIST_PARAMETERS,
+        responses=responses(200, RunListSchema),
+    )
     def get(self, request):
         return self.render_page(run_list_filters(request.query_params))
 
@@ -216,7 +275,14 @@ class ProjectRunListApi(RunListApi):
     """``runs.list("proj_…", …)``: a secret key sees its own environment of its own project only."""
 
     @extend_schema(
-        operation_id="list_project_runs", parameters=LIST_PARAMETERS, responses=responses(200, RunListSchema, 404)
+        operation_id="list_project_runs",
+        summary="List a project's runs",
+        description=(
+            '`runs.list("proj_…")`: as List runs, for the key\'s own project only (`404` for another). A secret '
+            "key sees its own environment; `filter[env]` naming another environment answers an empty page."
+        ),
+        parameters=LIST_PARAMETERS,
+        responses=responses(200, RunListSchema, 404),
     )
     def get(self, request, project_ref: str):  # type: ignore[override]  # the project route's extra argument
         if not environment_in_project(environment=self.environment, project_ref=project_ref):
@@ -230,6 +296,11 @@ class ProjectRunListApi(RunListApi):
 class IdempotencyKeyResetApi(EnvironmentApi):
     @extend_schema(
         operation_id="reset_idempotency_key",
+        summary="Reset an idempotency key",
+        description=(
+            "`idempotencyKeys.reset`: releases `key` of task `taskIdentifier` from the run that holds it, in "
+            "Postgres or in the buffer, so the next trigger with it makes a new run; `404` when no run holds it."
+        ),
         request=serializers.ResetIdempotencyKeySerializer,
         responses=responses(200, IdSchema, 404, 413, 415),
     )
@@ -244,6 +315,11 @@ class IdempotencyKeyResetApi(EnvironmentApi):
 class BatchCreateApi(EnvironmentApi):
     @extend_schema(
         operation_id="create_batch",
+        summary="Create a batch",
+        description=(
+            "`batch.trigger`, phase 1: opens a batch of `runCount` items, answered `202` with its id; the items "
+            "follow with Stream batch items. An idempotency key answers the existing batch with `isCached: true`."
+        ),
         request=serializers.BatchCreateSerializer,
         responses=responses(202, BatchCreatedSchema, 413, 415),
     )
@@ -271,9 +347,14 @@ class BatchCreateApi(EnvironmentApi):
 class BatchItemsApi(EnvironmentApi):
     @extend_schema(
         operation_id="stream_batch_items",
+        summary="Stream batch items",
+        description=(
+            "`batch.trigger`, phase 2: one BatchItem JSON object per line (index, task, payload, options), may be "
+            "sent chunked. Each item is triggered like a single run (through the gate); a retried item is "
+            "deduplicated by its index. The batch is sealed once every item has arrived."
+        ),
         request={"application/x-ndjson": OpenApiTypes.STR},
         responses=responses(200, BatchItemsSchema, 404, 413, 415),
-        description="One BatchItem JSON object per line (index, task, payload, options); may be sent chunked.",
     )
     def post(self, request, batch_id: str):
         batch_get(environment=self.environment, batch_id=batch_id)  # 404 before reading a large body
@@ -305,7 +386,12 @@ class BatchItemsApi(EnvironmentApi):
 
 
 class BatchRetrieveApi(EnvironmentApi):
-    @extend_schema(operation_id="retrieve_batch", responses=responses(200, BatchSchema, 404))
+    @extend_schema(
+        operation_id="retrieve_batch",
+        summary="Retrieve a batch",
+        description="`batch.retrieve`: the batch's status, its run count and the ids of its runs so far.",
+        responses=responses(200, BatchSchema, 404),
+    )
     def get(self, request, batch_id: str):
         batch, run_ids = batch_retrieve(environment=self.environment, batch_id=batch_id)
         return Response(presenters.batch_detail(batch, run_ids))

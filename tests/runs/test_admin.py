@@ -172,6 +172,6 @@ def test_reset_idempotency_command(environment):
 
     call_command("mollifier_reset_idempotency", "--env", spec, "--task", "hello-world", "--key", "k", stdout=out)
 
-    assert "released from 1 run(s) in Postgres" in out.getvalue()
+    assert "released from 1 run in Postgres" in out.getvalue()
     with pytest.raises(CommandError, match="No runs found"):
         call_command("mollifier_reset_idempotency", "--env", spec, "--task", "hello-world", "--key", "k")

@@ -152,7 +152,7 @@ def test_the_command_removes_old_unused_packets_and_says_so(api, environment, pa
     again = capsys.readouterr().out
 
     assert f"removed {path}\n" in real
-    assert "removed 1 unused packets" in real and "1 newly found in use by runs" in real
+    assert "removed 1 unused packet (" in real and "1 newly found in use by runs" in real
     assert "removed 0 unused packets" in again and "0 newly found in use by runs" in again
     assert not (packets_root / path).exists() and (packets_root / kept).exists()
 

@@ -37,7 +37,7 @@ class Progress:
         if not self.quiet and now - self.last_print >= (1 if self.live else 10):
             rate = self.window_rows / max(now - self.window_start, 1e-6)
             line = (
-                f"drained {self.acked:,} runs  {rate:,.0f} rows/s  backlog {self._backlog()}  "
+                f"drained {self.acked:,} run{pluralize(self.acked)}  {rate:,.0f} rows/s  backlog {self._backlog()}  "
                 f"retried {self.retried:,}  failed {self.failed:,}  parked {self.parked:,}"
             )
             if self.live:
@@ -76,7 +76,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--once", action="store_true", help="drain until nothing is waiting, then exit")
-        parser.add_argument("--quiet", action="store_true", help="no progress output, only the summary")
+        parser.add_argument(
+            "--quiet", action="store_true", help="no progress lines: the settings at start and the summary at exit"
+        )
 
     def handle(self, *args, once, quiet, **options):
         stop = threading.Event()
@@ -87,11 +89,12 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
         progress = Progress(self.stdout, live=self.stdout.isatty() and not quiet, quiet=quiet)
-        if not quiet:
-            self.stdout.write(
-                f"mollifier_drain: batch {conf.drain_batch_size()} per environment, "
-                f"cap {conf.drain_max_rows_per_sec():,} rows/s{' (once)' if once else ''}"
-            )
+        # Always, --quiet included: which settings this drainer runs with (README: Settings).
+        self.stdout.write(
+            f"mollifier_drain: batch {conf.drain_batch_size():,} per environment, "
+            f"cap {conf.drain_max_rows_per_sec():,} rows/s shared by every drainer, "
+            f"lease {conf.drain_lease_ms():,} ms{' (once)' if once else ''}"
+        )
         # Everything loaded so far (Django, the app) lives as long as the process: out of the
         # collector's sight, a round's tens of thousands of short-lived objects no longer make
         # each collection walk it (a collection inside reading 1,000 entries cost ~100 ms).

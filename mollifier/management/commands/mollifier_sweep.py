@@ -2,6 +2,7 @@ import json as json_lib
 import time
 
 from django.core.management.base import BaseCommand
+from django.template.defaultfilters import pluralize
 
 from mollifier import conf
 from mollifier.clock import now_ms
@@ -28,12 +29,14 @@ class Command(BaseCommand):
                 if not every:
                     raise SystemExit(3)
             elif json:
-                self.stdout.write(_json(report.__dict__))
+                self.stdout.write(_json({**report.__dict__, "stale_after_ms": conf.stale_after_ms()}))
             else:
                 self.stdout.write(
-                    f"sweep: {report.waiting} waiting in {report.envs} environments of {report.orgs} organisations; "
-                    f"{report.stale} older than {conf.stale_after_ms() / 1000:.0f}s (oldest {report.oldest_age_ms / 1000:.1f}s); "
-                    f"{report.expired_leases} expired leases reclaimed; index: +{report.reindexed_orgs} -{report.unindexed_orgs}"
+                    f"sweep: {report.waiting:,} waiting in {report.envs:,} environment{pluralize(report.envs)} of "
+                    f"{report.orgs:,} organisation{pluralize(report.orgs)}; {report.stale:,} older than "
+                    f"{conf.stale_after_ms() / 1000:g}s (MOLLIFIER_STALE_AFTER_MS; oldest {report.oldest_age_ms / 1000:.1f}s); "
+                    f"{report.expired_leases:,} expired lease{pluralize(report.expired_leases)} reclaimed; "
+                    f"index: +{report.reindexed_orgs} -{report.unindexed_orgs}"
                 )
             if not every:
                 if report is not None and report.stale:

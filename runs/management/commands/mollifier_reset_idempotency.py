@@ -1,4 +1,5 @@
 from django.core.management.base import BaseCommand, CommandError
+from django.template.defaultfilters import pluralize
 
 from runs.exceptions import IdempotencyKeyNotFound
 from runs.models import RuntimeEnvironment
@@ -27,7 +28,7 @@ class Command(BaseCommand):
         except IdempotencyKeyNotFound as error:
             raise CommandError(error.message) from None
         if outcome.rows:
-            self.stdout.write(f"released from {outcome.rows} run(s) in Postgres")
+            self.stdout.write(f"released from {outcome.rows} run{pluralize(outcome.rows)} in Postgres")
         if outcome.buffered_run:
             self.stdout.write(f"released from buffered run {outcome.buffered_run}")
         self.stdout.write(f"key {key!r} of task {task!r} in {environment} is free")

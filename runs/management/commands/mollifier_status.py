@@ -11,7 +11,8 @@ class Command(BaseCommand):
     help = (
         "Show the mollifier buffer: depth per organisation and environment, oldest dwell, leases, gate "
         "state; parked runs (no row could be written) and runs dropped because their environment was "
-        "deleted. The first line shows the settings this process reads from its environment."
+        "deleted. The first line shows the settings this command runs with: its environment's, and "
+        "beside `make run` on the embedded servers, make run's (.dev/env) where its environment sets none."
     )
 
     def handle(self, *args, **options):
@@ -20,7 +21,8 @@ class Command(BaseCommand):
         self.stdout.write(
             f"mollifier {'ON' if conf.enabled() else 'OFF'}{' (shadow mode)' if conf.shadow_mode() else ''}; "
             f"trip {conf.trip_threshold()} per {conf.trip_window_ms()} ms, hold {conf.hold_ms()} ms; "
-            f"drain cap {conf.drain_max_rows_per_sec():,} rows/s (settings of this process's environment)"
+            f"drain cap {conf.drain_max_rows_per_sec():,} rows/s; organisation cap {conf.org_buffer_cap():,} waiting "
+            "(the settings this command runs with)"
         )
         environments = RuntimeEnvironment.objects.select_related("project__organization").by_ids(
             [row.env_id for row in rows] + [entry.env_id for entry in buffer.parked_entries(limit=10)]

@@ -3,6 +3,7 @@ import json as json_lib
 from datetime import timedelta
 
 from django.core.management.base import BaseCommand, CommandError
+from django.template.defaultfilters import pluralize
 from django.utils import timezone
 
 from runs import conf, durations
@@ -45,10 +46,11 @@ class Command(BaseCommand):
             self.stdout.write(f"{verb} {path}")
         for path in report.orphans:
             self.stdout.write(f"{verb} {path} (no record)")
+        deleted, orphans = len(report.deleted), len(report.orphans)
         self.stdout.write(
-            f"packets_cleanup: {verb} {len(report.deleted)} unused packets ({report.deleted_bytes:,} bytes) and "
-            f"{len(report.orphans)} unrecorded objects older than {older_than.total_seconds() / 3600:g}h; "
-            f"{report.referenced} newly found in use by runs, {report.kept_buffered} kept for buffered runs, "
-            f"{report.kept_unsure} kept because the buffer could not be read completely, "
-            f"{report.failed} failed deletes (retried next run)"
+            f"packets_cleanup: {verb} {deleted:,} unused packet{pluralize(deleted)} ({report.deleted_bytes:,} "
+            f"byte{pluralize(report.deleted_bytes)}) and {orphans:,} unrecorded object{pluralize(orphans)} older than "
+            f"{older_than.total_seconds() / 3600:g}h; {report.referenced:,} newly found in use by runs, "
+            f"{report.kept_buffered:,} kept for buffered runs, {report.kept_unsure:,} kept because the buffer could "
+            f"not be read completely, {report.failed:,} failed delete{pluralize(report.failed)} (retried next run)"
         )
