@@ -21,6 +21,7 @@ Batch members get their BatchTaskRunItem in the same transaction.
 """
 
 import logging
+import re
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import JSONField
@@ -46,6 +47,9 @@ FIELDS = TaskRun._meta.concrete_fields
 ATTRS = tuple(field.attname for field in FIELDS)
 COLUMNS = ", ".join(connection.ops.quote_name(str(field.column)) for field in FIELDS)
 JSON_POSITIONS = tuple(i for i, field in enumerate(FIELDS) if isinstance(field, JSONField))
+# Binary COPY: psycopg's C dumpers by column type, and less for Postgres to parse (the text
+# format cost the drainer ~4 µs more per row).
+COPY_TYPES = tuple(re.sub(r"\(\d+\)", "", str(field.db_type(connection))) for field in FIELDS)
 STAGING = "mollifier_incoming_runs"
 
 
@@ -180,7 +184,8 @@ def _insert(rows: list[dict]) -> set[str]:
 
 
 def _copy(raw, table: str, rows: list[tuple]) -> None:
-    with raw.copy(f"COPY {table} ({COLUMNS}) FROM STDIN") as copy:
+    with raw.copy(f"COPY {table} ({COLUMNS}) FROM STDIN WITH (FORMAT BINARY)") as copy:
+        copy.set_types(COPY_TYPES)
         for row in rows:
             copy.write_row(row)
 
