@@ -108,6 +108,23 @@ def index_delayed(entry: Entry, *, client=None) -> None:
         logger.warning("mollifier.buffer.delayed_not_indexed run=%s", entry.run_id, exc_info=True)
 
 
+def unindex_delayed(entries: list[Entry]) -> None:
+    """Drop written delayed runs from the ``delayed`` index (one round trip; a member left behind
+    is dropped by the first round that finds it due, so a failure here is only logged)."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for entry in entries:
+        groups[entry.org_id].append(keys.delayed_member(entry.env_id, entry.run_id))
+    if not groups:
+        return
+    pipe = redis_client.get().pipeline(transaction=False)
+    for org_id, members in groups.items():
+        pipe.zrem(keys.delayed(org_id), *members)
+    try:
+        pipe.execute()
+    except BufferUnavailable:
+        logger.warning("mollifier.buffer.delayed_not_unindexed count=%d", len(entries), exc_info=True)
+
+
 def accept(entry: Entry, *, now_ms: int, claim_marker: str = "", claim_ttl: int = 0) -> AcceptResult:
     """Buffer ``entry`` without consulting the gate (the gate's own path is gate.admit_or_buffer)."""
     redis = redis_client.get()

@@ -89,6 +89,7 @@ def settle(sink: Sink, pins: list[buffer.Pin], *, now_ms: int, keep_lease: bool 
 
 
 ROUND_ROWS_MAX = 1_000_000  # a round is bounded by the rate (rate.ROUND_MS of it), not by this
+PREFETCH_THREAD = "mollifier-lease"
 
 
 def _group_due(due: list[buffer.Due]) -> dict[priority.Pair, list[tuple[str, str]]]:
@@ -159,6 +160,8 @@ class Drainer:
         active = buffer.active(due_by_ms=now + priority.DUE_LEAD_MS, due_limit=batch)
         if not active.envs:
             return
+        if not threading.current_thread().name.startswith(PREFETCH_THREAD):  # the lease thread reads Redis only
+            self.types.learn(env for envs in active.envs.values() for env in envs)
         weighed = priority.weigh(active.envs, self.types.weight)
         self.scheduler.begin(weighed.envs)
         orgs = priority.org_weights(weighed.envs, weighed.weights)
@@ -366,6 +369,7 @@ class Drainer:
     def _ack(self, entries: list[Entry], missing: list[buffer.Missing], result: RoundResult) -> None:
         try:
             result.acked += buffer.ack(entries, now_ms=self.clock(), missing=missing)
+            buffer.unindex_delayed([entry for entry in entries if entry.delay_until_ms is not None])
         except BufferUnavailable:
             # The rows are committed and the entries pinned to their transaction. Once the lease
             # expires, whoever finds the pins settles them: committed, so they are acked.
@@ -400,7 +404,7 @@ class Drainer:
         when a stop arrives meanwhile. Redis failures are logged and retried with a capped backoff.
         """
         failures = 0
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mollifier-lease") as prefetch:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=PREFETCH_THREAD) as prefetch:
             ahead: Future | None = None
             while True:
                 try:

@@ -21,7 +21,8 @@ queue is written if the drain went on at one row per second, all queues draining
 the allowed rate, it is the estimate a buffered run's retrieve carries and the dashboard's ETA.
 
 The environment type comes from ``MOLLIFIER["DIRECTORY"]`` (``environment_types``), looked up once
-per environment and process on the drainer's main thread; until then an environment weighs 1.
+per environment and process on the drainer's main thread (never on the thread that leases the next
+round while one is written: it reads Redis only); until then an environment weighs 1.
 """
 
 import json
@@ -64,6 +65,11 @@ class EnvironmentTypes:
             self._pending.add(env_id)
             return DEFAULT_WEIGHT
         return weight(self._types[env_id])
+
+    def learn(self, env_ids: Iterable[str]) -> None:
+        """Look up the types of ``env_ids`` not known yet, now (reads the database)."""
+        self._pending |= {env_id for env_id in env_ids if env_id not in self._types}
+        self.resolve()
 
     def resolve(self) -> None:
         """Look up the ids met since the last call. Never raises: a lookup that fails is logged and
