@@ -132,7 +132,7 @@ class Drainer:
         return started
 
     def _finish_round(self, started: StartedRound) -> RoundResult:
-        """Settle expired pins, wait for the rate limiter, write the round, ack it."""
+        """Settle expired pins, write the round, ack it, and report its write to the shared rate."""
         result = started.result
         if started.pins:
             try:
@@ -166,14 +166,15 @@ class Drainer:
         self.scheduler.begin(weighed.envs)
         orgs = priority.org_weights(weighed.envs, weighed.weights)
         taken: dict[priority.Pair, int] = {}
-        due_budget = budget // 2
+        due_budget = (budget + 1) // 2
         for (org, env), due in _group_due(active.due).items():
             pair = (org, env)
-            ask = min(due_budget, batch * weighed.weights.get(pair, 1) - taken.get(pair, 0))
-            if pair not in weighed.weights or ask <= 0:
-                continue
+            # An environment without work (or without budget left) still has its members looked at:
+            # pop_due drops those whose run is gone (acked by a settle, parked), which would otherwise
+            # stay at the head of the index.
+            ask = min(due_budget, batch * weighed.weights[pair] - taken.get(pair, 0)) if pair in weighed.weights else 0
             popped = buffer.pop_due(
-                org_id=org, env_id=env, due=due, limit=ask, lease_ms=conf.drain_lease_ms(), now_ms=self.clock()
+                org_id=org, env_id=env, due=due, limit=max(0, ask), lease_ms=conf.drain_lease_ms(), now_ms=self.clock()
             )
             got = self._add(started, org, env, popped)
             started.result.due += got

@@ -220,3 +220,17 @@ def test_shares_are_by_organisation_then_by_environment():
     assert shares[("b", "dev")] == pytest.approx(1 / 9)  # organisation a weighs 8, b 1
     assert shares[("a", "prod")] == pytest.approx(8 / 9 * 8 / 9)
     assert sum(shares.values()) == pytest.approx(1)
+
+
+def test_a_member_left_behind_by_a_run_written_elsewhere_is_dropped_by_the_next_round(contended):
+    environment = EnvironmentFactory()
+    (delayed,) = fill_buffer(environment, 1, delay="1s")
+    org, env = str(environment.organization_id), str(environment.pk)
+    popped = buffer.pop(org_id=org, env_id=env, limit=1, lease_ms=60_000, now_ms=now_ms())
+    buffer.ack(popped.entries, now_ms=now_ms())  # as a settle of another drainer's pin acks: no unindexing
+    fill_buffer(EnvironmentFactory(project=environment.project, slug="other"), 5)  # the organisation stays active
+    assert buffer_index_score(org, keys.delayed_member(env, delayed)) is not None
+
+    assert Drainer().drain_round().due == 0
+
+    assert not list(buffer_keys(org))
