@@ -71,7 +71,7 @@ def main() -> int:
         "P8": lambda: adaptive.p8_adaptive(
             per_env=SIZES["p8_per_env"],
             ceiling=4000,
-            target_ms=60,
+            target_ms=50,
             slowdown=SIZES["p8_slowdown"],
             max_s=SIZES["p8_max_s"],
             drainers=2,

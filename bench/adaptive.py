@@ -231,11 +231,19 @@ def _drain(
     estimate_every_s: float,
     say,
 ) -> dict:
+    from django.conf import settings
     from django.db import connection
 
     from bench.measures import BODY, reset_stores
     from tests.buffering import fill_buffer
 
+    # This process reads the shared rate and makes estimates as the drainers' settings say.
+    base = dict(settings.MOLLIFIER)
+    settings.MOLLIFIER = {
+        **base,
+        "DRAIN_RATE_MODE": mode,
+        **{name.removeprefix("MOLLIFIER_"): int(value) for name, value in knobs.items()},
+    }
     reset_stores()
 
     with connection.cursor() as cursor:
@@ -277,6 +285,7 @@ def _drain(
         sampler.join()
         for process in started:
             processes.stop(process)
+        settings.MOLLIFIER = base
     samples = sampler.samples
     errors = _estimate_errors(estimates.taken)
     return {

@@ -218,7 +218,11 @@ class Drainer:
         if result.write_ms is not None:
             metrics.DRAIN_WRITE_SECONDS.observe(result.write_ms / 1000)
         change = rate.report(
-            started.grant, write_ms=result.write_ms, failed=result.sink_unavailable, now_ms=self.clock()
+            started.grant,
+            write_ms=result.write_ms,
+            failed=result.sink_unavailable,
+            rows=result.report.inserted + result.report.already + result.report.failed,
+            now_ms=self.clock(),
         )
         result.rate_limit = change.rate
         if change.change == "cut":

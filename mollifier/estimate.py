@@ -4,7 +4,9 @@ and the allowed drain rate (mollifier/rate.py).
 
 One round trip for a buffered run (a pipeline: the run's rank and scores in its queue, the shared
 rate, its environment's curve), none for a run that is already in Postgres (the caller asks only for
-buffered runs). An estimate, not a promise: it assumes the rate and the other queues stay as they are.
+buffered runs). The pace is the allowed rate, or what the drainers actually wrote over the last second
+when that is less. An estimate, not a promise: it assumes the pace and the other queues stay as they
+are.
 """
 
 import json
@@ -38,22 +40,22 @@ def estimate(*, org_id: str, env_id: str, run_id: str, delay_until_ms: int | Non
     pipe.zrank(keys.ready(org_id, env_id), run_id)
     pipe.zscore(keys.ready(org_id, env_id), run_id)
     pipe.zscore(keys.leases(org_id, env_id), run_id)
-    pipe.hmget(keys.drain_limit(), ["rate", "commit_ms"])
+    pipe.hmget(keys.drain_limit(), rate.STATE_FIELDS)
     pipe.hget(keys.drain_eta(), keys.env_field(org_id, env_id))
-    rank, not_before, lease, (raw_rate, raw_commit), raw_curve = pipe.execute()
-    allowed = rate.allowed(raw_rate)
-    lag = ROUND_MS + int(float(as_text(raw_commit)) if raw_commit is not None else 0)
+    rank, not_before, lease, fields, raw_curve = pipe.execute()
+    drain = rate.from_fields(fields, now_ms=now_ms)
+    lag = ROUND_MS + int(drain.commit_ms or 0)
     if lease is not None:
-        return Estimate(0, now_ms + lag, allowed, True)
+        return Estimate(0, now_ms + lag, drain.rate, True)
     if rank is None:
         return None
     curve = json.loads(as_text(raw_curve)) if raw_curve is not None else None
-    write_at = _write_at(curve, rows=int(rank) + 1, allowed=allowed, now_ms=now_ms, lag_ms=lag)
+    write_at = _write_at(curve, rows=int(rank) + 1, allowed=drain.pace, now_ms=now_ms, lag_ms=lag)
     if write_at is not None:
         write_at = max(write_at, int(float(not_before)) + lag)  # backing off: not before then
         if delay_until_ms is not None:  # due delayed runs go first (priority.DUE_LEAD_MS)
             write_at = min(write_at, max(now_ms, delay_until_ms - priority.DUE_LEAD_MS) + lag)
-    return Estimate(int(rank), write_at, allowed, False)
+    return Estimate(int(rank), write_at, drain.rate, False)
 
 
 @dataclass(frozen=True)

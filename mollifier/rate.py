@@ -2,10 +2,10 @@
 that moves that rate with Postgres's health (issue 17).
 
 Adaptive (the default): each round reports its write latency, from the transaction's start to its
-commit, as the drainer saw it. A round under ``MOLLIFIER_DRAIN_TARGET_COMMIT_MS`` lets the rate rise
-additively, by (ceiling − floor) / ``MOLLIFIER_DRAIN_RATE_RISE_SECONDS`` rows/s per second of
-healthy rounds. A slower round, or one the database refused (unreachable, a statement timeout), cuts
-it by ``MOLLIFIER_DRAIN_RATE_CUT_PERCENT``. The rate stays between ``MOLLIFIER_DRAIN_MIN_ROWS_PER_SEC``
+commit, as the drainer saw it. While the rounds' latency, smoothed over the last few rounds, stays
+under ``MOLLIFIER_DRAIN_TARGET_COMMIT_MS``, the rate rises additively, by (ceiling − floor) /
+``MOLLIFIER_DRAIN_RATE_RISE_SECONDS`` rows/s per second. When it goes over, or a round is refused by
+the database (unreachable, a statement timeout), the rate is cut by ``MOLLIFIER_DRAIN_RATE_CUT_PERCENT``. The rate stays between ``MOLLIFIER_DRAIN_MIN_ROWS_PER_SEC``
 and ``MOLLIFIER_DRAIN_MAX_ROWS_PER_SEC``. Fixed: the ceiling, always (the reports only record the
 latency). Rounds are sized from the rate (a twentieth of a second of it), so a cut also shortens the
 transactions.
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mollifier import client as redis_client
-from mollifier import conf, keys, scripts
+from mollifier import clock, conf, keys, scripts
 from mollifier.codec import as_text
 
 ROUND_MS = 50  # a round reserves at most this long a stretch of the rate
@@ -77,31 +77,28 @@ def give_back(rows: int, grant: Grant, *, now_ms: int) -> None:
         _reserve_call(now_ms, -rows, granted_rate=grant.rate)
 
 
-def verdict(*, write_ms: float | None, failed: bool) -> str:
-    """How a round went, for the controller: ``error`` (the database refused it), ``slow`` (over the
-    target), or ``ok``; ``fixed`` in fixed mode (recorded, never acted on)."""
-    if conf.drain_rate_mode() == conf.RateMode.FIXED:
-        return "fixed"
-    if failed:
-        return "error"
-    return "slow" if write_ms is not None and write_ms > conf.drain_target_commit_ms() else "ok"
-
-
-def report(grant: Grant, *, write_ms: float | None, failed: bool, now_ms: int) -> Change:
-    """Move the shared rate after a round (one script; see drain_adapt.lua)."""
+def report(grant: Grant, *, write_ms: float | None, failed: bool, rows: int, now_ms: int) -> Change:
+    """Move the shared rate after a round that wrote ``rows`` in ``write_ms`` (or that the database
+    refused: ``failed``); one script, see drain_adapt.lua."""
     ceiling, floor = _ceiling_floor()
+    if conf.drain_rate_mode() == conf.RateMode.FIXED:
+        verdict = "fixed"
+    else:
+        verdict = "error" if failed or write_ms is None else "ok"
     change, rate, _ = scripts.DRAIN_ADAPT(
         keys=[keys.drain_limit(), keys.drain_minute(now_ms // 60_000)],
         args=[
             now_ms,
             grant.epoch,
-            verdict(write_ms=write_ms, failed=failed),
+            verdict,
             "" if write_ms is None else round(write_ms, 3),
             ceiling,
             floor,
             (ceiling - floor) / conf.drain_rate_rise_seconds(),
             1 - conf.drain_rate_cut_percent() / 100,
             STATE_TTL_MS,
+            conf.drain_target_commit_ms(),
+            rows,
         ],
         client=redis_client.get(),
     )
@@ -116,6 +113,17 @@ class State:
     floor: int
     target_ms: int
     commit_ms: float | None  # moving average of the rounds' write latency (None before any report)
+    drained: float | None  # rows/s the drainers wrote over the last second or so (None: not draining)
+
+    @property
+    def pace(self) -> float:
+        """The pace a backlog drains at: the allowed rate, or what the drainers actually achieve when
+        that is less (too few drainers for the rate, or each round's write slower than its share)."""
+        return min(self.rate, self.drained) if self.drained else self.rate
+
+
+STATE_FIELDS = ["rate", "commit_ms", "drained", "drained_at"]
+DRAINED_FRESH_MS = 5_000  # an older throughput reading means the drain has stopped
 
 
 def allowed(raw_rate) -> float:
@@ -126,11 +134,11 @@ def allowed(raw_rate) -> float:
     return min(float(ceiling), max(float(floor), float(as_text(raw_rate))))
 
 
-def state() -> State:
-    """The drain rate as every process sees it (metrics, dashboard, estimates). Raises
-    BufferUnavailable when Redis does not answer."""
-    raw_rate, raw_commit = redis_client.get().hmget(keys.drain_limit(), ["rate", "commit_ms"])
+def from_fields(values: list, *, now_ms: int) -> State:
+    """A State from an HMGET of STATE_FIELDS on the shared hash (estimate.py reads it in its pipeline)."""
+    raw_rate, raw_commit, raw_drained, raw_drained_at = values
     ceiling, floor = _ceiling_floor()
+    fresh = raw_drained_at is not None and now_ms - int(as_text(raw_drained_at)) <= DRAINED_FRESH_MS
     return State(
         mode=conf.drain_rate_mode(),
         rate=allowed(raw_rate),
@@ -138,7 +146,15 @@ def state() -> State:
         floor=floor,
         target_ms=conf.drain_target_commit_ms(),
         commit_ms=float(as_text(raw_commit)) if raw_commit is not None else None,
+        drained=float(as_text(raw_drained)) if fresh and raw_drained is not None else None,
     )
+
+
+def state(*, now_ms: int | None = None) -> State:
+    """The drain rate as every process sees it (metrics, dashboard, estimates). Raises
+    BufferUnavailable when Redis does not answer."""
+    values = redis_client.get().hmget(keys.drain_limit(), STATE_FIELDS)
+    return from_fields(values, now_ms=now_ms if now_ms is not None else clock.now_ms())
 
 
 def minutes(*, now_ms: int, count: int = 60) -> list[dict]:

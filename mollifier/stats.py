@@ -128,12 +128,12 @@ def dashboard(*, now_ms: int, directory) -> Dashboard:
     labels = directory.environment_labels(row.env_id for row in rows)
     types = directory.environment_types(row.env_id for row in rows)
     recent = minutes[-5:]
-    drain = rate.state()
+    drain = rate.state(now_ms=now_ms)
     weights = {(row.org_id, row.env_id): priority.weight(types.get(row.env_id)) for row in rows}
     backlogs = {
         (item.org_id, item.env_id): item
         for item in estimate.backlogs(
-            waiting={(row.org_id, row.env_id): row.waiting for row in rows}, weights=weights, allowed=drain.rate
+            waiting={(row.org_id, row.env_id): row.waiting for row in rows}, weights=weights, allowed=drain.pace
         )
     }
     return Dashboard(

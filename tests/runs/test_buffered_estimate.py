@@ -8,7 +8,8 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
-from mollifier import buffer, priority, rate
+from mollifier import buffer, keys, priority, rate
+from mollifier.client import get as redis_client
 from mollifier.clock import now_ms
 from runs.models import RuntimeEnvironment, TaskRun
 from tests.buffering import fill_buffer
@@ -147,3 +148,17 @@ def test_curves_are_published_once_a_second_however_many_drainers(fixed_rate):
     assert priority.publish_curves(envs=envs, weights=weights, now_ms=now)
     assert not priority.publish_curves(envs=envs, weights=weights, now_ms=now + 500)
     assert priority.publish_curves(envs=envs, weights=weights, now_ms=now + 1000)
+
+
+def test_the_estimate_follows_what_the_drainers_achieve_when_it_is_less_than_allowed(fixed_rate):
+    environment = EnvironmentFactory()
+    run_ids = sorted(fill_buffer(environment, 200))
+    lease_a_round(environment, rows=0)
+    api = client_for(environment)
+    alone = ms(api.get(f"/api/v3/runs/{run_ids[99]}").json()["mollifier"]["estimatedWriteAt"]) - now_ms()
+    # The drainers reported 100 rows/s over the last second (too few of them for 1,000 rows/s).
+    redis_client().hset(keys.drain_limit(), mapping={"drained": "100", "drained_at": now_ms()})
+
+    slower = ms(api.get(f"/api/v3/runs/{run_ids[99]}").json()["mollifier"]["estimatedWriteAt"]) - now_ms()
+
+    assert alone < 500 and 900 <= slower <= 1500  # 100 rows: 0.1 s at the allowed rate, 1 s at the pace
