@@ -19,9 +19,9 @@ QUICK = os.environ.get("QUICK") == "1"
 ONLY = {name.strip().upper() for name in os.environ.get("BENCH_ONLY", "").split(",") if name.strip()}
 SIZES = {
     # P8, the adaptive drain (bench/adaptive.py): a backlog per environment, the slowdown's start and end (s).
-    "p8_per_env": 10_000 if QUICK else 25_000,
-    "p8_slowdown": (6.0, 16.0) if QUICK else (10.0, 30.0),
-    "p8_max_s": 60 if QUICK else 120,
+    "p8_per_env": 20_000 if QUICK else 40_000,
+    "p8_slowdown": (5.0, 15.0) if QUICK else (10.0, 30.0),
+    "p8_max_s": 80 if QUICK else 150,
     "p1_requests": 1500 if QUICK else 5000,
     "p1_rounds": 1 if QUICK else 2,
     "p1_concurrency": 16,
@@ -75,7 +75,7 @@ def main() -> int:
             slowdown=SIZES["p8_slowdown"],
             max_s=SIZES["p8_max_s"],
             drainers=2,
-            competitors=8,
+            competitors=10,
             say=say,
         ),
         "P4": lambda: measures.p4_round_trips(tenants, triggers=SIZES["p4_triggers"], say=say),
