@@ -113,7 +113,7 @@ def main() -> int:
     p1_latencies = results.pop("P1_latencies", {})
     results["seconds"] = round(time.monotonic() - started, 1)
     adaptive_paths = (
-        adaptive.write(results["P8"], report.OUT, suffix)
+        adaptive.write(results["P8"], report.OUT, suffix, machine=results["machine"], sizes=SIZES)
         if "timeline" in results.get("P8", {}).get("adaptive", {})
         else []
     )

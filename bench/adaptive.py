@@ -424,15 +424,16 @@ def p8_adaptive(
 BULKY = ("timeline", "estimate_points", "competitor")
 
 
-def write(p8: dict, out: Path, suffix: str) -> list[Path]:
-    """The plots, and the timelines in docs/bench/adaptive{suffix}.json (compact); leaves only the
-    summaries in ``p8`` (for results.json)."""
+def write(p8: dict, out: Path, suffix: str, *, machine: dict, sizes: dict) -> list[Path]:
+    """The plots, and every P8 figure with its timelines in docs/bench/adaptive{suffix}.json
+    (compact); leaves only the summaries in ``p8`` (for results.json)."""
     paths = plots(p8, out, suffix)
-    series = {
-        name: {key: p8[name].pop(key) for key in BULKY if key in p8[name]} for name in ("adaptive", "fixed", "steady")
-    }
     path = out / f"adaptive{suffix}.json"
-    path.write_text(json.dumps(series, separators=(",", ":")) + "\n")
+    whole = {"P8": p8, "machine": machine, "sizes": {k: v for k, v in sizes.items() if k.startswith("p8_")}}
+    path.write_text(json.dumps(whole, separators=(",", ":")) + "\n")
+    for name in ("adaptive", "fixed", "steady"):
+        for key in BULKY:
+            p8[name].pop(key, None)
     return [*paths, path]
 
 
