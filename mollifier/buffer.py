@@ -78,7 +78,13 @@ def accept_result(reply, entry: Entry, *, client) -> AcceptResult:
         if detail:
             _index_org(client, entry.org_id, detail)
         if entry.delay_until_ms is not None:
-            index_delayed(entry, client=client)
+            index_delayed(
+                org_id=entry.org_id,
+                env_id=entry.env_id,
+                run_id=entry.run_id,
+                delay_until_ms=entry.delay_until_ms,
+                client=client,
+            )
         return AcceptResult(status, entry.run_id)
     if status == AcceptStatus.DUPLICATE_IDEMPOTENCY:
         return AcceptResult(status, detail)
@@ -93,19 +99,19 @@ def _index_org(client, org_id: str, generation: str) -> None:
     client.zadd(keys.orgs(), {org_id: int(generation)}, gt=True)
 
 
-def index_delayed(entry: Entry, *, client=None) -> None:
+def index_delayed(*, org_id: str, env_id: str, run_id: str, delay_until_ms: int | None, client=None) -> None:
     """Note a waiting delayed run in its organisation's ``delayed`` index (its delay cleared: drop
     it), for the drain's due-first phase. A hint beside the queue: when Redis fails here the run
     still drains in its queue's order, so the failure is logged, not raised."""
     redis = client or redis_client.get()
-    member = keys.delayed_member(entry.env_id, entry.run_id)
+    member = keys.delayed_member(env_id, run_id)
     try:
-        if entry.delay_until_ms is None:
-            redis.zrem(keys.delayed(entry.org_id), member)
+        if delay_until_ms is None:
+            redis.zrem(keys.delayed(org_id), member)
         else:
-            redis.zadd(keys.delayed(entry.org_id), {member: entry.delay_until_ms})
+            redis.zadd(keys.delayed(org_id), {member: delay_until_ms})
     except BufferUnavailable:
-        logger.warning("mollifier.buffer.delayed_not_indexed run=%s", entry.run_id, exc_info=True)
+        logger.warning("mollifier.buffer.delayed_not_indexed run=%s", run_id, exc_info=True)
 
 
 def unindex_delayed(entries: list[Entry]) -> None:
@@ -514,17 +520,7 @@ def set_delay(*, org_id: str, env_id: str, run_id: str, now_ms: int, delay_until
     value = "" if delay_until_ms is None else str(delay_until_ms)
     result = _mutate(org_id=org_id, env_id=env_id, run_id=run_id, op="set_delay", now_ms=now_ms, args=[value])
     if result.status == MutateStatus.APPLIED:
-        index_delayed(
-            Entry(
-                run_id=run_id,
-                org_id=org_id,
-                env_id=env_id,
-                task="",
-                accepted_at_ms=0,
-                snapshot=None,
-                delay_until_ms=delay_until_ms,
-            )
-        )
+        index_delayed(org_id=org_id, env_id=env_id, run_id=run_id, delay_until_ms=delay_until_ms)
     return result
 
 
