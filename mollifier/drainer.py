@@ -111,6 +111,7 @@ class Drainer:
         self.clock = clock
         self.scheduler = priority.Scheduler()
         self.types = priority.EnvironmentTypes()
+        self._curves_at = 0  # when this drainer last offered to publish the drain curves (ms)
 
     # -- one round --------------------------------------------------------------------------
 
@@ -190,10 +191,12 @@ class Drainer:
             take=lambda org, env, rows: self._take(started, org, env, rows),
             taken=taken,
         )
-        try:
-            priority.publish_curves(envs=weighed.envs, weights=weighed.weights, now_ms=self.clock())
-        except BufferUnavailable:
-            logger.warning("mollifier.drain.curves_not_published", exc_info=True)
+        if (now := self.clock()) - self._curves_at >= priority.CURVE_EVERY_MS:  # and then one drainer of all
+            self._curves_at = now
+            try:
+                priority.publish_curves(envs=weighed.envs, weights=weighed.weights, now_ms=now)
+            except BufferUnavailable:
+                logger.warning("mollifier.drain.curves_not_published", exc_info=True)
 
     def _take(self, started: StartedRound, org: str, env: str, rows: int) -> int:
         popped = buffer.pop(org_id=org, env_id=env, limit=rows, lease_ms=conf.drain_lease_ms(), now_ms=self.clock())
