@@ -18,6 +18,10 @@ QUICK = os.environ.get("QUICK") == "1"
 # BENCH_ONLY=P2,P5 re-measures those figures only and keeps the others from the last results file.
 ONLY = {name.strip().upper() for name in os.environ.get("BENCH_ONLY", "").split(",") if name.strip()}
 SIZES = {
+    # P8, the adaptive drain (bench/adaptive.py): a backlog per environment, the slowdown's start and end (s).
+    "p8_per_env": 20_000 if QUICK else 40_000,
+    "p8_slowdown": (5.0, 15.0) if QUICK else (10.0, 30.0),
+    "p8_max_s": 80 if QUICK else 150,
     "p1_requests": 1500 if QUICK else 5000,
     "p1_rounds": 1 if QUICK else 2,
     "p1_concurrency": 16,
@@ -47,7 +51,7 @@ def main() -> int:
     django.setup()
     from django.core.management import call_command
 
-    from bench import measures, report
+    from bench import adaptive, measures, report
 
     say(
         f"bench {'QUICK' if QUICK else 'full'}: Postgres {where['postgres']}, Redis {where['redis']}, {os.cpu_count()} cores"
@@ -64,6 +68,16 @@ def main() -> int:
     )
     p1_latencies = {}
     figures = {
+        "P8": lambda: adaptive.p8_adaptive(
+            per_env=SIZES["p8_per_env"],
+            ceiling=4000,
+            target_ms=50,
+            slowdown=SIZES["p8_slowdown"],
+            max_s=SIZES["p8_max_s"],
+            drainers=2,
+            competitors=10,
+            say=say,
+        ),
         "P4": lambda: measures.p4_round_trips(tenants, triggers=SIZES["p4_triggers"], say=say),
         "P2": lambda: measures.p2_drain(
             tenants, entries=SIZES["p2_entries"], single_rows=SIZES["p2_single_rows"], say=say
@@ -98,9 +112,23 @@ def main() -> int:
             results[name] = measure()
     p1_latencies = results.pop("P1_latencies", {})
     results["seconds"] = round(time.monotonic() - started, 1)
-    paths = report.write(results, p1_latencies, suffix=suffix)
+    adaptive_paths = (
+        adaptive.write(results["P8"], report.OUT, suffix, machine=results["machine"], sizes=SIZES)
+        if "timeline" in results.get("P8", {}).get("adaptive", {})
+        else []
+    )
+    paths = report.write(results, p1_latencies, suffix=suffix) + adaptive_paths
     print()
-    print(report.table(results))
+    if all(name in results for name in ("P1", "P2", "P3", "P4", "P5", "P6")):
+        print(report.table(results))
+    if "P8" in results:
+        print(
+            "\n".join(
+                f"{'yes' if met else 'NO ':<4} {target}: {measured}"
+                for target, measured, met in adaptive.targets(results["P8"])
+            )
+        )
+        print(adaptive.markdown(results["P8"]))
     print()
     say(
         f"wrote docs/bench/results{suffix}.json"

@@ -1,5 +1,6 @@
-"""The buffer's own admin pages: the dashboard (depth per environment, dwell, leases, gate decisions
-and rows drained per minute, parked runs) and "drain this environment now". Renders and
+"""The buffer's own admin pages: the dashboard (depth and drain ETA per environment, dwell, leases,
+gate decisions and rows drained per minute, the allowed drain rate over time, parked runs) and
+"drain this environment now". Renders and
 dispatches; the numbers come from mollifier/stats.py."""
 
 from django.contrib import admin, messages
@@ -66,6 +67,14 @@ class DashboardAdmin(admin.ModelAdmin):
             depth_chart=charts.horizontal_bars([(row.label, row.stats.waiting) for row in board.rows[:20]]),
             decisions_chart=charts.stacked_bars(board.minutes, DECISION_LAYERS),
             drained_chart=charts.stacked_bars(board.minutes, [("drained", "#417690", "rows drained")]),
+            rate_chart=charts.line(
+                board.rate_minutes,
+                "rate",
+                label="allowed drain rate (mean of the minute)",
+                unit="rows/s",
+                ceiling=board.drain.ceiling if board.drain else None,
+                ceiling_label="ceiling (MOLLIFIER_DRAIN_MAX_ROWS_PER_SEC)",
+            ),
         )
         return TemplateResponse(request, "admin/mollifier/dashboard.html", context)
 
@@ -87,5 +96,8 @@ def _knobs() -> dict:
         "window_ms": conf.trip_window_ms(),
         "hold_ms": conf.hold_ms(),
         "cap": conf.drain_max_rows_per_sec(),
+        "rate_mode": conf.drain_rate_mode(),
+        "floor": conf.drain_min_rows_per_sec(),
+        "target_ms": conf.drain_target_commit_ms(),
         "org_cap": conf.org_buffer_cap(),
     }

@@ -8,6 +8,7 @@ callers decide whether to fail open or closed.
 
 import enum
 import json
+import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
@@ -18,6 +19,9 @@ from redis.cluster import RedisCluster
 from mollifier import client as redis_client
 from mollifier import conf, keys, scripts
 from mollifier.codec import Entry, as_text, error_json, from_fields, pack_snapshot, to_fields
+from mollifier.exceptions import BufferUnavailable
+
+logger = logging.getLogger(__name__)
 
 
 class AcceptStatus(enum.StrEnum):
@@ -81,6 +85,14 @@ def accept_result(reply, entry: Entry, *, client) -> AcceptResult:
     if status == AcceptStatus.ACCEPTED:
         if detail:
             _index_org(client, entry.org_id, detail)
+        if entry.delay_until_ms is not None:
+            index_delayed(
+                org_id=entry.org_id,
+                env_id=entry.env_id,
+                run_id=entry.run_id,
+                delay_until_ms=entry.delay_until_ms,
+                client=client,
+            )
         return AcceptResult(status, entry.run_id)
     if status == AcceptStatus.DUPLICATE_IDEMPOTENCY:
         return AcceptResult(status, detail)
@@ -93,6 +105,38 @@ def _index_org(client, org_id: str, generation: str) -> None:
     """Index an organisation that a script made active (its keys and the index are in different
     slots, so this is a command of its own)."""
     client.zadd(keys.orgs(), {org_id: int(generation)}, gt=True)
+
+
+def index_delayed(*, org_id: str, env_id: str, run_id: str, delay_until_ms: int | None, client=None) -> None:
+    """Note a waiting delayed run in its organisation's ``delayed`` index (its delay cleared: drop
+    it), for the drain's due-first phase. A hint beside the queue: when Redis fails here the run
+    still drains in its queue's order, so the failure is logged, not raised."""
+    redis = client or redis_client.get()
+    member = keys.delayed_member(env_id, run_id)
+    try:
+        if delay_until_ms is None:
+            redis.zrem(keys.delayed(org_id), member)
+        else:
+            redis.zadd(keys.delayed(org_id), {member: delay_until_ms})
+    except BufferUnavailable:
+        logger.warning("mollifier.buffer.delayed_not_indexed run=%s", run_id, exc_info=True)
+
+
+def unindex_delayed(entries: list[Entry]) -> None:
+    """Drop written delayed runs from the ``delayed`` index (one round trip; a member left behind
+    is dropped by the first round that finds it due, so a failure here is only logged)."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for entry in entries:
+        groups[entry.org_id].append(keys.delayed_member(entry.env_id, entry.run_id))
+    if not groups:
+        return
+    pipe = redis_client.get().pipeline(transaction=False)
+    for org_id, members in groups.items():
+        pipe.zrem(keys.delayed(org_id), *members)
+    try:
+        pipe.execute()
+    except BufferUnavailable:
+        logger.warning("mollifier.buffer.delayed_not_unindexed count=%d", len(entries), exc_info=True)
 
 
 def accept(entry: Entry, *, now_ms: int, claim_marker: str = "", claim_ttl: int = 0) -> AcceptResult:
@@ -191,6 +235,28 @@ def pop(*, org_id: str, env_id: str, limit: int, lease_ms: int, now_ms: int) -> 
     found = {entry.run_id for entry in entries}
     missing = [run_id for run_id in run_ids if run_id not in found]
     return Popped(entries, int(reclaimed), missing, _pins(org_id, env_id, pinned), token)
+
+
+def pop_due(*, org_id: str, env_id: str, due: list[tuple[str, str]], limit: int, lease_ms: int, now_ms: int) -> Popped:
+    """Lease up to ``limit`` of one environment's due delayed runs ahead of its queue (``due``:
+    (member, run id) pairs found in the ``delayed`` index, earliest first; see pop_due.lua)."""
+    token = new_lease_token()
+    run_ids = scripts.POP_DUE(
+        keys=[
+            keys.delayed(org_id),
+            keys.ready(org_id, env_id),
+            keys.leases(org_id, env_id),
+            keys.holders(org_id, env_id),
+        ],
+        args=[now_ms, lease_ms, token, limit, *(part for pair in due for part in pair)],
+        client=redis_client.get(),
+    )
+    run_ids = [as_text(run_id) for run_id in run_ids]
+    entries = get_many(org_id=org_id, run_ids=run_ids)
+    for entry in entries:
+        entry.lease = token
+    found = {entry.run_id for entry in entries}
+    return Popped(entries, 0, [run_id for run_id in run_ids if run_id not in found], [], token)
 
 
 def reclaim(*, org_id: str, env_id: str, now_ms: int, lease_ms: int) -> tuple[int, list[Pin]]:
@@ -466,7 +532,10 @@ def add_tags(*, org_id: str, env_id: str, run_id: str, now_ms: int, tags: list[s
 
 def set_delay(*, org_id: str, env_id: str, run_id: str, now_ms: int, delay_until_ms: int | None) -> MutateResult:
     value = "" if delay_until_ms is None else str(delay_until_ms)
-    return _mutate(org_id=org_id, env_id=env_id, run_id=run_id, op="set_delay", now_ms=now_ms, args=[value])
+    result = _mutate(org_id=org_id, env_id=env_id, run_id=run_id, op="set_delay", now_ms=now_ms, args=[value])
+    if result.status == MutateStatus.APPLIED:
+        index_delayed(org_id=org_id, env_id=env_id, run_id=run_id, delay_until_ms=delay_until_ms)
+    return result
 
 
 def set_metadata(
@@ -537,6 +606,56 @@ def active_orgs() -> list[str]:
 
 def active_envs(org_id: str) -> list[str]:
     return sorted(as_text(env) for env in redis_client.get().smembers(keys.envs(org_id)))
+
+
+@dataclass(frozen=True)
+class Due:
+    delay_until_ms: int
+    org_id: str
+    env_id: str
+    run_id: str
+    member: str  # in the organisation's ``delayed`` index
+
+
+@dataclass(frozen=True)
+class Active:
+    """What a drain round can take: environments with work per organisation, and delayed runs due."""
+
+    envs: dict[str, list[str]]  # organisation → its environments with ready or leased entries
+    due: list[Due]  # earliest first (a hint: pop_due.lua checks each is still queued)
+
+
+def active(*, due_by_ms: int, due_limit: int) -> Active:
+    """Every organisation's active environments, and up to ``due_limit`` delayed runs per
+    organisation due by ``due_by_ms``, in two round trips (the org index, then one pipeline)."""
+    orgs = active_orgs()
+    if not orgs:
+        return Active({}, [])
+    pipe = redis_client.get().pipeline(transaction=False)
+    for org in orgs:
+        pipe.smembers(keys.envs(org))
+        pipe.zrangebyscore(keys.delayed(org), "-inf", due_by_ms, start=0, num=due_limit, withscores=True)
+    replies = pipe.execute()
+    envs: dict[str, list[str]] = {}
+    due: list[Due] = []
+    for org, members, delayed in zip(orgs, replies[::2], replies[1::2], strict=True):
+        if members:
+            envs[org] = sorted(as_text(env) for env in members)
+        for member, score in delayed:
+            member = as_text(member)
+            due.append(Due(int(score), org, *keys.delayed_member_parts(member), member))
+    due.sort(key=lambda item: item.delay_until_ms)
+    return Active(envs, due)
+
+
+def ready_counts(pairs: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """Entries in each (organisation, environment) queue (ready or backing off), in one pipeline."""
+    if not pairs:
+        return {}
+    pipe = redis_client.get().pipeline(transaction=False)
+    for org, env in pairs:
+        pipe.zcard(keys.ready(org, env))
+    return {pair: int(count) for pair, count in zip(pairs, pipe.execute(), strict=True)}
 
 
 def buffered_count(org_id: str) -> int:

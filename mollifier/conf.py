@@ -4,6 +4,8 @@ Every knob, its environment variable and its default are listed in the README's 
 table; ``trigger_project/settings.py`` fills the dict.
 """
 
+import enum
+
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
@@ -83,6 +85,62 @@ def drain_batch_size() -> int:
 
 def drain_max_rows_per_sec() -> int:
     return _positive("DRAIN_MAX_ROWS_PER_SEC")
+
+
+class RateMode(enum.StrEnum):
+    ADAPTIVE = "adaptive"
+    FIXED = "fixed"
+
+
+def drain_rate_mode() -> str:
+    """``adaptive`` (the default): the drain rate follows Postgres between the floor and the
+    ceiling; ``fixed``: the ceiling, always."""
+    mode = str(_get("DRAIN_RATE_MODE")).strip().lower()
+    if mode not in (RateMode.ADAPTIVE, RateMode.FIXED):
+        raise ImproperlyConfigured(f"MOLLIFIER_DRAIN_RATE_MODE must be adaptive or fixed, got {mode!r}.")
+    return mode
+
+
+def drain_min_rows_per_sec() -> int:
+    """The adaptive rate's floor (never above the ceiling): the drain always makes this much progress."""
+    return min(_positive("DRAIN_MIN_ROWS_PER_SEC"), drain_max_rows_per_sec())
+
+
+def drain_target_commit_ms() -> int:
+    """A round whose write (begin to commit) takes longer than this cuts the adaptive rate."""
+    return _positive("DRAIN_TARGET_COMMIT_MS")
+
+
+def drain_rate_rise_seconds() -> int:
+    """Seconds of healthy rounds the adaptive rate takes to climb from the floor to the ceiling."""
+    return _positive("DRAIN_RATE_RISE_SECONDS")
+
+
+def drain_rate_cut_percent() -> int:
+    """How much of the adaptive rate a slow or failed round takes away (1 to 99 percent)."""
+    value = int(_get("DRAIN_RATE_CUT_PERCENT"))
+    if not 0 < value < 100:
+        raise ImproperlyConfigured(f"MOLLIFIER_DRAIN_RATE_CUT_PERCENT must be 1 to 99, got {value}.")
+    return value
+
+
+def drain_weights() -> dict[str, int]:
+    """Environment type (lower case) → its weight in the drain under contention. Types not listed
+    weigh 1. Read from ``"production:8,staging:2"`` (the environment variable) or a dict."""
+    raw = _get("DRAIN_WEIGHTS")
+    pairs = (
+        raw.items() if isinstance(raw, dict) else (part.split(":", 1) for part in str(raw).split(",") if part.strip())
+    )
+    weights = {}
+    for pair in pairs:
+        try:
+            name, value = pair
+            weights[str(name).strip().lower()] = int(value)
+        except ValueError:
+            raise ImproperlyConfigured(f"MOLLIFIER_DRAIN_WEIGHTS must be type:weight pairs, got {raw!r}.") from None
+        if weights[str(name).strip().lower()] <= 0:
+            raise ImproperlyConfigured(f"MOLLIFIER_DRAIN_WEIGHTS: every weight must be positive, got {raw!r}.")
+    return weights
 
 
 def drain_lease_ms() -> int:

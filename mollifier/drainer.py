@@ -1,8 +1,10 @@
-"""The drainer: buffered runs into Postgres, fairly across tenants, at a bounded rate (DESIGN §7).
+"""The drainer: buffered runs into Postgres, by priority, at a rate that follows Postgres (DESIGN §7).
 
-One round: rotate organisations (then environments within each), lease at most DRAIN_BATCH_SIZE
-entries per environment and at most one round's budget in all, wait for the shared rate limiter,
-hand the whole round to the sink (one transaction), then ack it in one Redis round trip.
+One round: reserve its rows with the shared rate limiter (mollifier/rate.py: at most a twentieth of a
+second of the allowed rate), lease them (delayed runs that are due first, then environments by
+weight, mollifier/priority.py), hand the whole round to the sink (one transaction), ack it in one
+Redis round trip, then report how long the write took: the allowed rate rises while rounds are
+faster than the target and is cut when they are slower or fail.
 
 At least once, and idempotent: entries are leased, written, then acked. A drainer that dies
 mid-round leaves leases that expire and are re-driven; the sink treats a row that already exists
@@ -18,20 +20,13 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from mollifier import buffer, conf, keys, metrics, scripts
-from mollifier import client as redis_client
+from mollifier import buffer, conf, metrics, priority, rate
 from mollifier.clock import now_ms
 from mollifier.codec import Entry
 from mollifier.exceptions import BufferUnavailable, SinkUnavailable
 from mollifier.sink import OUTCOMES, Settled, Sink, SinkReport, get_sink
 
 logger = logging.getLogger(__name__)
-
-
-def round_budget() -> int:
-    """Entries per round: a twentieth of a second's worth of writes, so the rate limiter's
-    granularity stays within 5% of the cap."""
-    return max(1, conf.drain_max_rows_per_sec() // 20)
 
 
 def backoff_ms(attempts: int) -> int:
@@ -50,6 +45,10 @@ class RoundResult:
     failed: int = 0  # marked terminal: a later round writes their SYSTEM_FAILURE rows
     parked: int = 0  # not even a failure row could be written: left for an operator
     settled: int = 0  # expired pins of other drainers settled (acked or given back)
+    due: int = 0  # delayed runs leased first because their delay was due
+    rate_limit: float = 0.0  # the allowed drain rate (rows/s) after this round
+    write_ms: float | None = None  # the round's write, from its transaction's start to its commit
+    sink_unavailable: bool = False  # the database refused the round (unreachable, statement timeout)
     envs: int = 0
     written: list[int] = field(default_factory=list)  # trigger times (ms) of the runs written, for dwell
 
@@ -60,6 +59,7 @@ class StartedRound:
     entries: list[Entry]
     missing: list[buffer.Missing]
     pins: list[buffer.Pin]  # other drainers' expired pins, found while leasing
+    grant: rate.Grant | None = None  # the rows the rate limiter granted this round
 
 
 def settle(sink: Sink, pins: list[buffer.Pin], *, now_ms: int, keep_lease: bool = False) -> dict[str, Settled]:
@@ -88,6 +88,18 @@ def settle(sink: Sink, pins: list[buffer.Pin], *, now_ms: int, keep_lease: bool 
     return outcome
 
 
+ROUND_ROWS_MAX = 1_000_000  # a round is bounded by the rate (rate.ROUND_MS of it), not by this
+PREFETCH_THREAD = "mollifier-lease"
+
+
+def _group_due(due: list[buffer.Due]) -> dict[priority.Pair, list[tuple[str, str]]]:
+    """Due delayed runs by environment, earliest first, as (member, run id) pairs."""
+    grouped: dict[priority.Pair, list[tuple[str, str]]] = {}
+    for item in due:
+        grouped.setdefault((item.org_id, item.env_id), []).append((item.member, item.run_id))
+    return grouped
+
+
 class Drainer:
     """Drains rounds until stopped. Any number may run at once, in any number of processes."""
 
@@ -97,8 +109,9 @@ class Drainer:
         self.sink = sink or get_sink()
         self.stop = stop or threading.Event()
         self.clock = clock
-        self._org_turn = 0
-        self._env_turns: dict[str, int] = {}
+        self.scheduler = priority.Scheduler()
+        self.types = priority.EnvironmentTypes()
+        self._curves_at = 0  # when this drainer last offered to publish the drain curves (ms)
 
     # -- one round --------------------------------------------------------------------------
 
@@ -109,30 +122,30 @@ class Drainer:
         """Reserve a round's rows with the rate limiter, then lease the round (Redis only: safe on
         the prefetch thread). Reserving first means a lease never waits on the limiter: a slow cap
         cannot outlast a lease and get the round taken back before it is written."""
-        started = StartedRound(RoundResult(), [], [], [])
-        budget = round_budget()
-        self._reserve_rows(budget)
+        grant = rate.reserve(ROUND_ROWS_MAX, clock=self.clock)
+        started = StartedRound(RoundResult(rate_limit=grant.rate), [], [], [], grant)
         try:
-            self._pop_round(started, budget)
+            self._pop_round(started, grant.rows)
         finally:
-            if (unused := budget - len(started.entries)) > 0:
-                self._reserve_rows(-unused)
+            rate.give_back(grant.rows - len(started.entries), grant, now_ms=self.clock())
         started.result.popped = len(started.entries)
         metrics.LEASES_RECLAIMED.inc(started.result.reclaimed)
         return started
 
     def _finish_round(self, started: StartedRound) -> RoundResult:
-        """Settle expired pins, wait for the rate limiter, write the round, ack it."""
+        """Settle expired pins, write the round, ack it, and report its write to the shared rate."""
         result = started.result
         if started.pins:
             try:
                 self._settle(started.pins, result)
             except SinkUnavailable:
                 logger.warning("mollifier.drain.pins_unsettled count=%d (database unavailable)", len(started.pins))
+        self.types.resolve()  # environment types met while leasing (the directory reads Postgres)
         if started.entries or started.missing:
             began = time.monotonic()
             self._write(started.entries, started.missing, result)
             metrics.DRAIN_ROUND_SECONDS.observe(time.monotonic() - began)
+            self._adapt(started)
             for outcome, count in zip(OUTCOMES, result.report.astuple(), strict=True):
                 metrics.DRAINED_ROWS.labels(outcome=outcome).inc(count)
             written_at = self.clock()
@@ -141,43 +154,88 @@ class Drainer:
         return result
 
     def _pop_round(self, started: StartedRound, budget: int) -> None:
-        orgs = buffer.active_orgs()
-        if not orgs:
+        """Lease up to ``budget`` entries: due delayed runs first (at most half the round), then
+        the environments' shares by weight (mollifier/priority.py)."""
+        now = self.clock()
+        batch = conf.drain_batch_size()
+        active = buffer.active(due_by_ms=now + priority.DUE_LEAD_MS, due_limit=batch)
+        if not active.envs:
             return
-        start = self._org_turn % len(orgs)
-        self._org_turn += 1
-        batch, lease = conf.drain_batch_size(), conf.drain_lease_ms()
-        for org in orgs[start:] + orgs[:start]:
-            envs = buffer.active_envs(org)
-            if not envs:
-                continue
-            turn = self._env_turns.get(org, 0)
-            self._env_turns[org] = turn + 1
-            turn %= len(envs)
-            for env in envs[turn:] + envs[:turn]:
-                if budget <= 0:
-                    return
-                popped = buffer.pop(
-                    org_id=org, env_id=env, limit=min(batch, budget), lease_ms=lease, now_ms=self.clock()
-                )
-                started.result.envs += 1
-                started.result.reclaimed += popped.reclaimed
-                started.entries.extend(popped.entries)
-                started.missing.extend(buffer.Missing(org, env, run_id, popped.token) for run_id in popped.missing)
-                started.pins.extend(popped.pins)
-                budget -= len(popped.entries)
-
-    def _reserve_rows(self, rows: int) -> None:
-        """Block until the shared bucket grants ``rows``; a negative count gives unused rows back."""
-        redis = redis_client.get()
-        while (
-            wait := int(
-                scripts.DRAIN_RATE(
-                    keys=[keys.drain_rate()], args=[self.clock(), rows, conf.drain_max_rows_per_sec()], client=redis
-                )
+        if not threading.current_thread().name.startswith(PREFETCH_THREAD):  # the lease thread reads Redis only
+            self.types.learn(env for envs in active.envs.values() for env in envs)
+        weighed = priority.weigh(active.envs, self.types.weight)
+        self.scheduler.begin(weighed.envs)
+        orgs = priority.org_weights(weighed.envs, weighed.weights)
+        taken: dict[priority.Pair, int] = {}
+        due_budget = (budget + 1) // 2
+        for (org, env), due in _group_due(active.due).items():
+            pair = (org, env)
+            # An environment without work (or without budget left) still has its members looked at:
+            # pop_due drops those whose run is gone (acked by a settle, parked), which would otherwise
+            # stay at the head of the index.
+            ask = min(due_budget, batch * weighed.weights[pair] - taken.get(pair, 0)) if pair in weighed.weights else 0
+            popped = buffer.pop_due(
+                org_id=org, env_id=env, due=due, limit=max(0, ask), lease_ms=conf.drain_lease_ms(), now_ms=self.clock()
             )
-        ) > 0:
-            time.sleep(wait / 1000)
+            got = self._add(started, org, env, popped)
+            started.result.due += got
+            if got:
+                taken[pair] = taken.get(pair, 0) + got
+                due_budget -= got
+                self.scheduler.charge(org, env, got, org_weight=orgs[org], env_weight=weighed.weights[pair])
+        self.scheduler.fill(
+            budget=budget - sum(taken.values()),
+            envs=weighed.envs,
+            weights=weighed.weights,
+            quantum=batch,
+            take=lambda org, env, rows: self._take(started, org, env, rows),
+            taken=taken,
+        )
+        if (now := self.clock()) - self._curves_at >= priority.CURVE_EVERY_MS:  # and then one drainer of all
+            self._curves_at = now
+            try:
+                priority.publish_curves(envs=weighed.envs, weights=weighed.weights, now_ms=now)
+            except BufferUnavailable:
+                logger.warning("mollifier.drain.curves_not_published", exc_info=True)
+
+    def _take(self, started: StartedRound, org: str, env: str, rows: int) -> int:
+        popped = buffer.pop(org_id=org, env_id=env, limit=rows, lease_ms=conf.drain_lease_ms(), now_ms=self.clock())
+        return self._add(started, org, env, popped)
+
+    @staticmethod
+    def _add(started: StartedRound, org: str, env: str, popped: buffer.Popped) -> int:
+        started.result.envs += 1
+        started.result.reclaimed += popped.reclaimed
+        started.entries.extend(popped.entries)
+        started.missing.extend(buffer.Missing(org, env, run_id, popped.token) for run_id in popped.missing)
+        started.pins.extend(popped.pins)
+        return len(popped.entries)
+
+    def _adapt(self, started: StartedRound) -> None:
+        """Report the round's write to the shared rate (mollifier/rate.py). A round that wrote
+        nothing as a whole (no write, or one that failed on an entry rather than on the database)
+        says nothing about Postgres and is not reported."""
+        result = started.result
+        if started.grant is None or (result.write_ms is None and not result.sink_unavailable):
+            return
+        if result.write_ms is not None:
+            metrics.DRAIN_WRITE_SECONDS.observe(result.write_ms / 1000)
+        change = rate.report(
+            started.grant,
+            write_ms=result.write_ms,
+            failed=result.sink_unavailable,
+            rows=result.report.inserted + result.report.already + result.report.failed,
+            now_ms=self.clock(),
+        )
+        result.rate_limit = change.rate
+        if change.change == "cut":
+            metrics.DRAIN_RATE_CUTS.labels(cause="error" if result.sink_unavailable else "slow").inc()
+            logger.info(
+                "mollifier.drain.rate_cut rate=%.0f write_ms=%s failed=%s",
+                change.rate,
+                "-" if result.write_ms is None else f"{result.write_ms:.0f}",
+                result.sink_unavailable,
+            )
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -194,16 +252,25 @@ class Drainer:
 
         return pin
 
-    def _sink_write(self, entries: list[Entry], *, last_resort: bool = False) -> SinkReport:
+    def _sink_write(
+        self, entries: list[Entry], *, last_resort: bool = False, timed: RoundResult | None = None
+    ) -> SinkReport:
         """One fenced write. When it fails after pinning, the pins are settled before the error
-        goes on: rows that did commit are acked, the rest are unpinned (given back unchanged)."""
+        goes on: rows that did commit are acked, the rest are unpinned (given back unchanged).
+        ``timed``: the round whose write this is (its latency and a database refusal are noted)."""
         pinned: list[buffer.Pin] = []
+        began = time.monotonic()
         try:
-            return self.sink.write(entries, pin=self._pinner(entries, pinned), last_resort=last_resort)
-        except Exception:
+            report = self.sink.write(entries, pin=self._pinner(entries, pinned), last_resort=last_resort)
+        except Exception as error:
+            if timed is not None and isinstance(error, SinkUnavailable):
+                timed.sink_unavailable = True
             if pinned:
                 self._settle_after_failure(pinned)
             raise
+        if timed is not None:
+            timed.write_ms = (time.monotonic() - began) * 1000
+        return report
 
     def _settle_after_failure(self, pinned: list[buffer.Pin]) -> None:
         """This drainer's own write failed after its pin: rows that committed are acked; the rest
@@ -217,7 +284,7 @@ class Drainer:
 
     def _write(self, entries: list[Entry], missing: list[buffer.Missing], result: RoundResult) -> None:
         try:
-            result.report = self._sink_write(entries) if entries else SinkReport()
+            result.report = self._sink_write(entries, timed=result) if entries else SinkReport()
         except SinkUnavailable as error:
             logger.warning("mollifier.drain.database_unavailable entries=%d error=%s", len(entries), error)
             metrics.DRAIN_FAILURES.labels(cause="database_unavailable").inc()
@@ -310,6 +377,7 @@ class Drainer:
     def _ack(self, entries: list[Entry], missing: list[buffer.Missing], result: RoundResult) -> None:
         try:
             result.acked += buffer.ack(entries, now_ms=self.clock(), missing=missing)
+            buffer.unindex_delayed([entry for entry in entries if entry.delay_until_ms is not None])
         except BufferUnavailable:
             # The rows are committed and the entries pinned to their transaction. Once the lease
             # expires, whoever finds the pins settles them: committed, so they are acked.
@@ -322,14 +390,12 @@ class Drainer:
 
     def drain_environment(self, *, org_id: str, env_id: str) -> RoundResult:
         """One round for one environment only (the dashboard's "drain now"), under the same rate cap."""
-        started = StartedRound(RoundResult(), [], [], [])
-        budget = min(conf.drain_batch_size(), round_budget())
-        self._reserve_rows(budget)
+        grant = rate.reserve(conf.drain_batch_size(), clock=self.clock)
+        started = StartedRound(RoundResult(rate_limit=grant.rate), [], [], [], grant)
         popped = buffer.pop(
-            org_id=org_id, env_id=env_id, limit=budget, lease_ms=conf.drain_lease_ms(), now_ms=self.clock()
+            org_id=org_id, env_id=env_id, limit=grant.rows, lease_ms=conf.drain_lease_ms(), now_ms=self.clock()
         )
-        if (unused := budget - len(popped.entries)) > 0:
-            self._reserve_rows(-unused)
+        rate.give_back(grant.rows - len(popped.entries), grant, now_ms=self.clock())
         started.entries.extend(popped.entries)
         started.missing.extend(buffer.Missing(org_id, env_id, run_id, popped.token) for run_id in popped.missing)
         started.pins.extend(popped.pins)
@@ -346,7 +412,7 @@ class Drainer:
         when a stop arrives meanwhile. Redis failures are logged and retried with a capped backoff.
         """
         failures = 0
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mollifier-lease") as prefetch:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=PREFETCH_THREAD) as prefetch:
             ahead: Future | None = None
             while True:
                 try:

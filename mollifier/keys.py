@@ -56,6 +56,23 @@ def envs(org_id: str) -> str:
     return f"{_org(org_id)}:envs"
 
 
+def delayed(org_id: str) -> str:
+    """ZSET: the organisation's waiting delayed runs, ``<b64 env>:<run>`` scored by delay_until (ms).
+    A hint for the drain's due-first phase (mollifier/priority.py), kept beside the queues: added
+    when a delayed run is accepted or rescheduled, dropped by pop_due.lua once its run has left."""
+    return f"{_org(org_id)}:delayed"
+
+
+def delayed_member(env_id: str, run_id: str) -> str:
+    return f"{_b64(env_id)}:{run_id}"
+
+
+def delayed_member_parts(member: str) -> tuple[str, str]:
+    """(env id, run id) of a ``delayed`` member."""
+    env, run = member.split(":", 1)
+    return base64.urlsafe_b64decode(env + "=" * (-len(env) % 4)).decode(), run
+
+
 def parked(org_id: str) -> str:
     """ZSET: the organisation's parked run ids (no row could be written, not even a failure row),
     scored by when they were parked. They wait here for an operator (``mollifier_parked``)."""
@@ -148,6 +165,30 @@ def org_pattern() -> str:
 def drain_rate() -> str:
     """STRING with TTL: the drainers' shared token bucket (theoretical arrival time, ms)."""
     return f"{PREFIX}:{{drain}}:rate"
+
+
+def drain_limit() -> str:
+    """HASH with TTL: the adaptive drain rate shared by every drainer (drain_adapt.lua): ``rate``
+    (rows/s), ``epoch`` (cuts so far), ``at`` (last report, ms), ``commit_ms`` (a moving average of
+    the rounds' write latency). Absent: the ceiling."""
+    return f"{PREFIX}:{{drain}}:limit"
+
+
+def drain_minute(epoch_minute: int) -> str:
+    """HASH with a 2 h TTL: the drain's samples for one minute (rate_sum/rate_n per grant,
+    commit_sum/commit_n per round, cuts), for the dashboard's rate line."""
+    return f"{PREFIX}:{{drain}}:minute:{epoch_minute}"
+
+
+def drain_eta() -> str:
+    """HASH with TTL: each environment's drain curve (priority.py, field ``env_field``) and ``at``,
+    published about once a second by a drainer; read by estimates of buffered runs."""
+    return f"{PREFIX}:{{drain}}:eta"
+
+
+def env_field(org_id: str, env_id: str) -> str:
+    """The field of one environment in ``drain_eta``."""
+    return f"{org_id}:{_b64(env_id)}"
 
 
 def sweep_lease() -> str:

@@ -110,6 +110,46 @@ class BufferCollector:
             yield gauge
 
 
+DRAIN_WRITE_SECONDS = Histogram(
+    "mollifier_drain_write_seconds",
+    "A drain round's write, from its transaction's start to its commit (what the adaptive rate "
+    "compares with MOLLIFIER_DRAIN_TARGET_COMMIT_MS).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+DRAIN_RATE_CUTS = Counter(
+    "mollifier_drain_rate_cuts_total",
+    "Cuts of the adaptive drain rate, by cause: a round slower than the target, or refused by the database.",
+    ["cause"],  # slow, error
+)
+for _cause in ("slow", "error"):
+    DRAIN_RATE_CUTS.labels(cause=_cause)
+
+
+class DrainRateCollector:
+    """The allowed drain rate, read from Redis at scrape time (every process reports the same)."""
+
+    def collect(self):
+        from mollifier import rate
+
+        try:
+            current = rate.state()
+        except BufferUnavailable:
+            return  # mollifier_buffer_up says so
+        limit = GaugeMetricFamily(
+            "mollifier_drain_rate_limit",
+            "The drain rate the drainers may write at now, in rows per second (adaptive: between "
+            "MOLLIFIER_DRAIN_MIN_ROWS_PER_SEC and MOLLIFIER_DRAIN_MAX_ROWS_PER_SEC; fixed: the latter).",
+        )
+        limit.add_metric([], current.rate)
+        yield limit
+        commit = GaugeMetricFamily(
+            "mollifier_drain_commit_seconds",
+            "Moving average of the drain rounds' write latency, as the drainers reported it.",
+        )
+        commit.add_metric([], (current.commit_ms or 0) / 1000)
+        yield commit
+
+
 METRICS = (
     GATE_DECISIONS,
     CLAIM_OUTCOMES,
@@ -118,6 +158,8 @@ METRICS = (
     DWELL_SECONDS,
     LEASES_RECLAIMED,
     DRAIN_FAILURES,
+    DRAIN_WRITE_SECONDS,
+    DRAIN_RATE_CUTS,
 )
 
 
@@ -131,4 +173,5 @@ def exposition() -> bytes:
         for metric in METRICS:
             registry.register(metric)
     registry.register(BufferCollector())
+    registry.register(DrainRateCollector())
     return generate_latest(registry)

@@ -1,8 +1,8 @@
 """What is in the buffer right now, per organisation and environment (status command, dashboard)."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from mollifier import buffer, keys
+from mollifier import buffer, estimate, keys, priority, rate
 from mollifier import client as redis_client
 from mollifier.codec import as_text
 
@@ -91,6 +91,10 @@ class DashboardRow:
     stats: EnvStats
     label: str  # the environment's name (from the directory), or its ids
     oldest_seconds: float
+    env_type: str = ""  # production, staging, preview, development ('' when unknown)
+    weight: int = 1  # its weight in the drain under contention (MOLLIFIER_DRAIN_WEIGHTS)
+    share: float = 0.0  # its share of the drain while every environment with work has some
+    eta_seconds: float = 0.0  # until its last waiting run should be written, at the allowed rate
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,8 @@ class Dashboard:
     drained_per_minute: int  # the average over the last five minutes, the current one as far as it has gone
     parked: list  # mollifier.codec.Entry, oldest first
     dropped: int  # entries on record that left without a row (environment deleted)
+    drain: rate.State | None = None  # the allowed drain rate now, its bounds and the write latency
+    rate_minutes: list[dict] = field(default_factory=list)  # per minute: mean allowed rate, latency, cuts
 
 
 def dashboard(*, now_ms: int, directory) -> Dashboard:
@@ -120,11 +126,26 @@ def dashboard(*, now_ms: int, directory) -> Dashboard:
     )
     minutes = timeline(org_ids=sorted(charted), now_ms=now_ms)
     labels = directory.environment_labels(row.env_id for row in rows)
+    types = directory.environment_types(row.env_id for row in rows)
     recent = minutes[-5:]
+    drain = rate.state(now_ms=now_ms)
+    weights = {(row.org_id, row.env_id): priority.weight(types.get(row.env_id)) for row in rows}
+    backlogs = {
+        (item.org_id, item.env_id): item
+        for item in estimate.backlogs(
+            waiting={(row.org_id, row.env_id): row.waiting for row in rows}, weights=weights, allowed=drain.pace
+        )
+    }
     return Dashboard(
         rows=[
             DashboardRow(
-                row, labels.get(row.env_id, f"org {row.org_id} env {row.env_id}"), row.oldest_age_ms(now_ms) / 1000
+                row,
+                labels.get(row.env_id, f"org {row.org_id} env {row.env_id}"),
+                row.oldest_age_ms(now_ms) / 1000,
+                env_type=types.get(row.env_id, ""),
+                weight=weights[(row.org_id, row.env_id)],
+                share=backlogs[(row.org_id, row.env_id)].share,
+                eta_seconds=backlogs[(row.org_id, row.env_id)].seconds,
             )
             for row in rows
         ],
@@ -139,4 +160,6 @@ def dashboard(*, now_ms: int, directory) -> Dashboard:
         drained_per_minute=round(sum(minute["drained"] for minute in recent) / (4 + now_ms % 60_000 / 60_000)),
         parked=buffer.parked_entries(limit=100),
         dropped=buffer.recently_dropped(limit=0)[0],
+        drain=drain,
+        rate_minutes=rate.minutes(now_ms=now_ms),
     )

@@ -24,10 +24,11 @@ from mollifier.exceptions import BufferUnavailable
 from runs.exceptions import RunError
 from runs.models import BatchTaskRun, Organization, Project, RunStatus, RuntimeEnvironment, TaskRun
 from runs.read_fallback import Where, buffered_runs_by_id
-from runs.selectors import tags_in_use, task_identifiers_in_use
+from runs.selectors import tags_in_use, task_identifiers_in_use, task_run_buffered_estimate
 from runs.services.cancel import task_run_cancel
 from runs.services.flags import MOLLIFIER_ENABLED, flag_enabled, mollifier_enrolled, organization_set_flag
 from runs.services.idempotency import idempotency_key_reset
+from runs.snapshots import from_ms
 
 
 class OrganizationForm(forms.ModelForm):
@@ -326,6 +327,7 @@ class TaskRunAdmin(admin.ModelAdmin):
         if not run.is_buffered:  # written meanwhile: show the row
             return HttpResponseRedirect(reverse("admin:runs_taskrun_change", args=[run.pk]))
         leased = run_id in buffer.leased_ids(org_id=org_id, env_id=entry.env_id)
+        estimate = task_run_buffered_estimate(run=run)
         context = {
             **self.admin_site.each_context(request),
             "title": f"{run_id} (waiting in the buffer)",
@@ -335,6 +337,11 @@ class TaskRunAdmin(admin.ModelAdmin):
             "environment": environment,
             "where": "draining" if leased else "buffered",
             "dwell_seconds": max(0, now_ms() - entry.accepted_at_ms) / 1000,
+            "estimate": estimate,
+            "estimated_write_at": from_ms(estimate.write_at_ms) if estimate and estimate.write_at_ms else None,
+            "estimated_in_seconds": max(0, estimate.write_at_ms - now_ms()) / 1000
+            if estimate and estimate.write_at_ms
+            else None,
             "snapshot": json.dumps(entry.snapshot, indent=2, ensure_ascii=False)
             if entry.snapshot
             else entry.raw_snapshot,

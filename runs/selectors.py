@@ -1,10 +1,17 @@
 """Reading runs: one by id, and the merged listing (Postgres and the buffer, runs/read_fallback.py)."""
 
+import logging
 from typing import Any
 
+from mollifier.clock import now_ms
+from mollifier.estimate import Estimate, estimate
+from mollifier.exceptions import BufferUnavailable
 from runs.exceptions import RunNotFound
 from runs.models import Organization, Project, RuntimeEnvironment, TaskRun
 from runs.read_fallback import MergedRuns
+from runs.snapshots import to_ms
+
+logger = logging.getLogger(__name__)
 
 
 def task_run_get(*, environment: RuntimeEnvironment, run_id: str) -> TaskRun:
@@ -14,6 +21,25 @@ def task_run_get(*, environment: RuntimeEnvironment, run_id: str) -> TaskRun:
         return TaskRun.objects.get_with_fallback(environment=environment, run_id=run_id)
     except TaskRun.DoesNotExist:
         raise RunNotFound("Run not found") from None
+
+
+def task_run_buffered_estimate(*, run: TaskRun) -> Estimate | None:
+    """When a run still in the buffer should be written (its queue position, the drain rate);
+    None for a run in Postgres (no Redis call at all), and None when Redis does not answer: the
+    estimate never fails a read."""
+    if not run.is_buffered:
+        return None
+    try:
+        return estimate(
+            org_id=str(run.organization_id),
+            env_id=str(run.environment_id),
+            run_id=run.friendly_id,
+            delay_until_ms=to_ms(run.delay_until) if run.delay_until else None,
+            now_ms=now_ms(),
+        )
+    except BufferUnavailable:
+        logger.warning("mollifier.estimate.unavailable run=%s", run.friendly_id, exc_info=True)
+        return None
 
 
 def task_run_list(*, environment: RuntimeEnvironment, filters: dict[str, Any]) -> MergedRuns:
@@ -52,6 +78,10 @@ class BufferDirectory:
     def environment_labels(self, env_ids) -> dict[str, str]:
         environments = RuntimeEnvironment.objects.select_related("project__organization").by_ids(env_ids)
         return {env_id: str(environment) for env_id, environment in environments.items()}
+
+    def environment_types(self, env_ids) -> dict[str, str]:
+        environments = RuntimeEnvironment.objects.by_ids(env_ids)
+        return {env_id: environment.type.lower() for env_id, environment in environments.items()}
 
     def enrolled_organizations(self) -> list[str]:
         return [

@@ -247,6 +247,15 @@ MOLLIFIER: dict[str, Any] = {
     "ACK_GRACE_MS": env_int("MOLLIFIER_ACK_GRACE_MS", 30_000),
     "DRAIN_BATCH_SIZE": env_int("MOLLIFIER_DRAIN_BATCH_SIZE", 100),
     "DRAIN_MAX_ROWS_PER_SEC": env_int("MOLLIFIER_DRAIN_MAX_ROWS_PER_SEC", 5000),
+    # The drain rate (mollifier/rate.py): adaptive between the floor and MAX_ROWS_PER_SEC (the
+    # ceiling), cut when a round's write takes longer than the target or fails; or fixed at the ceiling.
+    "DRAIN_RATE_MODE": env("MOLLIFIER_DRAIN_RATE_MODE", "adaptive"),
+    "DRAIN_MIN_ROWS_PER_SEC": env_int("MOLLIFIER_DRAIN_MIN_ROWS_PER_SEC", 100),
+    "DRAIN_TARGET_COMMIT_MS": env_int("MOLLIFIER_DRAIN_TARGET_COMMIT_MS", 100),
+    "DRAIN_RATE_RISE_SECONDS": env_int("MOLLIFIER_DRAIN_RATE_RISE_SECONDS", 10),
+    "DRAIN_RATE_CUT_PERCENT": env_int("MOLLIFIER_DRAIN_RATE_CUT_PERCENT", 50),
+    # Shares of the drain under contention by environment type (mollifier/priority.py).
+    "DRAIN_WEIGHTS": env("MOLLIFIER_DRAIN_WEIGHTS", "production:8,staging:2,preview:1,development:1"),
     "DRAIN_LEASE_MS": env_int("MOLLIFIER_DRAIN_LEASE_MS", 30_000),
     "DRAIN_MAX_ATTEMPTS": env_int("MOLLIFIER_DRAIN_MAX_ATTEMPTS", 8),
     "DRAIN_PARK_AFTER": env_int("MOLLIFIER_DRAIN_PARK_AFTER", 3),
@@ -255,7 +264,7 @@ MOLLIFIER: dict[str, Any] = {
     "DRAIN_IDLE_SLEEP_MS": env_int("MOLLIFIER_DRAIN_IDLE_SLEEP_MS", 100),
     "STALE_AFTER_MS": env_int("MOLLIFIER_STALE_AFTER_MS", 60_000),
     "SINK": env("MOLLIFIER_SINK", "runs.services.materialise.TaskRunSink"),
-    # Environment names and enrolled organisations for the dashboard (mollifier/directory.py).
+    # Environment names, types (drain weights) and enrolled organisations (mollifier/directory.py).
     "DIRECTORY": "runs.selectors.BufferDirectory",
     "REDIS_ALIAS": "default",
     "REDIS_CLUSTER_URL": env("MOLLIFIER_REDIS_CLUSTER_URL", ""),

@@ -4,10 +4,12 @@ Optional fields are omitted, never ``null``: the SDK's schemas throw on ``null``
 A buffered run (an unsaved TaskRun built from its snapshot) renders through the same functions.
 """
 
+from datetime import UTC, datetime
 from typing import Any
 
 from django.utils import timezone
 
+from mollifier.estimate import Estimate
 from runs import json_values
 from runs.models import BatchTaskRun, RunStatus, TaskRun
 
@@ -104,8 +106,10 @@ def _trigger_function(run: TaskRun) -> str:
     return ("batchTrigger" if run.batch_id else "trigger") + wait
 
 
-def run_detail(run: TaskRun, *, payload_url: str | None = None) -> dict:
-    """``payload_url``: the presigned download URL of an offloaded payload (runs.api.presigned)."""
+def run_detail(run: TaskRun, *, payload_url: str | None = None, estimate: Estimate | None = None) -> dict:
+    """``payload_url``: the presigned download URL of an offloaded payload (runs.api.presigned).
+    ``estimate``: for a run still in the mollifier buffer, when its row should be written (a key
+    the SDK drops: ``mollifier: {position, estimatedWriteAt}``)."""
     data = _common(run)
     data["triggerFunction"] = _trigger_function(run)
     data["relatedRuns"] = {}  # the SDK requires the object; nested run summaries are not kept here
@@ -119,6 +123,15 @@ def run_detail(run: TaskRun, *, payload_url: str | None = None) -> dict:
         data["payloadPresignedUrl"] = payload_url  # the SDK downloads it in place of the payload
     if run.error:
         data["error"] = run.error
+    if estimate is not None:
+        data["mollifier"] = buffered_estimate(estimate)
+    return data
+
+
+def buffered_estimate(estimate: Estimate) -> dict:
+    data: dict[str, Any] = {"position": estimate.position}
+    if estimate.write_at_ms is not None:
+        data["estimatedWriteAt"] = iso(datetime.fromtimestamp(estimate.write_at_ms / 1000, tz=UTC))
     return data
 
 

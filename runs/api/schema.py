@@ -73,6 +73,15 @@ class _RunCommon(serializers.Serializer):
     metadata = serializers.DictField(required=False)
 
 
+class BufferedEstimateSchema(serializers.Serializer):
+    """Only on a run still waiting in the mollifier buffer (the SDK drops unknown keys)."""
+
+    position = serializers.IntegerField(help_text="Runs of its environment's queue ahead of it (0: next).")
+    estimatedWriteAt = serializers.DateTimeField(
+        required=False, help_text="When its row should be written to Postgres (absent while no drainer runs)."
+    )
+
+
 class RunSchema(_RunCommon):
     triggerFunction = serializers.ChoiceField(
         choices=["trigger", "triggerAndWait", "batchTrigger", "batchTriggerAndWait"]
@@ -83,6 +92,7 @@ class RunSchema(_RunCommon):
     payload = serializers.JSONField(required=False)
     payloadPresignedUrl = serializers.CharField(required=False)
     error = serializers.DictField(required=False)
+    mollifier = BufferedEstimateSchema(required=False)
 
 
 class EnvSchema(serializers.Serializer):

@@ -31,7 +31,13 @@ from runs.api.schema import (
 from runs.api.tokens import public_token
 from runs.exceptions import RunNotFound
 from runs.models import RuntimeEnvironment
-from runs.selectors import environment_in_project, environment_matches, task_run_get, task_run_list
+from runs.selectors import (
+    environment_in_project,
+    environment_matches,
+    task_run_buffered_estimate,
+    task_run_get,
+    task_run_list,
+)
 from runs.services.batches import BatchItem, batch_add_items, batch_create, batch_get, batch_retrieve
 from runs.services.cancel import task_run_cancel
 from runs.services.idempotency import idempotency_key_reset
@@ -139,7 +145,11 @@ class RunRetrieveApi(EnvironmentApi):
         except RunNotFound as error:
             # Tell the SDK to retry: a run accepted a moment ago may not be readable yet.
             return error_response(error.message, status.HTTP_404_NOT_FOUND, headers={"x-should-retry": "true"})
-        return Response(presenters.run_detail(run, payload_url=presigned.payload_url(request, run)))
+        return Response(
+            presenters.run_detail(
+                run, payload_url=presigned.payload_url(request, run), estimate=task_run_buffered_estimate(run=run)
+            )
+        )
 
 
 class RunCancelApi(EnvironmentApi):

@@ -23,6 +23,7 @@ Batch members get their BatchTaskRunItem in the same transaction.
 import logging
 import re
 
+import psycopg
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import JSONField
 from django.utils import timezone
@@ -67,6 +68,10 @@ class TaskRunSink:
                 report = _materialise(held, minimal=last_resort) if held else SinkReport()
         except (OperationalError, InterfaceError) as error:
             raise SinkUnavailable(str(error)) from error
+        except psycopg.Error as error:  # the raw COPY path's errors are not wrapped by Django
+            if not _database_unavailable(error):
+                raise
+            raise SinkUnavailable(str(error)) from error
         if not connection.in_atomic_block:  # after the commit (a test may run rounds inside its own)
             _link_pending_items()
         return report + SinkReport(fenced=len(entries) - len(held))
@@ -77,6 +82,12 @@ class TaskRunSink:
             return settle_pins(pins)
         except (OperationalError, InterfaceError) as error:
             raise SinkUnavailable(str(error)) from error
+
+
+def _database_unavailable(error: psycopg.Error) -> bool:
+    """The database, not the round, failed: no connection (08), a statement timeout or a shutdown
+    (57), no resources (53), a lock not granted (55). Anything else may be one entry's fault."""
+    return isinstance(error, psycopg.InterfaceError) or (error.sqlstate or "08")[:2] in ("08", "53", "55", "57")
 
 
 def _link_pending_items() -> None:

@@ -203,10 +203,11 @@ def test_entries_of_a_deleted_environment_are_dropped_not_stuck(drain_settings):
 
 
 def test_the_rate_limiter_grants_only_what_the_rate_allows():
-    redis, key, now = redis_client(), [keys.drain_rate()], 1_800_000_000_000
+    redis, now = redis_client(), 1_800_000_000_000
+    bucket = [keys.drain_rate(), keys.drain_limit(), keys.drain_minute(now // 60_000)]
 
-    def ask(at_ms, rows):
-        return int(scripts.DRAIN_RATE(keys=key, args=[at_ms, rows, 1000], client=redis))
+    def ask(at_ms, rows):  # fixed at 1000 rows/s, rounds of up to a second
+        return int(scripts.DRAIN_RATE(keys=bucket, args=[at_ms, rows, 1000, 1, "fixed", 1000, ""], client=redis)[0])
 
     assert ask(now, 100) == 0  # 100 rows at 1000/s: paid off at now + 100 ms
     assert ask(now + 10, 100) == 90

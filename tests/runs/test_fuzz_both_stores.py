@@ -111,7 +111,8 @@ def test_what_the_api_accepts_comes_back_as_it_went_in(api, enrolled, store):
         assert before.json()["payload"] == json.loads(json.dumps(payload))  # what went in
         Drainer().run(once=True)
         after = api.get(f"/api/v3/runs/{run_id}")
-        assert after.status_code == 200 and after.json() == before.json()  # the drain wrote what was shown
+        shown = {key: value for key, value in before.json().items() if key != "mollifier"}  # the write estimate
+        assert after.status_code == 200 and after.json() == shown  # the drain wrote what was shown
         assert api.get("/api/v1/runs").status_code == 200
 
     check()

@@ -22,6 +22,7 @@ class Progress:
         self.report = SinkReport()
         self.rounds = self.retried = self.failed = self.reclaimed = self.acked = self.settled = self.parked = 0
         self.window_start, self.window_rows = time.monotonic(), 0
+        self.rate_limit = 0.0
 
     def __call__(self, result: RoundResult) -> None:
         self.rounds += 1
@@ -33,6 +34,7 @@ class Progress:
         self.settled += result.settled
         self.parked += result.parked
         self.window_rows += result.acked
+        self.rate_limit = result.rate_limit or self.rate_limit
         now = time.monotonic()
         if not self.quiet and now - self.last_print >= (1 if self.live else 10):
             rate = self.window_rows / max(now - self.window_start, 1e-6)
@@ -40,6 +42,7 @@ class Progress:
                 f"drained {self.acked:,} run{pluralize(self.acked)}  {rate:,.0f} rows/s  backlog {self._backlog()}  "
                 f"retried {self.retried:,}  failed {self.failed:,}  parked {self.parked:,}"
             )
+            line += f"  allowed {self.rate_limit:,.0f} rows/s"  # the shared drain rate (adaptive: it moves)
             if self.live:
                 self.out.write("\r" + line.ljust(100), ending="")
                 self.out.flush()
