@@ -103,7 +103,7 @@ def test_the_retrieve_of_a_written_run_costs_the_buffer_nothing(api, enrolled):
 
     stop = watch_redis()
     body = api.get(f"/api/v3/runs/{run_id}").json()
-    commands = stop()
+    commands = [event["command"] for event in stop()]
 
     assert "mollifier" not in body
     assert not [command for command in commands if "mollifier" in command or "EVALSHA" in command.upper()]
