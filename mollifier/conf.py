@@ -124,3 +124,20 @@ def redis_alias() -> str:
 
 def redis_cluster_url() -> str:
     return str(_get("REDIS_CLUSTER_URL") or "")
+
+
+def redis_breaker_failures() -> int:
+    """Consecutive failures (timeouts, refused connections) that open the breaker; 0 turns it off."""
+    return max(0, int(_get("REDIS_BREAKER_FAILURES")))
+
+
+def redis_breaker_cooldown_ms() -> int:
+    return _positive("REDIS_BREAKER_COOLDOWN_MS")
+
+
+def redis_socket_timeout_ms() -> int:
+    return _positive("REDIS_SOCKET_TIMEOUT_MS")
+
+
+def redis_connect_timeout_ms() -> int:
+    return _positive("REDIS_CONNECT_TIMEOUT_MS")

@@ -5,7 +5,9 @@ With the switch off the gate touches nothing in Redis. An enrolled organisation'
 evaluated and, when its environment is tripped, accepted in the same script (one round trip).
 
 Fails open: any Redis error means pass-through, logged. Postgres's unique constraints on the run id
-and the idempotency key stay the final arbiter, so a double write is impossible either way.
+and the idempotency key stay the final arbiter, so a double write is impossible either way. While
+the Redis circuit breaker is open (mollifier/breaker.py) the gate does nothing at all: no entry is
+built, no call is made, and the trigger passes through (reason ``breaker_open``).
 """
 
 import enum
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 
 from mollifier import client as redis_client
 from mollifier import conf, keys, metrics, scripts
+from mollifier.breaker import BreakerOpen
 from mollifier.buffer import AcceptResult, accept_args, accept_keys, accept_result
 from mollifier.codec import Entry
 from mollifier.exceptions import BufferUnavailable
@@ -31,7 +34,9 @@ class Decision(enum.StrEnum):
 @dataclass(frozen=True)
 class Admission:
     decision: Decision
-    reason: str  # disabled, bypass:<why>, not_enrolled, under_threshold, per_env_rate, global_rate, redis_error
+    # disabled, bypass:<why>, not_enrolled, under_threshold, per_env_rate, global_rate, redis_error
+    # (Redis failed or timed out), breaker_open (Redis known not to answer: not even tried)
+    reason: str
     accepted: AcceptResult | None = None  # set when mollified: what the buffer did with the entry
 
 
@@ -85,6 +90,7 @@ def _admit(
     window, threshold, hold = conf.trip_window_ms(), conf.trip_threshold(), conf.hold_ms()
     try:
         redis = redis_client.get()
+        redis_client.check_breaker(redis)  # before building the entry: while it is open, no work at all
         forced = _global_tripped(redis, now_ms)
         reason = "global_rate" if forced else "per_env_rate"
         if not enrolled:
@@ -120,6 +126,9 @@ def _admit(
             return Admission(Decision.PASS_THROUGH, "under_threshold")
         logger.debug("mollifier.gate.mollified org=%s env=%s reason=%s", org_id, env_id, reason)
         return Admission(Decision.MOLLIFY, reason, accept_result(reply, candidate, client=redis))
+    except BreakerOpen:
+        logger.debug("mollifier.gate.breaker_open org=%s env=%s", org_id, env_id)  # one line per trigger: debug
+        return Admission(Decision.PASS_THROUGH, "breaker_open")
     except BufferUnavailable:
         logger.warning("mollifier.gate.redis_unavailable org=%s env=%s", org_id, env_id, exc_info=True)
         return Admission(Decision.PASS_THROUGH, "redis_error")

@@ -8,7 +8,7 @@ shared empty directory, as `make run` does; `/metrics` then sums every process's
 import os
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -44,6 +44,18 @@ DRAIN_FAILURES = Counter(
     "Drain problems by cause.",
     ["cause"],
     # database_unavailable, entry_failed, marked_terminal, parked, ack_failed, redis_unavailable
+)
+REDIS_BREAKER_STATE = Gauge(
+    "mollifier_redis_breaker_state",
+    "Redis circuit breaker: 0 closed, 1 half-open (probing), 2 open (Redis skipped). The worst of this "
+    "host's live processes.",
+    multiprocess_mode="livemax",
+)
+REDIS_BREAKER_OPENS = Counter(
+    "mollifier_redis_breaker_opens_total", "Times a Redis circuit breaker opened (closed to open)."
+)
+REDIS_BREAKER_REJECTED = Counter(
+    "mollifier_redis_breaker_rejected_total", "Redis calls refused at once because a circuit breaker was open."
 )
 
 # Labelled counters start at zero (the Prometheus convention): a rate() or an alert on a series that
@@ -102,6 +114,9 @@ METRICS = (
     DWELL_SECONDS,
     LEASES_RECLAIMED,
     DRAIN_FAILURES,
+    REDIS_BREAKER_STATE,
+    REDIS_BREAKER_OPENS,
+    REDIS_BREAKER_REJECTED,
 )
 
 

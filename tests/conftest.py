@@ -2,7 +2,18 @@ import pytest
 from django_redis import get_redis_connection
 from rest_framework.test import APIClient
 
+from mollifier import breaker
 from tests.factories import EnvironmentFactory
+
+
+@pytest.fixture(autouse=True)
+def redis_breakers():
+    """Every test starts with closed circuit breakers (one test's dead Redis must not open the next's)."""
+    breaker.enable()
+    breaker.reset()
+    yield
+    breaker.enable()
+    breaker.reset()
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,9 @@
 
 The SDK sends one fresh uuid per call and the same one on each of its retries. The key, scoped to
 (environment, task), maps to the run id for 24 hours through Django's cache (Redis). A cache that
-cannot be reached is skipped: the task idempotency key and the Postgres constraint still hold.
+cannot be reached is skipped: the task idempotency key and the Postgres constraint still hold. The
+cache's client is the mollifier's (``REDIS_CLIENT_CLASS``), so it shares the Redis time budget and
+circuit breaker: while the breaker is open the lookup costs nothing.
 """
 
 import hashlib
@@ -11,6 +13,8 @@ import logging
 
 from django.conf import settings
 from django.core.cache import cache
+
+from mollifier.breaker import BreakerOpen
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +30,9 @@ def request_lookup(*, request_key: str | None, environment_id: int, scope: list[
         return None
     try:
         return cache.get(_cache_key(request_key=request_key, environment_id=environment_id, scope=scope))
+    except BreakerOpen:  # Redis known not to answer: refused at once (mollifier/breaker.py)
+        logger.debug("runs.request_idempotency.breaker_open env=%s", environment_id)
+        return None
     except Exception:  # django-redis raises redis errors through; any of them means "not known"
         logger.warning("runs.request_idempotency.lookup_failed env=%s", environment_id, exc_info=True)
         return None
@@ -40,5 +47,7 @@ def request_remember(*, request_key: str | None, environment_id: int, scope: lis
             value,
             timeout=settings.TRIGGER["REQUEST_IDEMPOTENCY_TTL_SECONDS"],
         )
+    except BreakerOpen:
+        logger.debug("runs.request_idempotency.breaker_open env=%s", environment_id)
     except Exception:
         logger.warning("runs.request_idempotency.remember_failed env=%s", environment_id, exc_info=True)

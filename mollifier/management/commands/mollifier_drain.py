@@ -6,7 +6,7 @@ import time
 from django.core.management.base import BaseCommand
 from django.template.defaultfilters import pluralize
 
-from mollifier import buffer, conf
+from mollifier import breaker, buffer, conf
 from mollifier.drainer import Drainer, RoundResult
 from mollifier.exceptions import BufferUnavailable
 from mollifier.sink import SinkReport
@@ -78,6 +78,7 @@ class Command(BaseCommand):
         parser.add_argument("--quiet", action="store_true", help="no progress output, only the summary")
 
     def handle(self, *args, once, quiet, **options):
+        breaker.disable()  # not a request path: the loop's backoff spaces calls to a sick Redis
         stop = threading.Event()
 
         def request_stop(signum, frame):
