@@ -73,6 +73,24 @@ def org_buffer_cap() -> int:
     return _positive("ORG_BUFFER_CAP")
 
 
+def org_buffer_max_bytes() -> int:
+    """Bytes of waiting entries one organisation may hold (snapshots and fields); 0: no byte cap."""
+    return max(0, int(_get("ORG_BUFFER_MAX_BYTES")))
+
+
+def redis_memory_limit_percent() -> int:
+    """New entries are refused once Redis uses this share of its maxmemory; 0 turns the guard off."""
+    value = int(_get("REDIS_MEMORY_LIMIT_PERCENT"))
+    if not 0 <= value <= 100:
+        raise ImproperlyConfigured(f"MOLLIFIER_REDIS_MEMORY_LIMIT_PERCENT must be 0 to 100, got {value}.")
+    return value
+
+
+def redis_memory_check_ms() -> int:
+    """How long a process trusts its reading of Redis's memory (0: read before every accept)."""
+    return max(0, int(_get("REDIS_MEMORY_CHECK_MS")))
+
+
 def ack_grace_ms() -> int:
     return _positive("ACK_GRACE_MS")
 

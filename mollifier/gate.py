@@ -7,7 +7,8 @@ evaluated and, when its environment is tripped, accepted in the same script (one
 Fails open: any Redis error means pass-through, logged. Postgres's unique constraints on the run id
 and the idempotency key stay the final arbiter, so a double write is impossible either way. While
 the Redis circuit breaker is open (mollifier/breaker.py) the gate does nothing at all: no entry is
-built, no call is made, and the trigger passes through (reason ``breaker_open``).
+built, no call is made, and the trigger passes through (reason ``breaker_open``). While Redis
+nears its maxmemory (mollifier/memory.py), a tripped trigger passes through too (``redis_memory``).
 """
 
 import enum
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mollifier import client as redis_client
-from mollifier import conf, keys, metrics, scripts
+from mollifier import conf, keys, memory, metrics, scripts
 from mollifier.breaker import BreakerOpen
 from mollifier.buffer import AcceptResult, accept_args, accept_keys, accept_result
 from mollifier.codec import Entry
@@ -35,7 +36,8 @@ class Decision(enum.StrEnum):
 class Admission:
     decision: Decision
     # disabled, bypass:<why>, not_enrolled, under_threshold, per_env_rate, global_rate, redis_error
-    # (Redis failed or timed out), breaker_open (Redis known not to answer: not even tried)
+    # (Redis failed or timed out), breaker_open (Redis known not to answer: not even tried),
+    # redis_memory (tripped, but Redis is near its maxmemory: new entries refused)
     reason: str
     accepted: AcceptResult | None = None  # set when mollified: what the buffer did with the entry
 
@@ -104,6 +106,7 @@ def _admit(
                 redis.zadd(keys.shadow_orgs(), {org_id: now_ms})  # the dashboard lists them
                 return Admission(Decision.SHADOW, reason)
             return Admission(Decision.PASS_THROUGH, "under_threshold")
+        memory_full = memory.near_full(redis)
         candidate = entry()
         reply = scripts.GATE_ACCEPT(
             keys=[
@@ -118,12 +121,15 @@ def _admit(
                 threshold,
                 hold,
                 "1" if forced else "0",
-                *accept_args(candidate, claim_marker=claim_marker, claim_ttl=claim_ttl),
+                *accept_args(candidate, claim_marker=claim_marker, claim_ttl=claim_ttl, memory_full=memory_full),
             ],
             client=redis,
         )
         if reply[0] in (b"pass_through", "pass_through"):
             return Admission(Decision.PASS_THROUGH, "under_threshold")
+        if reply[0] in (b"memory_full", "memory_full"):
+            logger.debug("mollifier.gate.memory_full org=%s env=%s", org_id, env_id)
+            return Admission(Decision.PASS_THROUGH, "redis_memory")
         logger.debug("mollifier.gate.mollified org=%s env=%s reason=%s", org_id, env_id, reason)
         return Admission(Decision.MOLLIFY, reason, accept_result(reply, candidate, client=redis))
     except BreakerOpen:

@@ -255,6 +255,10 @@ MOLLIFIER = {
     "CLAIM_WAIT_MS": env_int("MOLLIFIER_CLAIM_WAIT_MS", 5000),
     "CLAIM_POLL_MS": env_int("MOLLIFIER_CLAIM_POLL_MS", 25),
     "ORG_BUFFER_CAP": env_int("MOLLIFIER_ORG_BUFFER_CAP", 100_000),
+    "ORG_BUFFER_MAX_BYTES": env_int("MOLLIFIER_ORG_BUFFER_MAX_BYTES", 256 * 1024 * 1024),  # 0: no byte cap
+    # Past this share of Redis's maxmemory, new entries are refused (those triggers pass through).
+    "REDIS_MEMORY_LIMIT_PERCENT": env_int("MOLLIFIER_REDIS_MEMORY_LIMIT_PERCENT", 80),
+    "REDIS_MEMORY_CHECK_MS": env_int("MOLLIFIER_REDIS_MEMORY_CHECK_MS", 1000),
     "ACK_GRACE_MS": env_int("MOLLIFIER_ACK_GRACE_MS", 30_000),
     "DRAIN_BATCH_SIZE": env_int("MOLLIFIER_DRAIN_BATCH_SIZE", 100),
     "DRAIN_MAX_ROWS_PER_SEC": env_int("MOLLIFIER_DRAIN_MAX_ROWS_PER_SEC", 5000),
