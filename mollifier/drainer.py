@@ -374,7 +374,7 @@ class Drainer:
         postgres``) and is reported to ``on_wait`` (the command's progress line). Hangs cost at most
         the clients' time budgets (Redis socket timeout, ``DB_ANSWER_TIMEOUT_MS``) per call.
         """
-        failures, since = 0, 0.0
+        failures, since, waiting_for = 0, 0.0, ""
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mollifier-lease") as prefetch:
             ahead: Future | None = None
             while True:
@@ -386,15 +386,16 @@ class Drainer:
                         ahead = prefetch.submit(self._start_round)
                     result = self._finish_round(started_round)
                     if result.database_error:
-                        waiting = Waiting("postgres", failures + 1, result.database_error)
+                        waiting = Waiting("postgres", 0, result.database_error)
                         ahead = self._give_back_round(ahead)  # not written while Postgres is out
                 except BufferUnavailable as error:
                     ahead = None
                     metrics.DRAIN_FAILURES.labels(cause="redis_unavailable").inc()
-                    waiting = Waiting("redis", failures + 1, f"{type(error).__name__}: {error}")
+                    waiting = Waiting("redis", 0, f"{type(error).__name__}: {error}")
                 if waiting is not None:
-                    failures += 1
-                    since = since or time.monotonic()
+                    failures = failures + 1 if waiting.dependency == waiting_for else 1
+                    waiting.failures = failures
+                    since, waiting_for = since or time.monotonic(), waiting.dependency
                     waiting.retry_in_ms = backoff_ms(failures)
                     logger.warning(
                         "mollifier.drain.waiting dependency=%s failures=%d retry_in_ms=%d error=%s",
@@ -408,13 +409,16 @@ class Drainer:
                     if self.stop.wait(waiting.retry_in_ms / 1000):
                         return
                     continue
-                if failures:
+                # Redis answered this round; Postgres only when the round wrote something (an
+                # empty round, its entries backing off, does not reach it).
+                if failures and (waiting_for == "redis" or result.popped):
                     logger.warning(
-                        "mollifier.drain.recovered after_failures=%d waited_ms=%d",
+                        "mollifier.drain.recovered dependency=%s after_failures=%d waited_ms=%d",
+                        waiting_for,
                         failures,
                         int((time.monotonic() - since) * 1000),
                     )
-                    failures, since = 0, 0.0
+                    failures, since, waiting_for = 0, 0.0, ""
                 if on_round:
                     on_round(result)
                 if ahead is not None:
