@@ -72,7 +72,8 @@ class BufferCollector:
     """Buffer gauges read from Redis at scrape time (so every process reports the same truth)."""
 
     def collect(self):
-        from mollifier import buffer
+        from mollifier import buffer, conf, memory
+        from mollifier import client as redis_client
         from mollifier.stats import env_stats
 
         now_ms = time.time_ns() // 1_000_000
@@ -86,6 +87,10 @@ class BufferCollector:
             return
         gauges = {
             "mollifier_buffer_up": ("1 when the buffer's Redis answered the scrape.", 1),
+            "mollifier_buffer_bytes": (
+                "Bytes held by waiting runs (what MOLLIFIER_ORG_BUFFER_MAX_BYTES bounds per organisation).",
+                sum(buffer.buffered_bytes(org) for org in {row.org_id for row in rows} | set(buffer.parked_orgs())),
+            ),
             "mollifier_buffer_depth": ("Runs waiting in the buffer (not yet written).", sum(r.waiting for r in rows)),
             "mollifier_buffer_leased": ("Buffered runs held by drainers right now.", sum(r.leased for r in rows)),
             "mollifier_buffer_expired_leases": ("Leases whose drainer is gone.", sum(r.expired_leases for r in rows)),
@@ -100,6 +105,20 @@ class BufferCollector:
                 max((r.oldest_age_ms(now_ms) for r in rows), default=0) / 1000,
             ),
         }
+        try:
+            reading = memory.read(redis_client.get())
+        except BufferUnavailable:  # INFO refused (a managed Redis): no memory gauges
+            reading = None
+        if reading is not None:
+            gauges["mollifier_redis_memory_used_ratio"] = (
+                "Redis used_memory / maxmemory (0 without maxmemory); new entries are refused from "
+                "MOLLIFIER_REDIS_MEMORY_LIMIT_PERCENT.",
+                reading.ratio,
+            )
+            gauges["mollifier_redis_memory_guard"] = (
+                "1 while Redis is near its maxmemory: new entries refused, triggers pass through.",
+                int(reading.near_full(conf.redis_memory_limit_percent())),
+            )
         for name, (documentation, value) in gauges.items():
             gauge = GaugeMetricFamily(name, documentation)
             gauge.add_metric([], value)
@@ -120,14 +139,32 @@ METRICS = (
 )
 
 
-def exposition() -> bytes:
-    """The text exposition: every process's counters in multiprocess mode (else this process's),
-    plus the buffer gauges."""
+def _process_registry() -> CollectorRegistry:
+    """Every process's metrics in multiprocess mode (else this process's)."""
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         MultiProcessCollector(registry)
     else:
         for metric in METRICS:
             registry.register(metric)
+    return registry
+
+
+def exposition() -> bytes:
+    """The text exposition: the processes' metrics, plus the buffer gauges."""
+    registry = _process_registry()
     registry.register(BufferCollector())
     return generate_latest(registry)
+
+
+def breaker_summary() -> tuple[int, float]:
+    """(the worst Redis breaker state of this host's live processes, breaker opens so far): what
+    ``mollifier_redis_breaker_state`` and ``_opens_total`` say, for the dashboard."""
+    state, opens = 0, 0.0
+    for family in _process_registry().collect():
+        for sample in family.samples:
+            if sample.name == "mollifier_redis_breaker_state":
+                state = max(state, int(sample.value))
+            elif sample.name == "mollifier_redis_breaker_opens_total":
+                opens += sample.value
+    return state, opens

@@ -2,8 +2,10 @@
 
 from dataclasses import dataclass
 
-from mollifier import buffer, keys
+from mollifier import buffer, conf, keys, memory, metrics
 from mollifier import client as redis_client
+from mollifier.breaker import State
+from mollifier.exceptions import BufferUnavailable
 
 
 @dataclass(frozen=True)
@@ -83,3 +85,29 @@ def shadow_orgs(*, since_ms: int) -> list[str]:
     """Organisations shadow mode would have mollified since ``since_ms``."""
     raw = redis_client.get().zrangebyscore(keys.shadow_orgs(), since_ms, "+inf")
     return [org.decode() if isinstance(org, bytes) else org for org in raw]
+
+
+@dataclass(frozen=True)
+class RedisStatus:
+    """The buffer's Redis as an operator sees it: the circuit breaker and the memory guard."""
+
+    breaker: str  # closed | half-open | open: the worst of this host's live processes
+    breaker_opens: int  # times a breaker opened (this host's processes, since their start)
+    memory: memory.MemoryReading | None  # None: Redis did not answer, or refused INFO
+    memory_limit_percent: int
+
+    @property
+    def memory_guard(self) -> bool:
+        return self.memory is not None and self.memory.near_full(self.memory_limit_percent)
+
+
+def redis_status() -> RedisStatus:
+    """Never raises: a Redis that does not answer is part of the status."""
+    state, opens = metrics.breaker_summary()
+    try:
+        reading = memory.read(redis_client.get())
+    except BufferUnavailable:
+        reading = None
+    return RedisStatus(
+        State(state).name.lower().replace("_", "-"), int(opens), reading, conf.redis_memory_limit_percent()
+    )

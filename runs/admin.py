@@ -17,7 +17,7 @@ from django.views.decorators.http import require_POST
 from mollifier import buffer, conf
 from mollifier.drainer import Drainer, now_ms
 from mollifier.exceptions import BufferUnavailable
-from mollifier.stats import env_stats, shadow_orgs, timeline
+from mollifier.stats import env_stats, redis_status, shadow_orgs, timeline
 from runs import charts
 from runs.exceptions import IdempotencyKeyNotFound, RunError
 from runs.models import BatchTaskRun, MollifierDashboard, Organization, Project, RuntimeEnvironment, TaskRun
@@ -311,6 +311,7 @@ class MollifierDashboardAdmin(admin.ModelAdmin):
             "opts": self.model._meta,
             "settings": _knobs(),
             "can_drain": request.user.has_perm("runs.change_taskrun"),
+            "redis": redis_status(),  # shown also when Redis does not answer
         }
         try:
             rows = env_stats(now_ms=now)
@@ -382,4 +383,5 @@ def _knobs() -> dict:
         "hold_ms": conf.hold_ms(),
         "cap": conf.drain_max_rows_per_sec(),
         "org_cap": conf.org_buffer_cap(),
+        "org_max_bytes": conf.org_buffer_max_bytes(),
     }
