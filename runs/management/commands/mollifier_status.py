@@ -7,6 +7,10 @@ from mollifier.stats import env_stats, redis_status
 from runs.models import RuntimeEnvironment
 
 
+def _size(count: int) -> str:
+    return filesizeformat(count).replace("\xa0", " ")  # a terminal, not HTML
+
+
 class Command(BaseCommand):
     help = (
         "Show the mollifier buffer: depth per organisation and environment, oldest dwell, leases, gate "
@@ -36,8 +40,8 @@ class Command(BaseCommand):
             held = sum(buffer.buffered_bytes(org) for org in orgs)
             self.stdout.write(
                 f"total waiting: {waiting:,} in {len(orgs)} organisation{pluralize(len(orgs))}, {len(rows)} "
-                f"environment{pluralize(len(rows))}, {filesizeformat(held)} "
-                f"(per organisation at most {conf.org_buffer_cap():,} runs, {filesizeformat(conf.org_buffer_max_bytes())})"
+                f"environment{pluralize(len(rows))}, {_size(held)} "
+                f"(per organisation at most {conf.org_buffer_cap():,} runs, {_size(conf.org_buffer_max_bytes())})"
             )
         else:
             self.stdout.write("buffer empty")
@@ -65,11 +69,11 @@ class Command(BaseCommand):
         if reading is None:
             return "redis memory: unknown (INFO refused)"
         if not reading.max_bytes:
-            return f"redis memory: {filesizeformat(reading.used_bytes)}, no maxmemory set (the memory guard is off)"
+            return f"redis memory: {_size(reading.used_bytes)}, no maxmemory set (the memory guard is off)"
         state = "NEW ENTRIES REFUSED" if status.memory_guard else f"new entries refused from {limit}%"
         return (
-            f"redis memory: {reading.ratio:.0%} of {filesizeformat(reading.max_bytes)} "
-            f"({filesizeformat(reading.used_bytes)}); {state}"
+            f"redis memory: {reading.ratio:.0%} of {_size(reading.max_bytes)} "
+            f"({_size(reading.used_bytes)}); {state}"
         )
 
     def _table(self, rows, names: dict, now: int) -> None:
