@@ -9,8 +9,9 @@ import os
 import socket
 from urllib.parse import urlsplit, urlunsplit
 
-BENCH_DB = "mollifier_bench"
-BENCH_REDIS_DB = 8
+# BENCH_DB / BENCH_REDIS_DB (and BENCH_PORT) let two benches share a machine's servers.
+BENCH_DB = os.environ.get("BENCH_DB", "mollifier_bench")
+BENCH_REDIS_DB = int(os.environ.get("BENCH_REDIS_DB", "8"))
 
 
 def _answers(port: int) -> bool:

@@ -8,8 +8,10 @@ the server it talks to before touching the socket, and reports back how the call
   for ``MOLLIFIER_REDIS_BREAKER_COOLDOWN_MS``. The gate, the claim and request idempotency already
   fail open on ``BufferUnavailable``, so triggers go straight to Postgres without paying a timeout;
   a read that needs the buffer answers 503, which the SDK retries.
-- **half-open**: after the cooldown, the next call is the probe; the others still fail fast. A
-  probe that answers closes the breaker; one that fails opens it for another cooldown.
+- **half-open**: after the cooldown, the next call starts the probe — a PING on a thread of its
+  own — and fails fast like the others: no request ever waits on a probe. A probe that answers
+  closes the breaker; one that fails opens it for another cooldown. (Without a prober, as for a
+  cluster client still being built, that next call is itself the probe.)
 
 A failure is Redis not answering: a timeout, a refused or reset connection, a server still
 loading, busy with a script, or a cluster without a working primary. An error *reply* (a script
@@ -17,11 +19,13 @@ error, OOM under ``noeviction``) is an answer: it counts as a success here, and 
 gets its ``BufferUnavailable``.
 
 Why hand-written rather than pybreaker: the breaker must sit inside ``execute_command`` (a check
-before, a report after), count only "not answering" failures, let exactly one probe through in
-half-open while the rest fail fast, and publish its state as a multi-process Prometheus gauge. That
-is the eighty lines below, with no new dependency; pybreaker would wrap callables, count every
-exception unless told otherwise, and still need the same glue. Neither times calls: the time
-budget is redis-py's socket timeouts (``MOLLIFIER_REDIS_SOCKET_TIMEOUT_MS``), with no retries.
+before, a report after), count only "not answering" failures, probe in the background so that no
+request pays a hung Redis's timeout once it is known to hang (measured: with the probe on a
+request, every worker stalled for the socket timeout each cooldown, `make bench` P7), and publish
+its state as a multi-process Prometheus gauge. That is the hundred lines below, with no new
+dependency; pybreaker wraps callables, lets a half-open call through on the caller's thread, and
+would still need the same glue. Neither times calls: the time budget is redis-py's socket timeouts
+(``MOLLIFIER_REDIS_SOCKET_TIMEOUT_MS``), with no retries.
 
 Per process, one breaker per Redis server (host:port, socket path, or cluster), shared by every
 thread. The drainer is not on a request path and switches its breakers off (``disable()``): its own
@@ -53,9 +57,11 @@ class BreakerOpen(BufferUnavailable):
 
 
 class Breaker:
-    def __init__(self, name: str, *, clock=time.monotonic):
+    def __init__(self, name: str, *, clock=time.monotonic, prober=None):
         self.name = name
         self.clock = clock
+        # Called on a thread of its own to probe: returns when Redis answers, raises when not.
+        self.prober = prober
         self.state = State.CLOSED
         self.failures = 0  # consecutive, while closed
         self.opened_at = 0.0
@@ -75,10 +81,20 @@ class Breaker:
             if now - self.opened_at >= cooldown and not probe_running:
                 self.probe_started_at = now  # a probe that never reports is replaced after a cooldown
                 self._become(State.HALF_OPEN)
-                return True
+                if self.prober is None:
+                    return True  # this call is the probe
+                threading.Thread(target=self._probe, name=f"redis-probe {self.name}", daemon=True).start()
             left_ms = max(0, int((self.opened_at + cooldown - now) * 1000))
         _metrics().REDIS_BREAKER_REJECTED.inc()
         raise BreakerOpen(f"Redis at {self.name} is not answering: circuit breaker open (next probe in {left_ms} ms)")
+
+    def _probe(self) -> None:
+        try:
+            self.prober()
+        except Exception as error:
+            self.failed(True, error)
+        else:
+            self.succeeded(True)
 
     def check(self) -> None:
         """Raise BreakerOpen when a call now would be refused, without taking the probe's turn
@@ -151,6 +167,7 @@ _registry_lock = threading.Lock()
 
 
 def for_server(name: str) -> Breaker:
+    """The breaker of the Redis server ``name`` (its client gives it a prober)."""
     if (found := _breakers.get(name)) is not None:
         return found
     with _registry_lock:

@@ -73,10 +73,25 @@ def _guarded(gate: breaker.Breaker, call, *args, **kwargs):
     return result
 
 
+def _ping(call) -> None:
+    """The half-open probe: returns when Redis answers (an error reply is an answer too)."""
+    try:
+        call("PING")
+    except REDIS_ERRORS as error:
+        if not_answering(error):
+            raise
+
+
+def _pool_breaker(pool: redis.ConnectionPool) -> breaker.Breaker:
+    gate = breaker.for_server(_server_name(pool.connection_kwargs))
+    if gate.prober is None:  # a plain client on the same pool: the probe must not pass the breaker
+        gate.prober = lambda: _ping(redis.Redis(connection_pool=pool).execute_command)
+    return gate
+
+
 class BufferPipeline(Pipeline):
     def execute(self, raise_on_error: bool = True):
-        gate = breaker.for_server(_server_name(self.connection_pool.connection_kwargs))
-        return _guarded(gate, super().execute, raise_on_error)
+        return _guarded(_pool_breaker(self.connection_pool), super().execute, raise_on_error)
 
 
 class BufferRedis(redis.Redis):
@@ -85,7 +100,7 @@ class BufferRedis(redis.Redis):
 
     @property
     def _breaker(self) -> breaker.Breaker:
-        return breaker.for_server(_server_name(self.connection_pool.connection_kwargs))
+        return _pool_breaker(self.connection_pool)
 
     def pipeline(self, transaction=True, shard_hint=None) -> BufferPipeline:
         return BufferPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
@@ -95,14 +110,19 @@ class BufferCluster(RedisCluster):
     breaker_name = "cluster"
 
     def execute_command(self, *args, **options):
-        return _guarded(breaker.for_server(self.breaker_name), super().execute_command, *args, **options)
+        return _guarded(self._breaker, super().execute_command, *args, **options)
+
+    @property
+    def _breaker(self) -> breaker.Breaker:
+        gate = breaker.for_server(self.breaker_name)
+        if gate.prober is None:
+            gate.prober = lambda: _ping(super(BufferCluster, self).execute_command)
+        return gate
 
 
 def check_breaker(client: "BufferRedis | BufferCluster") -> None:
     """Raise BreakerOpen when ``client``'s breaker would refuse a call now (no probe is due)."""
-    if isinstance(client, BufferCluster):
-        breaker.for_server(client.breaker_name).check()
-    elif isinstance(client, BufferRedis):
+    if isinstance(client, (BufferCluster, BufferRedis)):
         client._breaker.check()
 
 

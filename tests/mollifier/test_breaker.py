@@ -107,11 +107,13 @@ def test_a_failed_probe_opens_it_for_another_cooldown(own_redis, settings):
         for _ in range(3):
             with pytest.raises(BufferUnavailable):
                 redis.get("k")
-        time.sleep(0.15)  # past the cooldown: the next call is the probe
-        with pytest.raises(BufferUnavailable) as probe:
+        time.sleep(0.15)  # past the cooldown: the next call starts the probe, and is refused
+        with pytest.raises(BreakerOpen):
             redis.get("k")
-        assert not isinstance(probe.value, BreakerOpen)  # it did try, and timed out
-        assert breaker.worst_state() == State.OPEN
+        gate = redis._breaker
+        assert gate.state == State.HALF_OPEN
+        wait_until(lambda: gate.probe_started_at is None, timeout=10, interval=0.02)  # the PING timed out
+        assert gate.state == State.OPEN
         with pytest.raises(BreakerOpen):
             redis.get("k")
 
@@ -132,6 +134,28 @@ def test_half_open_lets_one_probe_through_at_a_time(settings):
     with pytest.raises(BreakerOpen):
         gate_.admit()  # everyone else still fails fast
     gate_.succeeded(True)
+    assert gate_.state == State.CLOSED and gate_.admit() is False
+
+
+def test_the_probe_runs_in_the_background_and_no_call_waits_for_it(settings):
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "REDIS_BREAKER_FAILURES": 1, "REDIS_BREAKER_COOLDOWN_MS": 1000}
+    now = [0.0]
+    answers = iter([TimeoutError("still hung"), None])
+    probed = []
+
+    def prober():
+        probed.append(now[0])
+        if (answer := next(answers)) is not None:
+            raise answer
+
+    gate_ = breaker.Breaker("test", clock=lambda: now[0], prober=prober)
+    gate_.failed(False, TimeoutError("no answer"))
+    for _ in range(2):  # a failed probe, then one that answers
+        now[0] += 1.0
+        with pytest.raises(BreakerOpen):
+            gate_.admit()  # starts the probe; the caller does not wait for it
+        wait_until(lambda: gate_.probe_started_at is None, timeout=5, interval=0.01)
+    assert probed == [1.0, 2.0]
     assert gate_.state == State.CLOSED and gate_.admit() is False
 
 
@@ -199,8 +223,14 @@ def test_with_redis_hung_triggers_pass_through_and_reads_of_buffered_runs_answer
         )
         assert admission.reason == "breaker_open"
 
-    # Redis answers again: once the cooldown has passed, the next call is a probe that closes it.
-    time.sleep(0.15)
+    # Redis answers again: once the cooldown has passed, a call starts the probe that closes it.
+    def answered() -> bool:
+        try:
+            return redis_client.get().ping()
+        except BreakerOpen:
+            return False
+
+    wait_until(answered, timeout=10, interval=0.02)
     again = trigger(api, payload="back")
     assert again.status_code == 200 and again.headers.get("x-mollifier") == "buffered"
     assert api.get(f"/api/v3/runs/{buffered[0]}").json()["status"] == "QUEUED"

@@ -71,10 +71,7 @@ class Command(BaseCommand):
         if not reading.max_bytes:
             return f"redis memory: {_size(reading.used_bytes)}, no maxmemory set (the memory guard is off)"
         state = "NEW ENTRIES REFUSED" if status.memory_guard else f"new entries refused from {limit}%"
-        return (
-            f"redis memory: {reading.ratio:.0%} of {_size(reading.max_bytes)} "
-            f"({_size(reading.used_bytes)}); {state}"
-        )
+        return f"redis memory: {reading.ratio:.0%} of {_size(reading.max_bytes)} ({_size(reading.used_bytes)}); {state}"
 
     def _table(self, rows, names: dict, now: int) -> None:
         header = ("environment", "waiting", "ready", "leased", "expired", "oldest", "gate")
