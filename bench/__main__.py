@@ -32,8 +32,8 @@ SIZES = {
     "p5_redis_entries": 5_000,
     "p6_seconds": 30 if QUICK else 180,
     "p6_concurrency": 16,
-    "p7_seconds": 8 if QUICK else 15,
-    "p7_rounds": 1 if QUICK else 3,
+    "p7_seconds": 8 if QUICK else 10,
+    "p7_rounds": 1 if QUICK else 5,
     "p7_concurrency": 8,
     "p7_warmup_s": 3,
 }

@@ -164,7 +164,8 @@ def test_redis_paused_under_triggers_reads_and_a_drainer(tmp_path):
             with own_redis.paused():
                 load.phase = "paused"  # requests that start from now on meet a Redis that does not answer
                 wait_until(lambda: len(load.of("trigger", "paused")) >= 30, timeout=60)
-                assert metric(base_url, "mollifier_redis_breaker_state") == 2  # open: Redis skipped
+                # Open (2), or half-open (1) while a background PING probes: Redis skipped.
+                assert metric(base_url, "mollifier_redis_breaker_state") in (1, 2)
             load.phase = "after"
             wait_until(lambda: len([a for a in load.of("trigger", "after") if a.buffered]) >= 10, timeout=60)
             load.finish()
