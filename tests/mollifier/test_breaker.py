@@ -191,7 +191,7 @@ def test_a_disabled_breaker_never_opens(own_redis):
 
 
 def test_with_redis_hung_triggers_pass_through_and_reads_of_buffered_runs_answer_503(own_redis, mollifier_on, settings):
-    settings.MOLLIFIER = {**settings.MOLLIFIER, "REDIS_BREAKER_COOLDOWN_MS": 100}
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "REDIS_BREAKER_COOLDOWN_MS": 1000}
     environment = enroll(EnvironmentFactory())
     api = client_for(environment)
     first = [trigger(api, payload=i) for i in range(8)]
@@ -206,7 +206,7 @@ def test_with_redis_hung_triggers_pass_through_and_reads_of_buffered_runs_answer
             )
             for i in range(12)
         ]
-        assert breaker.worst_state() == State.OPEN
+        assert breaker.worst_state() in (State.OPEN, State.HALF_OPEN)  # half-open: a background probe runs
         assert {r.status_code for r in during} == {200}
         assert not [r for r in during if "x-mollifier" in r.headers]  # straight to Postgres
         assert len({r.json()["id"] for r in during}) == 3  # idempotency keys held by Postgres alone
