@@ -1,8 +1,10 @@
 """A load generator, run as its own process: ``python -m bench.load '<json spec>'``.
 
 Spec: url, path, key, body (JSON), total requests (or duration_s with rate_per_s for a steady
-trickle), concurrency, and an optional idempotency-key prefix. Prints one JSON object: per request
-[start offset s, latency ms, status, run id, buffered?]. Keep-alive connections, one per thread.
+trickle), concurrency, and an optional idempotency-key prefix; ``sdk``: send the headers SDK 4.8.3
+sends with every call, with a fresh ``x-trigger-request-idempotency-key`` per request (as the SDK
+does per call). Prints one JSON object: per request [start offset s, latency ms, status, run id,
+buffered?]. Keep-alive connections, one per thread.
 """
 
 import http.client
@@ -10,7 +12,24 @@ import json
 import sys
 import threading
 import time
+import uuid
 from urllib.parse import urlsplit
+
+# Every JSON call of SDK 4.8.3, in wire order (/work/shared/API.md §2; the capture in
+# reference/sdk-wire-capture-4.8.3.jsonl), besides Authorization and the request key.
+SDK_HEADERS = {
+    "content-type": "application/json",
+    "trigger-version": "4.8.3",
+    "x-trigger-api-version": "2025-07-16",
+    "x-trigger-realtime-streams-version": "v2",
+    "x-trigger-source": "sdk",
+    "accept": "*/*",
+    "accept-language": "*",
+    "sec-fetch-mode": "cors",
+    "user-agent": "node",
+    "cache-control": "max-age=0",
+    "accept-encoding": "gzip, deflate",
+}
 
 
 def _worker(spec, counter, lock, results, started):
@@ -29,6 +48,12 @@ def _worker(spec, counter, lock, results, started):
             payload = dict(spec["body"])
             payload["options"] = {**payload.get("options", {}), "idempotencyKey": f"{spec['idempotency_prefix']}-{n}"}
             body = json.dumps(payload).encode()
+        if spec.get("sdk"):
+            headers = {
+                **SDK_HEADERS,
+                "Authorization": f"Bearer {spec['key']}",
+                "x-trigger-request-idempotency-key": str(uuid.uuid4()),
+            }
         t0 = time.perf_counter()
         try:
             conn.request("POST", spec["path"], body=body, headers=headers)

@@ -242,7 +242,13 @@ class CommandCounter:
                 if self.MARKER in event["command"]:
                     return
                 # Only our own database: other clients of a shared Redis are not our round trips.
-                if event.get("client_type") != "lua" and int(event.get("db", -1)) == BENCH_REDIS_DB:
+                # INFO is the memory guard's reading, once a second per process whatever the
+                # trigger rate: not a per-trigger round trip.
+                if (
+                    event.get("client_type") != "lua"
+                    and int(event.get("db", -1)) == BENCH_REDIS_DB
+                    and not event["command"].upper().startswith("INFO")
+                ):
                     self.count += 1
 
     def stop(self) -> int:
@@ -552,3 +558,114 @@ def p6_soak(tenants: Tenants, *, seconds: int, concurrency: int, say) -> dict:
         f"max Redis +{figures['max_redis_bytes_over_baseline'] / 1e6:.1f} MB, exactly once: {figures['exactly_once']}"
     )
     return figures
+
+
+# -- P7 (degraded modes) -------------------------------------------------------------------------
+
+
+def _steady(rounds: list[list], warmup_s: float) -> dict:
+    """Latency and throughput of the requests that started after ``warmup_s`` of their round (the
+    breakers have decided by then), and how many of the first ones were slow."""
+    results = [r for results in rounds for r in results]
+    steady = [r for r in results if r[0] >= warmup_s]
+    first = [r for r in results if r[0] < warmup_s]
+    span = sum(
+        max((r[0] + r[1] / 1000 for r in results if r[0] >= warmup_s), default=warmup_s) - warmup_s
+        for results in rounds
+    )
+    whole = latency_summary(results)
+    return {
+        "requests": len(results),
+        "errors": whole["errors"],
+        "buffered": sum(1 for r in results if r[4]),
+        "p50_ms": round(percentile([r[1] for r in steady], 50), 2),
+        "p99_ms": round(percentile([r[1] for r in steady], 99), 2),
+        "throughput": round(len(steady) / span, 1) if span else 0,
+        "all_p50_ms": whole["p50_ms"],
+        "all_p99_ms": whole["p99_ms"],
+        "first_seconds_over_250ms": sum(1 for r in first if r[1] > 250),
+        "max_ms": round(max((r[1] for r in results), default=0), 1),
+    }
+
+
+def p7_degraded(tenants: Tenants, *, seconds: float, rounds: int, concurrency: int, warmup_s: float, say) -> dict:
+    """Triggers (SDK-shaped, a fresh request idempotency key each) with the buffer's Redis healthy,
+    refused (killed) and hung (SIGSTOP), the mollifier on and the tenant enrolled and tripped, as
+    ratios to pass-through with Redis healthy (a tenant that is not enrolled, same server). The
+    modes take turns, ``rounds`` times, so that a machine whose load drifts treats them alike."""
+    from tests.faults import RedisProcess  # a redis-server of the bench's own, to kill and pause
+
+    reset_stores()
+    tenants.enrol(True)
+    store = RedisProcess("--appendfsync", "everysec")  # production's setting (README: Redis in production)
+    store.start()
+    server_env = {
+        "REDIS_URL": store.url,
+        "MOLLIFIER_ENABLED": "1",
+        "MOLLIFIER_TRIP_THRESHOLD": "1",  # the enrolled tenant is tripped: healthy, it is buffered
+        "MOLLIFIER_TRIP_WINDOW_MS": "1000",
+        "MOLLIFIER_HOLD_MS": "600000",
+        "MOLLIFIER_ORG_BUFFER_CAP": "100000000",
+        "MOLLIFIER_ORG_BUFFER_MAX_BYTES": "0",
+    }
+    spec = {
+        "path": "/api/v1/tasks/bench/trigger",
+        "body": BODY,
+        "concurrency": concurrency,
+        "duration_s": seconds,
+        "sdk": True,
+    }
+    modes = ("healthy_pass_through", "healthy_mollified", "refused", "hung")
+    runs: dict[str, list] = {mode: [] for mode in modes}
+    recovery: dict[str, list[float]] = {"refused": [], "hung": []}
+
+    def measure(mode: str, key: str) -> None:
+        runs[mode].append(processes.run_load({**spec, "url": url, "key": key}))
+        p = _steady(runs[mode][-1:], warmup_s)
+        say(
+            f"P7 {mode:<22} p50 {p['p50_ms']:.1f} ms  p99 {p['p99_ms']:.1f} ms  {p['throughput']:,.0f} req/s "
+            f"(after {warmup_s:g} s)  buffered {p['buffered']:,}  errors {p['errors']}  slow first {p['first_seconds_over_250ms']}"
+        )
+
+    def seconds_until_buffered() -> float:
+        results = processes.run_load({**spec, "url": url, "key": tenants.burst_key, "duration_s": 6})
+        buffered = [r[0] for r in results if r[4]]
+        return round(min(buffered), 2) if buffered else float("inf")
+
+    try:
+        with processes.server(**server_env) as url:
+            for key in (tenants.neighbour_key, tenants.burst_key):  # warm up connections and caches
+                processes.run_load({**spec, "url": url, "key": key, "duration_s": 2})
+            for round_no in range(rounds):
+                say(f"P7 round {round_no + 1}/{rounds}")
+                measure("healthy_pass_through", tenants.neighbour_key)
+                measure("healthy_mollified", tenants.burst_key)
+                store.kill()
+                measure("refused", tenants.burst_key)
+                store.start()  # same folder: the AOF brings the buffer back
+                recovery["refused"].append(seconds_until_buffered())
+                with store.paused():
+                    measure("hung", tenants.burst_key)
+                recovery["hung"].append(seconds_until_buffered())
+                say(
+                    f"P7 buffered again {recovery['refused'][-1]} s after a restart, {recovery['hung'][-1]} s after SIGCONT"
+                )
+    finally:
+        store.cleanup()
+        tenants.enrol(False)
+    phases = {mode: _steady(runs[mode], warmup_s) for mode in modes}
+    for mode, seconds_list in recovery.items():
+        phases[mode]["seconds_until_buffered_again"] = max(seconds_list)
+    base = phases["healthy_pass_through"]
+    for figures in phases.values():
+        figures["ratio_p50"] = round(figures["p50_ms"] / base["p50_ms"], 2) if base["p50_ms"] else 0
+        figures["ratio_p99"] = round(figures["p99_ms"] / base["p99_ms"], 2) if base["p99_ms"] else 0
+        figures["ratio_throughput"] = round(figures["throughput"] / base["throughput"], 2) if base["throughput"] else 0
+    return {
+        **phases,
+        "seconds_per_mode_per_round": seconds,
+        "rounds": rounds,
+        "warmup_s": warmup_s,
+        "concurrency": concurrency,
+        "series": {mode: [(r[0], r[1]) for r in runs[mode][-1]] for mode in modes},  # the last round, plotted
+    }

@@ -16,7 +16,7 @@ from mollifier.directory import get_directory
 from mollifier.drainer import Drainer
 from mollifier.exceptions import BufferUnavailable
 from mollifier.models import Dashboard
-from mollifier.stats import dashboard
+from mollifier.stats import dashboard, redis_status
 
 DRAIN_PERMISSION = "mollifier.drain_buffer"
 DECISION_LAYERS = [
@@ -56,6 +56,7 @@ class DashboardAdmin(admin.ModelAdmin):
             "opts": self.model._meta,
             "settings": _knobs(),
             "can_drain": request.user.has_perm(DRAIN_PERMISSION),
+            "redis": redis_status(),  # shown also when Redis does not answer
         }
         try:
             board = dashboard(now_ms=now_ms(), directory=get_directory())
@@ -100,4 +101,5 @@ def _knobs() -> dict:
         "floor": conf.drain_min_rows_per_sec(),
         "target_ms": conf.drain_target_commit_ms(),
         "org_cap": conf.org_buffer_cap(),
+        "org_max_bytes": conf.org_buffer_max_bytes(),
     }

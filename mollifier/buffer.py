@@ -28,7 +28,8 @@ class AcceptStatus(enum.StrEnum):
     ACCEPTED = "accepted"
     DUPLICATE_RUN = "duplicate_run"  # an entry with this run id exists
     DUPLICATE_IDEMPOTENCY = "duplicate_idempotency"  # another buffered run holds the key
-    OVER_CAP = "over_cap"  # the organisation's buffer is full
+    OVER_CAP = "over_cap"  # the organisation's buffer is full (``limit``: runs or bytes)
+    MEMORY_FULL = "memory_full"  # Redis is near its maxmemory: nothing written
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class AcceptResult:
     status: AcceptStatus
     run_id: str = ""  # ours when accepted, the key's owner on duplicate_idempotency
     count: int = 0  # the organisation's buffered entries, on over_cap
+    bytes: int = 0  # the organisation's buffered bytes, on over_cap
+    limit: str = ""  # on over_cap, which cap: "count" (MOLLIFIER_ORG_BUFFER_CAP) or "bytes" (_MAX_BYTES)
 
 
 def accept_keys(entry: Entry) -> list[str]:
@@ -60,14 +63,18 @@ def accept_args(
     *,
     claim_marker: str = "",
     claim_ttl: int = 0,
+    memory_full: bool = False,
     request: tuple[str, str] | None = None,
 ) -> list[str | bytes]:
     """The arguments after now_ms of accept.lua, then the fields; gate_accept.lua also takes
-    ``request`` (its request-key arguments) before the fields."""
+    ``request`` (its request-key arguments) before the fields. ``memory_full``: Redis is near its
+    maxmemory (mollifier/memory.py), refuse the entry."""
     return [
         entry.run_id,
         entry.env_id,
         str(conf.org_buffer_cap()),
+        str(conf.org_buffer_max_bytes()),
+        "1" if memory_full else "0",
         entry.idempotency_key or "",
         "" if entry.batch_index is None or not entry.batch_id else str(entry.batch_index),
         claim_marker,
@@ -97,7 +104,11 @@ def accept_result(reply, entry: Entry, *, client) -> AcceptResult:
     if status == AcceptStatus.DUPLICATE_IDEMPOTENCY:
         return AcceptResult(status, detail)
     if status == AcceptStatus.OVER_CAP:
-        return AcceptResult(status, entry.run_id, count=int(detail))
+        return AcceptResult(
+            status, entry.run_id, count=int(detail), bytes=int(as_text(reply[2])), limit=as_text(reply[3])
+        )
+    if status == AcceptStatus.MEMORY_FULL:
+        return AcceptResult(status, entry.run_id)
     return AcceptResult(status, detail or entry.run_id)
 
 
@@ -139,12 +150,17 @@ def unindex_delayed(entries: list[Entry]) -> None:
         logger.warning("mollifier.buffer.delayed_not_unindexed count=%d", len(entries), exc_info=True)
 
 
-def accept(entry: Entry, *, now_ms: int, claim_marker: str = "", claim_ttl: int = 0) -> AcceptResult:
+def accept(
+    entry: Entry, *, now_ms: int, claim_marker: str = "", claim_ttl: int = 0, memory_full: bool = False
+) -> AcceptResult:
     """Buffer ``entry`` without consulting the gate (the gate's own path is gate.admit_or_buffer)."""
     redis = redis_client.get()
     reply = scripts.ACCEPT(
         keys=accept_keys(entry),
-        args=[str(now_ms), *accept_args(entry, claim_marker=claim_marker, claim_ttl=claim_ttl)],
+        args=[
+            str(now_ms),
+            *accept_args(entry, claim_marker=claim_marker, claim_ttl=claim_ttl, memory_full=memory_full),
+        ],
         client=redis,
     )
     return accept_result(reply, entry, client=redis)
@@ -508,6 +524,7 @@ def _mutate(*, org_id: str, env_id: str, run_id: str, op: str, now_ms: int, args
             keys.leases(org_id, env_id),
             keys.ready(org_id, env_id),
             keys.holders(org_id, env_id),
+            keys.stats(org_id),
         ],
         args=[op, env_id, run_id, now_ms, *args],
         client=redis_client.get(),
@@ -660,6 +677,11 @@ def ready_counts(pairs: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
 
 def buffered_count(org_id: str) -> int:
     return int(redis_client.get().hget(keys.stats(org_id), "buffered") or 0)
+
+
+def buffered_bytes(org_id: str) -> int:
+    """Bytes the organisation's waiting entries hold (what MOLLIFIER_ORG_BUFFER_MAX_BYTES bounds)."""
+    return int(redis_client.get().hget(keys.stats(org_id), "bytes") or 0)
 
 
 def batch_buffered_items(*, org_id: str, batch_id: str) -> dict[int, str]:

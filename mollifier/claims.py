@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from mollifier import client as redis_client
 from mollifier import conf, keys, metrics, scripts
+from mollifier.breaker import BreakerOpen
 from mollifier.codec import as_text
 from mollifier.exceptions import BufferUnavailable, ClaimTimeout
 
@@ -88,8 +89,11 @@ def acquire(*, org_id: str, env_id: str, task: str, key: str, key_expires_ms: in
                 metrics.CLAIM_OUTCOMES.labels(outcome="timeout").inc()
                 raise ClaimTimeout(f"Idempotency claim resolution timed out for key {key!r}")
             time.sleep(poll * random.uniform(0.5, 1.5))  # jitter: waiters do not poll in lockstep
-    except BufferUnavailable:
-        logger.warning("mollifier.claim.redis_unavailable org=%s env=%s", org_id, env_id, exc_info=True)
+    except BufferUnavailable as error:
+        if isinstance(error, BreakerOpen):  # known already, and once per trigger: no traceback
+            logger.debug("mollifier.claim.breaker_open org=%s env=%s", org_id, env_id)
+        else:
+            logger.warning("mollifier.claim.redis_unavailable org=%s env=%s", org_id, env_id, exc_info=True)
         metrics.CLAIM_OUTCOMES.labels(outcome=ClaimKind.UNAVAILABLE).inc()
         return ClaimOutcome(ClaimKind.UNAVAILABLE)
 

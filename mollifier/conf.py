@@ -75,6 +75,24 @@ def org_buffer_cap() -> int:
     return _positive("ORG_BUFFER_CAP")
 
 
+def org_buffer_max_bytes() -> int:
+    """Bytes of waiting entries one organisation may hold (snapshots and fields); 0: no byte cap."""
+    return max(0, int(_get("ORG_BUFFER_MAX_BYTES")))
+
+
+def redis_memory_limit_percent() -> int:
+    """New entries are refused once Redis uses this share of its maxmemory; 0 turns the guard off."""
+    value = int(_get("REDIS_MEMORY_LIMIT_PERCENT"))
+    if not 0 <= value <= 100:
+        raise ImproperlyConfigured(f"MOLLIFIER_REDIS_MEMORY_LIMIT_PERCENT must be 0 to 100, got {value}.")
+    return value
+
+
+def redis_memory_check_ms() -> int:
+    """How long a process trusts its reading of Redis's memory (0: read before every accept)."""
+    return max(0, int(_get("REDIS_MEMORY_CHECK_MS")))
+
+
 def ack_grace_ms() -> int:
     return _positive("ACK_GRACE_MS")
 
@@ -186,3 +204,20 @@ def redis_alias() -> str:
 
 def redis_cluster_url() -> str:
     return str(_get("REDIS_CLUSTER_URL") or "")
+
+
+def redis_breaker_failures() -> int:
+    """Consecutive failures (timeouts, refused connections) that open the breaker; 0 turns it off."""
+    return max(0, int(_get("REDIS_BREAKER_FAILURES")))
+
+
+def redis_breaker_cooldown_ms() -> int:
+    return _positive("REDIS_BREAKER_COOLDOWN_MS")
+
+
+def redis_socket_timeout_ms() -> int:
+    return _positive("REDIS_SOCKET_TIMEOUT_MS")
+
+
+def redis_connect_timeout_ms() -> int:
+    return _positive("REDIS_CONNECT_TIMEOUT_MS")

@@ -51,6 +51,17 @@ class RoundResult:
     sink_unavailable: bool = False  # the database refused the round (unreachable, statement timeout)
     envs: int = 0
     written: list[int] = field(default_factory=list)  # trigger times (ms) of the runs written, for dwell
+    database_error: str = ""  # set when the sink could not reach Postgres: the loop backs off
+
+
+@dataclass
+class Waiting:
+    """The drain loop waits for a dependency that failed or did not answer."""
+
+    dependency: str  # redis | postgres
+    failures: int  # consecutive, this one included
+    error: str
+    retry_in_ms: int = 0
 
 
 @dataclass
@@ -288,6 +299,7 @@ class Drainer:
         except SinkUnavailable as error:
             logger.warning("mollifier.drain.database_unavailable entries=%d error=%s", len(entries), error)
             metrics.DRAIN_FAILURES.labels(cause="database_unavailable").inc()
+            result.database_error = str(error)
             for entry in entries:
                 self._give_back(entry, result, "database_unavailable", "the database could not be reached", count=False)
             self._ack([], missing, result)
@@ -310,7 +322,8 @@ class Drainer:
         for entry in entries:
             try:
                 result.report += self._write_entry(entry)
-            except SinkUnavailable:
+            except SinkUnavailable as error:
+                result.database_error = str(error)
                 self._give_back(entry, result, "database_unavailable", "the database could not be reached", count=False)
                 continue
             except BufferUnavailable:
@@ -404,32 +417,72 @@ class Drainer:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def run(self, *, once: bool = False, on_round: Callable[[RoundResult], None] | None = None) -> None:
+    def run(
+        self,
+        *,
+        once: bool = False,
+        on_round: Callable[[RoundResult], None] | None = None,
+        on_wait: Callable[["Waiting"], None] | None = None,
+    ) -> None:
         """Drain until ``stop`` is set (or, with ``once``, until the buffer has nothing ready).
 
         While a round is written to Postgres, the next one is leased from Redis on a second thread:
         the two waits overlap (each was ~20% of a round). A leased round is always finished, also
-        when a stop arrives meanwhile. Redis failures are logged and retried with a capped backoff.
+        when a stop arrives meanwhile.
+
+        A dependency that fails or hangs at any call (listing organisations, leasing, reading,
+        writing, acking) makes the loop wait, with a backoff that grows with consecutive failures
+        (``backoff_ms``) and resets after the first round that goes through: it never spins. Each
+        wait is one log line naming the dependency (``mollifier.drain.waiting dependency=redis|
+        postgres``) and is reported to ``on_wait`` (the command's progress line). Hangs cost at most
+        the clients' time budgets (Redis socket timeout, ``DB_ANSWER_TIMEOUT_MS``) per call.
         """
-        failures = 0
+        failures, since, waiting_for = 0, 0.0, ""
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix=PREFETCH_THREAD) as prefetch:
             ahead: Future | None = None
             while True:
+                waiting: Waiting | None = None
                 try:
                     started_round = ahead.result() if ahead is not None else self._start_round()
                     ahead = None
                     if started_round.result.popped and not self.stop.is_set():
                         ahead = prefetch.submit(self._start_round)
                     result = self._finish_round(started_round)
-                    failures = 0
-                except BufferUnavailable:
+                    if result.database_error:
+                        waiting = Waiting("postgres", 0, result.database_error)
+                        self._give_back_round(ahead)  # not written while Postgres is out
+                        ahead = None
+                except BufferUnavailable as error:
                     ahead = None
-                    failures += 1
-                    logger.warning("mollifier.drain.redis_unavailable failures=%d", failures, exc_info=True)
                     metrics.DRAIN_FAILURES.labels(cause="redis_unavailable").inc()
-                    if self.stop.wait(backoff_ms(failures) / 1000):
+                    waiting = Waiting("redis", 0, f"{type(error).__name__}: {error}")
+                if waiting is not None:
+                    failures = failures + 1 if waiting.dependency == waiting_for else 1
+                    waiting.failures = failures
+                    since, waiting_for = since or time.monotonic(), waiting.dependency
+                    waiting.retry_in_ms = backoff_ms(failures)
+                    logger.warning(
+                        "mollifier.drain.waiting dependency=%s failures=%d retry_in_ms=%d error=%s",
+                        waiting.dependency,
+                        waiting.failures,
+                        waiting.retry_in_ms,
+                        waiting.error[:300],
+                    )
+                    if on_wait:
+                        on_wait(waiting)
+                    if self.stop.wait(waiting.retry_in_ms / 1000):
                         return
                     continue
+                # Redis answered this round; Postgres only when the round wrote something (an
+                # empty round, its entries backing off, does not reach it).
+                if failures and (waiting_for == "redis" or result.popped):
+                    logger.warning(
+                        "mollifier.drain.recovered dependency=%s after_failures=%d waited_ms=%d",
+                        waiting_for,
+                        failures,
+                        int((time.monotonic() - since) * 1000),
+                    )
+                    failures, since, waiting_for = 0, 0.0, ""
                 if on_round:
                     on_round(result)
                 if ahead is not None:
@@ -440,6 +493,15 @@ class Drainer:
                     if once and not self._has_waiting():
                         return
                     self.stop.wait(conf.drain_idle_sleep_ms() / 1000)
+
+    def _give_back_round(self, ahead: Future | None) -> None:
+        """Return a round leased ahead, unwritten (its entries keep their attempts)."""
+        if ahead is not None:
+            started = ahead.result()
+            for entry in started.entries:
+                self._give_back(
+                    entry, started.result, "database_unavailable", "the database could not be reached", count=False
+                )
 
     def _has_waiting(self) -> bool:
         """Anything a drainer could still write (ready, backing off, or leased; parked entries wait

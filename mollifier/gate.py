@@ -5,7 +5,10 @@ With the switch off the gate touches nothing in Redis. An enrolled organisation'
 evaluated and, when its environment is tripped, accepted in the same script (one round trip).
 
 Fails open: any Redis error means pass-through, logged. Postgres's unique constraints on the run id
-and the idempotency key stay the final arbiter, so a double write is impossible either way.
+and the idempotency key stay the final arbiter, so a double write is impossible either way. While
+the Redis circuit breaker is open (mollifier/breaker.py) the gate does nothing at all: no entry is
+built, no call is made, and the trigger passes through (reason ``breaker_open``). While Redis
+nears its maxmemory (mollifier/memory.py), a tripped trigger passes through too (``redis_memory``).
 """
 
 import enum
@@ -14,7 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mollifier import client as redis_client
-from mollifier import conf, keys, metrics, scripts
+from mollifier import conf, keys, memory, metrics, scripts
+from mollifier.breaker import BreakerOpen
 from mollifier.buffer import AcceptResult, AcceptStatus, accept_args, accept_keys, accept_result
 from mollifier.claims import Claim
 from mollifier.codec import Entry, as_text
@@ -32,7 +36,10 @@ class Decision(enum.StrEnum):
 @dataclass(frozen=True)
 class Admission:
     decision: Decision
-    reason: str  # disabled, bypass:<why>, not_enrolled, under_threshold, per_env_rate, global_rate, redis_error
+    # disabled, bypass:<why>, not_enrolled, under_threshold, per_env_rate, global_rate, redis_error
+    # (Redis failed or timed out), breaker_open (Redis known not to answer: not even tried),
+    # redis_memory (tripped, but Redis is near its maxmemory: new entries refused)
+    reason: str
     accepted: AcceptResult | None = None  # set when mollified: what the buffer did with the entry
     repeated_run: str = ""  # a retried request: the run its first attempt made (nothing else was done)
 
@@ -121,6 +128,7 @@ def _decide(
     window, threshold, hold = conf.trip_window_ms(), conf.trip_threshold(), conf.hold_ms()
     try:
         redis = redis_client.get()
+        redis_client.check_breaker(redis)  # before building the entry: while it is open, no work at all
         forced = _global_tripped(redis, now_ms)
         reason = "global_rate" if forced else "per_env_rate"
         if not enrolled:
@@ -134,6 +142,7 @@ def _decide(
                 redis.zadd(keys.shadow_orgs(), {org_id: now_ms})  # the dashboard lists them
                 return Admission(Decision.SHADOW, reason)
             return Admission(Decision.PASS_THROUGH, "under_threshold")
+        memory_full = memory.near_full(redis)
         candidate = entry()
         reply = scripts.GATE_ACCEPT(
             keys=[
@@ -153,6 +162,7 @@ def _decide(
                     candidate,
                     claim_marker=claim_marker,
                     claim_ttl=claim_ttl,
+                    memory_full=memory_full,
                     request=(str(request_ttl_ms) if request_key else "", "1" if replace_request else "0"),
                 ),
             ],
@@ -162,8 +172,14 @@ def _decide(
             return Admission(Decision.PASS_THROUGH, "repeated_request", repeated_run=as_text(reply[1]))
         if as_text(reply[0]) == "pass_through":
             return Admission(Decision.PASS_THROUGH, "under_threshold")
+        if as_text(reply[0]) == "memory_full":
+            logger.debug("mollifier.gate.memory_full org=%s env=%s", org_id, env_id)
+            return Admission(Decision.PASS_THROUGH, "redis_memory")
         logger.debug("mollifier.gate.mollified org=%s env=%s reason=%s", org_id, env_id, reason)
         return Admission(Decision.MOLLIFY, reason, accept_result(reply, candidate, client=redis))
+    except BreakerOpen:
+        logger.debug("mollifier.gate.breaker_open org=%s env=%s", org_id, env_id)  # one line per trigger: debug
+        return Admission(Decision.PASS_THROUGH, "breaker_open")
     except BufferUnavailable:
         logger.warning("mollifier.gate.redis_unavailable org=%s env=%s", org_id, env_id, exc_info=True)
         return Admission(Decision.PASS_THROUGH, "redis_error")

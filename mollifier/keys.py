@@ -91,7 +91,8 @@ def dropped() -> str:
 
 
 def stats(org_id: str) -> str:
-    """HASH: ``buffered`` (entries not yet materialised, for the cap) and ``gen`` (activation count)."""
+    """HASH: ``buffered`` (entries not yet materialised, for the cap), ``bytes`` (their size, for the
+    byte cap: each entry keeps its own in its ``bytes`` field) and ``gen`` (activation count)."""
     return f"{_org(org_id)}:stats"
 
 

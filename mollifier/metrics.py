@@ -7,7 +7,7 @@ shared empty directory, as `make run` does; `/metrics` then sums every process's
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -45,6 +45,18 @@ DRAIN_FAILURES = Counter(
     ["cause"],
     # database_unavailable, entry_failed, marked_terminal, parked, ack_failed, redis_unavailable
 )
+REDIS_BREAKER_STATE = Gauge(
+    "mollifier_redis_breaker_state",
+    "Redis circuit breaker: 0 closed, 1 half-open (probing), 2 open (Redis skipped). The worst of this "
+    "host's live processes.",
+    multiprocess_mode="livemax",
+)
+REDIS_BREAKER_OPENS = Counter(
+    "mollifier_redis_breaker_opens_total", "Times a Redis circuit breaker opened (closed to open)."
+)
+REDIS_BREAKER_REJECTED = Counter(
+    "mollifier_redis_breaker_rejected_total", "Redis calls refused at once because a circuit breaker was open."
+)
 
 # Labelled counters start at zero (the Prometheus convention): a rate() or an alert on a series that
 # has never been incremented would otherwise see nothing rather than 0.
@@ -76,7 +88,8 @@ class BufferCollector:
     """Buffer gauges read from Redis at scrape time (so every process reports the same truth)."""
 
     def collect(self):
-        from mollifier import buffer
+        from mollifier import buffer, conf, memory
+        from mollifier import client as redis_client
         from mollifier.stats import env_stats
 
         now_ms = clock.now_ms()
@@ -90,6 +103,10 @@ class BufferCollector:
             return
         gauges = {
             "mollifier_buffer_up": ("1 when the buffer's Redis answered the scrape.", 1),
+            "mollifier_buffer_bytes": (
+                "Bytes held by waiting runs (what MOLLIFIER_ORG_BUFFER_MAX_BYTES bounds per organisation).",
+                sum(buffer.buffered_bytes(org) for org in {row.org_id for row in rows} | set(buffer.parked_orgs())),
+            ),
             "mollifier_buffer_depth": ("Runs waiting in the buffer (not yet written).", sum(r.waiting for r in rows)),
             "mollifier_buffer_leased": ("Buffered runs held by drainers right now.", sum(r.leased for r in rows)),
             "mollifier_buffer_expired_leases": ("Leases whose drainer is gone.", sum(r.expired_leases for r in rows)),
@@ -104,6 +121,20 @@ class BufferCollector:
                 max((r.oldest_age_ms(now_ms) for r in rows), default=0) / 1000,
             ),
         }
+        try:
+            reading = memory.read(redis_client.get())
+        except BufferUnavailable:  # INFO refused (a managed Redis): no memory gauges
+            reading = None
+        if reading is not None:
+            gauges["mollifier_redis_memory_used_ratio"] = (
+                "Redis used_memory / maxmemory (0 without maxmemory); new entries are refused from "
+                "MOLLIFIER_REDIS_MEMORY_LIMIT_PERCENT.",
+                reading.ratio,
+            )
+            gauges["mollifier_redis_memory_guard"] = (
+                "1 while Redis is near its maxmemory: new entries refused, triggers pass through.",
+                int(reading.near_full(conf.redis_memory_limit_percent())),
+            )
         for name, (documentation, value) in gauges.items():
             gauge = GaugeMetricFamily(name, documentation)
             gauge.add_metric([], value)
@@ -160,18 +191,39 @@ METRICS = (
     DRAIN_FAILURES,
     DRAIN_WRITE_SECONDS,
     DRAIN_RATE_CUTS,
+    REDIS_BREAKER_STATE,
+    REDIS_BREAKER_OPENS,
+    REDIS_BREAKER_REJECTED,
 )
 
 
-def exposition() -> bytes:
-    """The text exposition: every process's counters in multiprocess mode (else this process's),
-    plus the buffer gauges."""
+def _process_registry() -> CollectorRegistry:
+    """Every process's metrics in multiprocess mode (else this process's)."""
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         MultiProcessCollector(registry)
     else:
         for metric in METRICS:
             registry.register(metric)
+    return registry
+
+
+def exposition() -> bytes:
+    """The text exposition: the processes' metrics, plus the buffer gauges."""
+    registry = _process_registry()
     registry.register(BufferCollector())
     registry.register(DrainRateCollector())
     return generate_latest(registry)
+
+
+def breaker_summary() -> tuple[int, float]:
+    """(the worst Redis breaker state of this host's live processes, breaker opens so far): what
+    ``mollifier_redis_breaker_state`` and ``_opens_total`` say, for the dashboard."""
+    state, opens = 0, 0.0
+    for family in _process_registry().collect():
+        for sample in family.samples:
+            if sample.name == "mollifier_redis_breaker_state":
+                state = max(state, int(sample.value))
+            elif sample.name == "mollifier_redis_breaker_opens_total":
+                opens += sample.value
+    return state, opens

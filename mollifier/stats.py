@@ -2,9 +2,11 @@
 
 from dataclasses import dataclass, field
 
-from mollifier import buffer, estimate, keys, priority, rate
+from mollifier import buffer, conf, estimate, keys, memory, metrics, priority, rate
 from mollifier import client as redis_client
+from mollifier.breaker import State
 from mollifier.codec import as_text
+from mollifier.exceptions import BufferUnavailable
 
 
 @dataclass(frozen=True)
@@ -162,4 +164,30 @@ def dashboard(*, now_ms: int, directory) -> Dashboard:
         dropped=buffer.recently_dropped(limit=0)[0],
         drain=drain,
         rate_minutes=rate.minutes(now_ms=now_ms),
+    )
+
+
+@dataclass(frozen=True)
+class RedisStatus:
+    """The buffer's Redis as an operator sees it: the circuit breaker and the memory guard."""
+
+    breaker: str  # closed | half-open | open: the worst of this host's live processes
+    breaker_opens: int  # times a breaker opened (this host's processes, since their start)
+    memory: memory.MemoryReading | None  # None: Redis did not answer, or refused INFO
+    memory_limit_percent: int
+
+    @property
+    def memory_guard(self) -> bool:
+        return self.memory is not None and self.memory.near_full(self.memory_limit_percent)
+
+
+def redis_status() -> RedisStatus:
+    """Never raises: a Redis that does not answer is part of the status."""
+    state, opens = metrics.breaker_summary()
+    try:
+        reading = memory.read(redis_client.get())
+    except BufferUnavailable:
+        reading = None
+    return RedisStatus(
+        State(state).name.lower().replace("_", "-"), int(opens), reading, conf.redis_memory_limit_percent()
     )

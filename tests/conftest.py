@@ -6,6 +6,7 @@ from django.conf import settings
 from django_redis import get_redis_connection
 from rest_framework.test import APIClient
 
+from mollifier import breaker
 from tests.factories import EnvironmentFactory
 from trigger_project import embedded
 
@@ -47,6 +48,16 @@ def pytest_unconfigure(config):
     while _STARTED:
         _, stop = _STARTED.pop()
         stop()
+
+
+@pytest.fixture(autouse=True)
+def redis_breakers():
+    """Every test starts with closed circuit breakers (one test's dead Redis must not open the next's)."""
+    breaker.enable()
+    breaker.reset()
+    yield
+    breaker.enable()
+    breaker.reset()
 
 
 @pytest.fixture(autouse=True)

@@ -6,6 +6,8 @@ from typing import Any
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from trigger_project import embedded
 from trigger_project.env import env, env_bool, env_int, env_pair
@@ -105,18 +107,31 @@ if _socket_dir := _db_options.pop("host", None):
     DATABASES["default"]["HOST"] = _socket_dir
 _db_options["connect_timeout"] = env_int("DB_CONNECT_TIMEOUT", 5)
 # A slow Postgres answers 503 (retried by the SDK) instead of holding a worker until it is killed.
-_db_options["options"] = f"-c statement_timeout={env_int('DB_STATEMENT_TIMEOUT_MS', 10_000)}"
+DB_STATEMENT_TIMEOUT_MS = env_int("DB_STATEMENT_TIMEOUT_MS", 10_000)
+_db_options["options"] = f"-c statement_timeout={DB_STATEMENT_TIMEOUT_MS}"
+# A Postgres that does not answer at all never enforces its statement_timeout: the client gives up
+# on its own after this long and closes the connection (trigger_project/postgres/base.py). 0: never.
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"]["ENGINE"] = "trigger_project.postgres"
+DATABASES["default"]["ANSWER_TIMEOUT_MS"] = env_int("DB_ANSWER_TIMEOUT_MS", DB_STATEMENT_TIMEOUT_MS + 2000)  # type: ignore[typeddict-unknown-key]  # read by our backend
 
 REDIS_URL = env("REDIS_URL", "") or embedded.redis_url()
+# The time budget of one Redis call on a request path (DESIGN §12): short, and never retried (a
+# retry multiplies a hang). A Redis that stops answering opens the circuit breaker after a few such
+# calls (mollifier/breaker.py), and then costs nothing until it answers again.
+REDIS_SOCKET_TIMEOUT_MS = env_int("MOLLIFIER_REDIS_SOCKET_TIMEOUT_MS", 500)
+REDIS_CONNECT_TIMEOUT_MS = env_int("MOLLIFIER_REDIS_CONNECT_TIMEOUT_MS", 250)
 CACHES = {
     "default": {
         "BACKEND": "django_redis.cache.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "trigger",
         "OPTIONS": {
-            "SOCKET_CONNECT_TIMEOUT": 1,
-            "SOCKET_TIMEOUT": 1,
-            # Every Redis failure as one exception of the mollifier's (mollifier/client.py).
+            "SOCKET_CONNECT_TIMEOUT": REDIS_CONNECT_TIMEOUT_MS / 1000,
+            "SOCKET_TIMEOUT": REDIS_SOCKET_TIMEOUT_MS / 1000,
+            "CONNECTION_POOL_KWARGS": {"retry": Retry(NoBackoff(), 0)},
+            # Every Redis failure as one exception of the mollifier's, behind its circuit breaker
+            # (mollifier/client.py).
             "REDIS_CLIENT_CLASS": "mollifier.client.BufferRedis",
         },
     }
@@ -244,6 +259,10 @@ MOLLIFIER: dict[str, Any] = {
     "CLAIM_WAIT_MS": env_int("MOLLIFIER_CLAIM_WAIT_MS", 5000),
     "CLAIM_POLL_MS": env_int("MOLLIFIER_CLAIM_POLL_MS", 25),
     "ORG_BUFFER_CAP": env_int("MOLLIFIER_ORG_BUFFER_CAP", 100_000),
+    "ORG_BUFFER_MAX_BYTES": env_int("MOLLIFIER_ORG_BUFFER_MAX_BYTES", 256 * 1024 * 1024),  # 0: no byte cap
+    # Past this share of Redis's maxmemory, new entries are refused (those triggers pass through).
+    "REDIS_MEMORY_LIMIT_PERCENT": env_int("MOLLIFIER_REDIS_MEMORY_LIMIT_PERCENT", 80),
+    "REDIS_MEMORY_CHECK_MS": env_int("MOLLIFIER_REDIS_MEMORY_CHECK_MS", 1000),
     "ACK_GRACE_MS": env_int("MOLLIFIER_ACK_GRACE_MS", 30_000),
     "DRAIN_BATCH_SIZE": env_int("MOLLIFIER_DRAIN_BATCH_SIZE", 100),
     "DRAIN_MAX_ROWS_PER_SEC": env_int("MOLLIFIER_DRAIN_MAX_ROWS_PER_SEC", 5000),
@@ -268,6 +287,10 @@ MOLLIFIER: dict[str, Any] = {
     "DIRECTORY": "runs.selectors.BufferDirectory",
     "REDIS_ALIAS": "default",
     "REDIS_CLUSTER_URL": env("MOLLIFIER_REDIS_CLUSTER_URL", ""),
+    "REDIS_SOCKET_TIMEOUT_MS": REDIS_SOCKET_TIMEOUT_MS,
+    "REDIS_CONNECT_TIMEOUT_MS": REDIS_CONNECT_TIMEOUT_MS,
+    "REDIS_BREAKER_FAILURES": env_int("MOLLIFIER_REDIS_BREAKER_FAILURES", 3),  # 0: no breaker
+    "REDIS_BREAKER_COOLDOWN_MS": env_int("MOLLIFIER_REDIS_BREAKER_COOLDOWN_MS", 2000),
 }
 
 METRICS_TOKEN = env("METRICS_TOKEN", "")

@@ -3,7 +3,8 @@
 Only runs still held by the caller are acked (`expected`: the drainer's token, or the exact
 `token:txid` a resolver settled): a drainer whose lease was taken back changes nothing. Each acked
 entry is kept for grace_ms marked materialised (reads racing the drain still find it), its
-idempotency lookup and batch slot are released, and the organisation's buffered count drops. When
+idempotency lookup and batch slot are released, and the organisation's buffered count and bytes drop
+(by the entry's own `bytes`). When
 the environment has nothing ready or leased any more it leaves the organisation's active set; when
 the organisation has no active environment left, the reply carries its generation so the caller can
 un-index it.
@@ -30,6 +31,7 @@ for i = 4, #ARGV, 2 do
       redis.call('PEXPIRE', entry, tonumber(ARGV[2]))
       redis.call('PEXPIRE', snapshot, tonumber(ARGV[2]))
       redis.call('HINCRBY', KEYS[4], 'buffered', -1)
+      redis.call('HINCRBY', KEYS[4], 'bytes', -tonumber(redis.call('HGET', entry, 'bytes') or '0'))
       if redis.call('GET', idem) == run then
         redis.call('DEL', idem)
       end

@@ -1,6 +1,6 @@
 --[[ discard: an operator removes a parked entry for good (the command logs who and why). The run
 never becomes a row; its idempotency key and batch slot are released and the organisation's count
-drops. Only parked entries can be discarded: anything else still has a path to a row.
+and bytes drop. Only parked entries can be discarded: anything else still has a path to a row.
 
 KEYS: 1 entry, 2 snapshot, 3 parked (the organisation's), 4 listing, 5 stats, 6 idem, 7 batch
 ARGV: 1 run
@@ -17,6 +17,7 @@ local index = redis.call('HGET', KEYS[1], 'batch_index')
 if index and index ~= '' and redis.call('HGET', KEYS[7], index) == ARGV[1] then
   redis.call('HDEL', KEYS[7], index)
 end
+redis.call('HINCRBY', KEYS[5], 'bytes', -tonumber(redis.call('HGET', KEYS[1], 'bytes') or '0'))
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('HINCRBY', KEYS[5], 'buffered', -1)
 return 1

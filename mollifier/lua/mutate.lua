@@ -5,7 +5,10 @@ first (that drainer can no longer write or ack the run), then the change applies
 answers `pinned` with its holder: the caller settles the drainer's transaction in Postgres (the
 change then goes to the row, or the run is unpinned and the change retried).
 
-KEYS: 1 entry, 2 leases, 3 ready, 4 holders
+The entry's `bytes`, and the organisation's in stats, follow the size of the fields it changes
+(lib/accept.lua), so that ack and discard take back exactly what the entry holds.
+
+KEYS: 1 entry, 2 leases, 3 ready, 4 holders, 5 stats
 ARGV: 1 op, 2 env (the caller's: another environment's run is not_found), 3 run, 4 now_ms, 5.. op args
   cancel        5 reason                       first cancel wins; repeating it is applied again
   add_tags      5 tags (JSON array), 6 max     de-duplicated, in order; over max writes nothing
@@ -16,6 +19,21 @@ returns: {'applied'} | {'applied', new_metadata_version} | {'not_found'} | {'mat
          {'conflict', current_version}
 ]]
 local entry, op = KEYS[1], ARGV[1]
+
+-- HSET of field/value pairs, keeping the entry's counted size (and its organisation's) exact.
+local function set_counted(...)
+  local pairs_ = {...}
+  local delta = 0
+  for i = 1, #pairs_, 2 do
+    local old = redis.call('HGET', entry, pairs_[i])
+    delta = delta + #pairs_[i + 1] - (old and #old or -#pairs_[i])
+  end
+  redis.call('HSET', entry, unpack(pairs_))
+  if delta ~= 0 and redis.call('HEXISTS', entry, 'bytes') == 1 then  -- entries from before byte counting: never counted
+    redis.call('HINCRBY', entry, 'bytes', delta)
+    redis.call('HINCRBY', KEYS[5], 'bytes', delta)
+  end
+end
 if redis.call('EXISTS', entry) == 0 then
   return {'not_found'}
 end
@@ -40,7 +58,7 @@ end
 
 if op == 'cancel' then
   if not redis.call('HGET', entry, 'cancelled_at_ms') then
-    redis.call('HSET', entry, 'cancelled_at_ms', ARGV[4], 'cancel_reason', ARGV[5])
+    set_counted('cancelled_at_ms', ARGV[4], 'cancel_reason', ARGV[5])
   end
   return {'applied'}
 elseif op == 'add_tags' then
@@ -58,18 +76,18 @@ elseif op == 'add_tags' then
     return {'limit_exceeded', tostring(#merged)}
   end
   if #merged > 0 then
-    redis.call('HSET', entry, 'tags', cjson.encode(merged))
+    set_counted('tags', cjson.encode(merged))
   end
   return {'applied'}
 elseif op == 'set_delay' then
-  redis.call('HSET', entry, 'delay_until_ms', ARGV[5])
+  set_counted('delay_until_ms', ARGV[5])
   return {'applied'}
 elseif op == 'set_metadata' then
   local current = redis.call('HGET', entry, 'metadata_version') or '0'
   if ARGV[5] ~= '' and ARGV[5] ~= current then
     return {'conflict', current}
   end
-  redis.call('HSET', entry, 'metadata', ARGV[6], 'metadata_type', ARGV[7])
+  set_counted('metadata', ARGV[6], 'metadata_type', ARGV[7])
   return {'applied', tostring(redis.call('HINCRBY', entry, 'metadata_version', 1))}
 end
 return redis.error_reply('unknown mutate op ' .. op)

@@ -265,8 +265,9 @@ def _claimed_holder(*, run: TaskRun, key: str, now: datetime, outcome: claims.Cl
 def _buffered_outcome(*, run: TaskRun, accepted: AcceptResult) -> TriggerOutcome:
     if accepted.status == AcceptStatus.OVER_CAP:
         retry_after_ms = min(30_000, max(1_000, math.ceil(accepted.count / 100 / conf.drain_max_rows_per_sec() * 1000)))
+        held = f"{accepted.bytes:,} bytes" if accepted.limit == "bytes" else f"{accepted.count}"
         raise BufferFull(
-            f"Too many runs are waiting to be written for this organisation ({accepted.count}); retry shortly.",
+            f"Too many runs are waiting to be written for this organisation ({held}); retry shortly.",
             retry_after_ms=retry_after_ms,
         )
     if accepted.status == AcceptStatus.DUPLICATE_IDEMPOTENCY:

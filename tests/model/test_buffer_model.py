@@ -407,15 +407,18 @@ class BufferModel(RuleBasedStateMachine):
             assert holding <= {self.holders.get(key)}, (key, holding, self.holders.get(key))
 
     @invariant()
-    def the_buffered_count_matches_the_entries(self):
+    def the_buffered_count_and_bytes_match_the_entries(self):
         if not hasattr(self, "env"):
             return
         redis = redis_client()
-        waiting = 0
+        waiting = held = 0
         for key in redis.scan_iter(match=f"{keys.entry(self.org, '')}*", count=1000):
-            if redis.hget(key, "materialised") != b"1":
+            materialised, size = redis.hmget(key, "materialised", "bytes")
+            if materialised != b"1":
                 waiting += 1
+                held += int(size)
         assert buffer.buffered_count(self.org) == waiting
+        assert buffer.buffered_bytes(self.org) == held
 
     def teardown(self):
         if not hasattr(self, "env"):
@@ -430,6 +433,7 @@ class BufferModel(RuleBasedStateMachine):
         for run_id, promise in self.promises.items():
             self._check(rows[run_id], promise)
         assert buffer.buffered_count(self.org) == 0
+        assert buffer.buffered_bytes(self.org) == 0
         for batch_id, members in self.batches.items():
             batch, run_ids = batch_retrieve(environment=self.env, batch_id=f"batch_{batch_id}")
             assert batch.status == BatchTaskRun.Status.COMPLETED, batch_id

@@ -2,7 +2,7 @@
 
 import pytest
 
-from mollifier import buffer, gate, keys
+from mollifier import breaker, buffer, gate, keys
 from mollifier.codec import Entry
 from runs.models import TaskRun
 from tests.conftest import enroll
@@ -88,6 +88,11 @@ def test_the_gate_fails_open_when_redis_is_down(api, environment, mollifier_on, 
     assert {r.status_code for r in responses} == {200}
     assert not [r for r in responses if "x-mollifier" in r.headers]
     assert TaskRun.objects.count() == 2  # idempotency still holds through Postgres
+    # Refused connections opened the circuit breaker meanwhile: Redis is not even tried now.
+    assert gate.admit_or_buffer(
+        org_id="1", env_id="1", enrolled=True, bypass=None, entry=entry_factory("1"), now_ms=0
+    ) == gate.Admission(gate.Decision.PASS_THROUGH, "breaker_open")
+    breaker.reset()
     assert gate.admit_or_buffer(
         org_id="1", env_id="1", enrolled=True, bypass=None, entry=entry_factory("1"), now_ms=0
     ) == gate.Admission(gate.Decision.PASS_THROUGH, "redis_error")

@@ -72,6 +72,7 @@ def test_status_shows_depth_per_environment():
 
     text = out.getvalue()
     assert str(environment) in text and "7" in text and "total waiting: 7" in text
+    assert "redis memory:" in text and "per organisation at most 100,000 runs, 256.0 MB" in text
 
 
 def test_status_of_an_empty_buffer():

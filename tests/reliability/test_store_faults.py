@@ -2,11 +2,7 @@
 Postgres stopped under load. Each store here is a server the test starts and stops itself."""
 
 import json
-import shutil
-import signal
-import socket
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -18,67 +14,10 @@ from mollifier import keys
 from runs.models import TaskRun
 from tests.conftest import enroll
 from tests.factories import EnvironmentFactory
-from tests.redis_cluster import server_binary
+from tests.faults import RedisProcess
 from tests.server import running_server, start_manage
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class RedisProcess:
-    """A redis-server with AOF (fsync on every write) in a folder of its own; stop() kills it (-9)."""
-
-    def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix="mollifier-redis-")
-        self.port = free_port()
-        self.process = None
-
-    def start(self):
-        self.process = subprocess.Popen(
-            [
-                server_binary(),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                self.dir,
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port)
-        for _ in range(100):
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("redis did not start")
-
-    def kill(self):
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def cleanup(self):
-        if self.process and self.process.poll() is None:
-            self.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def call(method: str, url: str, key: str, body: dict | None = None, timeout: float = 30):
@@ -121,6 +60,9 @@ def test_redis_down_mid_burst_fails_open_and_buffered_runs_survive_a_restart(own
         "MOLLIFIER_TRIP_THRESHOLD": "5",
         "MOLLIFIER_TRIP_WINDOW_MS": "60000",
         "MOLLIFIER_HOLD_MS": "60000",
+        # Redis refused, without the circuit breaker: each call tries it (the breaker's own
+        # behaviour, which skips Redis for a cooldown, is test_degraded.py's).
+        "MOLLIFIER_REDIS_BREAKER_FAILURES": "0",
     }
     with running_server(**gate) as base_url:
         first = [trigger(base_url, key, i) for i in range(10)]

@@ -164,6 +164,30 @@ def test_metrics_in_prometheus_format(enrolled, settings):
     assert Client().get("/metrics", headers={"Authorization": "Bearer s3cret"}).status_code == 200
 
 
+def test_metrics_show_the_breaker_bytes_and_memory(enrolled):
+    api = client_for(enrolled)
+    [trigger(api, payload=i) for i in range(7)]
+
+    body = Client().get("/metrics").content.decode()
+
+    assert "mollifier_redis_breaker_state 0.0" in body
+    assert "mollifier_redis_breaker_opens_total" in body and "mollifier_redis_breaker_rejected_total" in body
+    held = buffer.buffered_bytes(str(enrolled.organization_id))
+    assert held > 0 and f"mollifier_buffer_bytes {float(held)}" in body
+    assert "mollifier_redis_memory_used_ratio" in body and "mollifier_redis_memory_guard 0.0" in body
+
+
+def test_the_dashboard_shows_the_redis_breaker_and_memory(admin_client, dead_redis):
+    page = admin_client.get("/admin/mollifier/dashboard/").content.decode()
+    assert 'id="breaker">closed<' in page
+    assert 'id="redis-memory">unknown<' in page and "did not answer" in page
+
+    for _ in range(3):  # refused connections open the breaker
+        admin_client.get("/admin/mollifier/dashboard/")
+    page = admin_client.get("/admin/mollifier/dashboard/").content.decode()
+    assert 'id="breaker">open<' in page
+
+
 def test_reset_idempotency_command(environment):
     api = client_for(environment)
     trigger(api, payload=1, idempotencyKey="k")

@@ -9,7 +9,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from mollifier import buffer
-from mollifier.drainer import now_ms
+from mollifier.clock import now_ms
 from runs.models import Organization, RuntimeEnvironment
 from runs.services.flags import mollifier_enrolled
 from tests.buffering import fill_buffer

@@ -154,6 +154,23 @@ def test_the_org_cap_answers_429_with_reset_headers_and_writes_nothing(api, enro
     assert TaskRun.objects.count() == 5
 
 
+def test_the_org_byte_cap_answers_429_like_the_count_cap(api, enrolled, settings):
+    burst(api, 6)  # 5 pass through, one is buffered
+    one = buffer.buffered_bytes(org_of(enrolled))
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "ORG_BUFFER_MAX_BYTES": 2 * one + one // 2}
+
+    responses = burst(api, 3)
+
+    refused = responses[-1]
+    assert [r.status_code for r in responses] == [200, 429, 429]
+    assert "bytes" in refused.json()["error"]
+    assert int(refused.headers["x-ratelimit-reset"]) > timezone.now().timestamp() * 1000
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert buffer.buffered_count(org_of(enrolled)) == 2
+    assert buffer.buffered_bytes(org_of(enrolled)) <= 2 * one + one // 2
+    assert TaskRun.objects.count() == 5
+
+
 def test_batch_items_are_buffered_with_their_batch_and_index(api, enrolled):
     burst(api, 5)
     batch = api.post("/api/v3/batches", {"runCount": 3}, format="json").json()["id"]

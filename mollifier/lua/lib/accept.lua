@@ -2,15 +2,22 @@
 
 accept_entry(k, a) -> reply table
   k.entry, k.snapshot, k.ready, k.listing, k.envs, k.stats, k.idem, k.claim, k.batch: key names (one slot)
-  a.run, a.env, a.now_ms, a.cap, a.snapshot, a.fields (flat list of hash field/value pairs), a.idem_key,
+  a.run, a.env, a.now_ms, a.cap, a.max_bytes (0: no byte cap), a.memory_full ('1': Redis is near its
+  maxmemory, refuse new entries), a.snapshot, a.fields (flat list of hash field/value pairs), a.idem_key,
   a.batch_index, a.claim_marker ('' or 'pending:<token>'), a.claim_ttl
+
+An entry's size is the bytes of its snapshot and of its hash's fields and values as accepted; it is
+kept in the entry (field `bytes`) and summed in the organisation's stats (`bytes`, beside
+`buffered`), so that ack and discard take back exactly what accept added (mutate.lua adjusts both
+when tags or metadata change size).
 
 Replies:
   {'accepted', activated_gen}   activated_gen: the org generation when the org went from idle to
                                 active (the caller then indexes it in mollifier:orgs), else ''
   {'duplicate_run', run}        an entry with this run id exists (any state, also in grace)
   {'duplicate_idempotency', owner}  the idempotency key already belongs to a buffered run
-  {'over_cap', count}           the organisation's buffer is full
+  {'memory_full'}               Redis is near its maxmemory: nothing written (the trigger passes through)
+  {'over_cap', count, bytes, 'count'|'bytes'}  the organisation's buffer is full (runs, or bytes)
 ]]
 local function accept_entry(k, a)
   if redis.call('EXISTS', k.entry) == 1 then
@@ -22,16 +29,28 @@ local function accept_entry(k, a)
       return {'duplicate_idempotency', owner}
     end
   end
-  local count = tonumber(redis.call('HGET', k.stats, 'buffered') or '0')
+  if a.memory_full == '1' then
+    return {'memory_full'}
+  end
+  local stats = redis.call('HMGET', k.stats, 'buffered', 'bytes')
+  local count, used = tonumber(stats[1] or '0'), tonumber(stats[2] or '0')
+  local size = #a.snapshot
+  for i = 1, #a.fields do
+    size = size + #a.fields[i]
+  end
   if count >= a.cap then
-    return {'over_cap', tostring(count)}
+    return {'over_cap', tostring(count), tostring(used), 'count'}
+  end
+  if a.max_bytes > 0 and used + size > a.max_bytes then
+    return {'over_cap', tostring(count), tostring(used), 'bytes'}
   end
 
-  redis.call('HSET', k.entry, unpack(a.fields))
+  redis.call('HSET', k.entry, 'bytes', size, unpack(a.fields))
   redis.call('SET', k.snapshot, a.snapshot)
   redis.call('ZADD', k.ready, a.now_ms, a.run)
   redis.call('ZADD', k.listing, a.now_ms, a.run)
   redis.call('HINCRBY', k.stats, 'buffered', 1)
+  redis.call('HINCRBY', k.stats, 'bytes', size)
   if a.idem_key ~= '' then
     redis.call('SET', k.idem, a.run)
   end

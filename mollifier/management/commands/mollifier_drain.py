@@ -7,8 +7,8 @@ import time
 from django.core.management.base import BaseCommand
 from django.template.defaultfilters import pluralize
 
-from mollifier import buffer, conf
-from mollifier.drainer import Drainer, RoundResult
+from mollifier import breaker, buffer, conf
+from mollifier.drainer import Drainer, RoundResult, Waiting
 from mollifier.exceptions import BufferUnavailable
 from mollifier.sink import SinkReport
 
@@ -21,6 +21,7 @@ class Progress:
         self.started = self.last_print = time.monotonic()
         self.report = SinkReport()
         self.rounds = self.retried = self.failed = self.reclaimed = self.acked = self.settled = self.parked = 0
+        self.waits = 0
         self.window_start, self.window_rows = time.monotonic(), 0
         self.rate_limit = 0.0
 
@@ -50,6 +51,22 @@ class Progress:
                 self.out.write(f"mollifier.drain.progress {line}")
             self.last_print, self.window_start, self.window_rows = now, now, 0
 
+    def waiting(self, wait: Waiting) -> None:
+        """The loop backs off: say what it waits for (live line, or a log line per wait)."""
+        self.waits += 1
+        if self.quiet:
+            return
+        line = (
+            f"waiting for {wait.dependency}: {wait.failures} failure{pluralize(wait.failures)} in a row, "
+            f"next try in {wait.retry_in_ms / 1000:.1f}s ({wait.error[:80]})"
+        )
+        if self.live:
+            self.out.write("\r" + line.ljust(100), ending="")
+            self.out.flush()
+        else:
+            self.out.write(f"mollifier.drain.progress {line}")
+        self.last_print = time.monotonic()
+
     @staticmethod
     def _backlog() -> str:
         try:
@@ -66,7 +83,8 @@ class Progress:
             f"{r.failed:,} SYSTEM_FAILURE row{pluralize(r.failed)}, {r.dropped:,} dropped (environment gone), "
             f"{r.fenced:,} fenced (lease taken back); {self.retried:,} retr{pluralize(self.retried, 'y,ies')}, "
             f"{self.failed:,} marked terminal, {self.parked:,} parked, {self.reclaimed:,} lease{pluralize(self.reclaimed)} "
-            f"reclaimed, {self.settled:,} pin{pluralize(self.settled)} settled, {self.rounds:,} round{pluralize(self.rounds)}"
+            f"reclaimed, {self.settled:,} pin{pluralize(self.settled)} settled, {self.rounds:,} round{pluralize(self.rounds)}, "
+            f"{self.waits:,} wait{pluralize(self.waits)} for Redis or Postgres"
         )
 
 
@@ -84,6 +102,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, once, quiet, **options):
+        breaker.disable()  # not a request path: the loop's backoff spaces calls to a sick Redis
         stop = threading.Event()
 
         def request_stop(signum, frame):
@@ -102,7 +121,7 @@ class Command(BaseCommand):
         # collector's sight, a round's tens of thousands of short-lived objects no longer make
         # each collection walk it (a collection inside reading 1,000 entries cost ~100 ms).
         gc.freeze()
-        Drainer(stop=stop).run(once=once, on_round=progress)
+        Drainer(stop=stop).run(once=once, on_round=progress, on_wait=progress.waiting)
         if progress.live:
             self.stdout.write("")
         self.stdout.write(progress.summary())

@@ -1,10 +1,14 @@
 from django.core.management.base import BaseCommand
-from django.template.defaultfilters import pluralize
+from django.template.defaultfilters import filesizeformat, pluralize
 
 from mollifier import buffer, conf
 from mollifier.clock import now_ms
-from mollifier.stats import env_stats
+from mollifier.stats import env_stats, redis_status
 from runs.models import RuntimeEnvironment
+
+
+def _size(count: int) -> str:
+    return filesizeformat(count).replace("\xa0", " ")  # a terminal, not HTML
 
 
 class Command(BaseCommand):
@@ -24,6 +28,7 @@ class Command(BaseCommand):
             f"drain cap {conf.drain_max_rows_per_sec():,} rows/s; organisation cap {conf.org_buffer_cap():,} waiting "
             "(the settings this command runs with)"
         )
+        self.stdout.write(self._memory())
         environments = RuntimeEnvironment.objects.select_related("project__organization").by_ids(
             [row.env_id for row in rows] + [entry.env_id for entry in buffer.parked_entries(limit=10)]
         )
@@ -31,10 +36,12 @@ class Command(BaseCommand):
         if rows:
             self._table(rows, names, now)
             # One snapshot: the total is the table's own sum, so the two never disagree mid-drain.
-            waiting, orgs = sum(row.waiting for row in rows), len({row.org_id for row in rows})
+            waiting, orgs = sum(row.waiting for row in rows), {row.org_id for row in rows}
+            held = sum(buffer.buffered_bytes(org) for org in orgs)
             self.stdout.write(
-                f"total waiting: {waiting:,} in {orgs} organisation{pluralize(orgs)}, {len(rows)} "
-                f"environment{pluralize(len(rows))}"
+                f"total waiting: {waiting:,} in {len(orgs)} organisation{pluralize(len(orgs))}, {len(rows)} "
+                f"environment{pluralize(len(rows))}, {_size(held)} "
+                f"(per organisation at most {conf.org_buffer_cap():,} runs, {_size(conf.org_buffer_max_bytes())})"
             )
         else:
             self.stdout.write("buffer empty")
@@ -54,6 +61,17 @@ class Command(BaseCommand):
                 f"dropped: {dropped:,} run{pluralize(dropped)} on record left without a row (environment deleted); "
                 "latest: " + ", ".join(record["run"] for record in latest)
             )
+
+    @staticmethod
+    def _memory() -> str:
+        status = redis_status()
+        reading, limit = status.memory, status.memory_limit_percent
+        if reading is None:
+            return "redis memory: unknown (INFO refused)"
+        if not reading.max_bytes:
+            return f"redis memory: {_size(reading.used_bytes)}, no maxmemory set (the memory guard is off)"
+        state = "NEW ENTRIES REFUSED" if status.memory_guard else f"new entries refused from {limit}%"
+        return f"redis memory: {reading.ratio:.0%} of {_size(reading.max_bytes)} ({_size(reading.used_bytes)}); {state}"
 
     def _table(self, rows, names: dict, now: int) -> None:
         header = ("environment", "waiting", "ready", "leased", "expired", "oldest", "gate")

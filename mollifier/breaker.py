@@ -1,0 +1,208 @@
+"""A per-process circuit breaker in front of each Redis server (DESIGN §12).
+
+Every command, script and pipeline goes through ``mollifier/client.py``, which asks the breaker of
+the server it talks to before touching the socket, and reports back how the call went:
+
+- **closed**: calls go through. ``MOLLIFIER_REDIS_BREAKER_FAILURES`` consecutive failures open it.
+- **open**: calls fail at once with ``BreakerOpen`` (a ``BufferUnavailable``), no socket touched,
+  for ``MOLLIFIER_REDIS_BREAKER_COOLDOWN_MS``. The gate, the claim and request idempotency already
+  fail open on ``BufferUnavailable``, so triggers go straight to Postgres without paying a timeout;
+  a read that needs the buffer answers 503, which the SDK retries.
+- **half-open**: after the cooldown, the next call starts the probe — a PING on a thread of its
+  own — and fails fast like the others: no request ever waits on a probe. A probe that answers
+  closes the breaker; one that fails opens it for another cooldown. (Without a prober, as for a
+  cluster client still being built, that next call is itself the probe.)
+
+A failure is Redis not answering: a timeout, a refused or reset connection, a server still
+loading, busy with a script, or a cluster without a working primary. An error *reply* (a script
+error, OOM under ``noeviction``) is an answer: it counts as a success here, and the caller still
+gets its ``BufferUnavailable``.
+
+Why hand-written rather than pybreaker: the breaker must sit inside ``execute_command`` (a check
+before, a report after), count only "not answering" failures, probe in the background so that no
+request pays a hung Redis's timeout once it is known to hang (measured: with the probe on a
+request, every worker stalled for the socket timeout each cooldown, `make bench` P7), and publish
+its state as a multi-process Prometheus gauge. That is the hundred lines below, with no new
+dependency; pybreaker wraps callables, lets a half-open call through on the caller's thread, and
+would still need the same glue. Neither times calls: the time budget is redis-py's socket timeouts
+(``MOLLIFIER_REDIS_SOCKET_TIMEOUT_MS``), with no retries.
+
+Per process, one breaker per Redis server (host:port, socket path, or cluster), shared by every
+thread. The drainer is not on a request path and switches its breakers off (``disable()``): its own
+backoff already spaces its calls when Redis is out, and says what it waits for. Drainers are
+separate processes anyway, so they could never share a web worker's breaker.
+"""
+
+import enum
+import logging
+import threading
+import time
+
+from mollifier import conf
+from mollifier.exceptions import BufferUnavailable
+
+logger = logging.getLogger(__name__)
+
+
+class State(enum.IntEnum):
+    """Values of the ``mollifier_redis_breaker_state`` gauge."""
+
+    CLOSED = 0
+    HALF_OPEN = 1
+    OPEN = 2
+
+
+class BreakerOpen(BufferUnavailable):
+    """Refused without calling Redis: the breaker for that server is open."""
+
+
+class Breaker:
+    def __init__(self, name: str, *, clock=time.monotonic, prober=None):
+        self.name = name
+        self.clock = clock
+        # Called on a thread of its own to probe: returns when Redis answers, raises when not.
+        self.prober = prober
+        self.state = State.CLOSED
+        self.failures = 0  # consecutive, while closed
+        self.opened_at = 0.0
+        self.probe_started_at: float | None = None
+        self._lock = threading.Lock()
+
+    def admit(self) -> bool:
+        """Before a call. Raises BreakerOpen, or returns whether this call is the half-open probe."""
+        if self.state is State.CLOSED or not _enabled:
+            return False
+        with self._lock:
+            if self.state is State.CLOSED:
+                return False
+            now = self.clock()
+            cooldown = conf.redis_breaker_cooldown_ms() / 1000
+            probe_running = self.probe_started_at is not None and now - self.probe_started_at < cooldown
+            if now - self.opened_at >= cooldown and not probe_running:
+                self.probe_started_at = now  # a probe that never reports is replaced after a cooldown
+                self._become(State.HALF_OPEN)
+                if self.prober is None:
+                    return True  # this call is the probe
+                threading.Thread(target=self._probe, name=f"redis-probe {self.name}", daemon=True).start()
+            left_ms = max(0, int((self.opened_at + cooldown - now) * 1000))
+        _metrics().REDIS_BREAKER_REJECTED.inc()
+        raise BreakerOpen(f"Redis at {self.name} is not answering: circuit breaker open (next probe in {left_ms} ms)")
+
+    def _probe(self) -> None:
+        try:
+            self.prober()
+        except Exception as error:
+            self.failed(True, error)
+        else:
+            self.succeeded(True)
+
+    def check(self) -> None:
+        """Raise BreakerOpen when a call now would be refused, without taking the probe's turn
+        (for a caller about to do costly work, such as building a buffer entry, before its call)."""
+        if self.state is State.CLOSED or not _enabled:
+            return
+        now = self.clock()
+        cooldown = conf.redis_breaker_cooldown_ms() / 1000
+        with self._lock:
+            probe_running = self.probe_started_at is not None and now - self.probe_started_at < cooldown
+            if self.state is State.OPEN and now - self.opened_at < cooldown or probe_running:
+                raise BreakerOpen(f"Redis at {self.name} is not answering: circuit breaker open")
+
+    def succeeded(self, probe: bool) -> None:
+        if self.state is State.CLOSED and not self.failures:
+            return
+        with self._lock:
+            if probe or self.state is not State.OPEN:
+                if self.state is not State.CLOSED:
+                    logger.warning(
+                        "mollifier.redis.breaker_closed redis=%s after_ms=%d",
+                        self.name,
+                        int((self.clock() - self.opened_at) * 1000),
+                    )
+                self.failures = 0
+                self.probe_started_at = None
+                self._become(State.CLOSED)
+
+    def failed(self, probe: bool, error: Exception) -> None:
+        if not _enabled:
+            return
+        with self._lock:
+            if probe or self.state is State.HALF_OPEN:
+                self.opened_at = self.clock()
+                self.probe_started_at = None
+                self._become(State.OPEN)
+                logger.info("mollifier.redis.breaker_probe_failed redis=%s error=%s", self.name, error)
+                return
+            if self.state is State.OPEN:
+                return  # a call admitted before it opened, failing late
+            self.failures += 1
+            threshold = conf.redis_breaker_failures()
+            if threshold and self.failures >= threshold:
+                self.opened_at = self.clock()
+                self._become(State.OPEN)
+                _metrics().REDIS_BREAKER_OPENS.inc()
+                logger.warning(
+                    "mollifier.redis.breaker_open redis=%s failures=%d cooldown_ms=%d error=%s",
+                    self.name,
+                    self.failures,
+                    conf.redis_breaker_cooldown_ms(),
+                    error,
+                )
+
+    def released(self, probe: bool) -> None:
+        """The call ended without telling either way (an error before anything was sent)."""
+        if probe:
+            with self._lock:
+                self.probe_started_at = None
+
+    def _become(self, state: State) -> None:
+        if state is not self.state:
+            self.state = state
+            _publish()
+
+
+_enabled = True
+_breakers: dict[str, Breaker] = {}
+_registry_lock = threading.Lock()
+
+
+def for_server(name: str) -> Breaker:
+    """The breaker of the Redis server ``name`` (its client gives it a prober)."""
+    if (found := _breakers.get(name)) is not None:
+        return found
+    with _registry_lock:
+        return _breakers.setdefault(name, Breaker(name))
+
+
+def worst_state() -> State:
+    """This process's worst breaker (what the gauge reports)."""
+    return max((breaker.state for breaker in list(_breakers.values())), default=State.CLOSED)
+
+
+def _metrics():
+    from mollifier import metrics  # metrics → sink → buffer → client → here: imported at call time
+
+    return metrics
+
+
+def _publish() -> None:
+    _metrics().REDIS_BREAKER_STATE.set(int(worst_state()))
+
+
+def disable() -> None:
+    """Turn breakers off in this process (the drainer: its backoff spaces its calls)."""
+    global _enabled
+    _enabled = False
+    reset()
+
+
+def enable() -> None:
+    global _enabled
+    _enabled = True
+
+
+def reset() -> None:
+    """Forget every breaker's state (tests; a process that switches them off)."""
+    with _registry_lock:
+        _breakers.clear()
+    _publish()

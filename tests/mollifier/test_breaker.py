@@ -1,0 +1,238 @@
+"""The Redis time budget and circuit breaker (mollifier/breaker.py), against a redis-server of the
+test's own that is paused (SIGSTOP: connections accepted, nothing answered) and resumed."""
+
+import time
+
+import pytest
+from django_redis import get_redis_connection
+
+from mollifier import breaker, gate, metrics, scripts
+from mollifier import client as redis_client
+from mollifier.breaker import BreakerOpen, State
+from mollifier.exceptions import BufferUnavailable
+from runs.models import TaskRun
+from tests.conftest import client_for, enroll
+from tests.factories import EnvironmentFactory
+from tests.faults import RedisProcess
+from tests.helpers import trigger
+from tests.server import wait_until
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def own_redis(settings):
+    """A private Redis as the only Redis of the process (the cache and the buffer), with a short
+    socket timeout."""
+    store = RedisProcess()
+    store.start()
+    settings.CACHES = {
+        **settings.CACHES,
+        "default": {
+            **settings.CACHES["default"],
+            "LOCATION": store.url,
+            "OPTIONS": {**settings.CACHES["default"]["OPTIONS"], "SOCKET_TIMEOUT": 0.2, "SOCKET_CONNECT_TIMEOUT": 0.2},
+        },
+    }
+    settings.MOLLIFIER = {
+        **settings.MOLLIFIER,
+        "REDIS_BREAKER_FAILURES": 3,
+        "REDIS_BREAKER_COOLDOWN_MS": 60_000,
+        "REDIS_CLUSTER_URL": "",
+    }
+    yield store
+    store.cleanup()
+
+
+def opens() -> float:
+    return metrics.REDIS_BREAKER_OPENS._value.get()
+
+
+def rejected() -> float:
+    return metrics.REDIS_BREAKER_REJECTED._value.get()
+
+
+def test_request_path_clients_never_retry_and_have_short_timeouts():
+    kwargs = get_redis_connection("default").connection_pool.connection_kwargs
+    assert kwargs["retry"].get_retries() == 0
+    assert kwargs["socket_timeout"] == 0.5 and kwargs["socket_connect_timeout"] == 0.25
+
+
+def test_a_hung_redis_opens_the_breaker_then_calls_fail_without_touching_it(own_redis):
+    redis = redis_client.get()
+    redis.set("k", "v")
+    opened_before, rejected_before = opens(), rejected()
+    with own_redis.paused():
+        for _ in range(3):  # each pays the socket timeout
+            with pytest.raises(BufferUnavailable) as caught:
+                redis.get("k")
+            assert not isinstance(caught.value, BreakerOpen)
+        assert breaker.worst_state() == State.OPEN
+        # Commands, scripts and pipelines are refused at once: no socket is touched.
+        with pytest.raises(BreakerOpen):
+            redis.get("k")
+        with pytest.raises(BreakerOpen):
+            scripts.READ(keys=["a", "b"], client=redis)
+        with pytest.raises(BreakerOpen):
+            redis.pipeline().get("k").execute()
+    assert opens() == opened_before + 1
+    assert rejected() == rejected_before + 3
+    assert metrics.REDIS_BREAKER_STATE._value.get() == State.OPEN
+
+
+def test_the_breaker_closes_once_redis_answers_again(own_redis, settings):
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "REDIS_BREAKER_COOLDOWN_MS": 100}
+    redis = redis_client.get()
+    with own_redis.paused():
+        for _ in range(3):
+            with pytest.raises(BufferUnavailable):
+                redis.get("k")
+        assert breaker.worst_state() == State.OPEN
+
+    def answered() -> bool:
+        try:
+            return redis.ping()
+        except BreakerOpen:
+            return False
+
+    wait_until(answered, timeout=10, interval=0.02)
+    assert breaker.worst_state() == State.CLOSED
+    assert metrics.REDIS_BREAKER_STATE._value.get() == State.CLOSED
+
+
+def test_a_failed_probe_opens_it_for_another_cooldown(own_redis, settings):
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "REDIS_BREAKER_COOLDOWN_MS": 100}
+    redis = redis_client.get()
+    with own_redis.paused():
+        for _ in range(3):
+            with pytest.raises(BufferUnavailable):
+                redis.get("k")
+        time.sleep(0.15)  # past the cooldown: the next call starts the probe, and is refused
+        with pytest.raises(BreakerOpen):
+            redis.get("k")
+        gate = redis._breaker
+        assert gate.state == State.HALF_OPEN
+        wait_until(lambda: gate.probe_started_at is None, timeout=10, interval=0.02)  # the PING timed out
+        assert gate.state == State.OPEN
+        with pytest.raises(BreakerOpen):
+            redis.get("k")
+
+
+def test_half_open_lets_one_probe_through_at_a_time(settings):
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "REDIS_BREAKER_FAILURES": 2, "REDIS_BREAKER_COOLDOWN_MS": 1000}
+    now = [100.0]
+    gate_ = breaker.Breaker("test", clock=lambda: now[0])
+    for _ in range(2):
+        assert gate_.admit() is False
+        gate_.failed(False, TimeoutError("no answer"))
+    assert gate_.state == State.OPEN
+    with pytest.raises(BreakerOpen):
+        gate_.admit()
+    now[0] += 1.0
+    assert gate_.admit() is True  # the probe
+    assert gate_.state == State.HALF_OPEN
+    with pytest.raises(BreakerOpen):
+        gate_.admit()  # everyone else still fails fast
+    gate_.succeeded(True)
+    assert gate_.state == State.CLOSED and gate_.admit() is False
+
+
+def test_the_probe_runs_in_the_background_and_no_call_waits_for_it(settings):
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "REDIS_BREAKER_FAILURES": 1, "REDIS_BREAKER_COOLDOWN_MS": 1000}
+    now = [0.0]
+    answers = iter([TimeoutError("still hung"), None])
+    probed = []
+
+    def prober():
+        probed.append(now[0])
+        if (answer := next(answers)) is not None:
+            raise answer
+
+    gate_ = breaker.Breaker("test", clock=lambda: now[0], prober=prober)
+    gate_.failed(False, TimeoutError("no answer"))
+    for _ in range(2):  # a failed probe, then one that answers
+        now[0] += 1.0
+        with pytest.raises(BreakerOpen):
+            gate_.admit()  # starts the probe; the caller does not wait for it
+        wait_until(lambda: gate_.probe_started_at is None, timeout=5, interval=0.01)
+    assert probed == [1.0, 2.0]
+    assert gate_.state == State.CLOSED and gate_.admit() is False
+
+
+def test_a_probe_that_never_reports_is_replaced_after_a_cooldown(settings):
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "REDIS_BREAKER_FAILURES": 1, "REDIS_BREAKER_COOLDOWN_MS": 1000}
+    now = [0.0]
+    gate_ = breaker.Breaker("test", clock=lambda: now[0])
+    gate_.failed(False, TimeoutError("no answer"))
+    now[0] += 1.0
+    assert gate_.admit() is True
+    now[0] += 1.0  # that probe's thread died without a word
+    assert gate_.admit() is True
+
+
+def test_error_replies_are_answers_and_do_not_open_it():
+    redis = redis_client.get()
+    redis.set("a-string", "v")
+    for _ in range(5):
+        with pytest.raises(BufferUnavailable):
+            redis.lpush("a-string", "x")  # WRONGTYPE: Redis answered
+    assert breaker.worst_state() == State.CLOSED
+
+
+def test_a_disabled_breaker_never_opens(own_redis):
+    breaker.disable()
+    redis = redis_client.get()
+    with own_redis.paused():
+        for _ in range(4):
+            with pytest.raises(BufferUnavailable) as caught:
+                redis.get("k")
+            assert not isinstance(caught.value, BreakerOpen)
+    assert breaker.worst_state() == State.CLOSED
+
+
+def test_with_redis_hung_triggers_pass_through_and_reads_of_buffered_runs_answer_503(own_redis, mollifier_on, settings):
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "REDIS_BREAKER_COOLDOWN_MS": 1000}
+    environment = enroll(EnvironmentFactory())
+    api = client_for(environment)
+    first = [trigger(api, payload=i) for i in range(8)]
+    buffered = [r.json()["id"] for r in first if r.headers.get("x-mollifier") == "buffered"]
+    direct = [r.json()["id"] for r in first if "x-mollifier" not in r.headers]
+    assert len(buffered) == 3 and len(direct) == 5
+
+    with own_redis.paused():
+        during = [
+            trigger(
+                api, payload=i, headers={"x-trigger-request-idempotency-key": f"req-{i}"}, idempotencyKey=f"k{i % 3}"
+            )
+            for i in range(12)
+        ]
+        assert breaker.worst_state() in (State.OPEN, State.HALF_OPEN)  # half-open: a background probe runs
+        assert {r.status_code for r in during} == {200}
+        assert not [r for r in during if "x-mollifier" in r.headers]  # straight to Postgres
+        assert len({r.json()["id"] for r in during}) == 3  # idempotency keys held by Postgres alone
+        assert api.get(f"/api/v3/runs/{direct[0]}").status_code == 200
+        unreadable = api.get(f"/api/v3/runs/{buffered[0]}")
+        assert unreadable.status_code == 503  # retried by the SDK; never a false 404
+        admission = gate.admit_or_buffer(
+            org_id=str(environment.organization_id),
+            env_id=str(environment.pk),
+            enrolled=True,
+            bypass=None,
+            entry=lambda: pytest.fail("no entry is built while the breaker is open"),
+            now_ms=0,
+        )
+        assert admission.reason == "breaker_open"
+
+    # Redis answers again: once the cooldown has passed, a call starts the probe that closes it.
+    def answered() -> bool:
+        try:
+            return redis_client.get().ping()
+        except BreakerOpen:
+            return False
+
+    wait_until(answered, timeout=10, interval=0.02)
+    again = trigger(api, payload="back")
+    assert again.status_code == 200 and again.headers.get("x-mollifier") == "buffered"
+    assert api.get(f"/api/v3/runs/{buffered[0]}").json()["status"] == "QUEUED"
+    ids = set(TaskRun.objects.filter(environment=environment).values_list("id", flat=True))
+    assert len(ids) == 5 + 3

@@ -1,0 +1,136 @@
+"""The drainer survives a Redis that hangs (SIGSTOP) at any of its calls: it waits with a backoff
+that grows and resets, says what it waits for, never spins, and writes every run exactly once."""
+
+import logging
+import signal
+import threading
+
+import pytest
+from django.db import connection
+
+from mollifier import breaker, buffer
+from mollifier.drainer import Drainer, Waiting
+from runs.models import TaskRun
+from runs.services.materialise import TaskRunSink
+from tests.buffering import fill_buffer
+from tests.factories import EnvironmentFactory
+from tests.faults import RedisProcess
+from tests.server import wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def own_redis(settings):
+    store = RedisProcess()
+    store.start()
+    settings.CACHES = {
+        **settings.CACHES,
+        "default": {
+            **settings.CACHES["default"],
+            "LOCATION": store.url,
+            "OPTIONS": {**settings.CACHES["default"]["OPTIONS"], "SOCKET_TIMEOUT": 0.2, "SOCKET_CONNECT_TIMEOUT": 0.2},
+        },
+    }
+    settings.MOLLIFIER = {
+        **settings.MOLLIFIER,
+        "REDIS_CLUSTER_URL": "",
+        "DRAIN_BATCH_SIZE": 50,
+        "DRAIN_MAX_ROWS_PER_SEC": 100_000,
+        "DRAIN_LEASE_MS": 1000,
+        "DRAIN_BACKOFF_BASE_MS": 100,
+        "DRAIN_BACKOFF_MAX_MS": 2000,
+    }
+    breaker.disable()  # as mollifier_drain does: the loop's backoff spaces the calls
+    yield store
+    store.cleanup()
+
+
+class PausingSink(TaskRunSink):
+    """The real sink; after its first round commits, Redis is paused until ``resume`` is set: the
+    ack of that round hangs, and so does the round the drainer leases meanwhile."""
+
+    def __init__(self, store: RedisProcess):
+        self.store = store
+        self.paused = threading.Event()
+
+    def write(self, entries, *, pin, last_resort=False):
+        report = super().write(entries, pin=pin, last_resort=last_resort)
+        if not self.paused.is_set():
+            self.paused.set()
+            self.store.process.send_signal(signal.SIGSTOP)
+        return report
+
+
+def drain_in_background(drainer: Drainer, waits: list[Waiting]) -> threading.Thread:
+    def run():
+        try:
+            drainer.run(on_wait=waits.append)
+        finally:
+            connection.close()  # this thread's own: the test database is dropped at the end
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def assert_backs_off(waits: list[Waiting]) -> None:
+    assert {wait.dependency for wait in waits} == {"redis"}
+    assert [wait.failures for wait in waits] == list(range(1, len(waits) + 1))  # one wait per failure
+    # Exponential (±20% jitter): every wait is longer than the one before, until the cap.
+    delays = [wait.retry_in_ms for wait in waits]
+    assert all(later > earlier for earlier, later in zip(delays, delays[1:4])), delays
+
+
+@pytest.mark.parametrize("hang", ["from_the_start", "after_a_commit"])
+def test_a_hung_redis_makes_the_drainer_wait_and_every_run_lands_once(own_redis, hang, caplog):
+    """from_the_start: the first calls hang (listing organisations, the rate limiter, leasing).
+    after_a_commit: the ack of a committed round hangs, and the lease of the next round (with its
+    read) on the prefetch thread."""
+    caplog.set_level(logging.WARNING, logger="mollifier.drainer")
+    environment = EnvironmentFactory()
+    run_ids = fill_buffer(environment, 300)
+    waits: list[Waiting] = []
+    sink = PausingSink(own_redis)
+    if hang == "from_the_start":
+        sink.paused.set()
+        own_redis.process.send_signal(signal.SIGSTOP)
+    drainer = Drainer(sink=sink)
+    thread = drain_in_background(drainer, waits)
+    try:
+        wait_until(lambda: len(waits) >= 4, timeout=60)
+        own_redis.process.send_signal(signal.SIGCONT)
+        wait_until(lambda: buffer.buffered_count(str(environment.organization_id)) == 0, timeout=60)
+    finally:
+        own_redis.process.send_signal(signal.SIGCONT)
+        drainer.stop.set()
+        thread.join(30)
+
+    assert_backs_off(waits)
+    assert any("mollifier.drain.recovered" in record.getMessage() for record in caplog.records)
+    rows = TaskRun.objects.filter(environment=environment)
+    assert sorted(run.friendly_id for run in rows) == sorted(run_ids)  # each exactly once
+    assert buffer.buffered_bytes(str(environment.organization_id)) == 0
+
+
+def test_the_backoff_resets_after_a_round_goes_through(own_redis):
+    environment = EnvironmentFactory()
+    fill_buffer(environment, 20)
+    waits: list[Waiting] = []
+    drainer = Drainer()
+    thread = drain_in_background(drainer, waits)
+    try:
+        for _ in range(2):  # two outages: the second starts counting from one again
+            seen = len(waits)
+            with own_redis.paused():
+                wait_until(lambda seen=seen: len(waits) >= seen + 2, timeout=60)
+            wait_until(lambda: drainer_idle(environment), timeout=60)
+    finally:
+        drainer.stop.set()
+        thread.join(30)
+    firsts = [wait for wait in waits if wait.failures == 1]
+    assert len(firsts) == 2
+
+
+def drainer_idle(environment) -> bool:
+    return buffer.buffered_count(str(environment.organization_id)) == 0 and TaskRun.objects.count() == 20

@@ -1,0 +1,83 @@
+"""Django's PostgreSQL backend, with a client-side deadline on every wait for Postgres.
+
+Why: ``statement_timeout`` is enforced by the server. A Postgres that stops answering (a frozen
+host, a network partition, a SIGSTOPped postmaster and backends) never enforces it, and a
+connected socket then waits forever: the web worker holds its request until gunicorn kills it, the
+drainer holds its round past its lease. TCP keepalives and ``tcp_user_timeout`` do not help when
+the peer's kernel still acknowledges (a stopped process, a loaded host), and Postgres cannot cancel
+a query while the postmaster itself does not answer.
+
+So every wait of psycopg on an open connection — a statement, a fetch, COPY, commit, rollback, the
+health check — gives up after ``DB_ANSWER_TIMEOUT_MS`` (by default the statement timeout plus two
+seconds, so that a live server's own timeout fires first and leaves the connection usable). The
+connection is then in an unknown state mid-protocol, so it is closed, and the caller gets an
+``OperationalError``: the API answers 503 (the SDK retries), the drainer backs off. Opening a
+connection is bounded by ``DB_CONNECT_TIMEOUT`` as before.
+
+psycopg funnels all of these through ``Connection.wait``, whose ``timeout`` argument does the
+waiting; Django builds connections with ``Database.connect``, so this backend hands it a psycopg
+whose ``connect`` builds ``DeadlineConnection``s. Use it as ``ENGINE: "trigger_project.postgres"``
+(settings.py does for a postgres URL). Not for ``OPTIONS["pool"]`` connections, which psycopg_pool
+builds itself (the project uses persistent connections, DESIGN §10).
+"""
+
+import types
+
+import psycopg
+from django.db.backends.postgresql import base
+
+
+class DeadlineConnection(psycopg.Connection):
+    answer_timeout: float | None = None  # seconds; None waits as long as it takes
+
+    def wait(self, gen, interval=None, timeout=None):
+        budget = timeout if timeout is not None else self.answer_timeout
+        options = {} if interval is None else {"interval": interval}
+        try:
+            return super().wait(gen, timeout=budget, **options)
+        except psycopg.errors.OperationalError as error:
+            if budget is None or type(error).__name__ != "_WaitTimeout":
+                raise
+            # Mid-protocol, in an unknown state: never reuse it (Django reconnects on next use).
+            self.pgconn.finish()
+            raise psycopg.OperationalError(
+                f"Postgres did not answer within {budget:g} s (DB_ANSWER_TIMEOUT_MS); connection closed"
+            ) from error
+
+
+class _Psycopg(types.ModuleType):
+    """psycopg as Django's backend sees it, with ``connect`` building DeadlineConnections."""
+
+    def __getattr__(self, name):
+        return getattr(psycopg, name)
+
+
+Database = _Psycopg("psycopg")
+Database.connect = DeadlineConnection.connect  # type: ignore[attr-defined]
+
+
+class DatabaseWrapper(base.DatabaseWrapper):
+    Database = Database
+
+    def get_new_connection(self, conn_params):
+        connection = super().get_new_connection(conn_params)
+        if isinstance(connection, DeadlineConnection):
+            connection.answer_timeout = self._answer_timeout()
+        return connection
+
+    def is_usable(self):
+        """The health check (CONN_HEALTH_CHECKS) waits no longer than a new connection would: a
+        hung server then costs a request one budget, not the answer budget plus a reconnect."""
+        connection = self.connection
+        if not isinstance(connection, DeadlineConnection) or connection.answer_timeout is None:
+            return super().is_usable()
+        budget = connection.answer_timeout
+        connection.answer_timeout = min(budget, float(self.settings_dict["OPTIONS"].get("connect_timeout") or budget))
+        try:
+            return super().is_usable()
+        finally:
+            connection.answer_timeout = budget
+
+    def _answer_timeout(self) -> float | None:
+        milliseconds = int(self.settings_dict.get("ANSWER_TIMEOUT_MS") or 0)
+        return milliseconds / 1000 if milliseconds > 0 else None
