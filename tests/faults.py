@@ -17,7 +17,7 @@ from pathlib import Path
 
 import redis
 
-from tests.redis_cluster import _server_binary
+from tests.redis_cluster import server_binary
 
 
 def free_port() -> int:
@@ -38,7 +38,7 @@ class RedisProcess:
     def start(self):
         self.process = subprocess.Popen(
             [
-                _server_binary(),
+                server_binary(),
                 "--port",
                 str(self.port),
                 "--bind",
