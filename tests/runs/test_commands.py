@@ -117,7 +117,7 @@ def test_status_total_is_the_tables_sum_in_the_singular_for_one():
 
     out = run_command("mollifier_status")[0]
 
-    assert "total waiting: 1 in 1 organisation, 1 environment\n" in out
+    assert "total waiting: 1 in 1 organisation, 1 environment," in out
     row = next(line for line in out.splitlines() if line.startswith(str(environment)))
     assert row.split()[1] == "1"
 
