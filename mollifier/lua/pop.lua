@@ -27,9 +27,14 @@ for _, run in ipairs(redis.call('ZRANGEBYSCORE', k.leases, '-inf', now_ms)) do
   end
 end
 local runs = redis.call('ZRANGEBYSCORE', k.ready, '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[2]))
+local leases, holders = {}, {}
 for _, run in ipairs(runs) do
-  redis.call('ZREM', k.ready, run)
-  redis.call('ZADD', k.leases, now_ms + lease_ms, run)
-  redis.call('HSET', k.holders, run, ARGV[4])
+  leases[#leases + 1] = now_ms + lease_ms
+  leases[#leases + 1] = run
+  holders[#holders + 1] = run
+  holders[#holders + 1] = ARGV[4]
 end
+bulk('ZREM', k.ready, runs)
+bulk('ZADD', k.leases, leases)
+bulk('HSET', k.holders, holders)
 return {runs, reclaimed, pinned}

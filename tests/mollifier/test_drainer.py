@@ -11,6 +11,7 @@ from tests.buffering import fill_buffer, write_round
 from tests.conftest import client_for
 from tests.factories import EnvironmentFactory, TaskRunFactory
 from tests.helpers import trigger
+from tests.redis_watch import watch_redis
 
 pytestmark = pytest.mark.django_db
 
@@ -220,3 +221,19 @@ def test_the_rate_limiter_grants_only_what_the_rate_allows():
             granted += 50
         t += 1
     assert 1000 <= granted <= 1050
+
+
+def test_a_round_costs_redis_a_few_commands_per_run_not_one_per_step(drain_settings):
+    """Leasing, reading, pinning and acking 50 runs: the queues and holders change once per call
+    (lib/bulk.lua); per run there is the read (2 commands) and the ack's own entry work (5)."""
+    environment = EnvironmentFactory()
+    fill_buffer(environment, 50)
+    org, env = str(environment.organization_id), str(environment.pk)
+
+    stop = watch_redis()
+    popped = buffer.pop(org_id=org, env_id=env, limit=100, lease_ms=60_000, now_ms=now_ms())
+    write_round(popped.entries)
+    assert buffer.ack(popped.entries, now_ms=now_ms()) == 50
+    run_by_scripts = [event for event in stop() if event.get("client_type") == "lua"]
+
+    assert len(run_by_scripts) <= 7 * 50 + 30, len(run_by_scripts)  # a command per step per run was 1,161

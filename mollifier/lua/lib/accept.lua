@@ -62,8 +62,8 @@ local function accept_entry(k, a)
   end
 
   local activated = ''
-  local was_idle = redis.call('SCARD', k.envs) == 0
-  if redis.call('SADD', k.envs, a.env) == 1 and was_idle then
+  -- Added, and now alone in the set: the organisation was idle.
+  if redis.call('SADD', k.envs, a.env) == 1 and redis.call('SCARD', k.envs) == 1 then
     activated = tostring(redis.call('HINCRBY', k.stats, 'gen', 1))
   end
   return {'accepted', activated}

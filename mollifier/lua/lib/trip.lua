@@ -13,18 +13,23 @@ local function evaluate_trip(rate_key, tripped_key, now_ms, window_ms, threshold
   local state = redis.call('HMGET', rate_key, 'w', 'c', 'p')
   local w, c, p = tonumber(state[1]), tonumber(state[2]) or 0, tonumber(state[3]) or 0
   if w == window then
-    c = c + 1
-  elseif w == window - 1 then
-    p, c = c, 1
+    c = redis.call('HINCRBY', rate_key, 'c', 1)
   else
-    p, c = 0, 1
+    -- A new window: the hash lives two windows from now, long enough to carry this one's count
+    -- as the next one's `p` (within a window, one HINCRBY does).
+    if w == window - 1 then
+      p, c = c, 1
+    else
+      p, c = 0, 1
+    end
+    redis.call('HSET', rate_key, 'w', window, 'c', c, 'p', p)
+    redis.call('PEXPIRE', rate_key, window_ms * 2)
   end
-  redis.call('HSET', rate_key, 'w', window, 'c', c, 'p', p)
-  redis.call('PEXPIRE', rate_key, window_ms * 2)
   local elapsed = now_ms - window * window_ms
   local estimate = p * (window_ms - elapsed) / window_ms + c
   if estimate > threshold then
     redis.call('SET', tripped_key, '1', 'PX', hold_ms)
+    return math.floor(estimate), 1
   end
   return math.floor(estimate), redis.call('EXISTS', tripped_key)
 end
