@@ -14,13 +14,15 @@ class TaskRunQuerySet(models.QuerySet):
         """Runs whose status, as a reader sees it at ``now`` (TaskRun.status_at), is one of these."""
         return self.filter(status_q(statuses, now=now))
 
-    def with_buffered(self, *, environments=None):
+    def with_buffered(self, *, environments=None, must_read_buffer: bool = False):
         """This queryset's rows and the runs still in the mollifier buffer, as one ordered,
         lazily read result (runs.read_fallback.MergedRuns), for ``environments`` (None: every
-        environment with buffered runs). Filter it with its own vocabulary: ``.filter(status=[…])``."""
+        environment with buffered runs). Filter it with its own vocabulary: ``.filter(status=[…])``.
+        ``must_read_buffer``: a page that cannot read the buffer raises BufferUnavailable instead of
+        giving the rows alone."""
         from runs.read_fallback import MergedRuns  # it builds TaskRuns: importing it here would be circular
 
-        return MergedRuns(self, environments=environments)
+        return MergedRuns(self, environments=environments, must_read_buffer=must_read_buffer)
 
 
 def status_q(statuses, *, now) -> Q:

@@ -227,11 +227,15 @@ class MergedRuns:
         *,
         environments: Iterable[RuntimeEnvironment] | None = None,
         filters: dict[str, Any] | None = None,
+        must_read_buffer: bool = False,
     ):
         self.queryset = queryset
         self.environments = list(environments) if environments is not None else None
         self.filters = dict(filters or {})
         self.now = timezone.now()
+        # A page that could not read the buffer: raise BufferUnavailable (a client retries) when
+        # the buffer may hold runs in scope, else read rows only and say so in buffer_unavailable.
+        self.must_read_buffer = must_read_buffer
         self.buffer_unavailable = False  # set when Redis did not answer: only rows were read
 
     # -- the vocabulary ---------------------------------------------------------------------
@@ -241,7 +245,12 @@ class MergedRuns:
         if unknown:
             raise TypeError(f"MergedRuns.filter() knows {', '.join(sorted(FILTERS))}; not {', '.join(sorted(unknown))}")
         given = {name: value for name, value in filters.items() if value not in (None, [], "", ())}
-        return MergedRuns(self.queryset, environments=self.environments, filters={**self.filters, **given})
+        return MergedRuns(
+            self.queryset,
+            environments=self.environments,
+            filters={**self.filters, **given},
+            must_read_buffer=self.must_read_buffer,
+        )
 
     def matches(self, run: TaskRun) -> bool:
         return all(FILTERS[name].matches(run, value, self.now) for name, value in self.filters.items())
@@ -300,11 +309,15 @@ class MergedRuns:
         try:
             streams = self._streams(newest_first=newest_first, position=position)
         except BufferUnavailable:
+            if self.must_read_buffer:
+                raise
             logger.warning("runs.list.buffer_unavailable", exc_info=True)
             self.buffer_unavailable, streams = True, []
         scanned = 0
         while True:
             scanned += self._read(streams)
+            if self.buffer_unavailable and self.must_read_buffer:
+                raise BufferUnavailable("the buffer did not answer while runs were listed")
             rows = self._rows_beyond(position, size + 1, newest_first)
             runs, more, bound = self._merge(rows, streams, size, newest_first)
             if runs or all(stream.exhausted for stream in streams) or scanned >= conf.buffer_scan_max():

@@ -3,12 +3,14 @@
 import logging
 from typing import Any
 
+from mollifier import conf as mollifier_conf
 from mollifier.clock import now_ms
 from mollifier.estimate import Estimate, estimate
 from mollifier.exceptions import BufferUnavailable
 from runs.exceptions import RunNotFound
 from runs.models import Organization, Project, RuntimeEnvironment, TaskRun
 from runs.read_fallback import MergedRuns
+from runs.services.flags import mollifier_enrolled
 from runs.snapshots import to_ms
 
 logger = logging.getLogger(__name__)
@@ -44,8 +46,11 @@ def task_run_buffered_estimate(*, run: TaskRun) -> Estimate | None:
 
 def task_run_list(*, environment: RuntimeEnvironment, filters: dict[str, Any]) -> MergedRuns:
     """The environment's runs in both stores, newest first, narrowed by ``filters`` (the merged
-    read's vocabulary); lazy: pages are read by the caller (runs/api/pagination.py)."""
-    return TaskRun.objects.with_buffered(environments=[environment]).filter(**filters)
+    read's vocabulary); lazy: pages are read by the caller (runs/api/pagination.py). For an
+    enrolled organisation a page that cannot read the buffer raises BufferUnavailable (503, and the
+    SDK retries): rows alone would leave out its buffered runs without a word. Others get the rows."""
+    enrolled = mollifier_conf.enabled() and mollifier_enrolled(environment.organization)
+    return TaskRun.objects.with_buffered(environments=[environment], must_read_buffer=enrolled).filter(**filters)
 
 
 def environment_in_project(*, environment: RuntimeEnvironment, project_ref: str) -> bool:

@@ -104,3 +104,20 @@ def test_project_route_filters_by_environment(api, environment):
 
     assert ids_of(api.get(f"/api/v1/projects/{ref}/runs?filter%5Benv%5D=dev")) == [run.friendly_id]
     assert ids_of(api.get(f"/api/v1/projects/{ref}/runs?filter%5Benv%5D=prod")) == []
+
+
+def test_an_enrolled_environments_list_is_503_when_the_buffer_does_not_answer(api, enrolled, dead_redis):
+    """Rows alone would leave its buffered runs out without a word: the SDK retries a 503."""
+    make_runs(enrolled, 2)
+
+    response = api.get("/api/v1/runs")
+
+    assert response.status_code == 503 and "retry" in response.json()["error"]
+
+
+def test_a_list_of_an_environment_not_enrolled_reads_its_rows_when_redis_is_down(api, environment, dead_redis):
+    runs = make_runs(environment, 2)
+
+    response = api.get("/api/v1/runs")
+
+    assert response.status_code == 200 and ids_of(response) == [run.friendly_id for run in reversed(runs)]
