@@ -65,7 +65,7 @@ def _finite_float(text: str) -> float:
 # In JSON text, a NUL or a lone surrogate can only arrive as a \u escape (a raw NUL is a control
 # character the parser refuses; UTF-8 cannot encode a surrogate). A backslash before the escape
 # (an escaped backslash) makes this match too: it only sends the value to the full check.
-_SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+_SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])|[\ud800-\udfff]")  # or a str already holding one
 
 
 def loads(raw: bytes | str) -> Any:
@@ -75,7 +75,7 @@ def loads(raw: bytes | str) -> Any:
     are parsed, and without a suspect escape or enough brackets to nest ``MAX_DEPTH`` deep the value
     cannot fail ``check`` (walking a 600-byte payload cost more than parsing it)."""
     try:
-        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
         value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
         if _SUSPECT_ESCAPE.search(text) or text.count("[") + text.count("{") >= MAX_DEPTH:
             check(value)

@@ -51,6 +51,8 @@ JSON_POSITIONS = tuple(i for i, field in enumerate(FIELDS) if isinstance(field, 
 # Binary COPY: psycopg's C dumpers by column type, and less for Postgres to parse (the text
 # format cost the drainer ~4 µs more per row).
 COPY_TYPES = tuple(re.sub(r"\(\d+\)", "", str(field.db_type(connection))) for field in FIELDS)
+INT4_POSITIONS = tuple(i for i, name in enumerate(COPY_TYPES) if name == "integer")
+BOOL_POSITIONS = tuple(i for i, name in enumerate(COPY_TYPES) if name == "boolean")
 STAGING = "mollifier_incoming_runs"
 
 
@@ -153,6 +155,16 @@ def _row(values: dict) -> tuple:
     for position in JSON_POSITIONS:
         if row[position] is not None:
             row[position] = Jsonb(row[position])
+    # Binary COPY does not check what text COPY would: psycopg writes an int4 out of range wrapped
+    # around, and any truthy value as true. A value of the wrong kind is the entry's fault (it is
+    # isolated and, in the end, parked), never a row with other values than the run had.
+    for position in INT4_POSITIONS:
+        value = row[position]
+        if value is not None and (type(value) is not int or not -(2**31) <= value < 2**31):
+            raise ValueError(f"{ATTRS[position]}: {value!r} is not a 32-bit integer")
+    for position in BOOL_POSITIONS:
+        if type(row[position]) is not bool and row[position] is not None:
+            raise ValueError(f"{ATTRS[position]}: {row[position]!r} is not a boolean")
     return tuple(row)
 
 

@@ -1,5 +1,7 @@
 """Draining: fair, bulk, exactly once, and every outcome a row."""
 
+import json
+
 import pytest
 
 from mollifier import buffer, keys, scripts
@@ -237,3 +239,24 @@ def test_a_round_costs_redis_a_few_commands_per_run_not_one_per_step(drain_setti
     run_by_scripts = [event for event in stop() if event.get("client_type") == "lua"]
 
     assert len(run_by_scripts) <= 7 * 50 + 30, len(run_by_scripts)  # a command per step per run was 1,161
+
+
+@pytest.mark.parametrize(("column", "value"), [("max_attempts", 2**31), ("depth", 2**32 + 5), ("is_test", "false")])
+def test_a_snapshot_value_its_column_cannot_hold_is_never_written_as_another_value(drain_settings, column, value):
+    """Binary COPY would wrap 2**31 around and read "false" as true; the entry fails instead and
+    lands as a failure row that keeps only its ids."""
+    environment = EnvironmentFactory()
+    good, bad = fill_buffer(environment, 2)
+    org = str(environment.organization_id)
+    entry = buffer.get(org_id=org, run_id=bad)
+    redis_client().set(keys.snapshot(org, bad), json.dumps({**entry.snapshot, column: value}))
+
+    drainer = Drainer()
+    for _ in range(4 * drain_settings["DRAIN_MAX_ATTEMPTS"]):
+        drainer.drain_round()
+        redis_client().zadd(keys.ready(org, str(environment.pk)), {bad: 0}, xx=True)  # its backoff, now over
+
+    rows = {run.friendly_id: run for run in TaskRun.objects.all()}
+    assert rows[good].status == RunStatus.QUEUED
+    assert rows[bad].status == RunStatus.SYSTEM_FAILURE
+    assert getattr(rows[bad], column) != value

@@ -39,3 +39,9 @@ def test_values_the_stores_cannot_hold_are_refused(text):
 )
 def test_values_the_stores_can_hold_come_back_unchanged(text, value):
     assert json_values.loads(text) == value
+
+
+def test_text_already_holding_a_lone_surrogate_is_refused():
+    """A str (not bytes) can carry a surrogate without any escape: the text check sees it too."""
+    with pytest.raises(json_values.UnsafeJSON):
+        json_values.loads('{"a": "\ud800"}')
