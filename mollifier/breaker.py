@@ -8,8 +8,9 @@ the server it talks to before touching the socket, and reports back how the call
   for ``MOLLIFIER_REDIS_BREAKER_COOLDOWN_MS``. The gate, the claim and request idempotency already
   fail open on ``BufferUnavailable``, so triggers go straight to Postgres without paying a timeout;
   a read that needs the buffer answers 503, which the SDK retries.
-- **half-open**: after the cooldown, the next call starts the probe — a PING on a thread of its
-  own — and fails fast like the others: no request ever waits on a probe. A probe that answers
+- **half-open**: after the cooldown the probe starts — a PING on a thread of its own, started by a
+  timer set as the breaker opened, or by the next call if that comes first (which fails fast like
+  the others): no request ever waits on a probe, and an idle process closes its breaker too. A probe that answers
   closes the breaker; one that fails opens it for another cooldown. (Without a prober, as for a
   cluster client still being built, that next call is itself the probe.)
 
@@ -88,6 +89,28 @@ class Breaker:
         _metrics().REDIS_BREAKER_REJECTED.inc()
         raise BreakerOpen(f"Redis at {self.name} is not answering: circuit breaker open (next probe in {left_ms} ms)")
 
+    def _schedule_probe(self) -> None:
+        """As the breaker opens (lock held): probe once the cooldown has passed even if no call comes,
+        so an idle process closes it too (its gauge would otherwise read open until its next request,
+        and that request would skip the buffer)."""
+        if self.prober is None:
+            return
+        timer = threading.Timer(conf.redis_breaker_cooldown_ms() / 1000, self._probe_when_due)
+        timer.daemon = True
+        timer.start()
+
+    def _probe_when_due(self) -> None:
+        with self._lock:
+            now = self.clock()
+            cooldown = conf.redis_breaker_cooldown_ms() / 1000
+            probe_running = self.probe_started_at is not None and now - self.probe_started_at < cooldown
+            # Opened again since (that opening scheduled its own), closed, or a call started the probe.
+            if self.state is not State.OPEN or probe_running or now - self.opened_at < cooldown:
+                return
+            self.probe_started_at = now
+            self._become(State.HALF_OPEN)
+        self._probe()
+
     def _probe(self) -> None:
         try:
             self.prober()
@@ -105,8 +128,10 @@ class Breaker:
         cooldown = conf.redis_breaker_cooldown_ms() / 1000
         with self._lock:
             probe_running = self.probe_started_at is not None and now - self.probe_started_at < cooldown
-            if self.state is State.OPEN and now - self.opened_at < cooldown or probe_running:
-                raise BreakerOpen(f"Redis at {self.name} is not answering: circuit breaker open")
+            refused = self.state is State.OPEN and now - self.opened_at < cooldown or probe_running
+        if refused:
+            _metrics().REDIS_BREAKER_REJECTED.inc()  # a call not made is a call refused
+            raise BreakerOpen(f"Redis at {self.name} is not answering: circuit breaker open")
 
     def succeeded(self, probe: bool) -> None:
         if self.state is State.CLOSED and not self.failures:
@@ -131,6 +156,7 @@ class Breaker:
                 self.opened_at = self.clock()
                 self.probe_started_at = None
                 self._become(State.OPEN)
+                self._schedule_probe()
                 logger.info("mollifier.redis.breaker_probe_failed redis=%s error=%s", self.name, error)
                 return
             if self.state is State.OPEN:
@@ -140,6 +166,7 @@ class Breaker:
             if threshold and self.failures >= threshold:
                 self.opened_at = self.clock()
                 self._become(State.OPEN)
+                self._schedule_probe()
                 _metrics().REDIS_BREAKER_OPENS.inc()
                 logger.warning(
                     "mollifier.redis.breaker_open redis=%s failures=%d cooldown_ms=%d error=%s",

@@ -5,8 +5,9 @@ ones to the buffer; each store dedupes only itself. The claim serialises them ac
 The holder owns ``pending:<token>``; only that token can publish (the run id, for the callers that
 waited) or release it, so a holder whose claim expired cannot touch the next owner's.
 
-Fails open: when Redis cannot be reached the trigger proceeds unclaimed (``unavailable``) and
-Postgres's unique constraint still decides between same-key writers.
+When Redis cannot be reached the outcome is ``unavailable``, and the trigger path answers 503 for a
+key Postgres does not hold: a run waiting in the buffer may hold it, and a row written now would be
+a second run for the key. (Triggers without a key still fail open, straight to Postgres.)
 """
 
 import enum

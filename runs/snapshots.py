@@ -119,6 +119,9 @@ def entry_values(entry: Entry, *, environment: RuntimeEnvironment, now: datetime
         delay_until=from_ms(entry.delay_until_ms),  # kept, as on a row: status_at reads it
         idempotency_key=entry.idempotency_key,
         idempotency_key_expires_at=from_ms(entry.idempotency_expires_ms) if entry.idempotency_key else None,
+        # Kept on the row too: a retried request then finds its run in Postgres alone, once the
+        # run is written, also while Redis does not answer.
+        request_key=entry.request_key,
         batch_id=entry.batch_id,
         created_at=created_at,
         updated_at=cancelled_at or created_at,
@@ -178,7 +181,4 @@ def entry_to_run(entry: Entry, *, environment: RuntimeEnvironment, now: datetime
     """An unsaved TaskRun for ``entry`` (``run.is_buffered`` is true): one shape for serializers."""
     run = TaskRun(**entry_values(entry, environment=environment, now=now or timezone.now()))
     run.environment = environment  # cached: no query when presenters read it
-    # Readers compare it (a retried request's run); the drain never writes it: a buffered run's
-    # request key is resolved in Redis, and a row holding it too could only conflict.
-    run.request_key = entry.request_key
     return run

@@ -215,7 +215,11 @@ def _copy(raw, table: str, rows: list[tuple]) -> None:
 
 def _resolve_key_conflicts(contested: list[dict], *, now) -> int:
     """Rows refused because another run holds their idempotency key: release stale holders and
-    insert again; for live holders write a SYSTEM_FAILURE row that names the winner."""
+    insert again; for live holders write a SYSTEM_FAILURE row that names the winner.
+
+    A row refused for its request key (a retry that reached Postgres while Redis did not answer made
+    a run of its own) is written without it: both runs exist, the retry's row answers the request."""
+    _drop_taken_request_keys(contested)
     holders = {
         (run.environment_id, run.task_identifier, run.idempotency_key): run
         for run in TaskRun.objects.filter(
@@ -240,6 +244,22 @@ def _resolve_key_conflicts(contested: list[dict], *, now) -> int:
     # A row refused twice (the key was taken again in between) is written as a failure too.
     failures += [_failure_row(values, winner=None, now=now) for values in retry if values["id"] not in inserted]
     return len(_insert(failures))
+
+
+def _drop_taken_request_keys(contested: list[dict]) -> None:
+    keyed = [values for values in contested if values["request_key"]]
+    if not keyed:
+        return
+    taken = set(
+        TaskRun.objects.filter(
+            environment_id__in={values["environment_id"] for values in keyed},
+            request_key__in={values["request_key"] for values in keyed},
+        ).values_list("environment_id", "task_identifier", "request_key")
+    )
+    for values in keyed:
+        if (values["environment_id"], values["task_identifier"], values["request_key"]) in taken:
+            logger.warning("mollifier.drain.request_key_taken run=%s", values["id"])
+            values["request_key"] = None
 
 
 def _failure_row(values: dict, *, winner: str | None, now) -> dict:

@@ -58,7 +58,8 @@ def task_run_trigger(
 
     Raises InvalidRequest for a parent run that is not in this environment, BufferFull when the
     organisation's buffer is at its cap, and ServiceUnavailable when a same-key trigger held the
-    idempotency claim too long. Nothing is written before validation has passed.
+    idempotency claim too long, or when an enrolled organisation's key is in no row and the buffer,
+    which may hold it, does not answer. Nothing is written before validation has passed.
     A packet payload (``application/store``) must name a packet of this environment: see packets_use.
     """
     now = now or timezone.now()
@@ -119,6 +120,13 @@ def _trigger(
                     key_expires_ms=to_ms(run.idempotency_key_expires_at),
                     now_ms=to_ms(now),
                 ) as held:
+                    if held.outcome.kind == claims.ClaimKind.UNAVAILABLE:
+                        # Postgres has no holder, but a run waiting in the buffer may hold the key:
+                        # writing a row now could make a second run for it. 503: the SDK retries.
+                        raise ServiceUnavailable(
+                            "The run buffer is not answering, so this idempotency key cannot be checked "
+                            "against the runs waiting there; retry shortly"
+                        )
                     if (holder := _claimed_holder(run=run, key=key, now=now, outcome=held.outcome)) is not None:
                         return _cached(holder, batch=batch, batch_index=batch_index, request_key=run.request_key)
                     return _admit_and_write(
@@ -178,7 +186,7 @@ def _admit_and_write(
     admission = admit()
     if admission.repeated_run:
         if (first := _find(environment, admission.repeated_run)) is not None:
-            return _cached(first, batch=batch, batch_index=batch_index, request_key=first.request_key)
+            return _cached(first, batch=batch, batch_index=batch_index, request_key=run.request_key)
         # The run the key named was never written (its attempt failed after the gate): this one is.
         admission = admit(replace_request=True)
     if admission.accepted is not None:  # mollified: the buffer answered

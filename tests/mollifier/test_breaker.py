@@ -6,9 +6,10 @@ import time
 import pytest
 from django_redis import get_redis_connection
 
-from mollifier import breaker, gate, metrics, scripts
+from mollifier import breaker, gate, keys, metrics, scripts
 from mollifier import client as redis_client
 from mollifier.breaker import BreakerOpen, State
+from mollifier.drainer import Drainer
 from mollifier.exceptions import BufferUnavailable
 from runs.models import TaskRun
 from tests.conftest import client_for, enroll
@@ -97,6 +98,22 @@ def test_the_breaker_closes_once_redis_answers_again(own_redis, settings):
 
     wait_until(answered, timeout=10, interval=0.02)
     assert breaker.worst_state() == State.CLOSED
+    assert metrics.REDIS_BREAKER_STATE._value.get() == State.CLOSED
+
+
+def test_an_idle_process_closes_its_breaker_once_redis_answers(own_redis, settings):
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "REDIS_BREAKER_COOLDOWN_MS": 100}
+    redis = redis_client.get()
+    with own_redis.paused():
+        for _ in range(3):
+            with pytest.raises(BufferUnavailable):
+                redis.get("k")
+        assert breaker.worst_state() == State.OPEN
+        time.sleep(1)  # probes fail meanwhile (each PING pays the socket timeout), and reopen it
+        assert breaker.worst_state() in (State.OPEN, State.HALF_OPEN)
+
+    # No call at all from here: the breaker's own timer probes, and closes it.
+    wait_until(lambda: breaker.worst_state() == State.CLOSED, timeout=10, interval=0.02)
     assert metrics.REDIS_BREAKER_STATE._value.get() == State.CLOSED
 
 
@@ -200,19 +217,18 @@ def test_with_redis_hung_triggers_pass_through_and_reads_of_buffered_runs_answer
     assert len(buffered) == 3 and len(direct) == 5
 
     with own_redis.paused():
-        during = [
-            trigger(
-                api, payload=i, headers={"x-trigger-request-idempotency-key": f"req-{i}"}, idempotencyKey=f"k{i % 3}"
-            )
-            for i in range(12)
-        ]
+        during = [trigger(api, payload=i, headers={"x-trigger-request-idempotency-key": f"req-{i}"}) for i in range(12)]
         assert breaker.worst_state() in (State.OPEN, State.HALF_OPEN)  # half-open: a background probe runs
         assert {r.status_code for r in during} == {200}
         assert not [r for r in during if "x-mollifier" in r.headers]  # straight to Postgres
-        assert len({r.json()["id"] for r in during}) == 3  # idempotency keys held by Postgres alone
+        assert len({r.json()["id"] for r in during}) == 12
+        # A key no row holds may be held by a buffered run, which cannot be asked now: 503, retried.
+        keyed = trigger(api, payload="keyed", idempotencyKey="k")
+        assert keyed.status_code == 503 and "idempotency key" in keyed.json()["error"]
         assert api.get(f"/api/v3/runs/{direct[0]}").status_code == 200
         unreadable = api.get(f"/api/v3/runs/{buffered[0]}")
         assert unreadable.status_code == 503  # retried by the SDK; never a false 404
+        refused_before = rejected()
         admission = gate.admit_or_buffer(
             org_id=str(environment.organization_id),
             env_id=str(environment.pk),
@@ -222,6 +238,7 @@ def test_with_redis_hung_triggers_pass_through_and_reads_of_buffered_runs_answer
             now_ms=0,
         )
         assert admission.reason == "breaker_open"
+        assert rejected() == refused_before + 1  # the gate's look before building counts as a refusal
 
     # Redis answers again: once the cooldown has passed, a call starts the probe that closes it.
     def answered() -> bool:
@@ -235,4 +252,35 @@ def test_with_redis_hung_triggers_pass_through_and_reads_of_buffered_runs_answer
     assert again.status_code == 200 and again.headers.get("x-mollifier") == "buffered"
     assert api.get(f"/api/v3/runs/{buffered[0]}").json()["status"] == "QUEUED"
     ids = set(TaskRun.objects.filter(environment=environment).values_list("id", flat=True))
-    assert len(ids) == 5 + 3
+    assert len(ids) == 5 + 12
+
+
+def test_with_redis_hung_a_key_held_by_a_buffered_run_makes_no_second_run(own_redis, mollifier_on, settings):
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "REDIS_BREAKER_COOLDOWN_MS": 100}
+    environment = enroll(EnvironmentFactory())
+    api = client_for(environment)
+    tripped = keys.tripped(str(environment.organization_id), str(environment.pk))
+    redis_client.get().set(tripped, "1", px=60_000)
+    held = trigger(api, payload="first", idempotencyKey="k")
+    assert held.headers.get("x-mollifier") == "buffered"
+    redis_client.get().delete(tripped)
+    written = trigger(api, payload="written", idempotencyKey="w")
+    assert "x-mollifier" not in written.headers
+
+    with own_redis.paused():
+        again = [trigger(api, payload="again", idempotencyKey="k") for _ in range(5)]
+        assert {r.status_code for r in again} == {503}  # never a second run for the key
+        # A key a row holds needs no Redis: answered from Postgres.
+        assert trigger(api, payload="w again", idempotencyKey="w").json() == {
+            "id": written.json()["id"],
+            "isCached": True,
+        }
+
+    def cached() -> bool:
+        response = trigger(api, payload="again", idempotencyKey="k")
+        return response.status_code == 200 and response.json() == {"id": held.json()["id"], "isCached": True}
+
+    wait_until(cached, timeout=10, interval=0.05)
+    Drainer().run(once=True)
+    rows = TaskRun.objects.filter(environment=environment)
+    assert sorted(rows.values_list("idempotency_key", flat=True)) == ["k", "w"]

@@ -3,6 +3,7 @@ import time
 
 import pytest
 from django.core.management import call_command
+from django.core.management.base import CommandError
 
 from mollifier import buffer, keys
 from mollifier.client import get as redis_client
@@ -11,6 +12,7 @@ from mollifier.sweep import sweep
 from runs.models import TaskRun
 from tests.buffering import fill_buffer
 from tests.factories import EnvironmentFactory
+from tests.faults import RedisProcess
 
 pytestmark = pytest.mark.django_db
 
@@ -89,3 +91,42 @@ def test_drain_once_prints_a_summary(settings):
 
     assert TaskRun.objects.count() == 12
     assert "12 runs acked" in out.getvalue() and "12 inserted" in out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("mollifier_status",), ("mollifier_sweep",), ("mollifier_parked", "list"), ("mollifier_sweep", "--json")],
+)
+def test_commands_say_in_one_line_that_redis_does_not_answer(dead_redis, command):
+    out = io.StringIO()
+
+    with pytest.raises(CommandError) as refused:
+        call_command(*command, stdout=out)
+
+    assert str(refused.value).startswith("the buffer's Redis did not answer (")
+    assert "Check that Redis is up" in str(refused.value)
+    if command[0] == "mollifier_status":
+        assert out.getvalue().startswith("mollifier ")  # the settings line, which needs no Redis
+
+
+def test_status_says_so_when_redis_hangs(settings):
+    store = RedisProcess()
+    store.start()
+    try:
+        settings.CACHES = {
+            **settings.CACHES,
+            "hung": {
+                "BACKEND": "django_redis.cache.RedisCache",
+                "LOCATION": store.url,
+                "OPTIONS": {
+                    "SOCKET_CONNECT_TIMEOUT": 0.2,
+                    "SOCKET_TIMEOUT": 0.2,
+                    "REDIS_CLIENT_CLASS": "mollifier.client.BufferRedis",
+                },
+            },
+        }
+        settings.MOLLIFIER = {**settings.MOLLIFIER, "REDIS_ALIAS": "hung", "REDIS_CLUSTER_URL": ""}
+        with store.paused(), pytest.raises(CommandError, match="did not answer"):
+            call_command("mollifier_status", stdout=io.StringIO())
+    finally:
+        store.cleanup()

@@ -7,6 +7,7 @@ import uuid
 import pytest
 
 from mollifier import keys
+from mollifier.drainer import Drainer
 from runs.models import BatchTaskRun, TaskRun
 from tests.conftest import client_for, enroll
 from tests.factories import EnvironmentFactory
@@ -57,6 +58,36 @@ def test_a_retried_call_gets_its_first_run_back_whichever_store_took_either(
     assert written + waiting == 1  # one run, not two
     ttl = redis_client.pttl(keys.request(str(enrolled.organization_id), str(enrolled.pk), TASK, request_key))
     assert 24 * 3600 * 1000 - 60_000 < ttl <= 24 * 3600 * 1000  # remembered for 24 hours
+
+
+def test_a_retried_call_gets_its_drained_run_back_as_first_answered(api, enrolled, redis_client):
+    request_key = str(uuid.uuid4())
+    trip(redis_client, enrolled)
+    first = sdk_trigger(api, request_key)
+    assert first.headers.get("x-mollifier") == "buffered"
+    Drainer().run(once=True)
+
+    retry = sdk_trigger(api, request_key)
+
+    assert retry.json() == {"id": first.json()["id"], "isCached": False}
+    # The row keeps the key: a retry finds it in Postgres alone (also while Redis does not answer).
+    assert TaskRun.objects.get().request_key == request_key
+
+
+def test_a_drained_run_whose_request_key_a_row_took_meanwhile_is_still_written(api, enrolled, redis_client):
+    # The first attempt was buffered; its retry reached Postgres while Redis did not answer and made a
+    # run of its own with the same request key. The drain must still write the first run.
+    request_key = str(uuid.uuid4())
+    trip(redis_client, enrolled)
+    first = sdk_trigger(api, request_key).json()["id"]
+    redis_client.delete(keys.request(str(enrolled.organization_id), str(enrolled.pk), TASK, request_key))
+    trip(redis_client, enrolled, on=False)
+    retry = sdk_trigger(api, request_key)
+    assert retry.json()["id"] != first  # the buffered run could not be found: a second run
+    Drainer().run(once=True)
+
+    rows = {run.friendly_id: run.request_key for run in TaskRun.objects.all()}
+    assert rows == {first: None, retry.json()["id"]: request_key}
 
 
 def test_a_retry_is_not_counted_against_the_rate(api, enrolled, redis_client):

@@ -1,15 +1,16 @@
 import json
 import logging
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from mollifier import buffer
 from mollifier.clock import now_ms
+from mollifier.management.base import BufferCommand
 
 logger = logging.getLogger("mollifier.parked")
 
 
-class Command(BaseCommand):
+class Command(BufferCommand):
     help = (
         "Buffered runs the drainer parked: no row could be written for them, not even a minimal "
         "SYSTEM_FAILURE row. `list` shows them; `show RUN` prints one (snapshot, error, attempts); "

@@ -1,15 +1,16 @@
 import json as json_lib
 import time
 
-from django.core.management.base import BaseCommand
 from django.template.defaultfilters import pluralize
 
 from mollifier import conf
 from mollifier.clock import now_ms
+from mollifier.exceptions import BufferUnavailable
+from mollifier.management.base import BufferCommand
 from mollifier.sweep import sweep
 
 
-class Command(BaseCommand):
+class Command(BufferCommand):
     help = (
         "Sweep the mollifier buffer once (or every --every seconds): reclaim expired drain leases, "
         "report runs waiting longer than MOLLIFIER_STALE_AFTER_MS and the oldest age, and repair the "
@@ -23,7 +24,15 @@ class Command(BaseCommand):
 
     def handle(self, *args, every, json: bool, **options):
         while True:
-            report = sweep(now_ms=now_ms())
+            try:
+                report = sweep(now_ms=now_ms())
+            except BufferUnavailable as error:
+                if not every:
+                    raise
+                # A sweeper on a loop outlives a Redis outage: say so and try again next time.
+                self.stderr.write(f"sweep skipped: the buffer's Redis did not answer ({error})")
+                time.sleep(every)
+                continue
             if report is None:
                 self.stderr.write("another sweeper holds the lease; skipped")
                 if not every:

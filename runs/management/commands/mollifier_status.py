@@ -1,8 +1,8 @@
-from django.core.management.base import BaseCommand
 from django.template.defaultfilters import filesizeformat, pluralize
 
 from mollifier import buffer, conf
 from mollifier.clock import now_ms
+from mollifier.management.base import BufferCommand
 from mollifier.stats import env_stats, redis_status
 from runs.models import RuntimeEnvironment
 
@@ -11,7 +11,7 @@ def _size(count: int) -> str:
     return filesizeformat(count).replace("\xa0", " ")  # a terminal, not HTML
 
 
-class Command(BaseCommand):
+class Command(BufferCommand):
     help = (
         "Show the mollifier buffer: depth per organisation and environment, oldest dwell, leases, gate "
         "state; parked runs (no row could be written) and runs dropped because their environment was "
@@ -21,13 +21,14 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         now = now_ms()
-        rows = env_stats(now_ms=now)
+        # The settings first: they need no Redis, and say something when Redis does not answer.
         self.stdout.write(
             f"mollifier {'ON' if conf.enabled() else 'OFF'}{' (shadow mode)' if conf.shadow_mode() else ''}; "
             f"trip {conf.trip_threshold()} per {conf.trip_window_ms()} ms, hold {conf.hold_ms()} ms; "
             f"drain cap {conf.drain_max_rows_per_sec():,} rows/s; organisation cap {conf.org_buffer_cap():,} waiting "
             "(the settings this command runs with)"
         )
+        rows = env_stats(now_ms=now)
         self.stdout.write(self._memory())
         environments = RuntimeEnvironment.objects.select_related("project__organization").by_ids(
             [row.env_id for row in rows] + [entry.env_id for entry in buffer.parked_entries(limit=10)]
