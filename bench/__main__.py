@@ -1,4 +1,4 @@
-"""`make bench` (full) / `make bench QUICK=1` (about two minutes): figures P1–P7 with their baselines.
+"""`make bench` (full) / `make bench QUICK=1` (about two minutes): figures P1–P9 with their baselines.
 
 Runs the server as `make run` serves it (gunicorn sync workers, one per core, DEBUG off) on this
 machine's Postgres and Redis (or the embedded ones), in a database and a Redis DB of its own, with
@@ -36,10 +36,10 @@ SIZES = {
     "p5_redis_entries": 5_000,
     "p6_seconds": 30 if QUICK else 180,
     "p6_concurrency": 16,
-    "p7_seconds": 8 if QUICK else 10,
-    "p7_rounds": 1 if QUICK else 5,
-    "p7_concurrency": 8,
-    "p7_warmup_s": 3,
+    "p9_seconds": 8 if QUICK else 10,
+    "p9_rounds": 1 if QUICK else 5,
+    "p9_concurrency": 8,
+    "p9_warmup_s": 3,
 }
 
 
@@ -106,12 +106,12 @@ def main() -> int:
         "P6": lambda: measures.p6_soak(
             tenants, seconds=SIZES["p6_seconds"], concurrency=SIZES["p6_concurrency"], say=say
         ),
-        "P7": lambda: measures.p7_degraded(
+        "P9": lambda: measures.p9_degraded(
             tenants,
-            seconds=SIZES["p7_seconds"],
-            rounds=SIZES["p7_rounds"],
-            concurrency=SIZES["p7_concurrency"],
-            warmup_s=SIZES["p7_warmup_s"],
+            seconds=SIZES["p9_seconds"],
+            rounds=SIZES["p9_rounds"],
+            concurrency=SIZES["p9_concurrency"],
+            warmup_s=SIZES["p9_warmup_s"],
             say=say,
         ),
     }

@@ -560,7 +560,7 @@ def p6_soak(tenants: Tenants, *, seconds: int, concurrency: int, say) -> dict:
     return figures
 
 
-# -- P7 (degraded modes) -------------------------------------------------------------------------
+# -- P9 (degraded modes) -------------------------------------------------------------------------
 
 
 def _steady(rounds: list[list], warmup_s: float) -> dict:
@@ -588,7 +588,7 @@ def _steady(rounds: list[list], warmup_s: float) -> dict:
     }
 
 
-def p7_degraded(tenants: Tenants, *, seconds: float, rounds: int, concurrency: int, warmup_s: float, say) -> dict:
+def p9_degraded(tenants: Tenants, *, seconds: float, rounds: int, concurrency: int, warmup_s: float, say) -> dict:
     """Triggers (SDK-shaped, a fresh request idempotency key each) with the buffer's Redis healthy,
     refused (killed) and hung (SIGSTOP), the mollifier on and the tenant enrolled and tripped, as
     ratios to pass-through with Redis healthy (a tenant that is not enrolled, same server). The
@@ -623,7 +623,7 @@ def p7_degraded(tenants: Tenants, *, seconds: float, rounds: int, concurrency: i
         runs[mode].append(processes.run_load({**spec, "url": url, "key": key}))
         p = _steady(runs[mode][-1:], warmup_s)
         say(
-            f"P7 {mode:<22} p50 {p['p50_ms']:.1f} ms  p99 {p['p99_ms']:.1f} ms  {p['throughput']:,.0f} req/s "
+            f"P9 {mode:<22} p50 {p['p50_ms']:.1f} ms  p99 {p['p99_ms']:.1f} ms  {p['throughput']:,.0f} req/s "
             f"(after {warmup_s:g} s)  buffered {p['buffered']:,}  errors {p['errors']}  slow first {p['first_seconds_over_250ms']}"
         )
 
@@ -637,7 +637,7 @@ def p7_degraded(tenants: Tenants, *, seconds: float, rounds: int, concurrency: i
             for key in (tenants.neighbour_key, tenants.burst_key):  # warm up connections and caches
                 processes.run_load({**spec, "url": url, "key": key, "duration_s": 2})
             for round_no in range(rounds):
-                say(f"P7 round {round_no + 1}/{rounds}")
+                say(f"P9 round {round_no + 1}/{rounds}")
                 measure("healthy_pass_through", tenants.neighbour_key)
                 measure("healthy_mollified", tenants.burst_key)
                 store.kill()
@@ -648,7 +648,7 @@ def p7_degraded(tenants: Tenants, *, seconds: float, rounds: int, concurrency: i
                     measure("hung", tenants.burst_key)
                 recovery["hung"].append(seconds_until_buffered())
                 say(
-                    f"P7 buffered again {recovery['refused'][-1]} s after a restart, {recovery['hung'][-1]} s after SIGCONT"
+                    f"P9 buffered again {recovery['refused'][-1]} s after a restart, {recovery['hung'][-1]} s after SIGCONT"
                 )
     finally:
         store.cleanup()

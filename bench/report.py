@@ -13,9 +13,9 @@ OUT = Path(__file__).resolve().parent.parent / "docs" / "bench"
 
 def targets(results: dict) -> list[tuple[str, str, bool]]:
     """(target, measured, met) for each target of the benchmark issue, of the figures measured
-    (BENCH_ONLY=P7 on a machine with no earlier results has only that one)."""
+    (BENCH_ONLY=P9 on a machine with no earlier results has only that one)."""
     if not all(k in results for k in ("P1", "P2", "P3", "P4", "P5", "P6")):
-        return _p7_targets(results["P7"]) if "P7" in results else []
+        return _p9_targets(results["P9"]) if "P9" in results else []
     p1, p2, p3, p4, p5, p6 = (results[k] for k in ("P1", "P2", "P3", "P4", "P5", "P6"))
     on, off = p3["on"], p3["off"]
     return [
@@ -78,29 +78,29 @@ def targets(results: dict) -> list[tuple[str, str, bool]]:
         ),
         ("P6 soak: no error responses", f"{p6['errors']} of {p6['requests']:,}", p6["errors"] == 0),
         ("P6 soak: every run written once", f"{p6['rows']:,} rows", p6["exactly_once"]),
-    ] + (_p7_targets(results["P7"]) if "P7" in results else [])
+    ] + (_p9_targets(results["P9"]) if "P9" in results else [])
 
 
-def _p7_targets(p7: dict) -> list[tuple[str, str, bool]]:
-    hung, refused, base = p7["hung"], p7["refused"], p7["healthy_pass_through"]
+def _p9_targets(p9: dict) -> list[tuple[str, str, bool]]:
+    hung, refused, base = p9["hung"], p9["refused"], p9["healthy_pass_through"]
     return [
         (
-            "P7 Redis hung: p50 <= 2 x healthy pass-through",
+            "P9 Redis hung: p50 <= 2 x healthy pass-through",
             f"{hung['p50_ms']:.1f} vs {base['p50_ms']:.1f} ms ({hung['ratio_p50']:.2f}x)",
             hung["ratio_p50"] <= 2,
         ),
         (
-            "P7 Redis refused: p50 <= 2 x healthy pass-through",
+            "P9 Redis refused: p50 <= 2 x healthy pass-through",
             f"{refused['p50_ms']:.1f} vs {base['p50_ms']:.1f} ms ({refused['ratio_p50']:.2f}x)",
             refused["ratio_p50"] <= 2,
         ),
         (
-            "P7 no errors, Redis hung or refused",
+            "P9 no errors, Redis hung or refused",
             f"hung {hung['errors']}, refused {refused['errors']}",
             hung["errors"] == refused["errors"] == 0,
         ),
         (
-            "P7 buffered again within seconds",
+            "P9 buffered again within seconds",
             f"{refused['seconds_until_buffered_again']} s / {hung['seconds_until_buffered_again']} s",
             max(refused["seconds_until_buffered_again"], hung["seconds_until_buffered_again"]) <= 5,
         ),
@@ -121,10 +121,10 @@ def write(results: dict, latencies: dict, *, suffix: str) -> list[Path]:
     slim = json.loads(json.dumps(results))
     for mode in ("off", "on"):
         slim.get("P3", {}).get(mode, {}).pop("latencies", None)  # plotted, too bulky to keep
-    slim.get("P7", {}).pop("series", None)
+    slim.get("P9", {}).pop("series", None)
     (OUT / f"results{suffix}.json").write_text(json.dumps(slim, indent=2) + "\n")
     paths = []
-    if "series" in results.get("P7", {}):
+    if "series" in results.get("P9", {}):
         paths.append(_plot_degraded(results, suffix))
     if "latencies" in results.get("P3", {}).get("on", {}):
         paths += [_plot_insert_rate(results, suffix), _plot_depth(results, suffix)]
@@ -210,24 +210,24 @@ def _plot_soak(results: dict, suffix: str) -> Path:
 
 
 def _plot_degraded(results: dict, suffix: str) -> Path:
-    p7 = results["P7"]
+    p9 = results["P9"]
     modes = ("healthy_pass_through", "healthy_mollified", "refused", "hung")
     fig, axes = plt.subplots(1, len(modes), figsize=(13, 3.6), sharey=True)
     for ax, mode in zip(axes, modes):
-        points = p7["series"][mode]
+        points = p9["series"][mode]
         ax.scatter([t for t, _ in points], [ms for _, ms in points], s=2, alpha=0.4)
-        ax.axvline(p7["warmup_s"], color="grey", linestyle=":")
+        ax.axvline(p9["warmup_s"], color="grey", linestyle=":")
         ax.set(title=mode.replace("_", " "), xlabel="seconds", yscale="log")
     axes[0].set_ylabel("trigger latency (ms, log)")
-    fig.suptitle("P7: triggers with the buffer's Redis healthy, refused and hung (SIGSTOP)")
+    fig.suptitle("P9: triggers with the buffer's Redis healthy, refused and hung (SIGSTOP)")
     return _save(fig, f"degraded{suffix}.png")
 
 
-def markdown_p7(results: dict) -> str:
+def markdown_p9(results: dict) -> str:
     """The degraded-modes figure as a Markdown table (docs/BENCHMARKS.md)."""
-    p7 = results["P7"]
+    p9 = results["P9"]
     lines = [
-        f"| Redis | trigger p50 ms | p99 ms | req/s | vs healthy pass-through (p50 / p99 / req/s) | buffered | errors | first {p7['warmup_s']:g} s over 250 ms | slowest ms |",
+        f"| Redis | trigger p50 ms | p99 ms | req/s | vs healthy pass-through (p50 / p99 / req/s) | buffered | errors | first {p9['warmup_s']:g} s over 250 ms | slowest ms |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     names = {
@@ -237,7 +237,7 @@ def markdown_p7(results: dict) -> str:
         "hung": "hung (SIGSTOP), enrolled",
     }
     for mode, name in names.items():
-        f = p7[mode]
+        f = p9[mode]
         lines.append(
             f"| {name} | {f['p50_ms']} | {f['p99_ms']} | {f['throughput']:,.0f} | "
             f"{f['ratio_p50']:.2f} / {f['ratio_p99']:.2f} / {f['ratio_throughput']:.2f} | {f['buffered']:,} | "
