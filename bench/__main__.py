@@ -22,8 +22,9 @@ SIZES = {
     "p8_per_env": 20_000 if QUICK else 40_000,
     "p8_slowdown": (5.0, 15.0) if QUICK else (10.0, 30.0),
     "p8_max_s": 80 if QUICK else 150,
-    "p1_requests": 1500 if QUICK else 5000,
-    "p1_rounds": 1 if QUICK else 2,
+    # P1: seconds per mode per round; the modes take turns within each round (median of the rounds).
+    "p1_seconds": 3 if QUICK else 10,
+    "p1_rounds": 2 if QUICK else 3,
     "p1_concurrency": 16,
     "p2_entries": 10_000 if QUICK else 50_000,
     "p2_single_rows": 1000 if QUICK else 3000,
@@ -49,6 +50,11 @@ def main() -> int:
     def say(message: str) -> None:
         print(f"[{time.monotonic() - started:6.1f}s] {message}", flush=True)
 
+    from bench import wrk
+
+    if not wrk.available():  # `make bench` installs it
+        print("bench: wrk, the load generator, is missing: `make bench` installs it (apt-get install wrk)")
+        return 1
     where = stores.configure()
     import django
 
@@ -91,7 +97,7 @@ def main() -> int:
         ),
         "P1": lambda: measures.p1_throughput(
             tenants,
-            requests=SIZES["p1_requests"],
+            seconds=SIZES["p1_seconds"],
             concurrency=SIZES["p1_concurrency"],
             rounds=SIZES["p1_rounds"],
             say=say,

@@ -9,12 +9,15 @@ args (after wrk's `--`; args[0] is the URL):
      with the slots {request_key} (36 characters) and {idempotency_key} (64) where every request
      gets a fresh value; Content-Length already counts the values' lengths
   2  run: 15 random hex digits of this run, so that two runs never send the same key
-  3  quota: "share:extra", each thread stops after share responses, the first extra threads after
-     one more (a burst of exactly share * threads + extra); "-" while wrk.py's clock decides
+  3  when each thread stops, always after a response, so that no request is left unanswered:
+     "requests:share:extra", after share responses, the first extra threads after one more (a
+     burst of exactly share * threads + extra); "seconds:s", after its first response s seconds
+     after it started
   4  ids: "1" to keep the run id of every 200 answer (for exactly-once checks)
+  5  sink: a loopback port where wrk.py listens and nothing is served (see response())
 
-A thread that has its quota writes "sdk.lua: thread done" to stderr: wrk's main thread sleeps for
-the whole duration whatever its threads do, so wrk.py interrupts it (SIGINT) when all are done.
+A thread that stops writes "sdk.lua: thread done" to stderr: wrk's main thread sleeps for its whole
+--duration whatever its threads do, so wrk.py interrupts it (SIGINT) when all are done.
 done() prints one line, "sdk.lua summary: " and a JSON object, after wrk's own report.
 ]]
 
@@ -43,7 +46,7 @@ end
 
 local parts = {} -- the template cut at its slots: literal strings and slot names, in order
 local slots = { ["{request_key}"] = true, ["{idempotency_key}"] = true }
-local run_hex, quota, keep_ids
+local run_hex, quota, deadline, keep_ids, sink
 local sent, started = 0, nil
 statuses, latencies, ids, buffered, answered = {}, {}, {}, 0, 0
 
@@ -72,11 +75,14 @@ function init(args)
   cut(file:read("*a"))
   file:close()
   run_hex = args[2]
-  local share, extra = string.match(args[3], "^(%d+):(%d+)$")
+  local share, extra = string.match(args[3], "^requests:(%d+):(%d+)$")
   if share then
     quota = tonumber(share) + (thread_id <= tonumber(extra) and 1 or 0)
+  else
+    deadline = now_ms() + 1000 * tonumber(assert(string.match(args[3], "^seconds:([%d.]+)$")))
   end
   keep_ids = args[4] == "1"
+  sink = wrk.lookup("127.0.0.1", args[5])[1]
 end
 
 function request()
@@ -118,7 +124,12 @@ function response(status, headers, body)
       ids[#ids + 1] = id
     end
   end
-  if quota and answered >= quota then
+  if (quota and answered >= quota) or (deadline and now_ms() >= deadline) then
+    -- A server that closes every connection (gunicorn's sync workers) makes wrk reconnect right
+    -- after this response, stopped or not. On the server, a connection that never sends holds a
+    -- sync worker until its timeout, and the other threads' requests wait behind it; so the last
+    -- reconnect goes to wrk.py's sink instead.
+    wrk.thread.addr = sink
     wrk.thread:stop()
     io.stderr:write("sdk.lua: thread done\n")
     io.stderr:flush()

@@ -19,6 +19,7 @@ import secrets
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -100,7 +101,8 @@ def run(
     timeout_s: int = 60,
 ) -> dict:
     """Send SDK-shaped triggers to ``url + path`` on ``connections`` keep-alive connections, for
-    ``seconds`` or until exactly ``requests`` have been answered (a burst).
+    ``seconds`` or until exactly ``requests`` have been answered (a burst). Either way every request
+    sent is answered before wrk stops (no run the server made is missing from ``ids``).
 
     Returns requests, seconds, throughput (req/s), statuses, non_2xx, socket_errors, buffered
     (answers with ``x-mollifier: buffered``), p50/p90/p99/mean/max_ms (each request timed by
@@ -116,13 +118,16 @@ def run(
     if requests is not None:
         connections = max(1, min(connections, requests))
     template = request_template(url, path, key, body, keyed=keyed)
-    with tempfile.TemporaryDirectory(prefix="bench-wrk-") as folder:
+    # Where each wrk thread's last reconnect goes (sdk.lua's response()): the kernel completes the
+    # connection, nothing reads it, and it closes when wrk exits.
+    with tempfile.TemporaryDirectory(prefix="bench-wrk-") as folder, socket.create_server(("127.0.0.1", 0)) as sink:
         template_path = Path(folder) / "request"
         template_path.write_bytes(template)
         stdout_path = Path(folder) / "stdout"
-        # wrk's own duration is only a backstop: this process interrupts it (SIGINT) when the time
-        # is up or every thread has its share, so that fractions of a second work too.
-        backstop_s = math.ceil(seconds) + 60 if seconds is not None else 24 * 3600
+        # sdk.lua stops each thread after a response, so that the server answered every request
+        # it received; this process then interrupts wrk's main thread (SIGINT), which sleeps for
+        # its whole --duration. That duration, and the wait here, are only backstops.
+        backstop_s = math.ceil(seconds) + timeout_s + 10 if seconds is not None else 24 * 3600
         args = [
             "wrk",
             "--threads",
@@ -140,14 +145,15 @@ def run(
             str(template_path),
             secrets.token_hex(8)[:15],
             # Each thread's share of a burst: equal, the first (requests % connections) one more.
-            f"{requests // connections}:{requests % connections}" if requests else "-",
+            f"requests:{requests // connections}:{requests % connections}" if requests else f"seconds:{seconds}",
             "1" if ids else "0",
+            str(sink.getsockname()[1]),
         ]
         with stdout_path.open("wb") as stdout:
             started = time.perf_counter()
             process = subprocess.Popen(args, stdout=stdout, stderr=subprocess.PIPE)
             assert process.stderr is not None
-            stderr = _wait(process, seconds=seconds, threads=connections if requests else 0)
+            stderr = _wait(process, threads=connections, backstop_s=backstop_s)
             _, status, usage = os.wait4(process.pid, 0)
             process.returncode = os.waitstatus_to_exitcode(status)
             wall_s = time.perf_counter() - started
@@ -158,24 +164,23 @@ def run(
     return _figures(json.loads(summary.removeprefix(SUMMARY)), usage=usage, wall_s=wall_s)
 
 
-def _wait(process: subprocess.Popen, *, seconds: float | None, threads: int) -> str:
-    """Read wrk's stderr until ``seconds`` have passed or ``threads`` threads said they are done,
-    then interrupt wrk, which then prints its report and sdk.lua's summary. Returns the rest of
-    stderr (wrk's and Lua's errors)."""
+def _wait(process: subprocess.Popen, *, threads: int, backstop_s: float) -> str:
+    """Read wrk's stderr until its ``threads`` threads said they stopped (or ``backstop_s`` passed:
+    a server that never answers), then interrupt wrk, which prints its report and sdk.lua's
+    summary. Returns the rest of stderr (wrk's and Lua's errors)."""
     assert process.stderr is not None
     fd = process.stderr.fileno()
-    deadline = time.monotonic() + seconds if seconds is not None else None
+    deadline = time.monotonic() + backstop_s
     seen = b""
     while True:
-        wait = max(0.0, deadline - time.monotonic()) if deadline is not None else None
-        readable, _, _ = select.select([fd], [], [], wait)
+        readable, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
         if not readable:
-            break  # the time is up
+            break  # the backstop
         chunk = os.read(fd, 65536)
         if not chunk:
             break  # wrk exited on its own: an error, reported by the caller
         seen += chunk
-        if threads and seen.count(THREAD_DONE) >= threads:
+        if seen.count(THREAD_DONE) >= threads:
             break
     if process.poll() is None:
         process.send_signal(signal.SIGINT)

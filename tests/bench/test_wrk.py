@@ -60,7 +60,7 @@ class CaptureServer:
                     try:
                         chunk = conn.recv(65536)
                     except ConnectionResetError:
-                        chunk = b""  # wrk stopped on the clock closes its connections
+                        chunk = b""  # wrk exiting may reset its connections
                     if not chunk:
                         return  # also: wrk checks the address with a connection it closes at once
                     buffer += chunk
@@ -152,8 +152,8 @@ def test_every_request_is_the_sdks_trigger_request(capture_server, keyed):
 def test_a_run_for_a_time_reports_its_requests_and_the_generators_cpu(capture_server):
     result = wrk.run(capture_server.url, "/t", "tr_dev_x", connections=2, seconds=0.5, body=wrk.sdk_body({}))
 
-    # Stopped on the clock, each connection may leave one request unanswered.
-    assert 0 < result["requests"] <= len(capture_server.requests) <= result["requests"] + 2
+    # Stopped on the clock, but after a response: every request the server read was answered.
+    assert result["requests"] == len(capture_server.requests) > 0
     keys = {dict(headers)["x-trigger-request-idempotency-key"] for headers, _ in capture_server.requests}
     assert len(keys) == len(capture_server.requests)
     assert result["generator_cpu_s"] >= 0
