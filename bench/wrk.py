@@ -100,7 +100,8 @@ def run(
     ids: bool = False,
     timeout_s: int = 60,
 ) -> dict:
-    """Send SDK-shaped triggers to ``url + path`` on ``connections`` keep-alive connections, for
+    """Send SDK-shaped triggers to ``url + path`` on ``connections`` connections (kept alive when
+    the server allows; gunicorn's sync workers do not), one wrk thread each, for
     ``seconds`` or until exactly ``requests`` have been answered (a burst). Either way every request
     sent is answered before wrk stops (no run the server made is missing from ``ids``).
 
@@ -116,7 +117,9 @@ def run(
     if (seconds is None) == (requests is None):
         raise ValueError("give seconds or requests, not both")
     if requests is not None:
-        connections = max(1, min(connections, requests))
+        if requests < 1:
+            raise ValueError("a burst needs at least one request")
+        connections = min(connections, requests)
     template = request_template(url, path, key, body, keyed=keyed)
     # Where each wrk thread's last reconnect goes (sdk.lua's response()): the kernel completes the
     # connection, nothing reads it, and it closes when wrk exits.
@@ -127,7 +130,8 @@ def run(
         # sdk.lua stops each thread after a response, so that the server answered every request
         # it received; this process then interrupts wrk's main thread (SIGINT), which sleeps for
         # its whole --duration. That duration, and the wait here, are only backstops.
-        backstop_s = math.ceil(seconds) + timeout_s + 10 if seconds is not None else 24 * 3600
+        # (A server that never answers: wrk counts a timeout but keeps waiting on that connection.)
+        backstop_s = math.ceil(seconds) + timeout_s + 10 if seconds is not None else 3600
         args = [
             "wrk",
             "--threads",
