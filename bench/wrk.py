@@ -98,6 +98,7 @@ def run(
     keyed: bool = False,
     body: dict,
     ids: bool = False,
+    records: bool = False,
     timeout_s: int = 60,
 ) -> dict:
     """Send SDK-shaped triggers to ``url + path`` on ``connections`` connections (kept alive when
@@ -108,7 +109,9 @@ def run(
     Returns requests, seconds, throughput (req/s), statuses, non_2xx, socket_errors, buffered
     (answers with ``x-mollifier: buffered``), p50/p90/p99/mean/max_ms (each request timed by
     sdk.lua), wrk_p50/p99_ms (wrk's own histogram, which adds samples for coordinated omission),
-    latencies_ms, ids (the run ids of 200 answers, with ``ids=True``), and the generator's
+    latencies_ms, ids (the run ids of 200 answers, with ``ids=True``), records (with
+    ``records=True``: per response, as bench/load.py gives them, (seconds from the first request
+    to its request, latency ms, status, "", buffered?), in order of the request), and the generator's
     generator_cpu_s, generator_cpu_share (of the whole machine's CPU over the run) and
     generator_cpu_ms_per_request. Raises WrkMissing when wrk is not installed.
     """
@@ -152,6 +155,7 @@ def run(
             f"requests:{requests // connections}:{requests % connections}" if requests else f"seconds:{seconds}",
             "1" if ids else "0",
             str(sink.getsockname()[1]),
+            "1" if records else "0",
         ]
         with stdout_path.open("wb") as stdout:
             started = time.perf_counter()
@@ -199,13 +203,25 @@ def _percentile(ordered: list[float], q: float) -> float:
 
 
 def _figures(summary: dict, *, usage, wall_s: float) -> dict:
-    latencies = summary["latencies_ms"]
+    threads = summary["threads"]
+    if None in threads:
+        raise RuntimeError(f"{threads.count(None)} of wrk's {len(threads)} threads never stopped: the server hung")
+    latencies = [latency for thread in threads for latency in thread["latencies_ms"]]
     ordered = sorted(latencies)
     seconds = summary["duration_us"] / 1e6
-    statuses = {int(status): count for status, count in summary["statuses"].items()}
+    statuses: dict[int, int] = {}
+    for thread in threads:
+        for status, count in thread["statuses"].items():
+            statuses[int(status)] = statuses.get(int(status), 0) + count
+    starts = [record for thread in threads for record in thread["records"]]
     cpu_s = usage.ru_utime + usage.ru_stime
     requests = summary["requests"]
     wrk_latency = summary["wrk_latency_us"]
+    first = min((record[0] for record in starts), default=0.0)
+    rows = sorted(
+        (round((start - first) / 1000, 4), latency, status, "", bool(buffered))
+        for start, status, buffered, latency in starts
+    )
     return {
         "requests": requests,
         "seconds": round(seconds, 3),
@@ -213,7 +229,7 @@ def _figures(summary: dict, *, usage, wall_s: float) -> dict:
         "statuses": statuses,
         "non_2xx": sum(count for status, count in statuses.items() if not 200 <= status < 300),
         "socket_errors": summary["socket_errors"],
-        "buffered": summary["buffered"],
+        "buffered": sum(thread["buffered"] for thread in threads),
         "p50_ms": round(_percentile(ordered, 50), 2),
         "p90_ms": round(_percentile(ordered, 90), 2),
         "p99_ms": round(_percentile(ordered, 99), 2),
@@ -222,7 +238,8 @@ def _figures(summary: dict, *, usage, wall_s: float) -> dict:
         "wrk_p50_ms": round(wrk_latency["p50"] / 1000, 2),
         "wrk_p99_ms": round(wrk_latency["p99"] / 1000, 2),
         "latencies_ms": latencies,
-        "ids": summary["ids"],
+        "ids": [run_id for thread in threads for run_id in thread["ids"]],
+        "records": rows,
         "generator_cpu_s": round(cpu_s, 3),
         "generator_cpu_share": round(cpu_s / (wall_s * (os.cpu_count() or 1)), 4),
         "generator_cpu_ms_per_request": round(cpu_s * 1000 / requests, 4) if requests else 0.0,
