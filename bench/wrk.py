@@ -15,6 +15,7 @@ sees what the generator took from the machine beside what the server did with th
 import json
 import math
 import os
+import resource
 import secrets
 import select
 import shutil
@@ -161,10 +162,11 @@ def run(
             started = time.perf_counter()
             process = subprocess.Popen(args, stdout=stdout, stderr=subprocess.PIPE)
             assert process.stderr is not None
-            stderr = _wait(process, threads=connections, backstop_s=backstop_s)
-            _, status, usage = os.wait4(process.pid, 0)
+            seen = _wait(process, threads=connections, backstop_s=backstop_s)
+            status, usage = _interrupt(process)
             process.returncode = os.waitstatus_to_exitcode(status)
             wall_s = time.perf_counter() - started
+            stderr = (seen + process.stderr.read()).replace(THREAD_DONE, b"").decode(errors="replace")
         output = stdout_path.read_text()
     summary = next((line for line in output.splitlines() if line.startswith(SUMMARY)), None)
     if process.returncode != 0 or summary is None:
@@ -172,10 +174,9 @@ def run(
     return _figures(json.loads(summary.removeprefix(SUMMARY)), usage=usage, wall_s=wall_s)
 
 
-def _wait(process: subprocess.Popen, *, threads: int, backstop_s: float) -> str:
+def _wait(process: subprocess.Popen, *, threads: int, backstop_s: float) -> bytes:
     """Read wrk's stderr until its ``threads`` threads said they stopped (or ``backstop_s`` passed:
-    a server that never answers), then interrupt wrk, which prints its report and sdk.lua's
-    summary. Returns the rest of stderr (wrk's and Lua's errors)."""
+    a server that never answers); returns what was read."""
     assert process.stderr is not None
     fd = process.stderr.fileno()
     deadline = time.monotonic() + backstop_s
@@ -190,10 +191,22 @@ def _wait(process: subprocess.Popen, *, threads: int, backstop_s: float) -> str:
         seen += chunk
         if seen.count(THREAD_DONE) >= threads:
             break
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-    rest = process.stderr.read()
-    return (seen + rest).replace(THREAD_DONE, b"").decode(errors="replace")
+    return seen
+
+
+def _interrupt(process: subprocess.Popen) -> tuple[int, "resource.struct_rusage"]:
+    """Interrupt wrk's main thread (SIGINT), which then prints its report and sdk.lua's summary, and
+    reap it: returns its wait status and its own rusage. Sent again each second: wrk ignores SIGINT
+    until its threads are started, and a short burst can be over by then. (os.kill, not
+    Popen.send_signal, which polls first and would reap the process, rusage and all.)"""
+    while True:
+        os.kill(process.pid, signal.SIGINT)  # harmless to a process that exited and waits to be reaped
+        deadline = time.monotonic() + 1
+        while time.monotonic() < deadline:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                return status, usage
+            time.sleep(0.02)
 
 
 def _percentile(ordered: list[float], q: float) -> float:
