@@ -36,14 +36,14 @@ def targets(results: dict) -> list[tuple[str, str, bool]]:
                 p1["ratio_mollified_to_noop"] >= 0.7,
             ),
             (
-                "P2 drain >= 0.4 x raw COPY (one drainer)",
+                "P2 drain >= 0.5 x raw COPY (one drainer)",
                 f"{p2['ratio_drain_to_copy']:.2f}x",
-                p2["ratio_drain_to_copy"] >= 0.4,
+                p2["ratio_drain_to_copy"] >= 0.5,
             ),
             (
-                "P2 drain >= 0.4 x raw COPY (two drainers)",
+                "P2 drain >= 0.7 x raw COPY (two drainers)",
                 f"{p2['ratio_two_drainers_to_copy']:.2f}x",
-                p2["ratio_two_drainers_to_copy"] >= 0.4,
+                p2["ratio_two_drainers_to_copy"] >= 0.7,
             ),
             (
                 "P2 drain >= 5 x one row per transaction",
