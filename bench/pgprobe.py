@@ -20,6 +20,7 @@ been idle for longer than that, and closes after they have exited.
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,9 +138,10 @@ class Sample:
     not_granted: int  # their lock requests not granted (pg_locks)
     other_active: int  # active client backends of other databases: a shared server's other work
     rows: int
+    depth: int | None  # what ``Watch.depth`` read (runs waiting in the buffer), when given
 
 
-@dataclass
+@dataclass(eq=False)  # a thread: hashed by identity
 class Watch(threading.Thread):
     """Samples the database every SAMPLE_S from its own connections, whose backends (and
     ``exclude``'s) are left out of every figure. ``rows_sql`` is counted each sample, on a
@@ -150,6 +152,7 @@ class Watch(threading.Thread):
     database: str
     rows_sql: str
     exclude: set[int] = field(default_factory=set)
+    depth: Callable[[], int] | None = None
 
     def __post_init__(self) -> None:
         super().__init__(daemon=True)
@@ -207,6 +210,7 @@ class Watch(threading.Thread):
                 not_granted=sum(row[4] for row in ours),
                 other_active=sum(1 for row in rows if not row[1] and row[2]),
                 rows=counted,
+                depth=self.depth() if self.depth else None,
             )
         )
 
@@ -246,6 +250,7 @@ class Watch(threading.Thread):
                 (after.server.ticks_since(self.before.server) - own_ticks - exclude_ticks) / TICKS_PER_S, 2
             ),
             "backends_seen": len(self.last_ticks),
+            "samples_list": self.samples,
         }
 
     def connections(self) -> dict:
