@@ -40,8 +40,12 @@ test: install e2e-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Benchmarks: `make bench` (full) or `make bench QUICK=1` (about two minutes). Figures: docs/BENCHMARKS.md.
+# The load generator is wrk (Debian's package): installed here when missing, as .ci/run installs nginx.
 bench: install
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	@command -v wrk >/dev/null 2>&1 || { \
+		echo "bench: installing wrk, the load generator (apt-get install wrk)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	QUICK=$(QUICK) $(BIN)/python -m bench
 
 # Says what it stopped. A fresh clone has no .venv, so no embedded server that could be running.

@@ -1,4 +1,4 @@
-"""`make bench` (full) / `make bench QUICK=1` (about two minutes): figures P1–P7 with their baselines.
+"""`make bench` (full) / `make bench QUICK=1` (about two minutes): figures P1–P9 with their baselines.
 
 Runs the server as `make run` serves it (gunicorn sync workers, one per core, DEBUG off) on this
 machine's Postgres and Redis (or the embedded ones), in a database and a Redis DB of its own, with
@@ -22,8 +22,9 @@ SIZES = {
     "p8_per_env": 20_000 if QUICK else 40_000,
     "p8_slowdown": (5.0, 15.0) if QUICK else (10.0, 30.0),
     "p8_max_s": 80 if QUICK else 150,
-    "p1_requests": 1500 if QUICK else 5000,
-    "p1_rounds": 1 if QUICK else 2,
+    # P1: seconds per mode per round; the modes take turns within each round (median of the rounds).
+    "p1_seconds": 3 if QUICK else 10,
+    "p1_rounds": 2 if QUICK else 3,
     "p1_concurrency": 16,
     "p2_entries": 10_000 if QUICK else 50_000,
     "p2_single_rows": 1000 if QUICK else 3000,
@@ -38,10 +39,10 @@ SIZES = {
     "p5_redis_entries": 5_000,
     "p6_seconds": 30 if QUICK else 180,
     "p6_concurrency": 16,
-    "p7_seconds": 8 if QUICK else 10,
-    "p7_rounds": 1 if QUICK else 5,
-    "p7_concurrency": 8,
-    "p7_warmup_s": 3,
+    "p9_seconds": 8 if QUICK else 10,
+    "p9_rounds": 1 if QUICK else 5,
+    "p9_concurrency": 8,
+    "p9_warmup_s": 3,
 }
 
 
@@ -51,6 +52,11 @@ def main() -> int:
     def say(message: str) -> None:
         print(f"[{time.monotonic() - started:6.1f}s] {message}", flush=True)
 
+    from bench import wrk
+
+    if not wrk.available():  # `make bench` installs it
+        print("bench: wrk, the load generator, is missing: `make bench` installs it (apt-get install wrk)")
+        return 1
     where = stores.configure()
     import django
 
@@ -93,7 +99,7 @@ def main() -> int:
         ),
         "P1": lambda: measures.p1_throughput(
             tenants,
-            requests=SIZES["p1_requests"],
+            seconds=SIZES["p1_seconds"],
             concurrency=SIZES["p1_concurrency"],
             rounds=SIZES["p1_rounds"],
             say=say,
@@ -110,12 +116,12 @@ def main() -> int:
         "P6": lambda: measures.p6_soak(
             tenants, seconds=SIZES["p6_seconds"], concurrency=SIZES["p6_concurrency"], say=say
         ),
-        "P7": lambda: measures.p7_degraded(
+        "P9": lambda: measures.p9_degraded(
             tenants,
-            seconds=SIZES["p7_seconds"],
-            rounds=SIZES["p7_rounds"],
-            concurrency=SIZES["p7_concurrency"],
-            warmup_s=SIZES["p7_warmup_s"],
+            seconds=SIZES["p9_seconds"],
+            rounds=SIZES["p9_rounds"],
+            concurrency=SIZES["p9_concurrency"],
+            warmup_s=SIZES["p9_warmup_s"],
             say=say,
         ),
     }

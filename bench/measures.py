@@ -1,24 +1,21 @@
-"""The figures P1–P5 (issue: "Benchmarks"), each with its baseline measured in the same run."""
+"""The figures P1–P6 and P9 (issues: "Benchmarks", 15), each with its baseline measured in the same run."""
 
-import json
+import collections
 import statistics
 import threading
 import time
 
 from django.conf import settings
 from django.db import connection
-from django.utils import timezone
 
-from bench import processes
+from bench import processes, wrk
 from bench.stores import BENCH_REDIS_DB
 from mollifier import buffer
 from mollifier.client import get as redis_client
-from runs.api.serializers import trigger_options_from
-from runs.models import RuntimeEnvironment, TaskRun
+from runs.models import TaskRun
 from runs.services.environments import environment_create, environment_rotate_key
 from runs.services.flags import MOLLIFIER_ENABLED, organization_set_flag
 from runs.services.materialise import COLUMNS
-from runs.services.trigger import task_run_trigger
 from tests.buffering import fill_buffer
 
 # A realistic trigger: a superjson payload of ~600 bytes, a few options.
@@ -30,10 +27,9 @@ PAYLOAD = {
         "note": "x" * 120,
     }
 }
-BODY = {
-    "payload": json.dumps(PAYLOAD),
-    "options": {"payloadType": "application/super+json", "tags": ["bench"], "ttl": "10m"},
-}
+# What SDK 4.8.3 sends for tasks.trigger(task, PAYLOAD["json"], {ttl, tags}): the payload string
+# with payloadType and payloadSize first, then the options (bench/wrk.py).
+BODY = wrk.sdk_body(PAYLOAD["json"], ttl="10m", tags=["bench"])
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -81,53 +77,81 @@ def reset_stores() -> None:
 
 # -- P1 ------------------------------------------------------------------------------------------
 
+# P1's endpoints, measured in turn within each round: (path, whose key). The pass-through tenant
+# (neighbour) is never enrolled and the mollified one (burst) always is, so no mode waits for an
+# enrolment to reach the server's auth cache.
+P1_MODES = {
+    "noop": ("/bench/noop", "burst"),
+    "noop_redis": ("/bench/noop-redis", "burst"),
+    "pass_through": ("/api/v1/tasks/bench/trigger", "neighbour"),
+    "mollified": ("/api/v1/tasks/bench/trigger", "burst"),
+}
 
-def p1_throughput(tenants: Tenants, *, requests: int, concurrency: int, rounds: int, say) -> dict:
-    """Trigger throughput and latency: no-op DRF view vs pass-through vs mollified, same server."""
-    modes = {
-        "noop": ("/bench/noop", False),
-        "pass_through": ("/api/v1/tasks/bench/trigger", False),
-        "mollified": ("/api/v1/tasks/bench/trigger", True),
-    }
-    samples: dict[str, list[dict]] = {mode: [] for mode in modes}
-    latencies: dict[str, list[float]] = {mode: [] for mode in modes}
+
+def _spread(values: list[float]) -> list[float]:
+    return [round(min(values), 3), round(max(values), 3)]
+
+
+def p1_throughput(tenants: Tenants, *, seconds: float, concurrency: int, rounds: int, say) -> tuple[dict, dict]:
+    """Trigger throughput and latency, SDK-shaped (wrk): the no-op DRF view, the no-op plus one
+    Redis round trip, pass-through and mollified, on the same server; the modes take turns within
+    each round, so that a machine whose load drifts treats them alike. Per mode, the median of the
+    rounds; the ratios to the no-op, median and min–max over the rounds (each round's own ratio)."""
+    samples: dict[str, list[dict]] = {mode: [] for mode in P1_MODES}
+    latencies: dict[str, list[float]] = {mode: [] for mode in P1_MODES}
     server_env = {
         "MOLLIFIER_ENABLED": "1",
-        "MOLLIFIER_TRIP_THRESHOLD": "1",
+        "MOLLIFIER_TRIP_THRESHOLD": "1",  # the enrolled tenant is tripped at once: every trigger buffered
         "MOLLIFIER_TRIP_WINDOW_MS": "1000",
         "MOLLIFIER_HOLD_MS": "600000",
         "MOLLIFIER_ORG_BUFFER_CAP": "100000000",
+        "MOLLIFIER_ORG_BUFFER_MAX_BYTES": "0",
     }
+    reset_stores()
+    tenants.enrol(True)
+    keys = {"burst": tenants.burst_key, "neighbour": tenants.neighbour_key}
     with processes.server(**server_env) as url:
         for round_no in range(rounds):
-            for mode, (path, enrolled) in modes.items():
-                tenants.enrol(enrolled)
-                spec = {"url": url, "path": path, "key": tenants.burst_key, "body": BODY, "concurrency": concurrency}
-                processes.run_load({**spec, "total": 300})  # warm up connections and caches
-                started = time.perf_counter()
-                results = processes.run_load({**spec, "total": requests})
-                summary = latency_summary(results, time.perf_counter() - started)
-                samples[mode].append(summary)
-                latencies[mode] += [r[1] for r in results]
+            for mode, (path, tenant) in P1_MODES.items():
+                load = {"connections": concurrency, "body": BODY}
+                wrk.run(url, path, keys[tenant], seconds=1, **load)  # warm connections and caches
+                result = wrk.run(url, path, keys[tenant], seconds=seconds, **load)
+                samples[mode].append(result)
+                latencies[mode] += result["latencies_ms"]
                 say(
-                    f"P1 round {round_no + 1}/{rounds} {mode:<13} {summary['throughput']:>8,.0f} req/s  p50 {summary['p50_ms']:.1f} ms  p99 {summary['p99_ms']:.1f} ms"
+                    f"P1 round {round_no + 1}/{rounds} {mode:<13} {result['throughput']:>8,.0f} req/s  "
+                    f"p50 {result['p50_ms']:.1f} ms  p99 {result['p99_ms']:.1f} ms  buffered {result['buffered']:,}  "
+                    f"non-2xx {result['non_2xx']}  wrk CPU {result['generator_cpu_s']:.2f} s "
+                    f"({result['generator_cpu_share']:.1%} of the machine)"
                 )
-        tenants.enrol(False)
-    figures = {
+    tenants.enrol(False)
+    figures: dict = {
         mode: {
-            "throughput": round(statistics.fmean(s["throughput"] for s in runs), 1),
+            "throughput": round(statistics.median(s["throughput"] for s in runs), 1),
+            "throughput_per_round": [s["throughput"] for s in runs],
             "p50_ms": round(percentile(latencies[mode], 50), 2),
             "p99_ms": round(percentile(latencies[mode], 99), 2),
-            "errors": sum(s["errors"] for s in runs),
+            "errors": sum(s["non_2xx"] + sum(s["socket_errors"].values()) for s in runs),
+            "buffered": sum(s["buffered"] for s in runs),
+            "requests": sum(s["requests"] for s in runs),
+            "generator_cpu_s": round(sum(s["generator_cpu_s"] for s in runs), 2),
+            "generator_cpu_share": round(statistics.fmean(s["generator_cpu_share"] for s in runs), 4),
+            "generator_cpu_ms_per_request": round(statistics.fmean(s["generator_cpu_ms_per_request"] for s in runs), 4),
         }
         for mode, runs in samples.items()
     }
-    figures["ratio_mollified_to_noop"] = round(figures["mollified"]["throughput"] / figures["noop"]["throughput"], 3)
-    figures["ratio_pass_through_to_noop"] = round(
-        figures["pass_through"]["throughput"] / figures["noop"]["throughput"], 3
+    noop = figures["noop"]["throughput"]
+    for mode in ("noop_redis", "pass_through", "mollified"):
+        per_round = [m["throughput"] / n["throughput"] for m, n in zip(samples[mode], samples["noop"])]
+        figures[f"ratio_{mode}_to_noop"] = round(figures[mode]["throughput"] / noop, 3)
+        figures[f"ratio_{mode}_to_noop_range"] = _spread(per_round)
+    figures.update(
+        concurrency=concurrency,
+        seconds_per_mode_per_round=seconds,
+        rounds=rounds,
+        generator="wrk",
+        generator_cpu_share_max=max(f["generator_cpu_share"] for f in figures.values() if isinstance(f, dict)),
     )
-    figures["concurrency"] = concurrency
-    figures["requests_per_mode_per_round"] = requests
     return figures, latencies
 
 
@@ -224,12 +248,17 @@ def _timed_drain(drainers: int, rows: int) -> float:
 
 class CommandCounter:
     """Counts the commands clients send Redis (MONITOR), leaving out those a Lua script runs: each
-    counted command is one round trip on the trigger path, where nothing is pipelined."""
+    counted command is one round trip on the trigger path, where nothing is pipelined. Counted as
+    tests/redis_watch.py counts them."""
 
     MARKER = "bench-counter-end"
+    # Connection set-up, and INFO: the memory guard's reading, once a second per process whatever
+    # the trigger rate. Neither is a per-trigger round trip.
+    IGNORED = ("SELECT", "CLIENT", "HELLO", "INFO")
 
     def __init__(self):
         self.count = 0
+        self.commands: collections.Counter[str] = collections.Counter()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
@@ -242,14 +271,14 @@ class CommandCounter:
                 if self.MARKER in event["command"]:
                     return
                 # Only our own database: other clients of a shared Redis are not our round trips.
-                # INFO is the memory guard's reading, once a second per process whatever the
-                # trigger rate: not a per-trigger round trip.
+                name = event["command"].split(" ", 1)[0].upper()
                 if (
                     event.get("client_type") != "lua"
                     and int(event.get("db", -1)) == BENCH_REDIS_DB
-                    and not event["command"].upper().startswith("INFO")
+                    and name not in self.IGNORED
                 ):
                     self.count += 1
+                    self.commands[name] += 1
 
     def stop(self) -> int:
         redis_client().echo(self.MARKER)
@@ -257,42 +286,53 @@ class CommandCounter:
         return self.count
 
 
+# P4's cases: (server settings, whose key, keyed). The burst tenant is enrolled, the neighbour not.
+_P4_ON = {"MOLLIFIER_ENABLED": "1", "MOLLIFIER_ORG_BUFFER_CAP": "100000000"}
+_P4_UNTRIPPED = {**_P4_ON, "MOLLIFIER_TRIP_THRESHOLD": "10000000"}
+_P4_TRIPPED = {**_P4_ON, "MOLLIFIER_TRIP_THRESHOLD": "1", "MOLLIFIER_HOLD_MS": "600000"}
+P4_CASES = {
+    "mollifier_off": ({"MOLLIFIER_ENABLED": "0"}, "burst", False),
+    "not_enrolled": (_P4_UNTRIPPED, "neighbour", False),
+    "enrolled_pass_through": (_P4_UNTRIPPED, "burst", False),
+    "mollified": (_P4_TRIPPED, "burst", False),
+    "keyed_mollified": (_P4_TRIPPED, "burst", True),
+}
+# Issue 15's goals, SDK-shaped (a request key on every call).
+P4_GOALS = {"mollifier_off": 0, "not_enrolled": 0, "enrolled_pass_through": 1, "mollified": 1, "keyed_mollified": 2}
+
+
 def p4_round_trips(tenants: Tenants, *, triggers: int, say) -> dict:
-    """Redis round trips per trigger, by configuration (in-process, through the trigger service)."""
+    """Redis round trips per SDK-shaped trigger (wrk, the SDK's request key on every call; keyed:
+    options.idempotencyKey too), on the real server, counted from Redis itself (MONITOR)."""
     reset_stores()
-    redis = redis_client()
-    base = dict(settings.MOLLIFIER)
-    configs = {
-        "mollifier_off": ({"ENABLED": False}, False, True),
-        "not_enrolled": ({"ENABLED": True}, False, True),
-        "enrolled_no_key": ({"ENABLED": True, "TRIP_THRESHOLD": 10_000_000}, True, False),
-        "enrolled_with_key": ({"ENABLED": True, "TRIP_THRESHOLD": 10_000_000}, True, True),
-        "mollified_no_key": ({"ENABLED": True, "TRIP_THRESHOLD": 1, "HOLD_MS": 600_000}, True, False),
-        "mollified_with_key": ({"ENABLED": True, "TRIP_THRESHOLD": 1, "HOLD_MS": 600_000}, True, True),
-    }
-    figures = {}
-    for name, (knobs, enrolled, keyed) in configs.items():
-        settings.MOLLIFIER = {**base, **knobs}
-        tenants.enrol(enrolled)
-        environment = RuntimeEnvironment.objects.select_related("organization").get(pk=tenants.burst.pk)
-        redis.flushdb()
-        if name.startswith("mollified"):  # trip the gate first
-            for _ in range(3):
-                task_run_trigger(
-                    environment=environment,
-                    task_identifier="warm",
-                    options=trigger_options_from(BODY, now=timezone.now()),
+    tenants.enrol(True)
+    keys = {"burst": tenants.burst_key, "neighbour": tenants.neighbour_key}
+    figures: dict = {"triggers": triggers, "commands": {}, "buffered": {}}
+    servers: dict[tuple, list[str]] = {}
+    for name, (server_env, _, _) in P4_CASES.items():
+        servers.setdefault(tuple(sorted(server_env.items())), []).append(name)
+    for server_env, names in servers.items():
+        with processes.server(**dict(server_env)) as url:
+            for name in names:
+                _, tenant, keyed = P4_CASES[name]
+                load = {"body": BODY, "keyed": keyed}
+                # Both workers: connections opened, scripts loaded, the auth cache filled, the
+                # tenant tripped when the case is mollified.
+                wrk.run(url, "/api/v1/tasks/bench/trigger", keys[tenant], requests=40, connections=4, **load)
+                counter = CommandCounter()
+                result = wrk.run(
+                    url, "/api/v1/tasks/bench/trigger", keys[tenant], requests=triggers, connections=2, **load
                 )
-        counter = CommandCounter()
-        for i in range(triggers):
-            body = {**BODY, "options": {**BODY["options"], **({"idempotencyKey": f"{name}-{i}"} if keyed else {})}}
-            task_run_trigger(
-                environment=environment, task_identifier="bench", options=trigger_options_from(body, now=timezone.now())
-            )
-        used = counter.stop()
-        figures[name] = round(used / triggers, 2)
-        say(f"P4 {name:<20} {figures[name]} Redis commands per trigger")
-    settings.MOLLIFIER = base
+                used = counter.stop()
+                if result["statuses"] != {200: triggers}:
+                    raise RuntimeError(f"P4 {name}: answers {result['statuses']}")
+                figures[name] = round(used / triggers, 2)
+                figures["commands"][name] = {command: round(n / triggers, 2) for command, n in counter.commands.items()}
+                figures["buffered"][name] = result["buffered"]
+                say(
+                    f"P4 {name:<22} {figures[name]} Redis round trips per trigger (goal {P4_GOALS[name]}): "
+                    f"{figures['commands'][name] or 'none'}, buffered {result['buffered']}/{triggers}"
+                )
     tenants.enrol(False)
     return figures
 
@@ -388,20 +428,10 @@ def p6_soak(tenants: Tenants, *, seconds: int, concurrency: int, say) -> dict:
         drainers = [processes.start_drainer(**drain_env) for _ in range(2)]
         monitor = Monitor(str(tenants.burst.organization_id))
         monitor.start()
-        load = processes.start_load(
-            {
-                "url": url,
-                "path": "/api/v1/tasks/soak/trigger",
-                "key": tenants.burst_key,
-                "body": BODY,
-                "concurrency": concurrency,
-                "duration_s": seconds,
-            }
-        )
         started = time.perf_counter()
         done = threading.Event()
 
-        def sample():  # the load's results come through a pipe: read it in this thread, sample in another
+        def sample():  # wrk runs in this thread; memory and progress are read in another
             while not done.wait(5):
                 memory.append(
                     (round(time.perf_counter() - started, 1), int(redis.info("memory")["used_memory"]) - base_memory)
@@ -413,10 +443,18 @@ def p6_soak(tenants: Tenants, *, seconds: int, concurrency: int, say) -> dict:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        results = processes.load_results(load)
+        result = wrk.run(
+            url,
+            "/api/v1/tasks/soak/trigger",
+            tenants.burst_key,
+            seconds=seconds,
+            connections=concurrency,
+            body=BODY,
+            ids=True,
+        )
         done.set()
         sampler.join()
-        answered = {r[3] for r in results if r[2] == 200}
+        answered = set(result["ids"])  # the run ids of the 200 answers
         deadline = time.perf_counter() + 120
         while (
             TaskRun.objects.filter(environment=tenants.burst).count() < len(answered) and time.perf_counter() < deadline
@@ -428,29 +466,34 @@ def p6_soak(tenants: Tenants, *, seconds: int, concurrency: int, say) -> dict:
             processes.stop(drainer)
     ids = set(TaskRun.objects.filter(environment=tenants.burst).values_list("id", flat=True))
     tenants.enrol(False)
-    summary = latency_summary(results)
     figures = {
         "seconds": seconds,
-        "requests": len(results),
-        "errors": summary["errors"],
-        "throughput": summary["throughput"],
-        "p99_ms": summary["p99_ms"],
-        "buffered": sum(1 for r in results if r[4]),
+        "requests": result["requests"],
+        "errors": result["non_2xx"] + sum(result["socket_errors"].values()),
+        "throughput": result["throughput"],
+        "p50_ms": result["p50_ms"],
+        "p99_ms": result["p99_ms"],
+        "buffered": result["buffered"],
         "max_buffer_depth": max(s[3] for s in monitor.samples),
         "max_redis_bytes_over_baseline": max((m for _, m in memory), default=0),
-        "exactly_once": ids == {run_id.removeprefix("run_") for run_id in answered} and len(ids) == len(answered),
+        "exactly_once": ids == {run_id.removeprefix("run_") for run_id in answered}
+        and len(answered) == result["statuses"].get(200, 0),
         "rows": len(ids),
+        "generator": "wrk",
+        "generator_cpu_s": result["generator_cpu_s"],
+        "generator_cpu_share": result["generator_cpu_share"],
         "memory": memory,
         "depth": [(s[0], s[3]) for s in monitor.samples],
     }
     say(
         f"P6 soak: {figures['requests']:,} triggers, {figures['errors']} errors, max depth {figures['max_buffer_depth']:,}, "
-        f"max Redis +{figures['max_redis_bytes_over_baseline'] / 1e6:.1f} MB, exactly once: {figures['exactly_once']}"
+        f"max Redis +{figures['max_redis_bytes_over_baseline'] / 1e6:.1f} MB, exactly once: {figures['exactly_once']}; "
+        f"wrk CPU {figures['generator_cpu_s']:.1f} s ({figures['generator_cpu_share']:.1%} of the machine)"
     )
     return figures
 
 
-# -- P7 (degraded modes) -------------------------------------------------------------------------
+# -- P9 (degraded modes) -------------------------------------------------------------------------
 
 
 def _steady(rounds: list[list], warmup_s: float) -> dict:
@@ -478,7 +521,7 @@ def _steady(rounds: list[list], warmup_s: float) -> dict:
     }
 
 
-def p7_degraded(tenants: Tenants, *, seconds: float, rounds: int, concurrency: int, warmup_s: float, say) -> dict:
+def p9_degraded(tenants: Tenants, *, seconds: float, rounds: int, concurrency: int, warmup_s: float, say) -> dict:
     """Triggers (SDK-shaped, a fresh request idempotency key each) with the buffer's Redis healthy,
     refused (killed) and hung (SIGSTOP), the mollifier on and the tenant enrolled and tripped, as
     ratios to pass-through with Redis healthy (a tenant that is not enrolled, same server). The
@@ -513,7 +556,7 @@ def p7_degraded(tenants: Tenants, *, seconds: float, rounds: int, concurrency: i
         runs[mode].append(processes.run_load({**spec, "url": url, "key": key}))
         p = _steady(runs[mode][-1:], warmup_s)
         say(
-            f"P7 {mode:<22} p50 {p['p50_ms']:.1f} ms  p99 {p['p99_ms']:.1f} ms  {p['throughput']:,.0f} req/s "
+            f"P9 {mode:<22} p50 {p['p50_ms']:.1f} ms  p99 {p['p99_ms']:.1f} ms  {p['throughput']:,.0f} req/s "
             f"(after {warmup_s:g} s)  buffered {p['buffered']:,}  errors {p['errors']}  slow first {p['first_seconds_over_250ms']}"
         )
 
@@ -527,7 +570,7 @@ def p7_degraded(tenants: Tenants, *, seconds: float, rounds: int, concurrency: i
             for key in (tenants.neighbour_key, tenants.burst_key):  # warm up connections and caches
                 processes.run_load({**spec, "url": url, "key": key, "duration_s": 2})
             for round_no in range(rounds):
-                say(f"P7 round {round_no + 1}/{rounds}")
+                say(f"P9 round {round_no + 1}/{rounds}")
                 measure("healthy_pass_through", tenants.neighbour_key)
                 measure("healthy_mollified", tenants.burst_key)
                 store.kill()
@@ -538,7 +581,7 @@ def p7_degraded(tenants: Tenants, *, seconds: float, rounds: int, concurrency: i
                     measure("hung", tenants.burst_key)
                 recovery["hung"].append(seconds_until_buffered())
                 say(
-                    f"P7 buffered again {recovery['refused'][-1]} s after a restart, {recovery['hung'][-1]} s after SIGCONT"
+                    f"P9 buffered again {recovery['refused'][-1]} s after a restart, {recovery['hung'][-1]} s after SIGCONT"
                 )
     finally:
         store.cleanup()

@@ -21,7 +21,7 @@ gets its ``BufferUnavailable``.
 Why hand-written rather than pybreaker: the breaker must sit inside ``execute_command`` (a check
 before, a report after), count only "not answering" failures, probe in the background so that no
 request pays a hung Redis's timeout once it is known to hang (measured: with the probe on a
-request, every worker stalled for the socket timeout each cooldown, `make bench` P7), and publish
+request, every worker stalled for the socket timeout each cooldown, `make bench` P9), and publish
 its state as a multi-process Prometheus gauge. That is the hundred lines below, with no new
 dependency; pybreaker wraps callables, lets a half-open call through on the caller's thread, and
 would still need the same glue. Neither times calls: the time budget is redis-py's socket timeouts
