@@ -39,6 +39,12 @@ SIZES = {
     "p5_redis_entries": 5_000,
     "p6_seconds": 30 if QUICK else 180,
     "p6_concurrency": 16,
+    # P7, the buffer on a Redis Cluster (bench/cluster.py): organisations, triggers each, wrk connections each.
+    "p7_orgs": 6,
+    "p7_per_org": 500 if QUICK else 2_000,
+    "p7_connections": 4,
+    "p7_backlog": 20_000 if QUICK else 60_000,
+    "p7_rounds": 2 if QUICK else 3,
     "p9_seconds": 8 if QUICK else 10,
     "p9_rounds": 1 if QUICK else 5,
     "p9_concurrency": 8,
@@ -63,7 +69,7 @@ def main() -> int:
     django.setup()
     from django.core.management import call_command
 
-    from bench import adaptive, burst, measures, report
+    from bench import adaptive, burst, cluster, measures, report
 
     say(
         f"bench {'QUICK' if QUICK else 'full'}: Postgres {where['postgres']}, Redis {where['redis']}, {os.cpu_count()} cores"
@@ -115,6 +121,14 @@ def main() -> int:
         ),
         "P6": lambda: measures.p6_soak(
             tenants, seconds=SIZES["p6_seconds"], concurrency=SIZES["p6_concurrency"], say=say
+        ),
+        "P7": lambda: cluster.p7_cluster(
+            orgs=SIZES["p7_orgs"],
+            per_org=SIZES["p7_per_org"],
+            connections=SIZES["p7_connections"],
+            backlog=SIZES["p7_backlog"],
+            rounds=SIZES["p7_rounds"],
+            say=say,
         ),
         "P9": lambda: measures.p9_degraded(
             tenants,

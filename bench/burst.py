@@ -15,8 +15,6 @@ neighbour tenant) and then left idle until their statistics are flushed before t
 server and the drainer stop before it closes, so their backends exit and flush theirs.
 """
 
-import os
-import resource
 import statistics
 import time
 from urllib.parse import urlsplit, urlunsplit
@@ -25,8 +23,8 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from bench import pgprobe, processes
-from bench.measures import BODY, Tenants, latency_summary, percentile, reset_stores
+from bench import pgprobe, processes, wrk
+from bench.measures import BODY, Tenants, percentile, reset_stores
 from bench.neighbours import Neighbour
 from mollifier import buffer
 from runs.api.serializers import trigger_options_from
@@ -211,7 +209,7 @@ def p3_burst(
         with connection.cursor() as cursor:  # the burst's rows of the last mode; the neighbour's stay
             cursor.execute("DELETE FROM runs_taskrun WHERE environment_id = %s", [tenants.burst.pk])
             cursor.execute("VACUUM ANALYZE runs_taskrun")  # no dead rows for autovacuum to visit in the window
-        buffer_redis_flush()
+        _flush_buffer_store()
         tenants.enrol(mode == "on")
         connection.close()
         drainers = []
@@ -226,25 +224,18 @@ def p3_burst(
                 ]
             window = _Window(url, tenants, run_ids, depth=lambda: buffer.buffered_count(burst_org), **rates)
             say(f"P3 {mode}: window open; a burst of {burst:,} at concurrency {concurrency}")
-            children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.perf_counter()
-            results = processes.run_load(
-                {
-                    "url": url,
-                    "path": "/api/v1/tasks/burst/trigger",
-                    "key": tenants.burst_key,
-                    "body": BODY,
-                    "total": burst,
-                    "concurrency": concurrency,
-                    "sdk": True,
-                }
+            sent = wrk.run(
+                url,
+                "/api/v1/tasks/burst/trigger",
+                tenants.burst_key,
+                connections=concurrency,
+                requests=burst,
+                body=BODY,
+                ids=True,
             )
-            burst_s = time.perf_counter() - started
-            children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            generator_cpu_s = (children_after.ru_utime - children_before.ru_utime) + (
-                children_after.ru_stime - children_before.ru_stime
-            )
-            answered = {r[3] for r in results if r[2] == 200}
+            burst_s = sent["seconds"]
+            answered = set(sent["ids"])
             say(f"P3 {mode}: answered in {burst_s:.1f}s; waiting until every run is a row")
             while window.watch.rows < len(answered):
                 for drainer in drainers:
@@ -257,11 +248,18 @@ def p3_burst(
                 processes.stop(drainer)
         db = window.close()
         phases[mode] = _mode_figures(
-            tenants, db, results, answered, per_request, burst=burst, burst_s=burst_s, materialised_s=materialised_s
+            tenants, db, sent, answered, per_request, burst=burst, materialised_s=materialised_s
         )
-        phases[mode]["generator_cpu_s"] = round(generator_cpu_s, 2)
-        phases[mode]["generator_cpu_share"] = round(generator_cpu_s / burst_s / (os.cpu_count() or 1), 3)
         if mode == "on":
+            with connection.cursor() as cursor:  # a round's rows share its materialised_at
+                cursor.execute(
+                    "SELECT count(DISTINCT materialised_at), count(materialised_at) FROM runs_taskrun "
+                    "WHERE environment_id = %s",
+                    [tenants.burst.pk],
+                )
+                rounds, drained_rows = cursor.fetchone()
+            phases[mode]["drain_rounds"] = rounds
+            phases[mode]["rows_per_drain_round"] = round(drained_rows / max(1, rounds), 1)
             drained = [count for _, count in phases[mode]["insert_rate"][1:-1]] or [
                 count for _, count in phases[mode]["insert_rate"]
             ]
@@ -289,22 +287,14 @@ def p3_burst(
     return phases
 
 
-def buffer_redis_flush() -> None:
+def _flush_buffer_store() -> None:
     from mollifier.client import get as redis_client
 
     redis_client().flushdb()
 
 
 def _mode_figures(
-    tenants: Tenants,
-    db: dict,
-    results: list,
-    answered: set,
-    per_request: dict,
-    *,
-    burst: int,
-    burst_s: float,
-    materialised_s: float,
+    tenants: Tenants, db: dict, sent: dict, answered: set, per_request: dict, *, burst: int, materialised_s: float
 ) -> dict:
     ids = set(TaskRun.objects.filter(environment=tenants.burst).values_list("id", flat=True))
     rates = _insert_rate(tenants.burst.pk)
@@ -317,8 +307,17 @@ def _mode_figures(
     timeline = db.pop("timeline")
     return {
         "database": db,
-        "burst": latency_summary(results, burst_s),
-        "buffered": sum(1 for r in results if r[4]),
+        "burst": {
+            "requests": sent["requests"],
+            "errors": sent["non_2xx"] + sum(sent["socket_errors"].values()),
+            "throughput": sent["throughput"],
+            "p50_ms": sent["p50_ms"],
+            "p99_ms": sent["p99_ms"],
+            "mean_ms": sent["mean_ms"],
+        },
+        "buffered": sent["buffered"],
+        "generator_cpu_s": sent["generator_cpu_s"],
+        "generator_cpu_share": sent["generator_cpu_share"],
         "rows": len(ids),
         "exactly_once": ids == {run_id.removeprefix("run_") for run_id in answered}
         and len(ids) == len(answered) == burst,
@@ -344,7 +343,7 @@ def _mode_figures(
         "http_neighbour": db["http_neighbour"],
         "neighbour_p99_ms": db["http_neighbour"]["p99_ms"],
         "neighbour_errors": db["http_neighbour"]["errors"],
-        "latencies": [r[1] for r in results],
+        "latencies": sent["latencies_ms"],
     }
 
 
@@ -429,6 +428,7 @@ def markdown(p3: dict, sizes: dict) -> str:
         f"| trigger p50 / p99 (ms) | {off['burst']['p50_ms']} / {off['burst']['p99_ms']} | {on['burst']['p50_ms']} / {on['burst']['p99_ms']} |",
         f"| errors; rows = answered ids | {off['burst']['errors']}; {off['exactly_once']} | {on['burst']['errors']}; {on['exactly_once']} |",
         f"| runs buffered | {off['buffered']:,} | {on['buffered']:,} |",
+        f"| drain rounds that wrote (rows per round) | | {on['drain_rounds']:,} ({on['rows_per_drain_round']}) |",
         f"| database neighbour p50 / p99 (ms; alone {idle['db_neighbour']['p50_ms']} / {idle['db_neighbour']['p99_ms']}) | "
         f"{off['db_neighbour']['p50_ms']} / {off['db_neighbour']['p99_ms']} | {on['db_neighbour']['p50_ms']} / {on['db_neighbour']['p99_ms']} |",
         f"| HTTP neighbour p50 / p99 (ms; alone {idle['http_neighbour']['p50_ms']} / {idle['http_neighbour']['p99_ms']}) | "
