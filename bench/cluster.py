@@ -16,7 +16,7 @@ import statistics
 import threading
 import time
 
-from django.conf import settings
+import redis
 from django.utils import timezone
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
@@ -24,13 +24,13 @@ from redis.crc import key_slot
 from bench import processes, wrk
 from bench.measures import BODY, reset_stores
 from mollifier import buffer, keys, scripts
-from mollifier.client import get as redis_client
 from runs.api.serializers import trigger_options_from
 from runs.models import TaskRun
 from runs.services.environments import environment_create, environment_rotate_key
 from runs.services.flags import MOLLIFIER_ENABLED, organization_set_flag
 from runs.services.trigger import task_run_prepare
 from runs.snapshots import run_to_entry, to_ms
+from tests.faults import RedisProcess
 from tests.redis_cluster import redis_cluster
 
 MASTERS = 3
@@ -124,32 +124,34 @@ def _drain(expected: int, env: dict) -> float:
             processes.stop(drainer)
 
 
-def _top_up(tenants: list, *, entries: int, cluster_url: str) -> None:
+def _client(env: dict) -> redis.Redis | RedisCluster:
+    if cluster_url := env.get("MOLLIFIER_REDIS_CLUSTER_URL"):
+        return RedisCluster.from_url(cluster_url)
+    return redis.Redis.from_url(env["REDIS_URL"])
+
+
+def _top_up(tenants: list, *, entries: int, env: dict) -> None:
     """Buffer ``entries`` more runs, spread over the organisations, straight into the store with the
     accept script (the web tier is the bound of the trigger step; the drain needs a backlog that takes
     it seconds). One call per run, on either store: a cluster pipeline refuses EVALSHA."""
-    base = settings.MOLLIFIER
-    settings.MOLLIFIER = {**base, "REDIS_CLUSTER_URL": cluster_url}
-    try:
-        redis = redis_client()
-        now = timezone.now()
-        options = trigger_options_from(BODY, now=now)
-        for environment, _, _ in tenants:
-            for _ in range(entries // len(tenants)):
-                run = task_run_prepare(environment=environment, task_identifier="cluster", options=options, now=now)
-                entry = run_to_entry(run, batch_index=None)
-                reply = scripts.ACCEPT(
-                    keys=buffer.accept_keys(entry), args=[to_ms(now), *buffer.accept_args(entry)], client=redis
-                )
-                assert buffer.accept_result(reply, entry, client=redis).status == "accepted"
-    finally:
-        settings.MOLLIFIER = base
+    client = _client(env)
+    now = timezone.now()
+    options = trigger_options_from(BODY, now=now)
+    for environment, _, _ in tenants:
+        for _ in range(entries // len(tenants)):
+            run = task_run_prepare(environment=environment, task_identifier="cluster", options=options, now=now)
+            entry = run_to_entry(run, batch_index=None)
+            reply = scripts.ACCEPT(
+                keys=buffer.accept_keys(entry), args=[to_ms(now), *buffer.accept_args(entry)], client=client
+            )
+            assert buffer.accept_result(reply, entry, client=client).status == "accepted"
+    client.close()
 
 
 def _measure(store: str, tenants: list, *, per_org: int, connections: int, backlog: int, env: dict, say) -> dict:
     with processes.server(**SERVER_ENV, **env) as url:
         figures = _trigger(url, tenants, per_org=per_org, connections=connections)
-    _top_up(tenants, entries=backlog - figures["requests"], cluster_url=env.get("MOLLIFIER_REDIS_CLUSTER_URL", ""))
+    _top_up(tenants, entries=backlog - figures["requests"], env=env)
     expected = figures["requests"] + (backlog - figures["requests"]) // len(tenants) * len(tenants)
     if cluster_url := env.get("MOLLIFIER_REDIS_CLUSTER_URL"):
         nodes = RedisCluster.from_url(cluster_url)
@@ -166,8 +168,11 @@ def _measure(store: str, tenants: list, *, per_org: int, connections: int, backl
     return figures
 
 
-def _flush(cluster_url: str) -> None:
-    reset_stores()  # the rows, and the single node's database
+def _flush(single_url: str, cluster_url: str) -> None:
+    reset_stores()  # the rows
+    node = redis.Redis.from_url(single_url)
+    node.flushdb()
+    node.close()
     nodes = RedisCluster.from_url(cluster_url)
     nodes.flushdb(target_nodes=RedisCluster.PRIMARIES)
     nodes.close()
@@ -179,10 +184,19 @@ def p7_cluster(*, orgs: int, per_org: int, connections: int, backlog: int, round
     reset_stores()
     tenants = _tenants(orgs)
     runs: dict[str, list[dict]] = {"single": [], "cluster": []}
+    # The single node is a redis-server of the bench's own, started as the cluster's nodes are (no
+    # persistence): the machine's Redis is shared with other work. It is REDIS_URL in both cases (Django's
+    # cache), so where the mollifier's keys live is the only difference.
+    single = RedisProcess("--appendonly", "no")
+    single.start()
     with redis_cluster(MASTERS) as cluster_url:
+        stores = (
+            ("single", {"REDIS_URL": single.url}),
+            ("cluster", {"REDIS_URL": single.url, "MOLLIFIER_REDIS_CLUSTER_URL": cluster_url}),
+        )
         for round_no in range(rounds):
-            for store, env in (("single", {}), ("cluster", {"MOLLIFIER_REDIS_CLUSTER_URL": cluster_url})):
-                _flush(cluster_url)
+            for store, env in stores:
+                _flush(single.url, cluster_url)
                 runs[store].append(
                     _measure(
                         f"{store} (round {round_no + 1}/{rounds})",
@@ -194,7 +208,8 @@ def p7_cluster(*, orgs: int, per_org: int, connections: int, backlog: int, round
                         say=say,
                     )
                 )
-        _flush(cluster_url)
+        _flush(single.url, cluster_url)
+    single.cleanup()
     results: dict = {
         "orgs": orgs,
         "orgs_per_master": [sum(1 for *_, m in tenants if m == master) for master in range(MASTERS)],
@@ -213,9 +228,9 @@ def p7_cluster(*, orgs: int, per_org: int, connections: int, backlog: int, round
             "buffered": min(m["buffered"] for m in measured),
             "rounds": [{k: m[k] for k in ("triggers_per_s", "drain_rows_per_s", "p50_ms", "p99_ms")} for m in measured],
         }
-    single, cluster = results["single"], results["cluster"]
-    results["ratio_triggers"] = round(cluster["triggers_per_s"] / single["triggers_per_s"], 3)
-    results["ratio_drain"] = round(cluster["drain_rows_per_s"] / single["drain_rows_per_s"], 3)
+    single_figures, cluster = results["single"], results["cluster"]
+    results["ratio_triggers"] = round(cluster["triggers_per_s"] / single_figures["triggers_per_s"], 3)
+    results["ratio_drain"] = round(cluster["drain_rows_per_s"] / single_figures["drain_rows_per_s"], 3)
     return results
 
 
