@@ -255,6 +255,9 @@ def targets(p7: dict) -> list[tuple[str, str, bool]]:
     ]
 
 
+KEYS = "keys_per_master"
+
+
 def markdown(p7: dict) -> str:
     single, cluster = p7["single"], p7["cluster"]
     return "\n".join(
@@ -272,6 +275,7 @@ def markdown(p7: dict) -> str:
             f"| triggers; buffered; errors | {single['requests']:,}; {single['buffered']:,}; {single['errors']} | "
             f"{cluster['requests']:,}; {cluster['buffered']:,}; {cluster['errors']} | |",
             f"| every run written once | {single['every_run_once']} | {cluster['every_run_once']} | |",
-            f"| keys per master after the triggers | | {' / '.join(f'{n:,}' for n in cluster['keys_per_master'])} | |",
+            f"| share of the keys on each master after the triggers | | "
+            f"{' / '.join(f'{n / max(1, sum(cluster[KEYS])):.0%}' for n in cluster[KEYS])} | |",
         ]
     )
