@@ -87,6 +87,7 @@ class Reading:
     xact_commit: int
     xact_rollback: int
     wal_bytes: int
+    wal_lsn: str
     server: ServerTicks
 
 
@@ -106,12 +107,41 @@ def postmaster_pid(conn: psycopg.Connection) -> int:
 def read(admin: psycopg.Connection, *, database: str, postmaster: int) -> Reading:
     """``admin`` is a connection to another database (its own reads do not count in ``database``)."""
     admin.execute("SELECT pg_stat_clear_snapshot()")
-    commits, rollbacks, wal = admin.execute(
-        "SELECT xact_commit, xact_rollback, pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint "
-        "FROM pg_stat_database WHERE datname = %s",
+    commits, rollbacks, wal, lsn = admin.execute(
+        "SELECT xact_commit, xact_rollback, pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint, "
+        "pg_current_wal_lsn()::text FROM pg_stat_database WHERE datname = %s",
         [database],
     ).fetchone()  # type: ignore[misc]
-    return Reading(xact_commit=commits, xact_rollback=rollbacks, wal_bytes=wal, server=ServerTicks.read(postmaster))
+    return Reading(
+        xact_commit=commits, xact_rollback=rollbacks, wal_bytes=wal, wal_lsn=lsn, server=ServerTicks.read(postmaster)
+    )
+
+
+def database_wal_bytes(conn: psycopg.Connection, *, start_lsn: str, end_lsn: str) -> int | None:
+    """WAL bytes between the two LSNs of ``conn``'s database: the records that touch its relations
+    (``block_ref`` names ``<tablespace>/<database oid>/<relation>``) and the commit records of the
+    transactions that wrote them. Read with pg_walinspect (PostgreSQL 15's contrib), created in that
+    database; None when it is not installed or the WAL was recycled meanwhile."""
+    try:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+        return conn.execute(
+            "WITH r AS (SELECT xid, resource_manager, record_length, block_ref "
+            "  FROM pg_get_wal_records_info(%(start)s::pg_lsn, %(end)s::pg_lsn)), "
+            "ours AS (SELECT DISTINCT xid FROM r WHERE block_ref LIKE %(pattern)s AND xid <> '0') "
+            "SELECT coalesce(sum(record_length), 0)::bigint FROM r WHERE block_ref LIKE %(pattern)s "
+            "  OR (resource_manager = 'Transaction' AND xid IN (SELECT xid FROM ours))",
+            {
+                "start": start_lsn,
+                "end": end_lsn,
+                "pattern": "% rel %/" + str(_database_oid(conn)) + "/%",
+            },
+        ).fetchone()[0]  # type: ignore[index]
+    except psycopg.Error:
+        return None
+
+
+def _database_oid(conn: psycopg.Connection) -> int:
+    return conn.execute("SELECT oid FROM pg_database WHERE datname = current_database()").fetchone()[0]  # type: ignore[index]
 
 
 def wait_for_no_backends(admin: psycopg.Connection, *, database: str, keep: set[int], timeout_s: float = 20) -> None:
@@ -238,6 +268,8 @@ class Watch(threading.Thread):
             (after.server.children.get(pid, 0) - self.before.server.children.get(pid, 0)) for pid in self.own_pids
         )
         seconds = time.perf_counter() - self.started
+        # After the reading: what this costs the database is not in the window.
+        database_wal = database_wal_bytes(self.probe, start_lsn=self.before.wal_lsn, end_lsn=after.wal_lsn)
         self.admin.close()
         self.probe.close()
         return {
@@ -246,6 +278,7 @@ class Watch(threading.Thread):
             "xact_rollback": after.xact_rollback - self.before.xact_rollback,
             "own_transactions": self.own_transactions,
             "wal_bytes": after.wal_bytes - self.before.wal_bytes,
+            "database_wal_bytes": database_wal,
             "server_cpu_s": round(
                 (after.server.ticks_since(self.before.server) - own_ticks - exclude_ticks) / TICKS_PER_S, 2
             ),

@@ -99,3 +99,24 @@ def test_an_exited_backend_is_counted_once(admin):
     assert pid not in after.children
     # Not the backend's whole life again: its time before the window is not in the difference.
     assert after.ticks_since(before) < spent_before
+
+
+def test_wal_is_attributed_to_the_database_that_wrote_it(admin, database):
+    """The bench's Postgres may be shared: WAL is counted per database from the records' relations."""
+    other = f"{database}_other"
+    admin.execute(f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)')
+    admin.execute(f'CREATE DATABASE "{other}"')
+    try:
+        with pgprobe.connect(_url(database)) as ours, pgprobe.connect(_url(other)) as theirs:
+            for conn in (ours, theirs):
+                conn.execute("CREATE TABLE written (n int, note text)")
+            start = admin.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+            ours.execute("INSERT INTO written SELECT g, 'ours' FROM generate_series(1, 100) g")
+            theirs.execute("INSERT INTO written SELECT g, repeat('theirs', 20) FROM generate_series(1, 5000) g")
+            end = admin.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+            our_wal = pgprobe.database_wal_bytes(ours, start_lsn=start, end_lsn=end)
+            their_wal = pgprobe.database_wal_bytes(theirs, start_lsn=start, end_lsn=end)
+    finally:
+        admin.execute(f'DROP DATABASE "{other}" WITH (FORCE)')
+    assert our_wal is not None and their_wal is not None
+    assert 100 * 30 < our_wal < their_wal  # a heap insert record is over 30 bytes
