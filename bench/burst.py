@@ -1,7 +1,7 @@
 """P3 (issue 15, item 6): a burst as the database sees it, mollifier off and then on.
 
 The web tier runs as a fleet would, FLEET_WORKERS gunicorn sync workers, so with the mollifier off
-the burst reaches Postgres as that many concurrent inserts. For the same SDK-shaped burst, off (the
+the burst can reach Postgres as that many concurrent inserts. For the same SDK-shaped burst, off (the
 tenant not enrolled) and on (enrolled, tripped, DRAINERS drainers at a fixed cap), each counted from
 before the burst until every answered run is a row: Postgres CPU-seconds and transactions per 1,000
 runs, WAL bytes, active connections and lock waits (sampled every 100 ms), and the insert rate
@@ -35,8 +35,8 @@ FLEET_WORKERS = 8
 DRAINERS = 1
 NEIGHBOUR_RUNS = 300  # the runs the database neighbour reads and updates
 # The burst's tenant, enrolled, is tripped from its first trigger and stays tripped (as P1 and P9 trip
-# theirs): on these two shared cores eight workers serve under a hundred triggers/s, so a rate trip
-# would come and go with the machine's other load and let part of the burst through.
+# theirs): on these two shared cores eight workers serve one to two hundred triggers/s, so a rate
+# trip would come and go with the machine's other load and let part of the burst through.
 SERVER_ENV = {
     "MOLLIFIER_ENABLED": "1",
     "MOLLIFIER_ORG_BUFFER_CAP": "10000000",
@@ -177,6 +177,9 @@ def _idle(
         "backends_cpu_s": figures["backends_cpu_s"] / requests,
         "server_cpu_s": figures["server_cpu_s"] / requests,
     }
+    # Both neighbours write (runs, status updates) at steady rates: their WAL per second of window.
+    wal = figures["database_wal_bytes"]
+    figures["neighbours_wal_bytes_per_s"] = wal / figures["seconds"] if wal is not None else None
     return figures
 
 
@@ -248,7 +251,14 @@ def p3_burst(
                 processes.stop(drainer)
         db = window.close()
         phases[mode] = _mode_figures(
-            tenants, db, sent, answered, per_request, burst=burst, materialised_s=materialised_s
+            tenants,
+            db,
+            sent,
+            answered,
+            per_request,
+            burst=burst,
+            materialised_s=materialised_s,
+            neighbours_per_s=idle["neighbours_wal_bytes_per_s"],
         )
         if mode == "on":
             with connection.cursor() as cursor:  # a round's rows share its materialised_at
@@ -278,7 +288,9 @@ def p3_burst(
         "transactions_per_run": round(on["transactions_per_1000"] / off["transactions_per_1000"], 3)
         if off["transactions_per_1000"]
         else None,
-        "wal_per_run": round(on["wal_bytes_per_run"] / off["wal_bytes_per_run"], 3)
+        "wal_per_run": round(on["database_wal_bytes_per_run"] / off["database_wal_bytes_per_run"], 3)
+        if off.get("database_wal_bytes_per_run")
+        else round(on["wal_bytes_per_run"] / off["wal_bytes_per_run"], 3)
         if off["wal_bytes_per_run"]
         else None,
     }
@@ -294,7 +306,15 @@ def _flush_buffer_store() -> None:
 
 
 def _mode_figures(
-    tenants: Tenants, db: dict, sent: dict, answered: set, per_request: dict, *, burst: int, materialised_s: float
+    tenants: Tenants,
+    db: dict,
+    sent: dict,
+    answered: set,
+    per_request: dict,
+    *,
+    burst: int,
+    materialised_s: float,
+    neighbours_per_s: float | None,
 ) -> dict:
     ids = set(TaskRun.objects.filter(environment=tenants.burst).values_list("id", flat=True))
     rates = _insert_rate(tenants.burst.pk)
@@ -303,7 +323,9 @@ def _mode_figures(
     # What the HTTP neighbour's triggers cost, at the rate measured when it ran alone, is not the burst's.
     transactions = db["transactions"] - requests * per_request["transactions"]
     backends_cpu = db["backends_cpu_s"] - requests * per_request["backends_cpu_s"]
-    server_cpu = db["server_cpu_s"] - requests * per_request["server_cpu_s"]
+    # Not the server's: in the window alone that one holds other databases' work, which does not
+    # scale with the neighbour's requests (the probe's and the database neighbour's are taken off).
+    server_cpu = db["server_cpu_s"]
     timeline = db.pop("timeline")
     return {
         "database": db,
@@ -330,6 +352,7 @@ def _mode_figures(
         "transactions_per_1000": round(transactions / runs * 1000, 1),
         "wal_bytes": db["wal_bytes"],
         "wal_bytes_per_run": round(db["wal_bytes"] / runs),
+        **_database_wal(db, neighbours_per_s, runs),
         "max_active_pg_connections": db["max_active"],
         "mean_active_pg_connections": db["mean_active"],
         "lock_wait_samples": db["lock_wait_samples"],
@@ -347,11 +370,19 @@ def _mode_figures(
     }
 
 
+def _database_wal(db: dict, neighbours_per_s: float | None, runs: int) -> dict:
+    """The bench database's WAL (pg_walinspect), less the neighbours' at their rate alone."""
+    if db["database_wal_bytes"] is None or neighbours_per_s is None:
+        return {"database_wal_bytes": None, "database_wal_bytes_per_run": None}
+    wal = db["database_wal_bytes"] - neighbours_per_s * db["seconds"]
+    return {"database_wal_bytes": round(wal), "database_wal_bytes_per_run": round(wal / runs)}
+
+
 def _line(mode: str, f: dict) -> str:
     return (
         f"P3 {mode}: {f['rows']:,} rows, every one written after {f['seconds_until_all_materialised']:.1f}s; Postgres "
         f"{f['pg_cpu_s_per_1000']:.2f} CPU-s (server {f['server_cpu_s_per_1000']:.2f}) and {f['transactions_per_1000']:,.0f} "
-        f"transactions per 1,000 runs, WAL {f['wal_bytes'] / 1e6:.1f} MB, active connections max {f['max_active_pg_connections']} "
+        f"transactions per 1,000 runs, WAL {f['database_wal_bytes_per_run']} bytes per run (server {f['wal_bytes'] / 1e6:.1f} MB), active connections max {f['max_active_pg_connections']} "
         f"mean {f['mean_active_pg_connections']}, lock waits {f['lock_wait_samples']}, max {f['max_insert_rate']} inserts/s; "
         f"database neighbour p99 {f['db_neighbour']['p99_ms']} ms, HTTP neighbour p99 {f['http_neighbour']['p99_ms']} ms; "
         f"generator {f['generator_cpu_s'] if 'generator_cpu_s' in f else '?'} CPU-s"
@@ -403,7 +434,7 @@ def markdown(p3: dict, sizes: dict) -> str:
     off, on, idle = p3["off"], p3["on"], p3["idle"]
 
     def both(key: str, fmt: str = "{}") -> str:
-        return f"{fmt.format(off[key])} | {fmt.format(on[key])}"
+        return " | ".join("n/a" if mode.get(key) is None else fmt.format(mode[key]) for mode in (off, on))
 
     lines = [
         f"**P3** a burst of {off['rows']:,} SDK-shaped triggers at concurrency {sizes['p3_concurrency']} against "
@@ -414,9 +445,10 @@ def markdown(p3: dict, sizes: dict) -> str:
         "| | mollifier off | mollifier on |",
         "|---|---|---|",
         f"| Postgres CPU-s per 1,000 runs (backends of the bench database) | {both('pg_cpu_s_per_1000', '{:.2f}')} |",
-        f"| Postgres CPU-s per 1,000 runs (every postgres process) | {both('server_cpu_s_per_1000', '{:.2f}')} |",
+        f"| Postgres CPU-s per 1,000 runs (every postgres process, other databases' work included) | {both('server_cpu_s_per_1000', '{:.2f}')} |",
         f"| transactions per 1,000 runs | {both('transactions_per_1000', '{:,.0f}')} |",
-        f"| WAL bytes per run | {both('wal_bytes_per_run', '{:,}')} |",
+        f"| WAL bytes per run (the bench database's records, pg_walinspect) | {both('database_wal_bytes_per_run', '{:,}')} |",
+        f"| WAL bytes per run (the whole server, pg_current_wal_lsn) | {both('wal_bytes_per_run', '{:,}')} |",
         f"| active Postgres connections, max / mean | {off['max_active_pg_connections']} / {off['mean_active_pg_connections']} | "
         f"{on['max_active_pg_connections']} / {on['mean_active_pg_connections']} |",
         f"| samples with a backend waiting for a lock (max at once) | {off['lock_wait_samples']} ({off['max_lock_waits']}) | "

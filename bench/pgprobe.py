@@ -18,6 +18,7 @@ been idle for longer than that, and closes after they have exited.
 """
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -124,6 +125,12 @@ def database_wal_bytes(conn: psycopg.Connection, *, start_lsn: str, end_lsn: str
     database; None when it is not installed or the WAL was recycled meanwhile."""
     try:
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+        # pg_walinspect reads only WAL already flushed; the WAL writer flushes within 200 ms.
+        deadline = time.monotonic() + 5
+        while not conn.execute("SELECT pg_current_wal_flush_lsn() >= %s::pg_lsn", [end_lsn]).fetchone()[0]:  # type: ignore[index]
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.05)
         return conn.execute(
             "WITH r AS (SELECT xid, resource_manager, record_length, block_ref "
             "  FROM pg_get_wal_records_info(%(start)s::pg_lsn, %(end)s::pg_lsn)), "
@@ -136,7 +143,8 @@ def database_wal_bytes(conn: psycopg.Connection, *, start_lsn: str, end_lsn: str
                 "pattern": "% rel %/" + str(_database_oid(conn)) + "/%",
             },
         ).fetchone()[0]  # type: ignore[index]
-    except psycopg.Error:
+    except psycopg.Error as error:
+        print(f"pg_walinspect did not read the window's WAL: {error}", file=sys.stderr)
         return None
 
 
