@@ -148,15 +148,39 @@ def _top_up(tenants: list, *, entries: int, env: dict) -> None:
     client.close()
 
 
+def _command_counts(env: dict) -> dict[str, int]:
+    """Commands the buffer's nodes have run since they started, by name, summed over the nodes
+    (INFO commandstats; the commands a script runs count too)."""
+    client = _client(env)
+    if isinstance(client, RedisCluster):
+        replies = client.info("commandstats", target_nodes=RedisCluster.PRIMARIES).values()
+    else:
+        replies = [client.info("commandstats")]
+    client.close()
+    counts: dict[str, int] = {}
+    for reply in replies:
+        for name, stats in reply.items():
+            counts[name.removeprefix("cmdstat_")] = counts.get(name.removeprefix("cmdstat_"), 0) + stats["calls"]
+    return counts
+
+
 def _measure(store: str, tenants: list, *, per_org: int, connections: int, backlog: int, env: dict, say) -> dict:
     with processes.server(**SERVER_ENV, **env) as url:
+        before = _command_counts(env)
         figures = _trigger(url, tenants, per_org=per_org, connections=connections)
-    _top_up(tenants, entries=backlog - figures["requests"], env=env)
-    expected = figures["requests"] + (backlog - figures["requests"]) // len(tenants) * len(tenants)
+        after = _command_counts(env)
+    # What one trigger costs the buffer's nodes, by command: the profile behind triggers/s.
+    figures["commands_per_trigger"] = {
+        name: round((calls - before.get(name, 0)) / figures["requests"], 2)
+        for name, calls in sorted(after.items(), key=lambda item: before.get(item[0], 0) - item[1])
+        if (calls - before.get(name, 0)) / figures["requests"] >= 0.01
+    }
     if cluster_url := env.get("MOLLIFIER_REDIS_CLUSTER_URL"):
         nodes = RedisCluster.from_url(cluster_url)
         figures["keys_per_master"] = [nodes.dbsize(target_nodes=node) for node in nodes.get_primaries()]
         nodes.close()
+    _top_up(tenants, entries=backlog - figures["requests"], env=env)
+    expected = figures["requests"] + (backlog - figures["requests"]) // len(tenants) * len(tenants)
     say(
         f"P7 {store}: {figures['requests']:,} triggers at {figures['triggers_per_s']:,.0f}/s, "
         f"{figures['buffered']:,} buffered, {figures['errors']} errors, p99 {figures['p99_ms']} ms"
@@ -258,6 +282,11 @@ def targets(p7: dict) -> list[tuple[str, str, bool]]:
 KEYS = "keys_per_master"
 
 
+def _commands(figures: dict) -> str:
+    counts = figures["commands_per_trigger"]
+    return f"{sum(counts.values()):.1f}: " + ", ".join(f"{name} {n}" for name, n in list(counts.items())[:6])
+
+
 def markdown(p7: dict) -> str:
     single, cluster = p7["single"], p7["cluster"]
     return "\n".join(
@@ -275,6 +304,8 @@ def markdown(p7: dict) -> str:
             f"| triggers; buffered; errors | {single['requests']:,}; {single['buffered']:,}; {single['errors']} | "
             f"{cluster['requests']:,}; {cluster['buffered']:,}; {cluster['errors']} | |",
             f"| every run written once | {single['every_run_once']} | {cluster['every_run_once']} | |",
+            f"| Redis commands per trigger, a script's own included (last round) | "
+            f"{_commands(single)} | {_commands(cluster)} | |",
             f"| share of the keys on each master after the triggers | | "
             f"{' / '.join(f'{n / max(1, sum(cluster[KEYS])):.0%}' for n in cluster[KEYS])} | |",
         ]
