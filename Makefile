@@ -39,7 +39,7 @@ lint: install
 test: install e2e-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Benchmarks: `make bench` (full) or `make bench QUICK=1` (about two minutes). Figures: docs/BENCHMARKS.md.
+# Benchmarks: `make bench` (full) or `make bench QUICK=1` (about eight minutes on 2 cores). Figures: docs/BENCHMARKS.md.
 # The load generator is wrk (Debian's package): installed here when missing, as .ci/run installs nginx.
 bench: install
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"

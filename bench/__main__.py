@@ -1,4 +1,4 @@
-"""`make bench` (full) / `make bench QUICK=1` (about two minutes): figures P1–P9 with their baselines.
+"""`make bench` (full) / `make bench QUICK=1` (about eight minutes on 2 cores, P8 half of it): figures P1–P9 with their baselines.
 
 Runs the server as `make run` serves it (gunicorn sync workers, one per core, DEBUG off) on this
 machine's Postgres and Redis (or the embedded ones), in a database and a Redis DB of its own, with

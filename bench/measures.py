@@ -522,7 +522,7 @@ def _steady(rounds: list[list], warmup_s: float) -> dict:
 
 
 def p9_degraded(tenants: Tenants, *, seconds: float, rounds: int, concurrency: int, warmup_s: float, say) -> dict:
-    """Triggers (SDK-shaped, a fresh request idempotency key each) with the buffer's Redis healthy,
+    """Triggers (SDK-shaped from wrk, a fresh request idempotency key each) with the buffer's Redis healthy,
     refused (killed) and hung (SIGSTOP), the mollifier on and the tenant enrolled and tripped, as
     ratios to pass-through with Redis healthy (a tenant that is not enrolled, same server). The
     modes take turns, ``rounds`` times, so that a machine whose load drifts treats them alike."""
@@ -541,34 +541,42 @@ def p9_degraded(tenants: Tenants, *, seconds: float, rounds: int, concurrency: i
         "MOLLIFIER_ORG_BUFFER_CAP": "100000000",
         "MOLLIFIER_ORG_BUFFER_MAX_BYTES": "0",
     }
-    spec = {
-        "path": "/api/v1/tasks/bench/trigger",
-        "body": BODY,
-        "concurrency": concurrency,
-        "duration_s": seconds,
-        "sdk": True,
-    }
     modes = ("healthy_pass_through", "healthy_mollified", "refused", "hung")
     runs: dict[str, list] = {mode: [] for mode in modes}
+    cpu_shares: dict[str, list[float]] = {mode: [] for mode in modes}
     recovery: dict[str, list[float]] = {"refused": [], "hung": []}
 
+    def load(key: str, duration_s: float) -> dict:
+        """SDK-shaped triggers from wrk, each request's (start s, latency ms, status, "", buffered?)."""
+        return wrk.run(
+            url,
+            "/api/v1/tasks/bench/trigger",
+            key,
+            seconds=duration_s,
+            connections=concurrency,
+            body=BODY,
+            records=True,
+        )
+
     def measure(mode: str, key: str) -> None:
-        runs[mode].append(processes.run_load({**spec, "url": url, "key": key}))
+        result = load(key, seconds)
+        runs[mode].append(result["records"])
+        cpu_shares[mode].append(result["generator_cpu_share"])
         p = _steady(runs[mode][-1:], warmup_s)
         say(
             f"P9 {mode:<22} p50 {p['p50_ms']:.1f} ms  p99 {p['p99_ms']:.1f} ms  {p['throughput']:,.0f} req/s "
-            f"(after {warmup_s:g} s)  buffered {p['buffered']:,}  errors {p['errors']}  slow first {p['first_seconds_over_250ms']}"
+            f"(after {warmup_s:g} s)  buffered {p['buffered']:,}  errors {p['errors']}  slow first {p['first_seconds_over_250ms']}  "
+            f"wrk CPU {result['generator_cpu_share']:.1%} of the machine"
         )
 
     def seconds_until_buffered() -> float:
-        results = processes.run_load({**spec, "url": url, "key": tenants.burst_key, "duration_s": 6})
-        buffered = [r[0] for r in results if r[4]]
+        buffered = [r[0] for r in load(tenants.burst_key, 6)["records"] if r[4]]
         return round(min(buffered), 2) if buffered else float("inf")
 
     try:
         with processes.server(**server_env) as url:
             for key in (tenants.neighbour_key, tenants.burst_key):  # warm up connections and caches
-                processes.run_load({**spec, "url": url, "key": key, "duration_s": 2})
+                load(key, 2)
             for round_no in range(rounds):
                 say(f"P9 round {round_no + 1}/{rounds}")
                 measure("healthy_pass_through", tenants.neighbour_key)
@@ -589,6 +597,8 @@ def p9_degraded(tenants: Tenants, *, seconds: float, rounds: int, concurrency: i
     phases = {mode: _steady(runs[mode], warmup_s) for mode in modes}
     for mode, seconds_list in recovery.items():
         phases[mode]["seconds_until_buffered_again"] = max(seconds_list)
+    for mode, shares in cpu_shares.items():
+        phases[mode]["generator_cpu_share"] = round(statistics.fmean(shares), 4)
     base = phases["healthy_pass_through"]
     for figures in phases.values():
         figures["ratio_p50"] = round(figures["p50_ms"] / base["p50_ms"], 2) if base["p50_ms"] else 0

@@ -15,10 +15,13 @@ args (after wrk's `--`; args[0] is the URL):
      after it started
   4  ids: "1" to keep the run id of every 200 answer (for exactly-once checks)
   5  sink: a loopback port where wrk.py listens and nothing is served (see response())
+  6  records: "1" to keep, per response, when its request was sent (CLOCK_MONOTONIC, ms), its
+     status, whether it was buffered and its latency, for figures over time
 
 A thread that stops writes "sdk.lua: thread done" to stderr: wrk's main thread sleeps for its whole
 --duration whatever its threads do, so wrk.py interrupts it (SIGINT) when all are done.
-done() prints one line, "sdk.lua summary: " and a JSON object, after wrk's own report.
+done() prints one line, "sdk.lua summary: " and a JSON object (wrk's totals and each thread's
+figures), after wrk's own report.
 ]]
 
 local ffi = require("ffi")
@@ -46,9 +49,10 @@ end
 
 local parts = {} -- the template cut at its slots: literal strings and slot names, in order
 local slots = { ["{request_key}"] = true, ["{idempotency_key}"] = true }
-local run_hex, quota, deadline, keep_ids, sink
+local run_hex, quota, deadline, keep_ids, sink, keep_records
 local sent, started = 0, nil
-statuses, latencies, ids, buffered, answered = {}, {}, {}, 0, 0
+local statuses, latencies, ids, records, buffered, answered = {}, {}, {}, {}, 0, 0
+report = nil -- the thread's figures, for done(): see thread_report()
 
 local function cut(template)
   local at = 1
@@ -83,6 +87,7 @@ function init(args)
   end
   keep_ids = args[4] == "1"
   sink = wrk.lookup("127.0.0.1", args[5])[1]
+  keep_records = args[6] == "1"
 end
 
 function request()
@@ -109,19 +114,44 @@ function request()
   return table.concat(out)
 end
 
+-- What this thread measured, as one JSON string: done() reads it with thread:get(), which copies
+-- strings between Lua states soundly but not tables (wrk 4.1's copy pops one value too many from
+-- the thread's stack for every table; reading four tables corrupted the strings they held).
+local function thread_report()
+  local out, codes = {}, {}
+  for i, latency in ipairs(latencies) do
+    out[i] = string.format("%.3f", latency)
+  end
+  for status, count in pairs(statuses) do
+    codes[#codes + 1] = string.format('"%d":%d', status, count)
+  end
+  return string.format(
+    '{"statuses":{%s},"buffered":%d,"latencies_ms":[%s],"ids":[%s],"records":[%s]}',
+    table.concat(codes, ","),
+    buffered,
+    table.concat(out, ","),
+    table.concat(ids, ","),
+    table.concat(records, ",")
+  )
+end
+
 function response(status, headers, body)
   answered = answered + 1
   if started then
     latencies[answered] = now_ms() - started
   end
   statuses[status] = (statuses[status] or 0) + 1
-  if (headers["x-mollifier"] or headers["X-Mollifier"]) == "buffered" then
+  local was_buffered = (headers["x-mollifier"] or headers["X-Mollifier"]) == "buffered"
+  if was_buffered then
     buffered = buffered + 1
+  end
+  if keep_records then
+    records[answered] = string.format("[%.3f,%d,%d,%.3f]", started, status, was_buffered and 1 or 0, latencies[answered])
   end
   if keep_ids and status == 200 then
     local id = string.match(body, '"id"%s*:%s*"([^"]+)"')
     if id then
-      ids[#ids + 1] = id
+      ids[#ids + 1] = '"' .. id .. '"' -- run ids: letters and digits only
     end
   end
   if (quota and answered >= quota) or (deadline and now_ms() >= deadline) then
@@ -131,6 +161,7 @@ function response(status, headers, body)
     -- reconnect goes to wrk.py's sink instead.
     wrk.thread.addr = sink
     wrk.thread:stop()
+    report = thread_report()
     io.stderr:write("sdk.lua: thread done\n")
     io.stderr:flush()
   end
@@ -138,47 +169,16 @@ end
 
 -- Main state, after every thread stopped --------------------------------------------------------
 
-local function numbers(list, format)
-  local out = {}
-  for i, value in ipairs(list) do
-    out[i] = string.format(format, value)
-  end
-  return "[" .. table.concat(out, ",") .. "]"
-end
-
-local function strings(list)
-  local out = {}
-  for i, value in ipairs(list) do
-    out[i] = '"' .. value .. '"' -- run ids: letters and digits only
-  end
-  return "[" .. table.concat(out, ",") .. "]"
-end
-
 function done(summary, latency, requests)
-  local counts, all_latencies, all_ids, total_buffered = {}, {}, {}, 0
-  for _, thread in ipairs(threads) do
-    for status, count in pairs(thread:get("statuses")) do
-      counts[status] = (counts[status] or 0) + count
-    end
-    for _, value in ipairs(thread:get("latencies")) do
-      all_latencies[#all_latencies + 1] = value
-    end
-    for _, value in ipairs(thread:get("ids")) do
-      all_ids[#all_ids + 1] = value
-    end
-    total_buffered = total_buffered + thread:get("buffered")
-  end
-  local status_fields = {}
-  for status, count in pairs(counts) do
-    status_fields[#status_fields + 1] = string.format('"%d":%d', status, count)
+  local reports = {}
+  for i, thread in ipairs(threads) do
+    -- nil when wrk.py's backstop stopped the thread: wrk.py says so
+    reports[i] = thread:get("report") or "null"
   end
   local e = summary.errors
   io.write(
     "sdk.lua summary: {",
     string.format('"requests":%d,"duration_us":%d,', summary.requests, summary.duration),
-    '"statuses":{',
-    table.concat(status_fields, ","),
-    "},",
     string.format(
       '"socket_errors":{"connect":%d,"read":%d,"write":%d,"timeout":%d},"status_errors":%d,',
       e.connect,
@@ -187,7 +187,6 @@ function done(summary, latency, requests)
       e.timeout,
       e.status
     ),
-    string.format('"buffered":%d,', total_buffered),
     -- wrk's own histogram (microseconds), after its coordinated-omission correction
     string.format(
       '"wrk_latency_us":{"p50":%d,"p90":%d,"p99":%d,"max":%d,"mean":%.1f},',
@@ -197,10 +196,8 @@ function done(summary, latency, requests)
       latency.max,
       latency.mean
     ),
-    '"latencies_ms":',
-    numbers(all_latencies, "%.3f"),
-    ',"ids":',
-    strings(all_ids),
-    "}\n"
+    '"threads":[',
+    table.concat(reports, ","),
+    "]}\n"
   )
 end

@@ -15,6 +15,7 @@ sees what the generator took from the machine beside what the server did with th
 import json
 import math
 import os
+import resource
 import secrets
 import select
 import shutil
@@ -98,16 +99,20 @@ def run(
     keyed: bool = False,
     body: dict,
     ids: bool = False,
+    records: bool = False,
     timeout_s: int = 60,
 ) -> dict:
-    """Send SDK-shaped triggers to ``url + path`` on ``connections`` keep-alive connections, for
+    """Send SDK-shaped triggers to ``url + path`` on ``connections`` connections (kept alive when
+    the server allows; gunicorn's sync workers do not), one wrk thread each, for
     ``seconds`` or until exactly ``requests`` have been answered (a burst). Either way every request
     sent is answered before wrk stops (no run the server made is missing from ``ids``).
 
     Returns requests, seconds, throughput (req/s), statuses, non_2xx, socket_errors, buffered
     (answers with ``x-mollifier: buffered``), p50/p90/p99/mean/max_ms (each request timed by
     sdk.lua), wrk_p50/p99_ms (wrk's own histogram, which adds samples for coordinated omission),
-    latencies_ms, ids (the run ids of 200 answers, with ``ids=True``), and the generator's
+    latencies_ms, ids (the run ids of 200 answers, with ``ids=True``), records (with
+    ``records=True``: per response, as bench/load.py gives them, (seconds from the first request
+    to its request, latency ms, status, "", buffered?), in order of the request), and the generator's
     generator_cpu_s, generator_cpu_share (of the whole machine's CPU over the run) and
     generator_cpu_ms_per_request. Raises WrkMissing when wrk is not installed.
     """
@@ -116,7 +121,9 @@ def run(
     if (seconds is None) == (requests is None):
         raise ValueError("give seconds or requests, not both")
     if requests is not None:
-        connections = max(1, min(connections, requests))
+        if requests < 1:
+            raise ValueError("a burst needs at least one request")
+        connections = min(connections, requests)
     template = request_template(url, path, key, body, keyed=keyed)
     # Where each wrk thread's last reconnect goes (sdk.lua's response()): the kernel completes the
     # connection, nothing reads it, and it closes when wrk exits.
@@ -127,7 +134,8 @@ def run(
         # sdk.lua stops each thread after a response, so that the server answered every request
         # it received; this process then interrupts wrk's main thread (SIGINT), which sleeps for
         # its whole --duration. That duration, and the wait here, are only backstops.
-        backstop_s = math.ceil(seconds) + timeout_s + 10 if seconds is not None else 24 * 3600
+        # (A server that never answers: wrk counts a timeout but keeps waiting on that connection.)
+        backstop_s = math.ceil(seconds) + timeout_s + 10 if seconds is not None else 3600
         args = [
             "wrk",
             "--threads",
@@ -148,15 +156,17 @@ def run(
             f"requests:{requests // connections}:{requests % connections}" if requests else f"seconds:{seconds}",
             "1" if ids else "0",
             str(sink.getsockname()[1]),
+            "1" if records else "0",
         ]
         with stdout_path.open("wb") as stdout:
             started = time.perf_counter()
             process = subprocess.Popen(args, stdout=stdout, stderr=subprocess.PIPE)
             assert process.stderr is not None
-            stderr = _wait(process, threads=connections, backstop_s=backstop_s)
-            _, status, usage = os.wait4(process.pid, 0)
+            seen = _wait(process, threads=connections, backstop_s=backstop_s)
+            status, usage = _interrupt(process)
             process.returncode = os.waitstatus_to_exitcode(status)
             wall_s = time.perf_counter() - started
+            stderr = (seen + process.stderr.read()).replace(THREAD_DONE, b"").decode(errors="replace")
         output = stdout_path.read_text()
     summary = next((line for line in output.splitlines() if line.startswith(SUMMARY)), None)
     if process.returncode != 0 or summary is None:
@@ -164,10 +174,9 @@ def run(
     return _figures(json.loads(summary.removeprefix(SUMMARY)), usage=usage, wall_s=wall_s)
 
 
-def _wait(process: subprocess.Popen, *, threads: int, backstop_s: float) -> str:
+def _wait(process: subprocess.Popen, *, threads: int, backstop_s: float) -> bytes:
     """Read wrk's stderr until its ``threads`` threads said they stopped (or ``backstop_s`` passed:
-    a server that never answers), then interrupt wrk, which prints its report and sdk.lua's
-    summary. Returns the rest of stderr (wrk's and Lua's errors)."""
+    a server that never answers); returns what was read."""
     assert process.stderr is not None
     fd = process.stderr.fileno()
     deadline = time.monotonic() + backstop_s
@@ -182,10 +191,22 @@ def _wait(process: subprocess.Popen, *, threads: int, backstop_s: float) -> str:
         seen += chunk
         if seen.count(THREAD_DONE) >= threads:
             break
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-    rest = process.stderr.read()
-    return (seen + rest).replace(THREAD_DONE, b"").decode(errors="replace")
+    return seen
+
+
+def _interrupt(process: subprocess.Popen) -> tuple[int, "resource.struct_rusage"]:
+    """Interrupt wrk's main thread (SIGINT), which then prints its report and sdk.lua's summary, and
+    reap it: returns its wait status and its own rusage. Sent again each second: wrk ignores SIGINT
+    until its threads are started, and a short burst can be over by then. (os.kill, not
+    Popen.send_signal, which polls first and would reap the process, rusage and all.)"""
+    while True:
+        os.kill(process.pid, signal.SIGINT)  # harmless to a process that exited and waits to be reaped
+        deadline = time.monotonic() + 1
+        while time.monotonic() < deadline:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                return status, usage
+            time.sleep(0.02)
 
 
 def _percentile(ordered: list[float], q: float) -> float:
@@ -195,13 +216,25 @@ def _percentile(ordered: list[float], q: float) -> float:
 
 
 def _figures(summary: dict, *, usage, wall_s: float) -> dict:
-    latencies = summary["latencies_ms"]
+    threads = summary["threads"]
+    if None in threads:
+        raise RuntimeError(f"{threads.count(None)} of wrk's {len(threads)} threads never stopped: the server hung")
+    latencies = [latency for thread in threads for latency in thread["latencies_ms"]]
     ordered = sorted(latencies)
     seconds = summary["duration_us"] / 1e6
-    statuses = {int(status): count for status, count in summary["statuses"].items()}
+    statuses: dict[int, int] = {}
+    for thread in threads:
+        for status, count in thread["statuses"].items():
+            statuses[int(status)] = statuses.get(int(status), 0) + count
+    starts = [record for thread in threads for record in thread["records"]]
     cpu_s = usage.ru_utime + usage.ru_stime
     requests = summary["requests"]
     wrk_latency = summary["wrk_latency_us"]
+    first = min((record[0] for record in starts), default=0.0)
+    rows = sorted(
+        (round((start - first) / 1000, 4), latency, status, "", bool(buffered))
+        for start, status, buffered, latency in starts
+    )
     return {
         "requests": requests,
         "seconds": round(seconds, 3),
@@ -209,7 +242,7 @@ def _figures(summary: dict, *, usage, wall_s: float) -> dict:
         "statuses": statuses,
         "non_2xx": sum(count for status, count in statuses.items() if not 200 <= status < 300),
         "socket_errors": summary["socket_errors"],
-        "buffered": summary["buffered"],
+        "buffered": sum(thread["buffered"] for thread in threads),
         "p50_ms": round(_percentile(ordered, 50), 2),
         "p90_ms": round(_percentile(ordered, 90), 2),
         "p99_ms": round(_percentile(ordered, 99), 2),
@@ -218,7 +251,8 @@ def _figures(summary: dict, *, usage, wall_s: float) -> dict:
         "wrk_p50_ms": round(wrk_latency["p50"] / 1000, 2),
         "wrk_p99_ms": round(wrk_latency["p99"] / 1000, 2),
         "latencies_ms": latencies,
-        "ids": summary["ids"],
+        "ids": [run_id for thread in threads for run_id in thread["ids"]],
+        "records": rows,
         "generator_cpu_s": round(cpu_s, 3),
         "generator_cpu_share": round(cpu_s / (wall_s * (os.cpu_count() or 1)), 4),
         "generator_cpu_ms_per_request": round(cpu_s * 1000 / requests, 4) if requests else 0.0,

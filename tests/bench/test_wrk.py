@@ -150,13 +150,21 @@ def test_every_request_is_the_sdks_trigger_request(capture_server, keyed):
 
 
 def test_a_run_for_a_time_reports_its_requests_and_the_generators_cpu(capture_server):
-    result = wrk.run(capture_server.url, "/t", "tr_dev_x", connections=2, seconds=0.5, body=wrk.sdk_body({}))
+    result = wrk.run(
+        capture_server.url, "/t", "tr_dev_x", connections=2, seconds=0.5, body=wrk.sdk_body({}), records=True
+    )
 
     # Stopped on the clock, but after a response: every request the server read was answered.
     assert result["requests"] == len(capture_server.requests) > 0
     keys = {dict(headers)["x-trigger-request-idempotency-key"] for headers, _ in capture_server.requests}
     assert len(keys) == len(capture_server.requests)
     assert result["generator_cpu_s"] >= 0
+    # One record per answer, as bench/load.py's: (start s, latency ms, status, "", buffered?), by start.
+    records = result["records"]
+    assert len(records) == result["requests"]
+    assert records == sorted(records) and records[0][0] == 0
+    assert {(status, run_id, buffered) for _, _, status, run_id, buffered in records} == {(200, "", False)}
+    assert sorted(latency for _, latency, *_ in records) == sorted(result["latencies_ms"])
 
 
 @pytest.mark.e2e
