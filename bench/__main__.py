@@ -28,15 +28,23 @@ SIZES = {
     "p1_concurrency": 16,
     "p2_entries": 10_000 if QUICK else 50_000,
     "p2_single_rows": 1000 if QUICK else 3000,
-    "p3_burst": 5_000 if QUICK else 20_000,
-    "p3_concurrency": 64,
+    "p3_burst": 3_000 if QUICK else 10_000,
+    "p3_concurrency": 32,
     "p3_neighbour_rate": 20,
+    "p3_db_neighbour_rate": 50,
+    "p3_idle_s": 5 if QUICK else 10,
     "p4_triggers": 200,
     "p5_small": 1_000,
     "p5_large": 20_000 if QUICK else 100_000,
     "p5_redis_entries": 5_000,
     "p6_seconds": 30 if QUICK else 180,
     "p6_concurrency": 16,
+    # P7, the buffer on a Redis Cluster (bench/cluster.py): organisations, triggers each, wrk connections each.
+    "p7_orgs": 6,
+    "p7_per_org": 500 if QUICK else 2_000,
+    "p7_connections": 4,
+    "p7_backlog": 20_000 if QUICK else 60_000,
+    "p7_rounds": 2 if QUICK else 3,
     "p9_seconds": 8 if QUICK else 10,
     "p9_rounds": 1 if QUICK else 5,
     "p9_concurrency": 8,
@@ -61,7 +69,7 @@ def main() -> int:
     django.setup()
     from django.core.management import call_command
 
-    from bench import adaptive, measures, report
+    from bench import adaptive, burst, cluster, measures, report
 
     say(
         f"bench {'QUICK' if QUICK else 'full'}: Postgres {where['postgres']}, Redis {where['redis']}, {os.cpu_count()} cores"
@@ -102,15 +110,25 @@ def main() -> int:
             rounds=SIZES["p1_rounds"],
             say=say,
         ),
-        "P3": lambda: measures.p3_burst(
+        "P3": lambda: burst.p3_burst(
             tenants,
             burst=SIZES["p3_burst"],
             concurrency=SIZES["p3_concurrency"],
             neighbour_rate=SIZES["p3_neighbour_rate"],
+            db_neighbour_rate=SIZES["p3_db_neighbour_rate"],
+            idle_s=SIZES["p3_idle_s"],
             say=say,
         ),
         "P6": lambda: measures.p6_soak(
             tenants, seconds=SIZES["p6_seconds"], concurrency=SIZES["p6_concurrency"], say=say
+        ),
+        "P7": lambda: cluster.p7_cluster(
+            orgs=SIZES["p7_orgs"],
+            per_org=SIZES["p7_per_org"],
+            connections=SIZES["p7_connections"],
+            backlog=SIZES["p7_backlog"],
+            rounds=SIZES["p7_rounds"],
+            say=say,
         ),
         "P9": lambda: measures.p9_degraded(
             tenants,
@@ -137,7 +155,7 @@ def main() -> int:
     )
     paths = report.write(results, p1_latencies, suffix=suffix) + adaptive_paths
     print()
-    if all(name in results for name in ("P1", "P2", "P3", "P4", "P5", "P6")):
+    if report.targets(results):
         print(report.table(results))
     if "P8" in results:
         print(

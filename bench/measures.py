@@ -374,7 +374,7 @@ def p5_memory(tenants: Tenants, *, small: int, large: int, redis_entries: int, s
     return figures
 
 
-# -- P3 ------------------------------------------------------------------------------------------
+# -- sampling (P6) -------------------------------------------------------------------------------
 
 
 class Monitor(threading.Thread):
@@ -409,116 +409,6 @@ class Monitor(threading.Thread):
             self.samples.append((round(time.perf_counter() - self.started, 2), rows, active, depth))
             self.halt.wait(0.1)
         conn.close()
-
-
-def _insert_rate_per_second() -> list[tuple[float, int]]:
-    """Rows written per second, by the time each row reached Postgres."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT extract(epoch FROM date_trunc('second', coalesce(materialised_at, created_at))), count(*) "
-            "FROM runs_taskrun GROUP BY 1 ORDER BY 1"
-        )
-        rows = cursor.fetchall()
-    if not rows:
-        return []
-    first = float(rows[0][0])
-    return [(float(second) - first, int(count)) for second, count in rows]
-
-
-def _drained_per_second() -> list[int]:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM runs_taskrun WHERE materialised_at IS NOT NULL "
-            "GROUP BY date_trunc('second', materialised_at)"
-        )
-        return [int(row[0]) for row in cursor.fetchall()]
-
-
-def p3_burst(
-    tenants: Tenants, *, burst: int, concurrency: int, neighbour_rate: float, say, cap: int | None = None
-) -> dict:
-    """A burst with the mollifier off, then on, with a neighbour tenant trickling beside it."""
-    # This machine serves a few hundred triggers/s, under the default trip (100 per 200 ms = 500/s):
-    # the bench trips at 20 per 200 ms (100/s) so the burst is mollified, as a bigger fleet's would be.
-    server_env = {"MOLLIFIER_ENABLED": "1", "MOLLIFIER_ORG_BUFFER_CAP": "10000000", "MOLLIFIER_TRIP_THRESHOLD": "20"}
-    burst_spec = {
-        "path": "/api/v1/tasks/burst/trigger",
-        "key": tenants.burst_key,
-        "body": BODY,
-        "total": burst,
-        "concurrency": concurrency,
-    }
-    neighbour_spec = {
-        "path": "/api/v1/tasks/steady/trigger",
-        "key": tenants.neighbour_key,
-        "body": BODY,
-        "rate_per_s": neighbour_rate,
-    }
-    phases: dict = {}
-    with processes.server(**server_env) as url:
-        reset_stores()
-        idle = processes.run_load({**neighbour_spec, "url": url, "duration_s": 5})
-        phases["neighbour_idle_p99_ms"] = round(percentile([r[1] for r in idle], 99), 2)
-        say(f"P3 neighbour alone: p99 {phases['neighbour_idle_p99_ms']} ms")
-        for mode in ("off", "on"):
-            reset_stores()
-            tenants.enrol(mode == "on")
-            drainer = None
-            if mode == "on":
-                cap = cap or max(100, int(round(phases["off"]["mean_insert_rate"] * 0.5, -1)))
-                drainer = processes.start_drainer(MOLLIFIER_DRAIN_MAX_ROWS_PER_SEC=str(cap))
-            monitor = Monitor(str(tenants.burst.organization_id))
-            monitor.start()
-            expected_neighbour = int(neighbour_rate * max(10, burst / 400))
-            neighbour = processes.start_load(
-                {**neighbour_spec, "url": url, "duration_s": expected_neighbour / neighbour_rate}
-            )
-            started = time.perf_counter()
-            results = processes.run_load({**burst_spec, "url": url})
-            burst_s = time.perf_counter() - started
-            answered = {r[3] for r in results if r[2] == 200}
-            say(f"P3 {mode}: burst of {burst:,} answered in {burst_s:.1f}s; waiting until every run is in Postgres")
-            while TaskRun.objects.filter(environment=tenants.burst).count() < len(answered):
-                if drainer is not None and drainer.poll() is not None:
-                    raise RuntimeError(f"the drainer exited: {drainer.stdout.read()}")
-                time.sleep(0.2)
-            materialised_s = time.perf_counter() - started
-            neighbour_results = processes.load_results(neighbour)
-            monitor.halt.set()
-            monitor.join()
-            if drainer is not None:
-                processes.stop(drainer)
-            ids = set(TaskRun.objects.filter(environment=tenants.burst).values_list("id", flat=True))
-            rates = _insert_rate_per_second()
-            summary = latency_summary(results, burst_s)
-            phases[mode] = {
-                "burst": summary,
-                "buffered": sum(1 for r in results if r[4]),
-                "seconds_until_all_materialised": round(materialised_s, 2),
-                "exactly_once": ids == {run_id.removeprefix("run_") for run_id in answered}
-                and len(ids) == len(answered) == burst,
-                "rows": len(ids),
-                "max_active_pg_connections": max(s[2] for s in monitor.samples),
-                "mean_active_pg_connections": round(statistics.fmean(s[2] for s in monitor.samples), 2),
-                "max_insert_rate": max(count for _, count in rates),
-                "mean_insert_rate": round(statistics.fmean(count for _, count in rates[1:-1] or rates), 1),
-                "insert_rate": rates,
-                "timeline": monitor.samples,
-                "neighbour_p99_ms": round(percentile([r[1] for r in neighbour_results], 99), 2),
-                "neighbour_errors": sum(1 for r in neighbour_results if r[2] != 200),
-                "latencies": [r[1] for r in results],
-            }
-            if mode == "on":
-                drained = _drained_per_second()
-                phases[mode]["drain_cap"] = cap
-                phases[mode]["max_drained_per_second"] = max(drained) if drained else 0
-            say(
-                f"P3 {mode}: {summary['errors']} errors, p99 {summary['p99_ms']} ms, all in Postgres after {materialised_s:.1f}s, "
-                f"max {phases[mode]['max_insert_rate']} inserts/s, max {phases[mode]['max_active_pg_connections']} active PG connections, "
-                f"neighbour p99 {phases[mode]['neighbour_p99_ms']} ms"
-            )
-        tenants.enrol(False)
-    return phases
 
 
 # -- P6 (soak) -----------------------------------------------------------------------------------

@@ -20,8 +20,9 @@ def _env(**overrides: str) -> dict:
 
 
 @contextmanager
-def server(**env: str):
-    """gunicorn sync workers, one per core, DEBUG off, plus the bench's no-op view."""
+def server(*, workers: int | None = None, **env: str):
+    """gunicorn sync workers, one per core unless ``workers`` says (a fleet's handlers), DEBUG off,
+    plus the bench's no-op view."""
     process = subprocess.Popen(
         [
             sys.executable,
@@ -29,7 +30,7 @@ def server(**env: str):
             "gunicorn",
             "trigger_project.wsgi",
             "--workers",
-            str(os.cpu_count() or 2),
+            str(workers or os.cpu_count() or 2),
             "--bind",
             f"127.0.0.1:{PORT}",
             "--graceful-timeout",
