@@ -7,6 +7,7 @@ The id is minted before anything is written; whichever store receives the run ke
 
 import logging
 import math
+import random
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -14,7 +15,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from mollifier import buffer, claims, conf, gate
+from mollifier import buffer, claims, conf, gate, rate
 from mollifier.buffer import AcceptResult, AcceptStatus
 from mollifier.exceptions import BufferUnavailable, ClaimTimeout
 from runs import ids
@@ -272,7 +273,15 @@ def _claimed_holder(*, run: TaskRun, key: str, now: datetime, outcome: claims.Cl
 
 def _buffered_outcome(*, run: TaskRun, accepted: AcceptResult) -> TriggerOutcome:
     if accepted.status == AcceptStatus.OVER_CAP:
-        retry_after_ms = min(30_000, max(1_000, math.ceil(accepted.count / 100 / conf.drain_max_rows_per_sec() * 1000)))
+        # The SDK waits this long, a few times, then gives up: it should cover the time the
+        # organisation's backlog takes to drain at the pace the drain keeps now (spread, so that the
+        # refused callers do not all come back at once), not a flat second.
+        try:
+            pace = rate.state().pace
+        except BufferUnavailable:
+            pace = conf.drain_max_rows_per_sec()
+        wait_ms = accepted.count / max(pace, 1.0) * 1000 * random.uniform(1.0, 1.5)
+        retry_after_ms = min(30_000, max(1_000, math.ceil(wait_ms)))
         held = f"{accepted.bytes:,} bytes" if accepted.limit == "bytes" else f"{accepted.count}"
         raise BufferFull(
             f"Too many runs are waiting to be written for this organisation ({held}); retry shortly.",

@@ -154,6 +154,25 @@ def test_the_org_cap_answers_429_with_reset_headers_and_writes_nothing(api, enro
     assert TaskRun.objects.count() == 5
 
 
+def test_the_429_asks_to_come_back_once_the_backlog_has_drained_at_the_drain_pace(api, enrolled, settings):
+    # 20 runs waiting, drained at 4 rows/s: about 5 s (to 7.5 s, spread), where a flat second would
+    # send the SDK's few retries back long before there is room.
+    settings.MOLLIFIER = {
+        **settings.MOLLIFIER,
+        "ORG_BUFFER_CAP": 20,
+        "DRAIN_MAX_ROWS_PER_SEC": 4,
+        "DRAIN_MIN_ROWS_PER_SEC": 1,
+        "DRAIN_RATE_MODE": "fixed",
+    }
+    responses = burst(api, 26)
+
+    refused = responses[-1]
+    assert refused.status_code == 429
+    wait_ms = int(refused.headers["x-ratelimit-reset"]) - timezone.now().timestamp() * 1000
+    assert 4_500 <= wait_ms <= 7_500
+    assert int(refused.headers["Retry-After"]) in range(5, 9)
+
+
 def test_the_org_byte_cap_answers_429_like_the_count_cap(api, enrolled, settings):
     burst(api, 6)  # 5 pass through, one is buffered
     one = buffer.buffered_bytes(org_of(enrolled))
