@@ -146,6 +146,8 @@ def main() -> int:
             results["P1"], results["P1_latencies"] = measure()
         else:
             results[name] = measure()
+        # Kept as each figure ends: a later figure that fails leaves these (BENCH_ONLY resumes).
+        previous.write_text(json.dumps({k: v for k, v in results.items() if k != "P1_latencies"}, default=str))
     p1_latencies = results.pop("P1_latencies", {})
     results["seconds"] = round(time.monotonic() - started, 1)
     adaptive_paths = (

@@ -289,7 +289,7 @@ def p3_burst(
         if off["transactions_per_1000"]
         else None,
         "wal_per_run": round(on["database_wal_bytes_per_run"] / off["database_wal_bytes_per_run"], 3)
-        if off.get("database_wal_bytes_per_run")
+        if off.get("database_wal_bytes_per_run") and on.get("database_wal_bytes_per_run") is not None
         else round(on["wal_bytes_per_run"] / off["wal_bytes_per_run"], 3)
         if off["wal_bytes_per_run"]
         else None,

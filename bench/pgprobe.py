@@ -211,11 +211,24 @@ class Watch(threading.Thread):
     def open_window(self) -> Reading:
         """Read the counters and start sampling. Call when the database's backends have been idle
         for STATS_SETTLE_S."""
+        self._keep_wal()
         self.before = read(self.admin, database=self.database, postmaster=self.postmaster)
         self.started = time.perf_counter()
         self._sample(first=True)
         self.start()
         return self.before
+
+    def _keep_wal(self) -> None:
+        """Keep the window's WAL until pg_walinspect has read it: a temporary replication slot of
+        the admin session (dropped when it closes). Without it, a shared server that checkpoints
+        during a long window recycles the segments first (seen in a full run)."""
+        try:
+            self.admin.execute(
+                "SELECT pg_create_physical_replication_slot(%s, true, true)",
+                [f"mollifier_bench_probe_{os.getpid()}"],
+            )
+        except psycopg.Error as error:  # no slots allowed here: the WAL figure may then be missing
+            print(f"no replication slot to keep the window's WAL: {error}", file=sys.stderr)
 
     def run(self) -> None:
         while not self.halt.wait(SAMPLE_S):
