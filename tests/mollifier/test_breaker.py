@@ -53,6 +53,14 @@ def rejected() -> float:
     return metrics.REDIS_BREAKER_REJECTED._value.get()
 
 
+def open_it(redis) -> None:
+    """Three calls to the paused Redis, each paying the socket timeout: the breaker opens."""
+    for _ in range(3):
+        with pytest.raises(BufferUnavailable):
+            redis.get("k")
+    assert breaker.worst_state() == State.OPEN
+
+
 def test_request_path_clients_never_retry_and_have_short_timeouts():
     kwargs = get_redis_connection("default").connection_pool.connection_kwargs
     assert kwargs["retry"].get_retries() == 0
@@ -85,10 +93,7 @@ def test_the_breaker_closes_once_redis_answers_again(own_redis, settings):
     settings.MOLLIFIER = {**settings.MOLLIFIER, "REDIS_BREAKER_COOLDOWN_MS": 100}
     redis = redis_client.get()
     with own_redis.paused():
-        for _ in range(3):
-            with pytest.raises(BufferUnavailable):
-                redis.get("k")
-        assert breaker.worst_state() == State.OPEN
+        open_it(redis)
 
     def answered() -> bool:
         try:
@@ -105,10 +110,7 @@ def test_an_idle_process_closes_its_breaker_once_redis_answers(own_redis, settin
     settings.MOLLIFIER = {**settings.MOLLIFIER, "REDIS_BREAKER_COOLDOWN_MS": 100}
     redis = redis_client.get()
     with own_redis.paused():
-        for _ in range(3):
-            with pytest.raises(BufferUnavailable):
-                redis.get("k")
-        assert breaker.worst_state() == State.OPEN
+        open_it(redis)
         time.sleep(1)  # probes fail meanwhile (each PING pays the socket timeout), and reopen it
         assert breaker.worst_state() in (State.OPEN, State.HALF_OPEN)
 
