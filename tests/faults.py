@@ -91,6 +91,23 @@ class RedisProcess:
             self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def serve(self, settings, **mollifier) -> None:
+        """Make this the only Redis of the test's process (Django's cache and the buffer), with short
+        socket timeouts so a pause costs a test fractions of a second; ``mollifier``: more settings."""
+        settings.CACHES = {
+            **settings.CACHES,
+            "default": {
+                **settings.CACHES["default"],
+                "LOCATION": self.url,
+                "OPTIONS": {
+                    **settings.CACHES["default"]["OPTIONS"],
+                    "SOCKET_TIMEOUT": 0.2,
+                    "SOCKET_CONNECT_TIMEOUT": 0.2,
+                },
+            },
+        }
+        settings.MOLLIFIER = {**settings.MOLLIFIER, "REDIS_CLUSTER_URL": "", **mollifier}
+
 
 def _children(pid: int) -> list[int]:
     found = []

@@ -27,20 +27,7 @@ def own_redis(settings):
     socket timeout."""
     store = RedisProcess()
     store.start()
-    settings.CACHES = {
-        **settings.CACHES,
-        "default": {
-            **settings.CACHES["default"],
-            "LOCATION": store.url,
-            "OPTIONS": {**settings.CACHES["default"]["OPTIONS"], "SOCKET_TIMEOUT": 0.2, "SOCKET_CONNECT_TIMEOUT": 0.2},
-        },
-    }
-    settings.MOLLIFIER = {
-        **settings.MOLLIFIER,
-        "REDIS_BREAKER_FAILURES": 3,
-        "REDIS_BREAKER_COOLDOWN_MS": 60_000,
-        "REDIS_CLUSTER_URL": "",
-    }
+    store.serve(settings, REDIS_BREAKER_FAILURES=3, REDIS_BREAKER_COOLDOWN_MS=60_000)
     yield store
     store.cleanup()
 

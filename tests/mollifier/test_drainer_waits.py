@@ -24,23 +24,14 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def own_redis(settings):
     store = RedisProcess()
     store.start()
-    settings.CACHES = {
-        **settings.CACHES,
-        "default": {
-            **settings.CACHES["default"],
-            "LOCATION": store.url,
-            "OPTIONS": {**settings.CACHES["default"]["OPTIONS"], "SOCKET_TIMEOUT": 0.2, "SOCKET_CONNECT_TIMEOUT": 0.2},
-        },
-    }
-    settings.MOLLIFIER = {
-        **settings.MOLLIFIER,
-        "REDIS_CLUSTER_URL": "",
-        "DRAIN_BATCH_SIZE": 50,
-        "DRAIN_MAX_ROWS_PER_SEC": 100_000,
-        "DRAIN_LEASE_MS": 1000,
-        "DRAIN_BACKOFF_BASE_MS": 100,
-        "DRAIN_BACKOFF_MAX_MS": 2000,
-    }
+    store.serve(
+        settings,
+        DRAIN_BATCH_SIZE=50,
+        DRAIN_MAX_ROWS_PER_SEC=100_000,
+        DRAIN_LEASE_MS=1000,
+        DRAIN_BACKOFF_BASE_MS=100,
+        DRAIN_BACKOFF_MAX_MS=2000,
+    )
     breaker.disable()  # as mollifier_drain does: the loop's backoff spaces the calls
     yield store
     store.cleanup()

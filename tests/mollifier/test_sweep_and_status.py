@@ -113,19 +113,7 @@ def test_status_says_so_when_redis_hangs(settings):
     store = RedisProcess()
     store.start()
     try:
-        settings.CACHES = {
-            **settings.CACHES,
-            "hung": {
-                "BACKEND": "django_redis.cache.RedisCache",
-                "LOCATION": store.url,
-                "OPTIONS": {
-                    "SOCKET_CONNECT_TIMEOUT": 0.2,
-                    "SOCKET_TIMEOUT": 0.2,
-                    "REDIS_CLIENT_CLASS": "mollifier.client.BufferRedis",
-                },
-            },
-        }
-        settings.MOLLIFIER = {**settings.MOLLIFIER, "REDIS_ALIAS": "hung", "REDIS_CLUSTER_URL": ""}
+        store.serve(settings)
         with store.paused(), pytest.raises(CommandError, match="did not answer"):
             call_command("mollifier_status", stdout=io.StringIO())
     finally:
