@@ -5,13 +5,13 @@ the server it talks to before touching the socket, and reports back how the call
 
 - **closed**: calls go through. ``MOLLIFIER_REDIS_BREAKER_FAILURES`` consecutive failures open it.
 - **open**: calls fail at once with ``BreakerOpen`` (a ``BufferUnavailable``), no socket touched,
-  for ``MOLLIFIER_REDIS_BREAKER_COOLDOWN_MS``. The gate, the claim and request idempotency already
-  fail open on ``BufferUnavailable``, so triggers go straight to Postgres without paying a timeout;
-  a read that needs the buffer answers 503, which the SDK retries.
+  for ``MOLLIFIER_REDIS_BREAKER_COOLDOWN_MS``. The gate and request idempotency fail open on
+  ``BufferUnavailable``, so triggers go straight to Postgres without paying a timeout; a keyed
+  trigger whose key no row holds, and a read that needs the buffer, answer 503 (the SDK retries).
 - **half-open**: after the cooldown the probe starts — a PING on a thread of its own, started by a
   timer set as the breaker opened, or by the next call if that comes first (which fails fast like
-  the others): no request ever waits on a probe, and an idle process closes its breaker too. A probe that answers
-  closes the breaker; one that fails opens it for another cooldown. (Without a prober, as for a
+  the others): no request ever waits on a probe, and an idle process closes its breaker too. A
+  probe that answers closes the breaker; one that fails opens it for another cooldown. (Without a prober, as for a
   cluster client still being built, that next call is itself the probe.)
 
 A failure is Redis not answering: a timeout, a refused or reset connection, a server still
