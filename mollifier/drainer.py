@@ -123,6 +123,7 @@ class Drainer:
         self.scheduler = priority.Scheduler()
         self.types = priority.EnvironmentTypes()
         self._curves_at = 0  # when this drainer last offered to publish the drain curves (ms)
+        self._wrote = False  # rows written since the sink was last told the drain went idle
 
     # -- one round --------------------------------------------------------------------------
 
@@ -316,6 +317,7 @@ class Drainer:
             self._ack([], missing, result)
             return
         result.written += [entry.accepted_at_ms for entry in entries]
+        self._wrote = True
         self._ack(entries, missing, result)
 
     def _write_one_by_one(self, entries: list[Entry], result: RoundResult) -> None:
@@ -332,6 +334,7 @@ class Drainer:
                 self._entry_failed(entry, error, result)
                 continue
             result.written.append(entry.accepted_at_ms)
+            self._wrote = True
             self._ack([entry], [], result)
 
     def _write_entry(self, entry: Entry) -> SinkReport:
@@ -413,7 +416,9 @@ class Drainer:
         started.missing.extend(buffer.Missing(org_id, env_id, run_id, popped.token) for run_id in popped.missing)
         started.pins.extend(popped.pins)
         started.result.popped, started.result.reclaimed, started.result.envs = len(popped.entries), popped.reclaimed, 1
-        return self._finish_round(started)
+        result = self._finish_round(started)
+        self._went_idle()  # one round on its own: nothing follows it to link what it could not
+        return result
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -487,12 +492,20 @@ class Drainer:
                     on_round(result)
                 if ahead is not None:
                     continue  # a leased round is waiting: finish it, stop or not
+                if result.popped == 0 or self.stop.is_set():
+                    self._went_idle()
                 if self.stop.is_set():
                     return
                 if result.popped == 0 and result.acked == 0 and result.settled == 0:
                     if once and not self._has_waiting():
                         return
                     self.stop.wait(conf.drain_idle_sleep_ms() / 1000)
+
+    def _went_idle(self) -> None:
+        """Once after rounds that wrote: the sink finishes what their transactions could not see."""
+        if self._wrote:
+            self._wrote = False
+            self.sink.idle()
 
     def _give_back_round(self, ahead: Future | None) -> None:
         """Return a round leased ahead, unwritten (its entries keep their attempts)."""

@@ -13,6 +13,11 @@ backend), so the mollifier never imports the app that owns the rows. Contract:
     SinkUnavailable when the database cannot be reached, any other exception when some entry cannot
     be written (the drainer then retries entry by entry).
 
+``idle() -> None``
+    The drain has nothing left to write for now (called once after rounds that wrote, and when a
+    drainer stops): finish what a round's transaction could not see before its commit. Never
+    raises for the database.
+
 ``settle(pins) -> {run_id: Settled}``
     What became of the transactions that pinned these runs: committed (the rows exist), not
     committed (rolled back), or still running. Raises SinkUnavailable when it cannot tell.
@@ -59,6 +64,8 @@ Pin = Callable[[str], set[str]]
 
 class Sink(Protocol):
     def write(self, entries: list[Entry], *, pin: Pin, last_resort: bool = False) -> SinkReport: ...
+
+    def idle(self) -> None: ...
 
     def settle(self, pins: list[buffer.Pin]) -> dict[str, Settled]: ...
 

@@ -5,13 +5,17 @@ The allowed rate is MOLLIFIER_DRAIN_MAX_ROWS_PER_SEC in fixed mode. In adaptive 
 shared rate that drain_adapt.lua moves between the floor and that ceiling (the ceiling while no round
 has reported). Drainers reserve a round's rows before they lease it (so a lease never waits on the
 limiter), and give back what they did not use (a round may find fewer rows than it reserved). A
-round is at most round_ms of the rate, so the limiter's granularity follows the rate, whatever it is.
+round is round_ms of the rate, so the limiter's granularity follows the rate, whatever it is; at low
+rates a round stretches up to longest_ms to hold min_rows (a round's fixed cost, its transaction and
+its scripts, then spreads over more rows), which keeps any second's rows within the rate plus
+longest_ms of it.
 
 KEYS: 1 the bucket's theoretical arrival time (ms), 2 the shared rate (HASH: rate, epoch),
       3 this minute's drain samples (HASH: rate_sum, rate_n; 2 h TTL)
 ARGV: 1 now_ms, 2 rows (positive: at most this many; negative: give back unused rows),
       3 ceiling (rows/s), 4 floor (rows/s), 5 mode ('adaptive' | 'fixed'), 6 round_ms,
-      7 with negative rows: the rate they were granted at ('' for the current one)
+      7 with negative rows: the rate they were granted at ('' for the current one),
+      8 longest_ms, 9 min_rows
 returns: {wait_ms, rows, rate, epoch}
   wait_ms 0 when granted: `rows` (at least 1) may be written now; else the milliseconds to wait
   before asking again (rows 0). rate: the allowed rate (rows/s, text); epoch: the shared rate's
@@ -44,7 +48,8 @@ end
 if tat > now then
   return {math.ceil(tat - now), 0, tostring(rate), epoch}
 end
-local granted = math.max(1, math.min(rows, math.floor(rate * tonumber(ARGV[6]) / 1000)))
+local round_ms = math.max(tonumber(ARGV[6]), math.min(tonumber(ARGV[8]), tonumber(ARGV[9]) * 1000 / rate))
+local granted = math.max(1, math.min(rows, math.floor(rate * round_ms / 1000 + 1e-9)))
 local next_tat = now + granted * 1000 / rate
 redis.call('SET', KEYS[1], tostring(next_tat), 'PX', math.ceil(next_tat - now) + 1000)
 redis.call('HINCRBYFLOAT', KEYS[3], 'rate_sum', rate)

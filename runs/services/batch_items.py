@@ -4,7 +4,9 @@ An item normally points at its run's row (BatchTaskRunItem). A run still in the 
 no row yet: a buffered member of the batch is linked by the drainer in the transaction that writes
 it; an item answered with another buffered run (its idempotency key was held) waits as a
 BatchTaskRunPendingItem and becomes an item once that run is written. Both the batch request and each
-drain look for such links after they commit, so whichever commits last links it.
+drain look for such links: the request after it commits, the drain inside the transaction that
+writes the run, again in its next round, and once more when it has nothing left to write. Whichever
+commits last, the item is linked.
 """
 
 from datetime import datetime
@@ -35,10 +37,20 @@ def batch_refresh(*, batch_ids: set[str], now: datetime) -> None:
 
 
 def batch_link_pending(*, batch_ids: list[str] | None = None) -> int:
-    """Turn pending items whose run has been written into items (all batches, or these); returns
-    how many. One statement, cheap when nothing is pending (the usual case)."""
+    """Turn pending items whose run has been written into items (all batches, or these), and refresh
+    their batches; returns how many. One statement, cheap when nothing is pending (the usual case)."""
+    with transaction.atomic():
+        linked = batch_move_pending(batch_ids=batch_ids)
+        if linked:
+            batch_refresh(batch_ids=set(linked), now=timezone.now())
+    return len(linked)
+
+
+def batch_move_pending(*, batch_ids: list[str] | None = None) -> list[str]:
+    """The statement of ``batch_link_pending``, without the refresh: the batch id of each item
+    linked (the drain refreshes them with its own members' batches, in one ordered lock)."""
     scope = "AND p.batch_id = ANY(%s)" if batch_ids is not None else ""
-    with transaction.atomic(), connection.cursor() as cursor:
+    with connection.cursor() as cursor:
         cursor.execute(
             "WITH moved AS ("
             "  DELETE FROM runs_batchtaskrunpendingitem p USING runs_taskrun r"
@@ -49,7 +61,4 @@ def batch_link_pending(*, batch_ids: list[str] | None = None) -> int:
             'ON CONFLICT (batch_id, "index") DO NOTHING RETURNING batch_id',
             [batch_ids] if batch_ids is not None else [],
         )
-        linked = [row[0] for row in cursor.fetchall()]
-        if linked:
-            batch_refresh(batch_ids=set(linked), now=timezone.now())
-    return len(linked)
+        return [row[0] for row in cursor.fetchall()]

@@ -38,7 +38,7 @@ from mollifier.sink import Pin as PinCallback
 from mollifier.sink import Settled, SinkReport
 from runs.models import BatchTaskRun, RunStatus, RuntimeEnvironment, TaskRun
 from runs.services import idempotency
-from runs.services.batch_items import batch_link_pending, batch_refresh
+from runs.services.batch_items import batch_link_pending, batch_move_pending, batch_refresh
 from runs.services.pins import settle_pins
 from runs.snapshots import entry_values, minimal_failure_values, to_ms
 
@@ -74,9 +74,15 @@ class TaskRunSink:
             if not _database_unavailable(error):
                 raise
             raise SinkUnavailable(str(error)) from error
-        if not connection.in_atomic_block:  # after the commit (a test may run rounds inside its own)
-            _link_pending_items()
         return report + SinkReport(fenced=len(entries) - len(held))
+
+    def idle(self) -> None:
+        """The drain has nothing left to write for now: link the batch items that waited on a run
+        written by its last round (see ``_link_pending_items``)."""
+        try:
+            batch_link_pending()
+        except DatabaseError:
+            logger.warning("mollifier.drain.pending_items_not_linked", exc_info=True)
 
     def settle(self, pins: list[Pin]) -> dict[str, Settled]:
         """What became of the transactions that pinned these runs, by run id."""
@@ -92,13 +98,22 @@ def _database_unavailable(error: psycopg.Error) -> bool:
     return isinstance(error, psycopg.InterfaceError) or (error.sqlstate or "08")[:2] in ("08", "53", "55", "57")
 
 
-def _link_pending_items() -> None:
-    """Batch items that waited for a run this round may have written. Never fails the round: its
-    rows are committed; a later round, or reading the batch, links what this one could not."""
+def _move_pending_items() -> list[str]:
+    """Inside the round's transaction: batch items that waited for a run this round writes (or an
+    earlier one wrote) become items, at no transaction of their own (a drain at a low cap writes
+    rounds of a few rows: a second transaction per round doubled what Postgres spent on them).
+    Returns their batches' ids, for the round to refresh with its members' batches.
+
+    Never fails the round (a savepoint of its own). An item committed by a batch request after this
+    statement, on a run this round writes, is not seen here, and its request's own link ran before
+    the row was visible: the next round links it, or ``idle`` when the drain has nothing left, or
+    reading the batch."""
     try:
-        batch_link_pending()
+        with transaction.atomic():
+            return batch_move_pending()
     except DatabaseError:
         logger.warning("mollifier.drain.pending_items_not_linked", exc_info=True)
+        return []
 
 
 def _begin_fenced() -> str:
@@ -143,7 +158,7 @@ def _materialise(entries: list[Entry], *, minimal: bool = False) -> SinkReport:
     contested = [values for _, values in pending if values["id"] not in existing]
     key_failures = _resolve_key_conflicts(contested, now=now) if contested else 0
 
-    _link_batch_items(runs, now=now)
+    _link_batch_items(runs, now=now, also_refresh=_move_pending_items())
     terminal = sum(values["status"] == RunStatus.SYSTEM_FAILURE for _, values in runs if values["id"] in inserted)
     return SinkReport(
         inserted=len(inserted) - terminal, already=len(existing), failed=terminal + key_failures, dropped=len(gone)
@@ -279,9 +294,13 @@ def _failure_row(values: dict, *, winner: str | None, now) -> dict:
     }
 
 
-def _link_batch_items(runs: list[tuple[Entry, dict]], *, now) -> None:
+def _link_batch_items(runs: list[tuple[Entry, dict]], *, now, also_refresh: list[str]) -> None:
+    """Batch members get their items; their batches and ``also_refresh`` are refreshed together
+    (one ordered lock on the batches: two drainers never wait on each other's in a cycle)."""
     members = [(entry, values) for entry, values in runs if entry.batch_id and entry.batch_index is not None]
     if not members:
+        if also_refresh:
+            batch_refresh(batch_ids=set(also_refresh), now=now)
         return
     with connection.cursor() as cursor:
         cursor.execute(
@@ -290,4 +309,4 @@ def _link_batch_items(runs: list[tuple[Entry, dict]], *, now) -> None:
             'ON CONFLICT (batch_id, "index") DO NOTHING',
             [now, [e.batch_id for e, _ in members], [v["id"] for _, v in members], [e.batch_index for e, _ in members]],
         )
-    batch_refresh(batch_ids={entry.batch_id for entry, _ in members if entry.batch_id}, now=now)
+    batch_refresh(batch_ids={entry.batch_id for entry, _ in members if entry.batch_id} | set(also_refresh), now=now)

@@ -112,7 +112,8 @@ def test_the_rate_never_goes_below_the_floor_nor_above_the_ceiling(adaptive):
     for _ in range(20):
         rate.report(round_at(clock), write_ms=None, failed=True, rows=0, now_ms=clock.now)
     assert rate.state().rate == FLOOR
-    assert round_at(clock).rows == max(1, int(FLOOR * rate.ROUND_MS / 1000))
+    # At the floor a round stretches to LONGEST_ROUND_MS of it (fewer than ROUND_MIN_ROWS either way).
+    assert round_at(clock).rows == FLOOR * rate.LONGEST_ROUND_MS // 1000
 
     clock.now += 3_600_000 - 1  # an hour of healthy rounds in one report: still the ceiling
     assert rate.report(round_at(clock), write_ms=1, failed=False, rows=50, now_ms=clock.now).rate == CEILING
@@ -137,6 +138,11 @@ def test_rounds_are_sized_from_the_allowed_rate(adaptive):
     rate.report(round_at(clock), write_ms=None, failed=True, rows=0, now_ms=clock.now)
 
     assert round_at(clock).rows == CEILING // 2 * rate.ROUND_MS // 1000  # a cut shortens the rounds
+    for _ in range(3):
+        rate.report(round_at(clock), write_ms=None, failed=True, rows=0, now_ms=clock.now)
+    # 62.5 rows/s: 50 ms of it would be 3 rows; the round stretches to 100 ms (the most a round may).
+    assert rate.state().rate == CEILING / 16
+    assert round_at(clock).rows == int(CEILING / 16 * rate.LONGEST_ROUND_MS / 1000)
     assert rate.reserve(3, clock=Clock(clock.now + 1000)).rows == 3  # never more than asked
 
 

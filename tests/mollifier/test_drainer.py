@@ -210,7 +210,9 @@ def test_the_rate_limiter_grants_only_what_the_rate_allows():
     bucket = [keys.drain_rate(), keys.drain_limit(), keys.drain_minute(now // 60_000)]
 
     def ask(at_ms, rows):  # fixed at 1000 rows/s, rounds of up to a second
-        return int(scripts.DRAIN_RATE(keys=bucket, args=[at_ms, rows, 1000, 1, "fixed", 1000, ""], client=redis)[0])
+        return int(
+            scripts.DRAIN_RATE(keys=bucket, args=[at_ms, rows, 1000, 1, "fixed", 1000, "", 1000, 1], client=redis)[0]
+        )
 
     assert ask(now, 100) == 0  # 100 rows at 1000/s: paid off at now + 100 ms
     assert ask(now + 10, 100) == 90

@@ -5,7 +5,7 @@ import pytest
 
 from mollifier import buffer
 from mollifier.drainer import Drainer
-from runs.models import BatchTaskRunItem, RunStatus, TaskRun
+from runs.models import BatchTaskRun, BatchTaskRunItem, BatchTaskRunPendingItem, RunStatus, TaskRun
 from tests.buffering import fill_buffer
 from tests.factories import TaskRunFactory
 from tests.helpers import trigger
@@ -108,3 +108,35 @@ def test_a_pending_item_is_linked_whichever_commits_last(api, enrolled):
     detail = api.get(f"/api/v2/batches/{batch}").json()
 
     assert detail["status"] == "COMPLETED" and detail["runs"] == [holder]
+
+
+def test_the_round_that_writes_a_run_links_the_items_waiting_for_it(api, enrolled):
+    """In its own transaction: the batch is complete once the drain is, before anyone reads it."""
+    trip_the_gate(api)
+    holder = trigger(api, payload="first", idempotencyKey="shared").json()["id"]
+    batch = create_batch(api, 1)
+    send_items(api, batch, item(0, idempotencyKey="shared"))
+    assert BatchTaskRunPendingItem.objects.filter(batch_id=batch.removeprefix("batch_")).exists()
+
+    Drainer().run(once=True)
+
+    assert BatchTaskRunItem.objects.get(batch_id=batch.removeprefix("batch_"), index=0).task_run_id == holder[4:]
+    assert not BatchTaskRunPendingItem.objects.exists()
+    assert BatchTaskRun.objects.get(id=batch.removeprefix("batch_")).status == BatchTaskRun.Status.COMPLETED
+
+
+def test_an_item_that_missed_the_round_writing_its_run_is_linked_when_the_drain_goes_idle(api, enrolled):
+    """A batch request whose pending item commits after the round's link statement and before the
+    round's commit: neither saw the other. The drain links it once it has nothing left to write."""
+    (holder,) = fill_buffer(enrolled, 1, idempotencyKey="shared")
+    batch = create_batch(api, 1)
+    batch_id = batch.removeprefix("batch_")
+
+    def after_round(result):
+        if result.report.inserted:  # the run's row is committed; the item arrives just too late
+            BatchTaskRunPendingItem.objects.create(batch_id=batch_id, index=0, run_internal_id=holder[4:])
+
+    Drainer().run(once=True, on_round=after_round)
+
+    assert BatchTaskRunItem.objects.get(batch_id=batch_id, index=0).task_run_id == holder[4:]
+    assert not BatchTaskRunPendingItem.objects.exists()

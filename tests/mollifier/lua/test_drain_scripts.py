@@ -80,15 +80,15 @@ def test_the_bucket_runs_at_the_shared_rate_and_samples_it_per_minute(store):
 
     def ask(at_ms, rows, mode="adaptive"):
         wait, granted, rate, epoch = scripts.DRAIN_RATE(
-            keys=bucket, args=[at_ms, rows, 1000, 50, mode, 50, ""], client=store
+            keys=bucket, args=[at_ms, rows, 1000, 50, mode, 50, "", 100, 25], client=store
         )
         return int(wait), int(granted), float(rate), int(epoch)
 
-    assert ask(NOW, 1000) == (0, 10, 200.0, 4)  # 50 ms of 200 rows/s
-    assert ask(NOW + 10, 1000)[0] == 40
-    assert ask(NOW + 50, 1000, mode="fixed") == (0, 50, 1000.0, 0)  # fixed: the ceiling
+    assert ask(NOW, 1000) == (0, 20, 200.0, 4)  # 100 ms of 200 rows/s: 50 ms would hold fewer than 25
+    assert ask(NOW + 10, 1000)[0] == 90
+    assert ask(NOW + 100, 1000, mode="fixed") == (0, 50, 1000.0, 0)  # fixed: the ceiling, 50 ms of it
     store.hset(keys.drain_limit(), "rate", "5")
-    assert ask(NOW + 100, 1000)[1:3] == (2, 50.0)  # never below the floor (nor above the ceiling)
+    assert ask(NOW + 150, 1000)[1:3] == (5, 50.0)  # never below the floor (nor above the ceiling)
     minute = store.hgetall(keys.drain_minute(NOW // 60_000))
     assert int(minute[b"rate_n"]) == 3 and float(minute[b"rate_sum"]) == 200 + 1000 + 50
 

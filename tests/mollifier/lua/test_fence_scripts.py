@@ -150,7 +150,9 @@ def test_the_rate_limiter_takes_back_unused_rows_without_banking_time(store):
     bucket = [keys.drain_rate(), keys.drain_limit(), keys.drain_minute(NOW // 60_000)]
 
     def ask(at_ms, rows):  # fixed at 1000 rows/s, rounds of up to a second
-        return int(scripts.DRAIN_RATE(keys=bucket, args=[at_ms, rows, 1000, 1, "fixed", 1000, ""], client=store)[0])
+        return int(
+            scripts.DRAIN_RATE(keys=bucket, args=[at_ms, rows, 1000, 1, "fixed", 1000, "", 1000, 1], client=store)[0]
+        )
 
     assert ask(NOW, 100) == 0  # paid off at NOW + 100
     assert ask(NOW, -60) == 0  # 60 unused: paid off at NOW + 40
