@@ -26,8 +26,9 @@ from mollifier.codec import as_text
 ROUND_MS = 50  # a round reserves this long a stretch of the rate,
 # and at low rates up to LONGEST_ROUND_MS of it, to write ROUND_MIN_ROWS: a round's fixed cost to
 # Postgres (its transaction) and Redis (its scripts) is then spread over more rows (at a cap of
-# 170 rows/s, rounds of 8 rows cost Postgres 2.5 times what the rows did). 100 ms of the rate keeps
-# any second's rows within the cap plus 10 %.
+# 170 rows/s, rounds of 8 rows cost Postgres 2.5 times what the rows did). The bucket grants at most
+# the rate plus one round in any second, so 100 ms of the rate keeps the grants within the cap plus
+# 10 % (rows are stamped when written: a round granted just before a second's end may count in the next).
 LONGEST_ROUND_MS = 100
 ROUND_MIN_ROWS = 25
 STATE_TTL_MS = 3_600_000  # an hour without a report: the rate goes back to the ceiling

@@ -7,7 +7,7 @@ has reported). Drainers reserve a round's rows before they lease it (so a lease 
 limiter), and give back what they did not use (a round may find fewer rows than it reserved). A
 round is round_ms of the rate, so the limiter's granularity follows the rate, whatever it is; at low
 rates a round stretches up to longest_ms to hold min_rows (a round's fixed cost, its transaction and
-its scripts, then spreads over more rows), which keeps any second's rows within the rate plus
+its scripts, then spreads over more rows); the grants of any second stay within the rate plus
 longest_ms of it.
 
 KEYS: 1 the bucket's theoretical arrival time (ms), 2 the shared rate (HASH: rate, epoch),
