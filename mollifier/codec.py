@@ -1,15 +1,19 @@
 """A buffered run in Python (``Entry``) and as the fields of its Redis hash.
 
 The ``snapshot`` is what the caller needs to write the row later; the mollifier never looks inside
-it. It is written once, as JSON (zlib-compressed from SNAPSHOT_COMPRESS_AT bytes), in a string key
-of its own, and never rewritten by Lua, so it round-trips exactly (empty lists stay lists, integers
-of any size stay exact). The fields a run may change while it waits (tags, metadata, delay, cancel,
-the idempotency key) live in the entry's hash, which stays small (Redis keeps small hashes compact).
+it, but for one convention: a string ``payload`` is stored after the JSON of the rest, not inside it
+(see ``snapshot_text``). It is written once (LZ4-compressed from SNAPSHOT_COMPRESS_AT bytes), in a
+string key of its own, and never rewritten by Lua, so it round-trips exactly (empty lists stay lists,
+integers of any size stay exact). The fields a run may change while it waits (tags, metadata, delay,
+cancel, the idempotency key) live in the entry's hash, which stays small (Redis keeps small hashes
+compact).
 """
 
 import json
 import zlib
 from dataclasses import dataclass, field
+
+import lz4.block
 
 
 @dataclass(kw_only=True, slots=True)  # not frozen: frozen dataclasses are slow to build, and the drainer builds many
@@ -42,11 +46,34 @@ class Entry:
     lease: str = ""  # the drainer's lease token (set by pop), or a resolver's exact `token:txid`
 
 
-SNAPSHOT_COMPRESS_AT = 256  # bytes of JSON; smaller snapshots gain nothing from compression
+SNAPSHOT_COMPRESS_AT = 256  # bytes of text; smaller snapshots gain nothing from compression
+LZ4 = b"\x01"  # first byte of an LZ4-compressed snapshot (JSON starts with "{"; zlib, of earlier versions, with 0x78)
 
 
 def _json(value) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def snapshot_text(snapshot: dict) -> str:
+    """The snapshot as stored: its JSON, with a string ``payload`` after a newline instead of inside
+    it. The SDK's payload is itself JSON text: escaped inside JSON it made reading a snapshot back
+    cost twice as much. Compact JSON never holds a raw newline, so the first one ends it."""
+    payload = snapshot.get("payload")
+    if not isinstance(payload, str):
+        return _json(snapshot)
+    return _json({name: value for name, value in snapshot.items() if name != "payload"}) + "\n" + payload
+
+
+def read_snapshot_text(text: str) -> dict | None:
+    """The snapshot of ``snapshot_text`` (or of a plain JSON snapshot, as earlier versions stored
+    them); None when unreadable."""
+    head, newline, payload = text.partition("\n")
+    snapshot = _loads(head)
+    if not isinstance(snapshot, dict):
+        return None
+    if newline:
+        snapshot["payload"] = payload
+    return snapshot
 
 
 def to_fields(entry: Entry) -> list[str]:
@@ -78,22 +105,25 @@ def to_fields(entry: Entry) -> list[str]:
 
 
 def pack_snapshot(entry: Entry) -> bytes:
-    raw = (entry.raw_snapshot or _json(entry.snapshot)).encode()
-    return zlib.compress(raw, 1) if len(raw) >= SNAPSHOT_COMPRESS_AT else raw
+    raw = (entry.raw_snapshot or snapshot_text(entry.snapshot or {})).encode()
+    # LZ4, not zlib: a third bigger, but 6× faster to compress (the trigger) and 7× to decompress (the drain).
+    return LZ4 + lz4.block.compress(raw, store_size=True) if len(raw) >= SNAPSHOT_COMPRESS_AT else raw
 
 
 def unpack_snapshot(stored) -> str:
-    """The snapshot's JSON text ('' when absent or unreadable). JSON starts with '{'; anything else
-    is zlib."""
+    """The snapshot's stored text ('' when absent); unreadable bytes come back as text, for the
+    reader to refuse and for operators to see."""
     if not stored:
         return ""
     if isinstance(stored, str):
         return stored
-    if stored[:1] != b"{":
-        try:
+    try:
+        if stored[:1] == LZ4:
+            stored = lz4.block.decompress(stored[1:])
+        elif stored[:1] != b"{":  # zlib: an entry buffered by an earlier version
             stored = zlib.decompress(stored)
-        except zlib.error:
-            return stored.decode("utf-8", "replace")
+    except (lz4.block.LZ4BlockError, zlib.error, ValueError, MemoryError):
+        pass
     return stored.decode("utf-8", "replace")
 
 
@@ -140,14 +170,14 @@ def from_fields(raw: dict, stored_snapshot=None) -> Entry | None:
     if not run or not env or not org:
         return None
     raw_snapshot = unpack_snapshot(stored_snapshot)
-    snapshot = _loads(raw_snapshot)
+    snapshot = read_snapshot_text(raw_snapshot) if raw_snapshot else None
     return Entry(
         run_id=run,
         org_id=org,
         env_id=env,
         task=_text(get("task")) or "",
         accepted_at_ms=_int(get("accepted_at_ms")) or 0,
-        snapshot=snapshot if isinstance(snapshot, dict) else None,
+        snapshot=snapshot,
         tags=_tags(get("tags")),
         metadata=_text(get("metadata")),
         metadata_type=_text(get("metadata_type")),

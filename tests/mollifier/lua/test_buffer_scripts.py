@@ -2,10 +2,11 @@
 with its return codes and the keys and TTLs it leaves."""
 
 import json
+import zlib
 
 import pytest
 
-from mollifier import buffer, keys
+from mollifier import buffer, codec, keys
 from mollifier.codec import Entry
 
 NOW = 1_800_000_000_000
@@ -59,9 +60,38 @@ def test_a_large_snapshot_is_compressed_and_round_trips(store):
     accept(make_entry(snapshot=big))
 
     stored = store.get(keys.snapshot(ORG, "run_a"))
-    assert len(stored) < 1000 and not stored.startswith(b"{")  # zlib, not JSON
+    assert len(stored) < 1000 and stored.startswith(codec.LZ4)  # compressed, not JSON
     assert buffer.get(org_id=ORG, run_id="run_a").snapshot == big
     assert store.object("encoding", keys.entry(ORG, "run_a")) in (b"listpack", b"ziplist")  # the compact hash
+
+
+@pytest.mark.parametrize(
+    "payload",
+    ['{"json":{"a":"x\\ny","b":[1,2]}}', "line one\nline two\n\n", "", '{"json":"\u2028 ✓ \\"q\\""}', None, {"n": 1}],
+)
+def test_the_payload_round_trips_outside_the_json_whatever_it_holds(store, payload):
+    """A string payload is stored after the rest's JSON (newlines and quotes in it included); a payload
+    of another kind stays inside the JSON."""
+    snapshot = {"payload": payload, "payload_type": "application/super+json", "tags": ["t"], "n": 2**70}
+    accept(make_entry(snapshot=snapshot))
+
+    assert buffer.get(org_id=ORG, run_id="run_a").snapshot == snapshot
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        json.dumps({"payload": '{"json":1}', "n": 2**70}).encode(),  # plain JSON
+        zlib.compress(json.dumps({"payload": '{"json":1}' * 100, "n": 2**70}).encode(), 1),  # zlib
+    ],
+)
+def test_snapshots_stored_by_earlier_versions_still_read(store, stored):
+    """Entries buffered before an upgrade are drained after it."""
+    accept(make_entry(snapshot={"payload": "replaced"}))
+    store.set(keys.snapshot(ORG, "run_a"), stored)
+
+    expected = json.loads(zlib.decompress(stored) if stored[:1] != b"{" else stored)
+    assert buffer.get(org_id=ORG, run_id="run_a").snapshot == expected
 
 
 def test_accept_deduplicates_by_run_id(store):
