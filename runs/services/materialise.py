@@ -78,10 +78,11 @@ class TaskRunSink:
 
     def idle(self) -> None:
         """The drain has nothing left to write for now: link the batch items that waited on a run
-        written by its last round (see ``_link_pending_items``)."""
+        written by its last round (see ``_move_pending_items``). Never raises for the database:
+        the drain goes on, and the next round or a read of the batch links them."""
         try:
             batch_link_pending()
-        except DatabaseError:
+        except (DatabaseError, InterfaceError):
             logger.warning("mollifier.drain.pending_items_not_linked", exc_info=True)
 
     def settle(self, pins: list[Pin]) -> dict[str, Settled]:
