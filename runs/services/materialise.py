@@ -299,15 +299,18 @@ def _link_batch_items(runs: list[tuple[Entry, dict]], *, now, also_refresh: list
     """Batch members get their items; their batches and ``also_refresh`` are refreshed together
     (one ordered lock on the batches: two drainers never wait on each other's in a cycle)."""
     members = [(entry, values) for entry, values in runs if entry.batch_id and entry.batch_index is not None]
-    if not members:
-        if also_refresh:
-            batch_refresh(batch_ids=set(also_refresh), now=now)
-        return
-    with connection.cursor() as cursor:
-        cursor.execute(
-            'INSERT INTO runs_batchtaskrunitem (batch_id, task_run_id, "index", created_at) '
-            "SELECT b, r, i, %s FROM unnest(%s::text[], %s::text[], %s::int[]) AS t(b, r, i) "
-            'ON CONFLICT (batch_id, "index") DO NOTHING',
-            [now, [e.batch_id for e, _ in members], [v["id"] for _, v in members], [e.batch_index for e, _ in members]],
-        )
-    batch_refresh(batch_ids={entry.batch_id for entry, _ in members if entry.batch_id} | set(also_refresh), now=now)
+    if members:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                'INSERT INTO runs_batchtaskrunitem (batch_id, task_run_id, "index", created_at) '
+                "SELECT b, r, i, %s FROM unnest(%s::text[], %s::text[], %s::int[]) AS t(b, r, i) "
+                'ON CONFLICT (batch_id, "index") DO NOTHING',
+                [
+                    now,
+                    [e.batch_id for e, _ in members],
+                    [v["id"] for _, v in members],
+                    [e.batch_index for e, _ in members],
+                ],
+            )
+    if batch_ids := {entry.batch_id for entry, _ in members if entry.batch_id} | set(also_refresh):
+        batch_refresh(batch_ids=batch_ids, now=now)
