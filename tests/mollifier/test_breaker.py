@@ -11,6 +11,7 @@ from mollifier import client as redis_client
 from mollifier.breaker import BreakerOpen, State
 from mollifier.drainer import Drainer
 from mollifier.exceptions import BufferUnavailable
+from runs import ids
 from runs.models import TaskRun
 from tests.conftest import client_for, enroll
 from tests.factories import EnvironmentFactory
@@ -273,3 +274,51 @@ def test_with_redis_hung_a_key_held_by_a_buffered_run_makes_no_second_run(own_re
     Drainer().run(once=True)
     rows = TaskRun.objects.filter(environment=environment)
     assert sorted(rows.values_list("idempotency_key", flat=True)) == ["k", "w"]
+
+
+def test_with_redis_hung_changes_to_a_buffered_run_answer_503_and_are_not_lost(own_redis, mollifier_on, settings):
+    """Cancel, tags, metadata, reschedule and the key reset of a run that only Redis holds cannot be
+    applied while Redis hangs: each answers a retryable 503 (never a false 404, never a 200 that is
+    then lost), and the same calls work once Redis answers. A run in Postgres needs no Redis."""
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "REDIS_BREAKER_COOLDOWN_MS": 100}
+    environment = enroll(EnvironmentFactory())
+    api = client_for(environment)
+    tripped = keys.tripped(str(environment.organization_id), str(environment.pk))
+    redis_client.get().set(tripped, "1", px=60_000)
+    buffered = trigger(api, payload="held", idempotencyKey="k", delay="1h")  # reschedule needs a delay
+    assert buffered.headers.get("x-mollifier") == "buffered"
+    run_id = buffered.json()["id"]
+    redis_client.get().delete(tripped)
+    written = trigger(api, payload="written").json()["id"]
+    later = "2030-01-01T00:00:00.000Z"
+    changes = [
+        ("post", f"/api/v1/runs/{run_id}/tags", {"tags": ["t"]}),
+        ("put", f"/api/v1/runs/{run_id}/metadata", {"metadata": {"k": 1}}),
+        ("post", f"/api/v1/runs/{run_id}/reschedule", {"delay": later}),
+        ("post", f"/api/v2/runs/{run_id}/cancel", None),
+    ]
+
+    with own_redis.paused():
+        for method, path, body in changes:
+            response = getattr(api, method)(path, body, format="json")
+            assert response.status_code == 503, (path, response.status_code)
+            assert "error" in response.json()
+        reset = api.post("/api/v1/idempotencyKeys/k/reset", {"taskIdentifier": "hello-world"}, format="json")
+        assert reset.status_code == 503
+        assert api.post(f"/api/v1/runs/{written}/tags", {"tags": ["row"]}, format="json").status_code == 200
+
+    def answered() -> bool:
+        try:
+            return redis_client.get().ping()
+        except BreakerOpen:
+            return False
+
+    wait_until(answered, timeout=10, interval=0.02)
+    run = api.get(f"/api/v3/runs/{run_id}").json()
+    assert run["status"] == "DELAYED" and run["tags"] == []  # nothing half-applied meanwhile
+    for method, path, body in changes:
+        assert getattr(api, method)(path, body, format="json").status_code == 200, path
+    Drainer().run(once=True)
+    row = TaskRun.objects.get(id=ids.from_friendly(ids.RUN, run_id))
+    assert (row.status, row.tags, row.delay_until.year) == ("CANCELED", ["t"], 2030)
+    assert api.get(f"/api/v1/runs/{run_id}/metadata").json() == {"metadata": {"k": 1}}
