@@ -61,6 +61,7 @@ def nginx_in_front(upstream_url: str) -> Iterator[str]:
             GUNICORN_ADDRESS=f"{upstream.hostname}:{upstream.port}",
             TRIGGER_MAX_BODY_BYTES=str(settings.TRIGGER["MAX_BODY_BYTES"]),
             TRIGGER_MAX_BATCH_BODY_BYTES=str(settings.TRIGGER["MAX_BATCH_BODY_BYTES"]),
+            PACKETS_MAX_BYTES=str(settings.PACKETS["MAX_BYTES"]),
         )
     )
     # As root nginx would hand its workers to `nobody`, who cannot enter this private prefix.

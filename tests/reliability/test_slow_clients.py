@@ -263,3 +263,43 @@ def test_gunicorn_down_is_a_503_in_the_api_error_shape():
         status, headers, body = raw(base_url, "GET", "/api/v3/runs/run_x")
     assert status == 503 and headers["Retry-After"] == "1"
     assert json.loads(body) == {"error": "The API is unavailable; retry"}
+
+
+def test_a_large_packet_goes_through_nginx_up_to_the_packet_limit(proxied, settings):
+    """The SDK uploads payloads of 128 KiB or more to the presigned URL: through the shipped nginx,
+    a packet larger than the API's JSON body limit is accepted up to PACKETS_MAX_BYTES, triggered,
+    and read back whole; past the packet limit nginx answers the API's 413."""
+    key = EnvironmentFactory().secret_key
+    auth = {"Authorization": f"Bearer {key}"}
+    data = json.dumps({"json": {"text": "x" * (settings.TRIGGER["MAX_BODY_BYTES"] + 1024)}}).encode()
+    assert settings.TRIGGER["MAX_BODY_BYTES"] < len(data) < settings.PACKETS["MAX_BYTES"]
+
+    status, _, body = raw(proxied, "PUT", "/api/v2/packets/trigger/packet_nginx/payload.json", headers=auth)
+    assert status == 200, body
+    handshake = json.loads(body)
+    presigned = urlsplit(handshake["presignedUrl"])
+    assert presigned.netloc == urlsplit(proxied).netloc  # the SDK's next call goes through nginx too
+    upload_path = f"{presigned.path}?{presigned.query}"
+    content = {"Content-Type": "application/super+json"}
+    status, _, body = raw(proxied, "PUT", upload_path, body=data, headers=content)
+    assert status == 200, body
+
+    trigger = {"payload": handshake["storagePath"], "options": {"payloadType": "application/store"}}
+    status, _, body = raw(
+        proxied,
+        "POST",
+        "/api/v1/tasks/hello-world/trigger",
+        body=json.dumps(trigger).encode(),
+        headers={**auth, "Content-Type": "application/json"},
+    )
+    assert status == 200, body
+    status, _, body = raw(proxied, "GET", f"/api/v3/runs/{json.loads(body)['id']}", headers=auth)
+    download = urlsplit(json.loads(body)["payloadPresignedUrl"])
+    status, _, body = raw(proxied, "GET", f"{download.path}?{download.query}")
+    assert status == 200 and body == data
+
+    status, _, body = raw(proxied, "PUT", "/api/v2/packets/trigger/packet_huge/payload.json", headers=auth)
+    huge = urlsplit(json.loads(body)["presignedUrl"])
+    too_big = b"x" * (settings.PACKETS["MAX_BYTES"] + 1)
+    status, headers, body = raw(proxied, "PUT", f"{huge.path}?{huge.query}", body=too_big, headers=content)
+    assert status == 413 and json.loads(body) == {"error": "Request body too large"}
