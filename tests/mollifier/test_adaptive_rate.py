@@ -53,6 +53,23 @@ def round_at(clock: Clock) -> rate.Grant:
     return rate.reserve(1_000_000, clock=clock)
 
 
+def test_the_drain_adapts_by_default(monkeypatch):
+    """Without MOLLIFIER_DRAIN_RATE_MODE the settings choose the adaptive drain; the fixed rate is
+    the opt-out."""
+    import importlib
+
+    from trigger_project import settings as project_settings
+
+    monkeypatch.delenv("MOLLIFIER_DRAIN_RATE_MODE", raising=False)
+    monkeypatch.setenv("DEBUG", "1")
+    fresh = importlib.reload(project_settings)
+    try:
+        assert fresh.MOLLIFIER["DRAIN_RATE_MODE"] == conf.RateMode.ADAPTIVE
+    finally:
+        monkeypatch.undo()
+        importlib.reload(project_settings)
+
+
 def test_a_slow_round_cuts_the_rate_and_healthy_rounds_raise_it_again(adaptive):
     clock = Clock()
     first = round_at(clock)

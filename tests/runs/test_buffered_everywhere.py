@@ -256,3 +256,28 @@ def test_buffered_runs_are_filtered_like_rows(api, enrolled):
     assert [r["id"] for r in api.get("/api/v1/runs?filter%5Btag%5D=vip").json()["data"]] == [tagged]
     assert [r["id"] for r in api.get("/api/v1/runs?filter%5Bstatus%5D=DELAYED").json()["data"]] == [delayed]
     assert len(api.get("/api/v1/runs?filter%5Bstatus%5D=QUEUED").json()["data"]) == 6
+
+
+def test_metadata_operations_reach_the_parent_and_the_root_wherever_they_live(api, enrolled):
+    """The SDK's ``metadata.parent`` and ``metadata.root``: a child's update carries operations for
+    its parent and its root run, applied to each in whichever store it is."""
+    root = trigger(api, payload="root").json()["id"]  # written directly (the gate is not tripped yet)
+    parent = buffered_run(api, parentRunId=root)
+    child = trigger(api, payload="child", parentRunId=parent)
+    assert child.headers["x-mollifier"] == "buffered"
+
+    answer = api.put(
+        f"/api/v1/runs/{child.json()['id']}/metadata",
+        {
+            "metadata": {"own": 1},
+            "parentOperations": [{"type": "increment", "key": "children", "value": 1}],
+            "rootOperations": [{"type": "set", "key": "seen", "value": "child"}],
+        },
+        format="json",
+    )
+
+    assert answer.status_code == 200 and answer.json() == {"metadata": {"own": 1}}
+    assert api.get(f"/api/v1/runs/{parent}/metadata").json() == {"metadata": {"children": 1}}
+    assert api.get(f"/api/v1/runs/{root}/metadata").json() == {"metadata": {"seen": "child"}}
+    drain()
+    assert TaskRun.objects.get(id=parent.removeprefix("run_")).metadata == '{"children":1}'
