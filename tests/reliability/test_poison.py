@@ -87,3 +87,42 @@ def test_entries_of_a_deleted_environment_leave_a_trace_for_operators():
 
     assert "3 dropped" in output and output.count("mollifier.drain.environment_gone") == 3
     assert "dropped: 3 runs on record" in status and run_ids[-1] in status
+
+
+def test_an_operator_lists_shows_and_retries_a_parked_run_and_a_cancel_of_it_is_kept():
+    """Once the cause is fixed (here: the entry was parked although writable), ``retry`` gives a
+    parked run back to the drain with its attempts reset; a cancel answered while it was parked is
+    what its row says."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from mollifier.clock import now_ms
+    from mollifier.drainer import Drainer
+    from tests.conftest import client_for
+
+    environment = EnvironmentFactory()
+    (run_id,) = fill_buffer(environment, 1)
+    popped = buffer.pop(
+        org_id=str(environment.organization_id), env_id=str(environment.pk), limit=1, lease_ms=60_000, now_ms=now_ms()
+    )
+    assert buffer.park(popped.entries[0], now_ms=now_ms(), code="unwritable", message="a cause since fixed")
+
+    def parked(*args) -> str:
+        out = StringIO()
+        call_command("mollifier_parked", *args, stdout=out)
+        return out.getvalue()
+
+    assert run_id in parked("list") and "a cause since fixed" in parked("list")
+    shown = json.loads(parked("show", run_id))
+    assert shown["run"] == run_id and shown["snapshot"]["payload_type"] and shown["parked_at_ms"]
+    Drainer().run(once=True)
+    assert not TaskRun.objects.exists()  # parked: the drain leaves it to the operator
+
+    cancelled = client_for(environment).post(f"/api/v2/runs/{run_id}/cancel")
+    assert cancelled.status_code == 200
+
+    assert parked("retry", run_id) == f"{run_id} is back in the drain\n"
+    assert buffer.parked_entries() == []
+    Drainer().run(once=True)
+    assert TaskRun.objects.get().status == RunStatus.CANCELED
