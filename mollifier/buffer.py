@@ -18,7 +18,7 @@ from redis.cluster import RedisCluster
 
 from mollifier import client as redis_client
 from mollifier import conf, keys, scripts
-from mollifier.codec import Entry, as_text, error_json, from_fields, pack_snapshot, to_fields
+from mollifier.codec import ENTRY_FIELDS, Entry, as_text, error_json, from_values, pack_snapshot, to_fields
 from mollifier.exceptions import BufferUnavailable
 
 logger = logging.getLogger(__name__)
@@ -183,12 +183,8 @@ def get_many(*, org_id: str, run_ids: Iterable[str]) -> list[Entry]:
     entry_keys = [key for run_id in run_ids for key in (keys.entry(org_id, run_id), keys.snapshot(org_id, run_id))]
     if not entry_keys:
         return []
-    replies = scripts.READ(keys=entry_keys, client=redis_client.get())
-    return [entry for entry in (from_fields(_pairs(flat), snapshot) for flat, snapshot in replies) if entry is not None]
-
-
-def _pairs(flat: list) -> dict:
-    return dict(zip(flat[::2], flat[1::2]))
+    replies = scripts.READ(keys=entry_keys, args=ENTRY_FIELDS, client=redis_client.get())
+    return [entry for entry in (from_values(values, snapshot) for values, snapshot in replies) if entry is not None]
 
 
 def lookup_idempotency(*, org_id: str, env_id: str, task: str, key: str, now_ms: int) -> Entry | None:

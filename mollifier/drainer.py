@@ -251,15 +251,14 @@ class Drainer:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def _pinner(self, entries: list[Entry], pinned: list[buffer.Pin]):
-        """The ``pin`` callback handed to the sink; remembers what it pinned, so that a write that
-        fails after its pin is settled by the transaction's outcome, not guessed."""
+    def _pinner(self, entries: list[Entry], pinned: list[tuple[str, set[str]]]):
+        """The ``pin`` callback handed to the sink; remembers what it pinned (the transaction id and
+        the runs kept), so that a write that fails after its pin is settled by the transaction's
+        outcome, not guessed."""
 
         def pin(txid: str) -> set[str]:
             kept = buffer.pin(entries, txid=txid, now_ms=self.clock(), lease_ms=conf.drain_lease_ms())
-            pinned.extend(
-                buffer.Pin(e.org_id, e.env_id, e.run_id, f"{e.lease}:{txid}") for e in entries if e.run_id in kept
-            )
+            pinned.append((txid, kept))
             return kept
 
         return pin
@@ -270,15 +269,21 @@ class Drainer:
         """One fenced write. When it fails after pinning, the pins are settled before the error
         goes on: rows that did commit are acked, the rest are unpinned (given back unchanged).
         ``timed``: the round whose write this is (its latency and a database refusal are noted)."""
-        pinned: list[buffer.Pin] = []
+        pinned: list[tuple[str, set[str]]] = []
         began = time.monotonic()
         try:
             report = self.sink.write(entries, pin=self._pinner(entries, pinned), last_resort=last_resort)
         except Exception as error:
             if timed is not None and isinstance(error, SinkUnavailable):
                 timed.sink_unavailable = True
-            if pinned:
-                self._settle_after_failure(pinned)
+            pins = [  # built only on failure: a round that commits never needs them
+                buffer.Pin(e.org_id, e.env_id, e.run_id, f"{e.lease}:{txid}")
+                for txid, kept in pinned
+                for e in entries
+                if e.run_id in kept
+            ]
+            if pins:
+                self._settle_after_failure(pins)
             raise
         if timed is not None:
             timed.write_ms = (time.monotonic() - began) * 1000

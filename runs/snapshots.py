@@ -95,6 +95,7 @@ def entry_status(entry: Entry) -> str:
 # Every column's default, for the columns a buffered run does not set.
 _DEFAULTS = {field.attname: field.get_default() for field in TaskRun._meta.concrete_fields}
 _SNAPSHOT_COLUMNS = tuple(name for name in SNAPSHOT_FIELDS if name not in ("organization_id", "project_id"))
+_SNAPSHOT_KEYS = frozenset(("v", *SNAPSHOT_FIELDS))  # organization_id and project_id: overwritten below
 _FAILURE_FALLBACK = {"code": "snapshot_unreadable", "message": "The buffered snapshot could not be read."}
 
 
@@ -105,7 +106,11 @@ def entry_values(entry: Entry, *, environment: RuntimeEnvironment, now: datetime
     created_at = from_ms(entry.accepted_at_ms) or now
     status = entry_status(entry)
     cancelled_at = from_ms(entry.cancelled_at_ms)
-    values = {**_DEFAULTS, **{name: snapshot[name] for name in _SNAPSHOT_COLUMNS if name in snapshot}}
+    if snapshot.keys() <= _SNAPSHOT_KEYS:  # as written by run_to_entry: one merge, no per-column loop
+        values = {**_DEFAULTS, **snapshot}
+        values.pop("v", None)
+    else:  # keys this version does not know (a newer writer): its columns only
+        values = {**_DEFAULTS, **{name: snapshot[name] for name in _SNAPSHOT_COLUMNS if name in snapshot}}
     values.update(
         id=ids.from_friendly(ids.RUN, entry.run_id) or entry.run_id,
         environment_id=environment.pk,
