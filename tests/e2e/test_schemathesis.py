@@ -1,5 +1,6 @@
 """Property-based fuzzing of the whole API (Schemathesis, from the OpenAPI schema drf-spectacular
-serves) against the live server: no 5xx, and every response matches the schema."""
+serves, with hostile values mixed into the bodies by tests/e2e/schemathesis_hooks.py) against the
+live server: no 5xx, and every response matches the schema."""
 
 import os
 import shutil
@@ -14,7 +15,7 @@ from mollifier.client import get as redis_client
 from runs.models import RunStatus, TaskRun
 from tests.conftest import enroll
 from tests.factories import EnvironmentFactory
-from tests.server import running_server
+from tests.server import ROOT, running_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -74,6 +75,8 @@ def test_fuzzing_the_live_api_finds_no_server_error_and_no_schema_violation(tmp_
             text=True,
             timeout=300,
             cwd=tmp_path,  # its example cache lands there, not in the repository
+            # Hostile values mixed into the generated bodies (tests/e2e/schemathesis_hooks.py).
+            env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.e2e.schemathesis_hooks", "PYTHONPATH": str(ROOT)},
         )
     print(result.stdout[-6000:], result.stderr[-2000:])
     assert result.returncode == 0, result.stdout[-6000:]
