@@ -4,7 +4,6 @@ store or the other (lone surrogates, NUL, NaN and infinities, numbers past 64 bi
 digit limit, durations that overflow, 72-character TTLs, deep nesting, huge strings)."""
 
 import copy
-
 from typing import Any
 
 import schemathesis
