@@ -7,10 +7,14 @@ the buffer unchanged and the change applies there. Still running: the change wai
 import psycopg
 import pytest
 
-from mollifier import buffer
+from mollifier import buffer, keys
+from mollifier.buffer import Pin
+from mollifier.client import get as redis_client
 from mollifier.clock import now_ms
 from mollifier.drainer import Drainer
+from mollifier.sink import Settled
 from runs.models import RunStatus, TaskRun
+from runs.services.mid_drain import settle_pin
 from tests.buffering import fill_buffer, write_round
 from tests.conftest import client_for, enroll
 from tests.factories import EnvironmentFactory
@@ -93,3 +97,17 @@ def test_reset_of_a_key_whose_holder_committed_clears_the_row(leased):
 
     assert response.status_code == 200
     assert TaskRun.objects.get(id=entries[0].run_id.removeprefix("run_")).idempotency_key is None
+
+
+def test_whoever_settles_a_committed_pin_acks_the_entry(leased):
+    """Found by the model test: a change or a key reset that settled a committed pin answered from
+    the row but left the entry pinned, counted as waiting until a drainer's lease expired."""
+    environment, _, entries = leased
+    org, env, run_id = str(environment.organization_id), str(environment.pk), entries[0].run_id
+    write_round(entries)  # committed, not yet acked: the entry is still pinned
+    holder = redis_client().hget(keys.holders(org, env), run_id).decode()
+
+    assert settle_pin(Pin(org, env, run_id, holder)) == Settled.COMMITTED
+
+    assert buffer.buffered_count(org) == 0
+    assert buffer.get(org_id=org, run_id=run_id).materialised
