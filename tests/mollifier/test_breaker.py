@@ -41,6 +41,15 @@ def rejected() -> float:
     return metrics.REDIS_BREAKER_REJECTED._value.get()
 
 
+def answered() -> bool:
+    """Redis answers through the breaker (a call once the cooldown has passed starts the probe
+    that closes it); False while the breaker still refuses."""
+    try:
+        return redis_client.get().ping()
+    except BreakerOpen:
+        return False
+
+
 def open_it(redis) -> None:
     """Three calls to the paused Redis, each paying the socket timeout: the breaker opens."""
     for _ in range(3):
@@ -231,12 +240,6 @@ def test_with_redis_hung_triggers_pass_through_and_reads_of_buffered_runs_answer
         assert rejected() == refused_before + 1  # the gate's look before building counts as a refusal
 
     # Redis answers again: once the cooldown has passed, a call starts the probe that closes it.
-    def answered() -> bool:
-        try:
-            return redis_client.get().ping()
-        except BreakerOpen:
-            return False
-
     wait_until(answered, timeout=10, interval=0.02)
     again = trigger(api, payload="back")
     assert again.status_code == 200 and again.headers.get("x-mollifier") == "buffered"
@@ -306,12 +309,6 @@ def test_with_redis_hung_changes_to_a_buffered_run_answer_503_and_are_not_lost(o
         reset = api.post("/api/v1/idempotencyKeys/k/reset", {"taskIdentifier": "hello-world"}, format="json")
         assert reset.status_code == 503
         assert api.post(f"/api/v1/runs/{written}/tags", {"tags": ["row"]}, format="json").status_code == 200
-
-    def answered() -> bool:
-        try:
-            return redis_client.get().ping()
-        except BreakerOpen:
-            return False
 
     wait_until(answered, timeout=10, interval=0.02)
     run = api.get(f"/api/v3/runs/{run_id}").json()
