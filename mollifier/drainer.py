@@ -251,14 +251,14 @@ class Drainer:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def _pinner(self, entries: list[Entry], pinned: list[tuple[str, set[str]]]):
+    def _pinner(self, entries: list[Entry], pinned: list[tuple[str, frozenset[str]]]):
         """The ``pin`` callback handed to the sink; remembers what it pinned (the transaction id and
         the runs kept), so that a write that fails after its pin is settled by the transaction's
         outcome, not guessed."""
 
         def pin(txid: str) -> set[str]:
             kept = buffer.pin(entries, txid=txid, now_ms=self.clock(), lease_ms=conf.drain_lease_ms())
-            pinned.append((txid, kept))
+            pinned.append((txid, frozenset(kept)))  # as pinned, whatever the sink does with the set
             return kept
 
         return pin
@@ -269,7 +269,7 @@ class Drainer:
         """One fenced write. When it fails after pinning, the pins are settled before the error
         goes on: rows that did commit are acked, the rest are unpinned (given back unchanged).
         ``timed``: the round whose write this is (its latency and a database refusal are noted)."""
-        pinned: list[tuple[str, set[str]]] = []
+        pinned: list[tuple[str, frozenset[str]]] = []
         began = time.monotonic()
         try:
             report = self.sink.write(entries, pin=self._pinner(entries, pinned), last_resort=last_resort)

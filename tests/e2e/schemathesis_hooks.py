@@ -66,7 +66,7 @@ def _replace(body: Any, substitutions: list[tuple[tuple, Any]]) -> Any:
             found = found or (isinstance(target, list) and isinstance(step, int) and step < len(target))
             target = target[step] if found else None
         if isinstance(target, dict) or (isinstance(target, list) and path[-1] < len(target)):
-            target[path[-1]] = hostile
+            target[path[-1]] = copy.deepcopy(hostile)  # a later substitution may write inside it
     return body
 
 

@@ -76,7 +76,11 @@ def test_fuzzing_the_live_api_finds_no_server_error_and_no_schema_violation(tmp_
             timeout=300,
             cwd=tmp_path,  # its example cache lands there, not in the repository
             # Hostile values mixed into the generated bodies (tests/e2e/schemathesis_hooks.py).
-            env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.e2e.schemathesis_hooks", "PYTHONPATH": str(ROOT)},
+            env={
+                **os.environ,
+                "SCHEMATHESIS_HOOKS": "tests.e2e.schemathesis_hooks",
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            },
         )
     print(result.stdout[-6000:], result.stderr[-2000:])
     assert result.returncode == 0, result.stdout[-6000:]

@@ -1,6 +1,9 @@
 """The drain rate adapts to Postgres (issue 17): cut after slow or refused rounds, raised again after
 fast ones, between the floor and the ceiling, shared by every drainer; fixed when asked."""
 
+import os
+import subprocess
+import sys
 import threading
 from contextlib import contextmanager
 
@@ -16,6 +19,7 @@ from mollifier.drainer import Drainer
 from mollifier.metrics import exposition
 from runs.models import TaskRun
 from tests.buffering import fill_buffer
+from tests.server import ROOT
 
 pytestmark = pytest.mark.django_db
 
@@ -53,21 +57,16 @@ def round_at(clock: Clock) -> rate.Grant:
     return rate.reserve(1_000_000, clock=clock)
 
 
-def test_the_drain_adapts_by_default(monkeypatch):
+def test_the_drain_adapts_by_default():
     """Without MOLLIFIER_DRAIN_RATE_MODE the settings choose the adaptive drain; the fixed rate is
-    the opt-out."""
-    import importlib
-
-    from trigger_project import settings as project_settings
-
-    monkeypatch.delenv("MOLLIFIER_DRAIN_RATE_MODE", raising=False)
-    monkeypatch.setenv("DEBUG", "1")
-    fresh = importlib.reload(project_settings)
-    try:
-        assert fresh.MOLLIFIER["DRAIN_RATE_MODE"] == conf.RateMode.ADAPTIVE
-    finally:
-        monkeypatch.undo()
-        importlib.reload(project_settings)
+    the opt-out. Read by a process of its own: this one runs on the test settings."""
+    env = {k: v for k, v in os.environ.items() if k != "MOLLIFIER_DRAIN_RATE_MODE"}
+    env.update(DEBUG="1", DJANGO_SETTINGS_MODULE="trigger_project.settings")
+    script = "from trigger_project import settings; print(settings.MOLLIFIER['DRAIN_RATE_MODE'])"
+    mode = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert mode == conf.RateMode.ADAPTIVE
 
 
 def test_a_slow_round_cuts_the_rate_and_healthy_rounds_raise_it_again(adaptive):

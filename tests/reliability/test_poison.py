@@ -124,5 +124,6 @@ def test_an_operator_lists_shows_and_retries_a_parked_run_and_a_cancel_of_it_is_
 
     assert parked("retry", run_id) == f"{run_id} is back in the drain\n"
     assert buffer.parked_entries() == []
+    assert buffer.get(org_id=str(environment.organization_id), run_id=run_id).attempts == 0
     Drainer().run(once=True)
     assert TaskRun.objects.get().status == RunStatus.CANCELED

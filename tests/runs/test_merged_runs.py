@@ -15,14 +15,16 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def stores():
     """Three runs written directly, then four buffered, then two more written directly, in one
-    environment; one buffered run of another environment."""
+    environment; one buffered run of another environment of the same project (the same
+    organisation's buffer: only the environment tells them apart)."""
     environment = EnvironmentFactory()
     api = client_for(environment)
     written = [trigger(api, payload=i).json()["id"] for i in range(3)]
     buffered = fill_buffer(environment, 4, task="merged")
     written += [trigger(api, payload=i).json()["id"] for i in range(2)]
-    fill_buffer(EnvironmentFactory(), 1, task="merged")
-    return environment, written, buffered
+    sibling = EnvironmentFactory(project=environment.project, slug="prod", type="PRODUCTION")
+    (elsewhere,) = fill_buffer(sibling, 1, task="merged")
+    return environment, written, buffered, sibling, elsewhere
 
 
 def merged(environment):
@@ -30,10 +32,10 @@ def merged(environment):
 
 
 def test_iteration_count_and_slices_cover_both_stores_newest_first(stores):
-    environment, written, buffered = stores
+    environment, written, buffered, _, _ = stores
     runs = list(merged(environment))
 
-    assert sorted(run.friendly_id for run in runs) == sorted(written + buffered)  # the other environment's: not here
+    assert sorted(run.friendly_id for run in runs) == sorted(written + buffered)  # the sibling's: not here
     assert [(run.created_at, run.id) for run in runs] == sorted(((r.created_at, r.id) for r in runs), reverse=True)
     assert {run.friendly_id for run in runs if run.is_buffered} == set(buffered)
     assert len(merged(environment)) == merged(environment).count() == 9
@@ -43,7 +45,7 @@ def test_iteration_count_and_slices_cover_both_stores_newest_first(stores):
 
 
 def test_keyset_pages_walk_both_stores_once(stores):
-    environment, written, buffered = stores
+    environment, written, buffered, _, _ = stores
     seen, after = [], None
     while True:
         page = merged(environment).page(size=2, after=after)
@@ -55,7 +57,7 @@ def test_keyset_pages_walk_both_stores_once(stores):
 
 
 def test_filters_apply_to_both_stores(stores):
-    environment, written, buffered = stores
+    environment, written, buffered, _, _ = stores
     tasks = {run.task_identifier for run in merged(environment).filter(task_identifier=["merged"])}
     assert tasks == {"merged"}
     assert {run.friendly_id for run in merged(environment).filter(task_identifier=["merged"])} == set(buffered)
@@ -64,9 +66,11 @@ def test_filters_apply_to_both_stores(stores):
 
 
 def test_get_finds_a_run_in_either_store_of_its_environment_only(stores):
-    environment, written, buffered = stores
+    environment, written, buffered, sibling, elsewhere = stores
     assert merged(environment).get(run_id=buffered[0]).is_buffered
     assert not merged(environment).get(run_id=written[0]).is_buffered
-    other = EnvironmentFactory()
+    assert merged(sibling).get(run_id=elsewhere).is_buffered
     with pytest.raises(TaskRun.DoesNotExist):
-        merged(other).get(run_id=buffered[0])
+        merged(sibling).get(run_id=buffered[0])  # the same organisation's buffer, another environment
+    with pytest.raises(TaskRun.DoesNotExist):
+        merged(environment).get(run_id=elsewhere)
