@@ -4,13 +4,18 @@ for an operator. Never a loop, never silent, one log line per failure."""
 
 import json
 import re
+from io import StringIO
 
 import pytest
+from django.core.management import call_command
 
 from mollifier import buffer, keys, scripts
 from mollifier.client import get as redis_client
+from mollifier.clock import now_ms
+from mollifier.drainer import Drainer
 from runs.models import RunStatus, TaskRun
 from tests.buffering import fill_buffer
+from tests.conftest import client_for
 from tests.factories import EnvironmentFactory
 from tests.server import finish, start_manage
 
@@ -93,14 +98,6 @@ def test_an_operator_lists_shows_and_retries_a_parked_run_and_a_cancel_of_it_is_
     """Once the cause is fixed (here: the entry was parked although writable), ``retry`` gives a
     parked run back to the drain with its attempts reset; a cancel answered while it was parked is
     what its row says."""
-    from io import StringIO
-
-    from django.core.management import call_command
-
-    from mollifier.clock import now_ms
-    from mollifier.drainer import Drainer
-    from tests.conftest import client_for
-
     environment = EnvironmentFactory()
     (run_id,) = fill_buffer(environment, 1)
     popped = buffer.pop(

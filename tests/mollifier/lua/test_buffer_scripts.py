@@ -410,8 +410,4 @@ def test_read_answers_values_in_the_order_asked_and_nothing_for_a_gone_entry(sto
 )
 def test_stored_json_reads_as_json_reads_it(text, expected):
     for value in (text, text.encode("utf-8", "surrogatepass")):
-        read = codec._loads(value)
-        if expected is not None and "x" in expected and expected["x"] != expected["x"]:  # NaN
-            assert read["x"] != read["x"]
-        else:
-            assert read == expected
+        assert json.dumps(codec._loads(value)) == json.dumps(expected)  # as text: NaN equals NaN
