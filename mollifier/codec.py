@@ -10,7 +10,6 @@ compact).
 """
 
 import json
-import re
 import zlib
 from dataclasses import dataclass, field
 
@@ -137,15 +136,16 @@ def _int(value) -> int | None:
 
 
 # A run of 19 digits may be an integer past 64 bits, which orjson reads as a float: json keeps it exact.
-_LONG_NUMBER = re.compile(r"\d{19}")
-_LONG_NUMBER_BYTES = re.compile(rb"\d{19}")
+# Found by mapping every digit to "0" and everything else to " ": a tenth of what a regex took.
+_DIGITS_AS_ZEROS = bytes(ord("0") if ord("0") <= i <= ord("9") else ord(" ") for i in range(256))
+_LONG_NUMBER = b"0" * 19
 
 
 def _loads(value):
     if not value:
         return None
-    long_number = _LONG_NUMBER_BYTES if isinstance(value, bytes) else _LONG_NUMBER
-    if long_number.search(value) is None:
+    encoded = value if isinstance(value, bytes) else value.encode("utf-8", "surrogatepass")
+    if _LONG_NUMBER not in encoded.translate(_DIGITS_AS_ZEROS):
         try:
             # orjson: a third of json's time for a snapshot's head. What it refuses (lone
             # surrogates, NaN) json reads as it always did.
@@ -161,10 +161,6 @@ def _loads(value):
 def as_text(value) -> str:
     """A Redis reply value (bytes, or str from a decoding client) as text."""
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def _text(value) -> str | None:
-    return None if value is None else as_text(value)
 
 
 def _tags(value) -> list[str]:
@@ -234,30 +230,31 @@ def from_values(values: list, stored_snapshot=None) -> Entry | None:
     if not run or not env or not org:
         return None
     raw_snapshot = unpack_snapshot(stored_snapshot)
+    # Most optional fields are absent: tested inline, a call each for those only (a tenth of the cost).
     return Entry(
         run_id=as_text(run),
         org_id=as_text(org),
         env_id=as_text(env),
-        task=_text(task) or "",
+        task=as_text(task) if task else "",
         accepted_at_ms=_int(accepted_at_ms) or 0,
         snapshot=read_snapshot_text(raw_snapshot) if raw_snapshot else None,
-        tags=_tags(tags),
-        metadata=_text(metadata),
-        metadata_type=_text(metadata_type),
-        delay_until_ms=_int(delay_until_ms),
-        idempotency_key=_text(idem_key) or None,
-        idempotency_expires_ms=_int(idem_expires_ms),
-        batch_id=_text(batch_id) or None,
-        batch_index=_int(batch_index),
-        request_key=_text(req) or None,
+        tags=_tags(tags) if tags else [],
+        metadata=None if metadata is None else as_text(metadata),
+        metadata_type=None if metadata_type is None else as_text(metadata_type),
+        delay_until_ms=_int(delay_until_ms) if delay_until_ms else None,
+        idempotency_key=as_text(idem_key) if idem_key else None,
+        idempotency_expires_ms=_int(idem_expires_ms) if idem_expires_ms else None,
+        batch_id=as_text(batch_id) if batch_id else None,
+        batch_index=_int(batch_index) if batch_index else None,
+        request_key=as_text(req) if req else None,
         attempts=_int(attempts) or 0,
         metadata_version=_int(metadata_version) or 0,
-        cancelled_at_ms=_int(cancelled_at_ms),
-        cancel_reason=_text(cancel_reason),
-        last_error=_loads(last_error),
-        terminal_error=_loads(terminal_error),
+        cancelled_at_ms=_int(cancelled_at_ms) if cancelled_at_ms else None,
+        cancel_reason=None if cancel_reason is None else as_text(cancel_reason),
+        last_error=_loads(last_error) if last_error else None,
+        terminal_error=_loads(terminal_error) if terminal_error else None,
         materialised=materialised in (b"1", "1"),
-        parked_at_ms=_int(parked_at_ms),
+        parked_at_ms=_int(parked_at_ms) if parked_at_ms else None,
         raw_snapshot=raw_snapshot,
     )
 

@@ -106,35 +106,37 @@ def entry_values(entry: Entry, *, environment: RuntimeEnvironment, now: datetime
     created_at = from_ms(entry.accepted_at_ms) or now
     status = entry_status(entry)
     cancelled_at = from_ms(entry.cancelled_at_ms)
-    if snapshot.keys() <= _SNAPSHOT_KEYS:  # as written by run_to_entry: one merge, no per-column loop
-        values = {**_DEFAULTS, **snapshot}
-        values.pop("v", None)
-    else:  # keys this version does not know (a newer writer): its columns only
-        values = {**_DEFAULTS, **{name: snapshot[name] for name in _SNAPSHOT_COLUMNS if name in snapshot}}
-    values.update(
-        id=ids.from_friendly(ids.RUN, entry.run_id) or entry.run_id,
-        environment_id=environment.pk,
-        organization_id=environment.organization_id,
-        project_id=environment.project_id,
-        task_identifier=entry.task,
-        status=status,
-        tags=sorted(entry.tags),
-        metadata=entry.metadata,
-        metadata_type=entry.metadata_type or "application/json",
-        delay_until=from_ms(entry.delay_until_ms),  # kept, as on a row: status_at reads it
-        idempotency_key=entry.idempotency_key,
-        idempotency_key_expires_at=from_ms(entry.idempotency_expires_ms) if entry.idempotency_key else None,
+    if not snapshot.keys() <= _SNAPSHOT_KEYS:  # keys this version does not know (a newer writer): its columns only
+        snapshot = {name: snapshot[name] for name in _SNAPSHOT_COLUMNS if name in snapshot}
+    # One dict display (the drainer builds one per row): the defaults, the snapshot's columns, then
+    # the columns the envelope decides. The snapshot's "v" is popped after.
+    values = {
+        **_DEFAULTS,
+        **snapshot,
+        "id": ids.from_friendly(ids.RUN, entry.run_id) or entry.run_id,
+        "environment_id": environment.pk,
+        "organization_id": environment.organization_id,
+        "project_id": environment.project_id,
+        "task_identifier": entry.task,
+        "status": status,
+        "tags": sorted(entry.tags),
+        "metadata": entry.metadata,
+        "metadata_type": entry.metadata_type or "application/json",
+        "delay_until": from_ms(entry.delay_until_ms),  # kept, as on a row: status_at reads it
+        "idempotency_key": entry.idempotency_key,
+        "idempotency_key_expires_at": from_ms(entry.idempotency_expires_ms) if entry.idempotency_key else None,
         # Kept on the row too: a retried request then finds its run in Postgres alone, once the
         # run is written, also while Redis does not answer.
-        request_key=entry.request_key,
-        batch_id=entry.batch_id,
-        created_at=created_at,
-        updated_at=cancelled_at or created_at,
-        cancelled_at=cancelled_at,
-        cancel_reason=entry.cancel_reason if cancelled_at else None,
-        completed_at=cancelled_at if status == RunStatus.CANCELED else None,
-        buffered_at=created_at,
-    )
+        "request_key": entry.request_key,
+        "batch_id": entry.batch_id,
+        "created_at": created_at,
+        "updated_at": cancelled_at or created_at,
+        "cancelled_at": cancelled_at,
+        "cancel_reason": entry.cancel_reason if cancelled_at else None,
+        "completed_at": cancelled_at if status == RunStatus.CANCELED else None,
+        "buffered_at": created_at,
+    }
+    values.pop("v", None)
     if status == RunStatus.SYSTEM_FAILURE:
         error = entry.terminal_error or _FAILURE_FALLBACK
         values["error"] = {"message": f"{error.get('code')}: {error.get('message')}", "name": "MollifierError"}

@@ -9,6 +9,7 @@ from django.core.exceptions import ImproperlyConfigured
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from mollifier.packer import ArgumentPacker
 from trigger_project import embedded
 from trigger_project.env import env, env_bool, env_int, env_pair
 
@@ -129,7 +130,8 @@ CACHES = {
         "OPTIONS": {
             "SOCKET_CONNECT_TIMEOUT": REDIS_CONNECT_TIMEOUT_MS / 1000,
             "SOCKET_TIMEOUT": REDIS_SOCKET_TIMEOUT_MS / 1000,
-            "CONNECTION_POOL_KWARGS": {"retry": Retry(NoBackoff(), 0)},
+            # ArgumentPacker: commands packed in C (mollifier/packer.py).
+            "CONNECTION_POOL_KWARGS": {"retry": Retry(NoBackoff(), 0), "command_packer": ArgumentPacker()},
             # Every Redis failure as one exception of the mollifier's, behind its circuit breaker
             # (mollifier/client.py).
             "REDIS_CLIENT_CLASS": "mollifier.client.BufferRedis",

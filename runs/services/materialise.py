@@ -21,6 +21,7 @@ Batch members get their BatchTaskRunItem in the same transaction.
 """
 
 import logging
+import operator
 import re
 
 import psycopg
@@ -46,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 FIELDS = TaskRun._meta.concrete_fields
 ATTRS = tuple(field.attname for field in FIELDS)
+_ROW_VALUES = operator.itemgetter(*ATTRS)  # a row's values in column order, in C
 COLUMNS = ", ".join(connection.ops.quote_name(str(field.column)) for field in FIELDS)
 JSON_POSITIONS = tuple(i for i, field in enumerate(FIELDS) if isinstance(field, JSONField))
 # Binary COPY: psycopg's C dumpers by column type, and less for Postgres to parse (the text
@@ -167,7 +169,7 @@ def _materialise(entries: list[Entry], *, minimal: bool = False) -> SinkReport:
 
 
 def _row(values: dict) -> tuple:
-    row = [values[attname] for attname in ATTRS]
+    row = list(_ROW_VALUES(values))
     for position in JSON_POSITIONS:
         if row[position] is not None:
             row[position] = Jsonb(row[position])
