@@ -121,6 +121,11 @@ class Command(BaseCommand):
         # collector's sight, a round's tens of thousands of short-lived objects no longer make
         # each collection walk it (a collection inside reading 1,000 entries cost ~100 ms).
         gc.freeze()
+        # A round allocates tens of objects per run, nearly all gone when the round is: with the
+        # default threshold (700) a young collection ran every ~25 runs, walking the round's live
+        # entries, and cost the drain 3.8 µs a row (a tenth of its CPU). At 50,000 it is about one
+        # a round (0.3 µs a row); what it leaves for later is a few MB at most.
+        gc.set_threshold(50_000, 50, 100)
         Drainer(stop=stop).run(once=once, on_round=progress, on_wait=progress.waiting)
         if progress.live:
             self.stdout.write("")
