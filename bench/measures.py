@@ -4,11 +4,12 @@ import collections
 import statistics
 import threading
 import time
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import connection
 
-from bench import processes, wrk
+from bench import pgprobe, processes, wrk
 from bench.stores import BENCH_REDIS_DB
 from mollifier import buffer
 from mollifier.client import get as redis_client
@@ -167,7 +168,7 @@ def p2_drain(tenants: Tenants, *, entries: int, single_rows: int, say) -> dict:
     say(f"P2 filling the buffer with {entries:,} entries in {len(environments)} environments")
     for environment in environments:
         fill_buffer(environment, entries // len(environments), task="bench", payload=BODY["payload"], **BODY["options"])
-    drain_s = {}
+    drain_s, drain_cpu = {}, {}
     for drainers in (1, 2):
         if drainers == 2:  # the same rows again, for two drainer processes
             reset_stores()
@@ -175,7 +176,7 @@ def p2_drain(tenants: Tenants, *, entries: int, single_rows: int, say) -> dict:
                 fill_buffer(
                     environment, entries // len(environments), task="bench", payload=BODY["payload"], **BODY["options"]
                 )
-        drain_s[drainers] = _timed_drain(drainers, entries)
+        drain_s[drainers], drain_cpu[drainers] = _timed_drain(drainers, entries)
         say(
             f"P2 {drainers} drainer process(es): {entries:,} rows in {drain_s[drainers]:.2f}s ({entries / drain_s[drainers]:,.0f} rows/s)"
         )
@@ -197,12 +198,12 @@ def p2_drain(tenants: Tenants, *, entries: int, single_rows: int, say) -> dict:
     rows = [tuple(Jsonb(v) if i in json_cols and v is not None else v for i, v in enumerate(row)) for row in rows]
     with connection.cursor() as cursor:
         raw = cursor.cursor
-        started = time.perf_counter()
-        with connection.connection.transaction():
-            with raw.copy(f"COPY bench_copy_target ({COLUMNS}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-        copy_s = time.perf_counter() - started
+        with CpuWindow(None) as copy_window:
+            with connection.connection.transaction():
+                with raw.copy(f"COPY bench_copy_target ({COLUMNS}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+        copy_s = copy_window.seconds
         raw.execute("TRUNCATE bench_copy_target")
         placeholders = ", ".join(["%s"] * len(rows[0]))
         started = time.perf_counter()
@@ -214,6 +215,8 @@ def p2_drain(tenants: Tenants, *, entries: int, single_rows: int, say) -> dict:
     copy_rate = len(rows) / copy_s
     single_rate = min(single_rows, len(rows)) / single_s
     say(f"P2 COPY {copy_rate:,.0f} rows/s, one row per transaction {single_rate:,.0f} rows/s")
+    copy_cpu = copy_window.per_row_us(len(rows))
+    say(f"P2 CPU per row (µs): one drainer {drain_cpu[1]}, two drainers {drain_cpu[2]}, COPY {copy_cpu}")
     one, two = written / drain_s[1], written / drain_s[2]
     return {
         "entries": written,
@@ -225,22 +228,73 @@ def p2_drain(tenants: Tenants, *, entries: int, single_rows: int, say) -> dict:
         "ratio_drain_to_copy": round(one / copy_rate, 3),
         "ratio_two_drainers_to_copy": round(two / copy_rate, 3),
         "ratio_drain_to_single": round(one / single_rate, 2),
+        # CPU µs per row written, by part (clients: the drainer processes, or the COPY's own process).
+        "cpu_us_per_row": {"one_drainer": drain_cpu[1], "two_drainers": drain_cpu[2], "copy": copy_cpu},
     }
 
 
-def _timed_drain(drainers: int, rows: int) -> float:
+@dataclass
+class CpuWindow:
+    """CPU seconds spent over a window by the clients (the processes ``pids``, or this process when
+    None), by Redis and by every Postgres process. Read from /proc: a server that runs elsewhere
+    gives None."""
+
+    pids: list[int] | None
+    started: float = 0.0
+    _before: tuple = ()
+
+    def __enter__(self) -> "CpuWindow":
+        connection.ensure_connection()  # the postmaster is found through this connection's backend
+        self._before = self._read()
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self.started
+        after = self._read()
+        own, redis_ticks, server = self._before
+        own_after, redis_after, server_after = after
+        tick = pgprobe.TICKS_PER_S
+        self.clients_s = (own_after - own) / tick
+        self.redis_s = None if redis_ticks is None or redis_after is None else (redis_after - redis_ticks) / tick
+        self.postgres_s = None if server is None else server_after.ticks_since(server) / tick
+
+    def _read(self) -> tuple:
+        if self.pids is None:
+            own = round(time.process_time() * pgprobe.TICKS_PER_S)
+        else:
+            own = sum(pgprobe.process_ticks(pid) or 0 for pid in self.pids)
+        redis_ticks = pgprobe.process_ticks(int(redis_client().info("server")["process_id"]))
+        try:
+            server = pgprobe.ServerTicks.read(pgprobe.postmaster_pid(connection.connection))
+        except RuntimeError:
+            server = None
+        return own, redis_ticks, server
+
+    def per_row_us(self, rows: int) -> dict:
+        per_row = {
+            "clients": self.clients_s,
+            "redis": self.redis_s,
+            "postgres": self.postgres_s,
+        }
+        figures = {name: None if value is None else round(value * 1e6 / rows, 1) for name, value in per_row.items()}
+        figures["total"] = round(sum(value or 0 for value in figures.values()), 1)
+        return figures
+
+
+def _timed_drain(drainers: int, rows: int) -> tuple[float, dict]:
     """Seconds from the first row written to the last, with ``drainers`` drainer processes
-    (their start-up, Django's import time, is not the drain's)."""
+    (their start-up, Django's import time, is not the drain's), and the CPU each part spent on a
+    row meanwhile (µs: the drainers, Redis, Postgres)."""
     started = [processes.start_drainer("--once", MOLLIFIER_DRAIN_MAX_ROWS_PER_SEC="10000000") for _ in range(drainers)]
     while not TaskRun.objects.exists():
         time.sleep(0.005)
-    first = time.perf_counter()
-    while TaskRun.objects.count() < rows:
-        time.sleep(0.02)
-    elapsed = time.perf_counter() - first
+    with CpuWindow([process.pid for process in started]) as window:
+        while TaskRun.objects.count() < rows:
+            time.sleep(0.02)
     for process in started:
         processes.stop(process)
-    return elapsed
+    return window.seconds, window.per_row_us(rows)
 
 
 # -- P4 ------------------------------------------------------------------------------------------

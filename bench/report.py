@@ -303,6 +303,23 @@ def markdown(results: dict) -> str:
         f"| drain, two drainer processes | {p2['drain_rows_per_s_two_drainers']:,} | {p2['ratio_two_drainers_to_copy']:.2f} |",
         f"| one row per transaction | {p2['single_row_tx_rows_per_s']:,} | {p2['single_row_tx_rows_per_s'] / p2['copy_rows_per_s']:.2f} |",
     ]
+    if cpu := p2.get("cpu_us_per_row"):
+        cores = results["machine"]["cores"]
+        lines += [
+            "",
+            "CPU per row written (µs, from /proc over the same windows; clients: the drainer processes, or the "
+            f"COPY's own process), and the most the drain's CPU allows on {cores} cores:",
+            "",
+            "| writer | clients | Redis | Postgres | total | CPU ceiling (rows/s) | ceiling vs COPY |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, label in (("copy", "COPY"), ("one_drainer", "one drainer"), ("two_drainers", "two drainers")):
+            part = cpu[name]
+            ceiling = cores * 1e6 / part["total"] if part["total"] else 0
+            lines.append(
+                f"| {label} | {part['clients']} | {part['redis']} | {part['postgres']} | {part['total']} | "
+                f"{ceiling:,.0f} | {ceiling / p2['copy_rows_per_s']:.2f} |"
+            )
     lines += ["", "**P3**: see [P3: a burst as the database sees it](#p3-a-burst-as-the-database-sees-it) below."]
     lines += [
         "",
