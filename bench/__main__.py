@@ -80,7 +80,12 @@ def main() -> int:
     previous = report.OUT / f"results{suffix}.json"
     results = json.loads(previous.read_text()) if ONLY and previous.exists() else {}
     results.update(
-        machine={"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        machine={
+            "cores": os.cpu_count(),
+            "usable_cores": len(os.sched_getaffinity(0)),  # what this process may run on (a container's share)
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
         quick=QUICK,
         sizes=SIZES,
     )

@@ -304,7 +304,7 @@ def markdown(results: dict) -> str:
         f"| one row per transaction | {p2['single_row_tx_rows_per_s']:,} | {p2['single_row_tx_rows_per_s'] / p2['copy_rows_per_s']:.2f} |",
     ]
     if cpu := p2.get("cpu_us_per_row"):
-        cores = results["machine"]["cores"]
+        cores = results["machine"].get("usable_cores", results["machine"]["cores"])
         lines += [
             "",
             "CPU per row written (µs, from /proc over the same windows; clients: the drainer processes, or the "
@@ -315,10 +315,13 @@ def markdown(results: dict) -> str:
         ]
         for name, label in (("copy", "COPY"), ("one_drainer", "one drainer"), ("two_drainers", "two drainers")):
             part = cpu[name]
-            ceiling = cores * 1e6 / part["total"] if part["total"] else 0
+            # A server elsewhere has no reading here: no total, and no ceiling to draw from it.
+            ceiling = f"{cores * 1e6 / part['total']:,.0f}" if part["total"] else "n/a"
+            versus = f"{cores * 1e6 / part['total'] / p2['copy_rows_per_s']:.2f}" if part["total"] else "n/a"
+            shown = {key: "n/a" if value is None else value for key, value in part.items()}
             lines.append(
-                f"| {label} | {part['clients']} | {part['redis']} | {part['postgres']} | {part['total']} | "
-                f"{ceiling:,.0f} | {ceiling / p2['copy_rows_per_s']:.2f} |"
+                f"| {label} | {shown['clients']} | {shown['redis']} | {shown['postgres']} | {shown['total']} | "
+                f"{ceiling} | {versus} |"
             )
     lines += ["", "**P3**: see [P3: a burst as the database sees it](#p3-a-burst-as-the-database-sees-it) below."]
     lines += [

@@ -30,7 +30,7 @@ from redis.retry import Retry
 
 from mollifier import breaker, conf
 from mollifier.exceptions import BufferUnavailable
-from mollifier.packer import PackedConnection
+from mollifier.packer import PackedConnection, PackedSSLConnection
 
 REDIS_ERRORS = (RedisError, RedisClusterException)  # the cluster client's own is not a RedisError
 NO_RETRY = Retry(NoBackoff(), 0)
@@ -137,7 +137,8 @@ def _cluster(url: str) -> BufferCluster:
         socket_timeout=conf.redis_socket_timeout_ms() / 1000,
         socket_connect_timeout=conf.redis_connect_timeout_ms() / 1000,
         retry=NO_RETRY,
-        connection_class=PackedConnection,
+        # The URL's scheme would otherwise choose the class (and drop the packer): TLS or not, ours.
+        connection_class=PackedSSLConnection if urlsplit(url).scheme == "rediss" else PackedConnection,
     )
     client.breaker_name = name
     return client

@@ -13,22 +13,39 @@ class ArgumentPacker:
 
     def pack(self, *args) -> list[bytes]:
         name = args[0]
-        if isinstance(name, str) and " " in name:  # "SCRIPT LOAD": one argument per word, as redis-py sends it
+        # A command name of several words ("SCRIPT LOAD") is one argument per word, as redis-py sends it.
+        if isinstance(name, str):
+            args = (*name.split(), *args[1:])
+        elif isinstance(name, bytes) and b" " in name:
             args = (*name.split(), *args[1:])
         try:
             return [hiredis.pack_command(args)]
         except TypeError:
-            # A buffer (memoryview, bytearray) is sent as its bytes; anything else Redis has no form
-            # for (None, a bool, a list) is refused as redis-py refuses it.
-            buffers = tuple(bytes(arg) if isinstance(arg, (bytearray, memoryview)) else arg for arg in args)
             try:
-                return [hiredis.pack_command(buffers)]  # type: ignore[arg-type]  # the stub types a 1-tuple
+                return [hiredis.pack_command(tuple(_as_redis_py_sends(arg) for arg in args))]
             except TypeError as error:
                 raise DataError(f"{error} (got {[type(arg).__name__ for arg in args]})") from None
 
 
+def _as_redis_py_sends(arg):
+    """What hiredis refuses but redis-py sends: a buffer as its bytes, a subclass of int or float
+    (an IntEnum, say) as its repr. Anything else (None, a bool, a list) stays, to be refused."""
+    if isinstance(arg, (bytearray, memoryview)):
+        return bytes(arg)
+    if isinstance(arg, (int, float)) and not isinstance(arg, bool):
+        return repr(arg).encode()
+    return arg
+
+
 class PackedConnection(redis.Connection):
     """A cluster node's connection, with the ArgumentPacker (the cluster client takes no packer)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(command_packer=ArgumentPacker(), **kwargs)
+
+
+class PackedSSLConnection(redis.SSLConnection):
+    """The same, over TLS (a ``rediss://`` cluster URL)."""
 
     def __init__(self, **kwargs):
         super().__init__(command_packer=ArgumentPacker(), **kwargs)

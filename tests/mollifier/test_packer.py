@@ -1,6 +1,8 @@
 """Commands packed in hiredis's C code (mollifier/packer.py): the same bytes as redis-py's own packer,
 and what goes through the real clients (single node and cluster) comes back as it was sent."""
 
+import enum
+
 import pytest
 import redis
 from redis.cluster import RedisCluster
@@ -16,7 +18,17 @@ ARGUMENTS = [
     ("SET", "empty", ""),
     ("SCRIPT LOAD", "return 1"),  # a command name of two words: two arguments on the wire
     ("CLIENT SETNAME", "drainer"),
+    (b"CLIENT SETNAME", "drainer"),  # a name in bytes is split on its spaces too
+    ("CLIENT\tSETNAME", "drainer"),  # and a name in text on any whitespace
 ]
+
+
+class Count(int):
+    pass
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
 
 
 @pytest.mark.parametrize("args", ARGUMENTS)
@@ -24,6 +36,13 @@ def test_the_same_bytes_as_redis_py(args):
     theirs = b"".join(redis.Connection().pack_command(*args))
 
     assert b"".join(ArgumentPacker().pack(*args)) == theirs
+
+
+@pytest.mark.parametrize("value", [Count(5), Level.HIGH])
+def test_subclasses_of_numbers_are_sent_as_redis_py_sends_them(value):
+    theirs = b"".join(redis.Connection().pack_command("SET", "k", value))
+
+    assert b"".join(ArgumentPacker().pack("SET", "k", value)) == theirs
 
 
 def test_buffers_are_sent_as_their_bytes():
@@ -41,13 +60,16 @@ def test_what_redis_has_no_form_for_is_refused_as_redis_py_refuses_it(value):
 
 
 def test_the_clients_pack_with_it(store):
-    connection = (
-        store.get_default_node().redis_connection.connection_pool.get_connection()
+    pool = (
+        store.get_default_node().redis_connection.connection_pool
         if isinstance(store, RedisCluster)
-        else store.connection_pool.get_connection()
+        else store.connection_pool
     )
-
-    assert isinstance(connection._command_packer, ArgumentPacker)
+    connection = pool.get_connection()
+    try:
+        assert isinstance(connection._command_packer, ArgumentPacker)
+    finally:
+        pool.release(connection)
 
 
 def test_values_round_trip_through_redis(store):

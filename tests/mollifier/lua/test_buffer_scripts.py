@@ -43,6 +43,17 @@ def test_accept_writes_the_entry_without_ttl_and_indexes_the_org(store):
     assert buffer.active_orgs() == [ORG]
 
 
+def test_buffered_total_sums_the_organisations_asked_for():
+    for run_id in ("run_a", "run_b"):
+        accept(make_entry(run_id))
+    accept(make_entry("run_c", org_id="other-org"))
+    accept(make_entry("run_d", org_id="third-org"))
+
+    assert buffer.buffered_total([ORG, "other-org"]) == 3
+    assert buffer.buffered_total(["third-org", "no-such-org"]) == 1
+    assert buffer.buffered_total([]) == 0
+
+
 def test_snapshot_round_trips_exactly(store):
     original = make_entry(tags=["b", "a"], metadata='{"m":1}', metadata_type="application/json")
     accept(original)
