@@ -2,9 +2,9 @@
 
 Only runs still held by the caller are acked (`expected`: the drainer's token, or the exact
 `token:txid` a resolver settled): a drainer whose lease was taken back changes nothing. Each acked
-entry is kept for grace_ms marked materialised (reads racing the drain still find it), its
-idempotency lookup and batch slot are released, and the organisation's buffered count and bytes drop
-(by the entry's own `bytes`). When the environment has nothing ready or leased any more it leaves
+entry's hash is kept for grace_ms marked materialised (reads racing the drain still find it, and
+read the row), its snapshot is deleted, its idempotency lookup and batch slot are released, and the
+organisation's buffered count and bytes drop (by the entry's own `bytes`). When the environment has nothing ready or leased any more it leaves
 the organisation's active set; when the organisation has no active environment left, the reply
 carries its generation so the caller can un-index it. The queues, the holders and the counters are
 changed once for the whole call (lib/bulk.lua), the entries one by one.
@@ -30,7 +30,9 @@ for i = 4, #ARGV, 2 do
     if state[1] and state[2] ~= '1' then
       redis.call('HSET', entry, 'materialised', '1', 'materialised_at_ms', ARGV[1])
       redis.call('PEXPIRE', entry, grace)
-      redis.call('PEXPIRE', snapshot, grace)
+      -- The snapshot goes now: no reader renders a materialised entry (each reads the row instead),
+      -- and it is most of the entry's bytes, which a fast drain would otherwise keep for grace_ms.
+      redis.call('DEL', snapshot)
       freed = freed + tonumber(state[3] or '0')
       if state[4] and redis.call('GET', idem) == run then
         redis.call('DEL', idem)

@@ -281,3 +281,17 @@ def test_metadata_operations_reach_the_parent_and_the_root_wherever_they_live(ap
     assert api.get(f"/api/v1/runs/{root}/metadata").json() == {"metadata": {"seen": "child"}}
     drain()
     assert TaskRun.objects.get(id=parent.removeprefix("run_")).metadata == '{"children":1}'
+
+
+def test_in_its_grace_period_a_written_run_reads_as_its_row_without_its_snapshot(api, enrolled):
+    run_id = buffered_run(api, tags=["x"])
+    buffered = api.get(f"/api/v3/runs/{run_id}").json()
+
+    drain()
+
+    entry = buffer.get(org_id=str(enrolled.organization_id), run_id=run_id)
+    assert entry is not None and entry.materialised  # still found by reads racing the drain
+    assert entry.snapshot is None and entry.raw_snapshot == ""  # its bytes freed at the ack
+    assert comparable(api.get(f"/api/v3/runs/{run_id}").json()) == comparable(buffered)
+    listed = [run for run in api.get("/api/v1/runs").json()["data"] if run["id"] == run_id]
+    assert len(listed) == 1 and listed[0]["tags"] == ["x"]
