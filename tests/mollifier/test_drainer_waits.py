@@ -53,10 +53,10 @@ class PausingSink(TaskRunSink):
         return report
 
 
-def drain_in_background(drainer: Drainer, waits: list[Waiting]) -> threading.Thread:
+def drain_in_background(drainer: Drainer, waits: list[Waiting], rounds: list | None = None) -> threading.Thread:
     def run():
         try:
-            drainer.run(on_wait=waits.append)
+            drainer.run(on_wait=waits.append, on_round=None if rounds is None else rounds.append)
         finally:
             connection.close()  # this thread's own: the test database is dropped at the end
 
@@ -108,14 +108,17 @@ def test_the_backoff_resets_after_a_round_goes_through(own_redis):
     environment = EnvironmentFactory()
     fill_buffer(environment, 20)
     waits: list[Waiting] = []
+    rounds: list = []
     drainer = Drainer()
-    thread = drain_in_background(drainer, waits)
+    thread = drain_in_background(drainer, waits, rounds)
     try:
         for _ in range(2):  # two outages: the second starts counting from one again
             seen = len(waits)
             with own_redis.paused():
                 wait_until(lambda seen=seen: len(waits) >= seen + 2, timeout=60)
-            wait_until(lambda: drainer_idle(environment), timeout=60)
+            # A round through after the outage (the 20 rows may all have been written before it).
+            resumed = len(rounds)
+            wait_until(lambda resumed=resumed: len(rounds) > resumed and drainer_idle(environment), timeout=60)
     finally:
         drainer.stop.set()
         thread.join(30)
