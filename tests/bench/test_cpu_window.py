@@ -13,9 +13,10 @@ from bench.measures import CpuWindow
 
 pytestmark = pytest.mark.django_db
 
-# A client that burns 0.4 s of CPU, says so, then waits (idle) until told to exit.
+# A client that waits (idle) for a line, burns 0.4 s of CPU, says so, then waits until told to exit.
 BUSY_CLIENT = (
     "import sys, time\n"
+    "sys.stdin.readline()\n"
     "end = time.process_time() + 0.4\n"
     "while time.process_time() < end: pass\n"
     "sys.stdout.write('done\\n'); sys.stdout.flush(); sys.stdin.read()"
@@ -34,6 +35,8 @@ def test_each_part_is_charged_what_it_spent():
     try:
         redis_before = _redis_cpu_s(patient)
         with CpuWindow([client.pid]) as window:
+            client.stdin.write(b"go\n")
+            client.stdin.flush()
             for _ in range(6):  # short scripts: Redis answers others in between
                 patient.eval("local n = 0 for i = 1, 5000000 do n = n + i end return n", 0)
             with connection.cursor() as cursor:
