@@ -14,9 +14,7 @@ class ArgumentPacker:
     def pack(self, *args) -> list[bytes]:
         name = args[0]
         # A command name of several words ("SCRIPT LOAD") is one argument per word, as redis-py sends it.
-        if isinstance(name, str):
-            args = (*name.split(), *args[1:])
-        elif isinstance(name, bytes) and b" " in name:
+        if isinstance(name, str) or (isinstance(name, bytes) and b" " in name):
             args = (*name.split(), *args[1:])
         try:
             return [hiredis.pack_command(args)]

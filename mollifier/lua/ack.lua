@@ -4,10 +4,11 @@ Only runs still held by the caller are acked (`expected`: the drainer's token, o
 `token:txid` a resolver settled): a drainer whose lease was taken back changes nothing. Each acked
 entry's hash is kept for grace_ms marked materialised (reads racing the drain still find it, and
 read the row), its snapshot is deleted, its idempotency lookup and batch slot are released, and the
-organisation's buffered count and bytes drop (by the entry's own `bytes`). When the environment has nothing ready or leased any more it leaves
-the organisation's active set; when the organisation has no active environment left, the reply
-carries its generation so the caller can un-index it. The queues, the holders and the counters are
-changed once for the whole call (lib/bulk.lua), the entries one by one.
+organisation's buffered count and bytes drop (by the entry's own `bytes`). When the environment has
+nothing ready or leased any more it leaves the organisation's active set; when the organisation has
+no active environment left, the reply carries its generation so the caller can un-index it. The
+queues, the holders and the counters are changed once for the whole call (lib/bulk.lua), the entries
+one by one.
 
 KEYS: 1 ready, 2 leases, 3 envs, 4 stats, 5 listing, 6 minute, 7 holders,
       then per run: entry, snapshot, idem, batch (idem/batch may be placeholders in the same slot)
