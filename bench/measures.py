@@ -5,7 +5,6 @@ import statistics
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from django.conf import settings
 from django.db import connection
@@ -266,36 +265,28 @@ class CpuWindow:
     def _read(self) -> tuple:
         if self.pids is None:
             own = round(time.process_time() * pgprobe.TICKS_PER_S)
-        else:
+        else:  # a drainer that finished first is a zombie until stopped: /proc still has its ticks
             own = sum(pgprobe.process_ticks(pid) or 0 for pid in self.pids)
         redis_pid = int(redis_client().info("server")["process_id"])
         # A server elsewhere (another host, a container) has a pid that means nothing in this /proc.
-        redis_ticks = pgprobe.process_ticks(redis_pid) if _command_of(redis_pid).startswith("redis-server") else None
+        redis_ticks = (
+            pgprobe.process_ticks(redis_pid) if pgprobe.command_of(redis_pid).startswith("redis-server") else None
+        )
         try:
             postmaster = pgprobe.postmaster_pid(connection.connection)
-            server = pgprobe.ServerTicks.read(postmaster) if _command_of(postmaster).startswith("postgres") else None
+            server = (
+                pgprobe.ServerTicks.read(postmaster) if pgprobe.command_of(postmaster).startswith("postgres") else None
+            )
         except RuntimeError:
             server = None
         return own, redis_ticks, server
 
     def per_row_us(self, rows: int) -> dict:
-        per_row = {
-            "clients": self.clients_s,
-            "redis": self.redis_s,
-            "postgres": self.postgres_s,
-        }
-        figures = {name: None if value is None else round(value * 1e6 / rows, 1) for name, value in per_row.items()}
+        parts_s = {"clients": self.clients_s, "redis": self.redis_s, "postgres": self.postgres_s}
+        figures = {name: None if value is None else round(value * 1e6 / rows, 1) for name, value in parts_s.items()}
         parts = [value for value in figures.values() if value is not None]
         figures["total"] = round(sum(parts), 1) if len(parts) == len(figures) else None
         return figures
-
-
-def _command_of(pid: int) -> str:
-    """The command name of ``pid`` in this machine's /proc ('' when there is none)."""
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
 
 
 def _timed_drain(drainers: int, rows: int, *, orgs: list[str]) -> tuple[float, int, dict]:

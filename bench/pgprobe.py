@@ -49,6 +49,14 @@ def process_ticks(pid: int) -> int | None:
     return None if fields is None else int(fields[11]) + int(fields[12])
 
 
+def command_of(pid: int) -> str:
+    """The command name of ``pid`` in this machine's /proc ('' when there is none)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def parent_pid(pid: int) -> int | None:
     fields = _stat_fields(pid)
     return None if fields is None else int(fields[1])
