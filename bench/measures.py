@@ -298,7 +298,10 @@ def _timed_drain(drainers: int, rows: int, *, orgs: list[str]) -> tuple[float, i
     The end is read in Redis (nothing left buffered: every row committed, then acked), not by
     counting rows in Postgres: a count every few ms scanned the growing table and took Postgres CPU
     from the drain it timed."""
-    started = [processes.start_drainer("--once", MOLLIFIER_DRAIN_MAX_ROWS_PER_SEC="10000000") for _ in range(drainers)]
+    # Not --once: a drainer that exits inside the window takes its Postgres backend with it, and a
+    # backend reaped while the window's end is read had its ticks both lost and not yet added to the
+    # postmaster's (Postgres CPU came out near zero, or negative). They are stopped once it is read.
+    started = [processes.start_drainer(MOLLIFIER_DRAIN_MAX_ROWS_PER_SEC="10000000") for _ in range(drainers)]
     while not TaskRun.objects.exists():
         time.sleep(0.005)
     with CpuWindow([process.pid for process in started]) as window:
