@@ -28,6 +28,7 @@ SIZES = {
     "p1_concurrency": 16,
     "p2_entries": 30_000 if QUICK else 50_000,  # a round is up to 8,000 rows, and the first is not timed
     "p2_single_rows": 1000 if QUICK else 3000,
+    "p2_rounds": 2 if QUICK else 3,  # one drainer, two drainers and COPY take turns in each
     "p3_burst": 3_000 if QUICK else 10_000,
     "p3_concurrency": 32,
     "p3_neighbour_rate": 20,
@@ -103,7 +104,11 @@ def main() -> int:
         ),
         "P4": lambda: measures.p4_round_trips(tenants, triggers=SIZES["p4_triggers"], say=say),
         "P2": lambda: measures.p2_drain(
-            tenants, entries=SIZES["p2_entries"], single_rows=SIZES["p2_single_rows"], say=say
+            tenants,
+            entries=SIZES["p2_entries"],
+            single_rows=SIZES["p2_single_rows"],
+            rounds=SIZES["p2_rounds"],
+            say=say,
         ),
         "P5": lambda: measures.p5_memory(
             tenants, small=SIZES["p5_small"], large=SIZES["p5_large"], redis_entries=SIZES["p5_redis_entries"], say=say

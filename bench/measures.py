@@ -159,81 +159,128 @@ def p1_throughput(tenants: Tenants, *, seconds: float, concurrency: int, rounds:
 # -- P2 ------------------------------------------------------------------------------------------
 
 
-def p2_drain(tenants: Tenants, *, entries: int, single_rows: int, say) -> dict:
-    """Drain throughput vs psycopg COPY of the same rows vs one row per transaction."""
-    reset_stores()
+def p2_drain(tenants: Tenants, *, entries: int, single_rows: int, rounds: int, say) -> dict:
+    """Drain throughput vs psycopg COPY of the same rows vs one row per transaction.
+
+    One drainer, two drainers and COPY take turns within each round, so that a machine whose load
+    drifts treats them alike (a single run of each moved by a third from one run to the next). Per
+    writer, the median of the rounds; the ratios to COPY, median and min–max over the rounds (each
+    round's own ratio); CPU per row, per part, the median of the rounds."""
     environments = [tenants.burst] + [
         environment_create(org_slug=f"bench-drain-{i}", project_slug="p", env="prod")[0] for i in range(9)
     ]
-    say(f"P2 filling the buffer with {entries:,} entries in {len(environments)} environments")
-    for environment in environments:
-        fill_buffer(environment, entries // len(environments), task="bench", payload=BODY["payload"], **BODY["options"])
-    drain_rate, drain_cpu = {}, {}
     orgs = sorted({str(environment.organization_id) for environment in environments})
-    for drainers in (1, 2):
-        if drainers == 2:  # the same rows again, for two drainer processes
+    rates: dict[str, list[float]] = {"one_drainer": [], "two_drainers": [], "copy": []}
+    cpu: dict[str, list[dict]] = {name: [] for name in rates}
+    for round_no in range(rounds):
+        for drainers, name in ((1, "one_drainer"), (2, "two_drainers")):
             reset_stores()
+            say(
+                f"P2 round {round_no + 1}/{rounds}: filling the buffer with {entries:,} entries in {len(environments)} environments"
+            )
             for environment in environments:
                 fill_buffer(
                     environment, entries // len(environments), task="bench", payload=BODY["payload"], **BODY["options"]
                 )
-        seconds, timed, drain_cpu[drainers] = _timed_drain(drainers, entries, orgs=orgs)
-        drain_rate[drainers] = timed / seconds
-        say(
-            f"P2 {drainers} drainer process(es): {timed:,} rows in {seconds:.2f}s ({drain_rate[drainers]:,.0f} rows/s; "
-            f"the {entries - timed:,} of the first commit not timed)"
-        )
-    written = TaskRun.objects.count()
+            seconds, timed, used = _timed_drain(drainers, entries, orgs=orgs)
+            rates[name].append(timed / seconds)
+            cpu[name].append(used)
+            say(
+                f"P2 round {round_no + 1}/{rounds}: {drainers} drainer process(es): {timed:,} rows in {seconds:.2f}s "
+                f"({timed / seconds:,.0f} rows/s; the {entries - timed:,} of the first commit not timed)"
+            )
+        copy_rate, copy_cpu, rows = _copy_rate()
+        rates["copy"].append(copy_rate)
+        cpu["copy"].append(copy_cpu)
+        say(f"P2 round {round_no + 1}/{rounds}: COPY {copy_rate:,.0f} rows/s")
+    single_rate = _single_rate(rows[:single_rows])
+    say(f"P2 one row per transaction {single_rate:,.0f} rows/s")
+    cpu_median = {name: _median_parts(used) for name, used in cpu.items()}
+    say(f"P2 CPU per row (µs, median of the rounds): {cpu_median}")
+    one, two, copy = (statistics.median(rates[name]) for name in ("one_drainer", "two_drainers", "copy"))
+    per_round = {
+        name: [rate / copied for rate, copied in zip(rates[name], rates["copy"], strict=True)]
+        for name in ("one_drainer", "two_drainers")
+    }
+    return {
+        "entries": len(rows),
+        "environments": len(environments),
+        "rounds": rounds,
+        "drain_rows_per_s": round(one),
+        "drain_rows_per_s_two_drainers": round(two),
+        "copy_rows_per_s": round(copy),
+        "rows_per_s_per_round": {name: [round(rate) for rate in values] for name, values in rates.items()},
+        "single_row_tx_rows_per_s": round(single_rate),
+        "ratio_drain_to_copy": round(statistics.median(per_round["one_drainer"]), 3),
+        "ratio_drain_to_copy_range": _spread(per_round["one_drainer"]),
+        "ratio_two_drainers_to_copy": round(statistics.median(per_round["two_drainers"]), 3),
+        "ratio_two_drainers_to_copy_range": _spread(per_round["two_drainers"]),
+        "ratio_drain_to_single": round(one / single_rate, 2),
+        # CPU µs per row written, by part (clients: the drainer processes, or the COPY's own process).
+        "cpu_us_per_row": {
+            "one_drainer": cpu_median["one_drainer"],
+            "two_drainers": cpu_median["two_drainers"],
+            "copy": cpu_median["copy"],
+        },
+    }
+
+
+def _median_parts(readings: list[dict]) -> dict:
+    """Per part, the median of the rounds' readings (None when a part has no reading: a server elsewhere)."""
+    parts = {}
+    for part in readings[0]:
+        values = [reading[part] for reading in readings if reading[part] is not None]
+        parts[part] = round(statistics.median(values), 1) if len(values) == len(readings) else None
+    return parts
+
+
+def _copy_target_rows() -> list[tuple]:
+    """The rows the drain wrote, as psycopg COPY takes them (JSON columns wrapped)."""
+    from psycopg.types.json import Jsonb
 
     with connection.cursor() as cursor:
         raw = cursor.cursor
-        raw.execute("DROP TABLE IF EXISTS bench_copy_target")
-        raw.execute("CREATE TABLE bench_copy_target (LIKE runs_taskrun INCLUDING ALL)")  # same indexes
         raw.execute(f"SELECT {COLUMNS} FROM runs_taskrun")
         rows = raw.fetchall()
-    from psycopg.types.json import Jsonb
-
     json_cols = [
         i
         for i, name in enumerate(c.strip('"') for c in COLUMNS.split(", "))
         if name in ("idempotency_key_options", "error")
     ]
-    rows = [tuple(Jsonb(v) if i in json_cols and v is not None else v for i, v in enumerate(row)) for row in rows]
+    return [tuple(Jsonb(v) if i in json_cols and v is not None else v for i, v in enumerate(row)) for row in rows]
+
+
+def _copy_rate() -> tuple[float, dict, list[tuple]]:
+    """psycopg COPY of the rows the last drain wrote, into a table like runs_taskrun (same indexes):
+    rows/s, CPU µs per row, and the rows."""
+    rows = _copy_target_rows()
     with connection.cursor() as cursor:
         raw = cursor.cursor
-        with CpuWindow(None) as copy_window:
+        raw.execute("DROP TABLE IF EXISTS bench_copy_target")
+        raw.execute("CREATE TABLE bench_copy_target (LIKE runs_taskrun INCLUDING ALL)")  # same indexes
+        with CpuWindow(None) as window:
             with connection.connection.transaction():
                 with raw.copy(f"COPY bench_copy_target ({COLUMNS}) FROM STDIN") as copy:
                     for row in rows:
                         copy.write_row(row)
-        copy_s = copy_window.seconds
-        raw.execute("TRUNCATE bench_copy_target")
+        raw.execute("DROP TABLE bench_copy_target")
+    return len(rows) / window.seconds, window.per_row_us(len(rows)), rows
+
+
+def _single_rate(rows: list[tuple]) -> float:
+    """One INSERT per transaction, rows/s."""
+    with connection.cursor() as cursor:
+        raw = cursor.cursor
+        raw.execute("DROP TABLE IF EXISTS bench_copy_target")
+        raw.execute("CREATE TABLE bench_copy_target (LIKE runs_taskrun INCLUDING ALL)")
         placeholders = ", ".join(["%s"] * len(rows[0]))
         started = time.perf_counter()
-        for row in rows[:single_rows]:
+        for row in rows:
             with connection.connection.transaction():
                 raw.execute(f"INSERT INTO bench_copy_target ({COLUMNS}) VALUES ({placeholders})", row)
-        single_s = time.perf_counter() - started
+        seconds = time.perf_counter() - started
         raw.execute("DROP TABLE bench_copy_target")
-    copy_rate = len(rows) / copy_s
-    single_rate = min(single_rows, len(rows)) / single_s
-    say(f"P2 COPY {copy_rate:,.0f} rows/s, one row per transaction {single_rate:,.0f} rows/s")
-    copy_cpu = copy_window.per_row_us(len(rows))
-    say(f"P2 CPU per row (µs): one drainer {drain_cpu[1]}, two drainers {drain_cpu[2]}, COPY {copy_cpu}")
-    one, two = drain_rate[1], drain_rate[2]
-    return {
-        "entries": written,
-        "environments": len(environments),
-        "drain_rows_per_s": round(one),
-        "drain_rows_per_s_two_drainers": round(two),
-        "copy_rows_per_s": round(copy_rate),
-        "single_row_tx_rows_per_s": round(single_rate),
-        "ratio_drain_to_copy": round(one / copy_rate, 3),
-        "ratio_two_drainers_to_copy": round(two / copy_rate, 3),
-        "ratio_drain_to_single": round(one / single_rate, 2),
-        # CPU µs per row written, by part (clients: the drainer processes, or the COPY's own process).
-        "cpu_us_per_row": {"one_drainer": drain_cpu[1], "two_drainers": drain_cpu[2], "copy": copy_cpu},
-    }
+    return len(rows) / seconds
 
 
 @dataclass

@@ -35,13 +35,13 @@ def targets(results: dict) -> list[tuple[str, str, bool]]:
                 p1["ratio_mollified_to_noop"] >= 0.7,
             ),
             (
-                "P2 drain >= 0.5 x raw COPY (one drainer)",
-                f"{p2['ratio_drain_to_copy']:.2f}x",
+                f"P2 drain >= 0.5 x raw COPY (one drainer{_p2_rounds(p2)})",
+                f"{p2['ratio_drain_to_copy']:.2f}x{_p2_range(p2, 'ratio_drain_to_copy_range')}",
                 p2["ratio_drain_to_copy"] >= 0.5,
             ),
             (
-                "P2 drain >= 0.7 x raw COPY (two drainers)",
-                f"{p2['ratio_two_drainers_to_copy']:.2f}x",
+                f"P2 drain >= 0.7 x raw COPY (two drainers{_p2_rounds(p2)})",
+                f"{p2['ratio_two_drainers_to_copy']:.2f}x{_p2_range(p2, 'ratio_two_drainers_to_copy_range')}",
                 p2["ratio_two_drainers_to_copy"] >= 0.7,
             ),
             (
@@ -81,6 +81,14 @@ def _burst_and_later_targets(results: dict) -> list[tuple[str, str, bool]]:
         + (cluster.targets(results["P7"]) if "P7" in results else [])
         + (_p9_targets(results["P9"]) if "P9" in results else [])
     )
+
+
+def _p2_rounds(p2: dict) -> str:
+    return f", median of {p2['rounds']} rounds" if "rounds" in p2 else ""  # results from before rounds: one run
+
+
+def _p2_range(p2: dict, key: str) -> str:
+    return f" (rounds {_range(p2[key])})" if key in p2 else ""
 
 
 def _range(pair: list[float]) -> str:
@@ -294,20 +302,30 @@ def markdown(results: dict) -> str:
         )
     lines += [
         "",
-        f"**P2** draining {p2['entries']:,} buffered runs of {p2['environments']} environments:",
+        f"**P2** draining {p2['entries']:,} buffered runs of {p2['environments']} environments"
+        + (
+            f", {p2['rounds']} rounds in which the writers take turns (median; vs COPY: each round's own ratio, "
+            "median and min–max):"
+            if "rounds" in p2
+            else ":"
+        ),
         "",
         "| writer | rows/s | vs COPY |",
         "|---|---|---|",
         f"| psycopg COPY of the same rows (ceiling) | {p2['copy_rows_per_s']:,} | 1.00 |",
-        f"| drain, one drainer process | {p2['drain_rows_per_s']:,} | {p2['ratio_drain_to_copy']:.2f} |",
-        f"| drain, two drainer processes | {p2['drain_rows_per_s_two_drainers']:,} | {p2['ratio_two_drainers_to_copy']:.2f} |",
+        f"| drain, one drainer process | {p2['drain_rows_per_s']:,} | {p2['ratio_drain_to_copy']:.2f}"
+        f"{_p2_range(p2, 'ratio_drain_to_copy_range')} |",
+        f"| drain, two drainer processes | {p2['drain_rows_per_s_two_drainers']:,} | "
+        f"{p2['ratio_two_drainers_to_copy']:.2f}{_p2_range(p2, 'ratio_two_drainers_to_copy_range')} |",
         f"| one row per transaction | {p2['single_row_tx_rows_per_s']:,} | {p2['single_row_tx_rows_per_s'] / p2['copy_rows_per_s']:.2f} |",
     ]
     if cpu := p2.get("cpu_us_per_row"):
         cores = results["machine"].get("usable_cores", results["machine"]["cores"])
         lines += [
             "",
-            "CPU per row written (µs, from /proc over the same windows; clients: the drainer processes, or the "
+            "CPU per row written (µs, from /proc over the same windows"
+            + (", per part the median of the rounds" if "rounds" in p2 else "")
+            + "; clients: the drainer processes, or the "
             f"COPY's own process), and the most the drain's CPU allows on {cores} cores:",
             "",
             "| writer | clients | Redis | Postgres | total | CPU ceiling (rows/s) | ceiling vs COPY |",
