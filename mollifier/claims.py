@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from mollifier import client as redis_client
-from mollifier import conf, keys, metrics, scripts
+from mollifier import conf, keys, lost_answers, metrics, scripts
 from mollifier.breaker import BreakerOpen
 from mollifier.codec import as_text
 from mollifier.exceptions import BufferUnavailable, ClaimTimeout
@@ -95,8 +95,14 @@ def acquire(*, org_id: str, env_id: str, task: str, key: str, key_expires_ms: in
             logger.debug("mollifier.claim.breaker_open org=%s env=%s", org_id, env_id)
         else:
             logger.warning("mollifier.claim.redis_unavailable org=%s env=%s", org_id, env_id, exc_info=True)
+            _lost(claim)  # a hung Redis may still run the claim once it reads again, for nobody
         metrics.CLAIM_OUTCOMES.labels(outcome=ClaimKind.UNAVAILABLE).inc()
         return ClaimOutcome(ClaimKind.UNAVAILABLE)
+
+
+def _lost(claim: Claim) -> None:
+    """A call on ``claim`` got no answer: release it once Redis answers (mollifier/lost_answers.py)."""
+    lost_answers.release_claim(redis_key=claim.redis_key, marker=claim.marker)
 
 
 def publish(claim: Claim, run_id: str) -> bool:
@@ -107,8 +113,10 @@ def publish(claim: Claim, run_id: str) -> bool:
                 keys=[claim.redis_key], args=[claim.marker, run_id, claim.publish_ttl], client=redis_client.get()
             )
         )
-    except BufferUnavailable:
+    except BufferUnavailable as error:
         logger.warning("mollifier.claim.publish_failed org=%s", claim.org_id, exc_info=True)
+        if not isinstance(error, BreakerOpen):
+            _lost(claim)  # a publish that landed late is left alone: the release compares the token
         return False
     if not published:
         logger.warning("mollifier.claim.lost org=%s env=%s run=%s", claim.org_id, claim.env_id, run_id)
@@ -121,6 +129,7 @@ def release(claim: Claim) -> bool:
         return bool(scripts.RELEASE(keys=[claim.redis_key], args=[claim.marker], client=redis_client.get()))
     except BufferUnavailable:
         logger.warning("mollifier.claim.release_failed org=%s", claim.org_id, exc_info=True)
+        _lost(claim)  # the claim is still ours to release, and nobody else will
         return False
 
 

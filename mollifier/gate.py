@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mollifier import client as redis_client
-from mollifier import conf, keys, memory, metrics, scripts
+from mollifier import conf, keys, lost_answers, memory, metrics, scripts
 from mollifier.breaker import BreakerOpen
 from mollifier.buffer import AcceptResult, AcceptStatus, accept_args, accept_keys, accept_result
 from mollifier.claims import Claim
@@ -126,6 +126,7 @@ def _decide(
     if not enrolled and not conf.shadow_mode():
         return Admission(Decision.PASS_THROUGH, "not_enrolled")
     window, threshold, hold = conf.trip_window_ms(), conf.trip_threshold(), conf.hold_ms()
+    accepting = False  # set once the accept is sent: its answer may be lost while it still runs
     try:
         redis = redis_client.get()
         redis_client.check_breaker(redis)  # before building the entry: while it is open, no work at all
@@ -144,6 +145,7 @@ def _decide(
             return Admission(Decision.PASS_THROUGH, "under_threshold")
         memory_full = memory.near_full(redis)
         candidate = entry()
+        accepting = True
         reply = scripts.GATE_ACCEPT(
             keys=[
                 keys.rate(org_id, env_id),
@@ -182,4 +184,6 @@ def _decide(
         return Admission(Decision.PASS_THROUGH, "breaker_open")
     except BufferUnavailable:
         logger.warning("mollifier.gate.redis_unavailable org=%s env=%s", org_id, env_id, exc_info=True)
+        if accepting:
+            lost_answers.index_org(org_id)
         return Admission(Decision.PASS_THROUGH, "redis_error")

@@ -6,7 +6,7 @@ from django.conf import settings
 from django_redis import get_redis_connection
 from rest_framework.test import APIClient
 
-from mollifier import breaker
+from mollifier import breaker, lost_answers
 from tests.factories import EnvironmentFactory
 from trigger_project import embedded
 
@@ -58,6 +58,14 @@ def redis_breakers():
     yield
     breaker.enable()
     breaker.reset()
+
+
+@pytest.fixture(autouse=True)
+def lost_answers_forgotten():
+    """One test's lost answers (mollifier/lost_answers.py) must not act in the next test's Redis."""
+    lost_answers.clear()
+    yield
+    lost_answers.clear()
 
 
 @pytest.fixture(autouse=True)

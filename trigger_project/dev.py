@@ -99,8 +99,14 @@ def main() -> int:
             )
         )
         children.append(subprocess.Popen([sys.executable, "manage.py", "mollifier_drain"], env=env))
+        # The sweep, as in production (docs/OPERATIONS.md): it repairs what no request path can, such as
+        # an organisation left out of the index when a web process died between accept and indexing.
+        sweep = [sys.executable, "manage.py", "mollifier_sweep", "--every", "30", "--quiet"]
+        children.append(subprocess.Popen(sweep, env=env))
         print(
-            f"serving on http://127.0.0.1:{port}  (admin: /admin/)  with a drainer beside it; Ctrl-C stops", flush=True
+            f"serving on http://127.0.0.1:{port}  (admin: /admin/)  with a drainer and the sweep beside it; "
+            "Ctrl-C stops",
+            flush=True,
         )
         while all(child.poll() is None for child in children):
             time.sleep(0.5)

@@ -322,3 +322,26 @@ def test_with_redis_hung_changes_to_a_buffered_run_answer_503_and_are_not_lost(o
     row = TaskRun.objects.get(id=ids.from_friendly(ids.RUN, run_id))
     assert (row.status, row.tags, row.delay_until, row.idempotency_key) == ("CANCELED", ["t"], later, None)
     assert api.get(f"/api/v1/runs/{run_id}/metadata").json() == {"metadata": {"k": 1}}
+
+
+def test_with_redis_hung_a_batch_of_an_organisation_not_enrolled_is_written(own_redis, mollifier_on):
+    """Only an enrolled organisation's batch can have members waiting in the buffer: the others'
+    batches do not fail with Redis. An enrolled one answers a retryable 503 for its items (a resent
+    stream could otherwise trigger a buffered member twice)."""
+    from tests.runs.test_batches_and_cancel import send_items
+
+    plain, enrolled = EnvironmentFactory(), enroll(EnvironmentFactory())
+    batches = {
+        environment: client_for(environment).post("/api/v3/batches", {"runCount": 2}, format="json").json()["id"]
+        for environment in (plain, enrolled)
+    }
+    items = [{"index": i, "task": "t", "payload": f"p{i}"} for i in range(2)]
+
+    with own_redis.paused():
+        written = send_items(client_for(plain), batches[plain], *items)
+        refused = send_items(client_for(enrolled), batches[enrolled], *items)
+        assert client_for(plain).get(f"/api/v2/batches/{batches[plain]}").status_code == 200
+
+    assert written.status_code == 200 and written.json()["sealed"] is True
+    assert TaskRun.objects.filter(environment=plain).count() == 2
+    assert refused.status_code == 503 and TaskRun.objects.filter(environment=enrolled).count() == 0

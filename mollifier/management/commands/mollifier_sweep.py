@@ -21,8 +21,13 @@ class Command(BufferCommand):
     def add_arguments(self, parser):
         parser.add_argument("--every", type=float, default=0, help="repeat every N seconds until stopped")
         parser.add_argument("--json", action="store_true", help="print the report as JSON")
+        parser.add_argument(
+            "--quiet",
+            action="store_true",
+            help="print a sweep's report only when it found or repaired something (stale runs, leases, the index)",
+        )
 
-    def handle(self, *args, every, json: bool, **options):
+    def handle(self, *args, every, json: bool, quiet: bool, **options):
         while True:
             try:
                 report = sweep(now_ms=now_ms())
@@ -37,6 +42,14 @@ class Command(BufferCommand):
                 self.stderr.write("another sweeper holds the lease; skipped")
                 if not every:
                     raise SystemExit(3)
+            elif quiet and not (
+                report.stale
+                or report.expired_leases
+                or report.settled_pins
+                or report.reindexed_orgs
+                or report.unindexed_orgs
+            ):
+                pass
             elif json:
                 self.stdout.write(_json({**report.__dict__, "stale_after_ms": conf.stale_after_ms()}))
             else:
