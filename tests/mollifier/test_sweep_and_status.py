@@ -43,6 +43,19 @@ def test_sweep_repairs_the_organisation_index():
     assert buffer.active_orgs() == [str(environment.organization_id)]
 
 
+def test_a_quiet_sweep_reports_only_what_it_found_or_repaired():
+    environment = EnvironmentFactory()
+    fill_buffer(environment, 2)
+    quiet_and_healthy, quiet_and_repairing = io.StringIO(), io.StringIO()
+
+    call_command("mollifier_sweep", "--quiet", stdout=quiet_and_healthy)
+    redis_client().zrem(keys.orgs(), str(environment.organization_id))
+    call_command("mollifier_sweep", "--quiet", stdout=quiet_and_repairing)
+
+    assert quiet_and_healthy.getvalue() == ""
+    assert "index: +1 -0" in quiet_and_repairing.getvalue()
+
+
 def test_one_sweeper_at_a_time():
     redis_client().set(keys.sweep_lease(), "pending:someone-else", px=60_000)
 
