@@ -312,7 +312,7 @@ class CpuWindow:
     def _read(self) -> tuple:
         if self.pids is None:
             own = round(time.process_time() * pgprobe.TICKS_PER_S)
-        else:  # a drainer that finished first is a zombie until stopped: /proc still has its ticks
+        else:  # a process that exits inside the window is a zombie until stopped: /proc still has its ticks
             own = sum(pgprobe.process_ticks(pid) or 0 for pid in self.pids)
         redis_pid = int(redis_client().info("server")["process_id"])
         # A server elsewhere (another host, a container) has a pid that means nothing in this /proc.
@@ -349,14 +349,18 @@ def _timed_drain(drainers: int, rows: int, *, orgs: list[str]) -> tuple[float, i
     # backend reaped while the window's end is read had its ticks both lost and not yet added to the
     # postmaster's (Postgres CPU came out near zero, or negative). They are stopped once it is read.
     started = [processes.start_drainer(MOLLIFIER_DRAIN_MAX_ROWS_PER_SEC="10000000") for _ in range(drainers)]
-    while not TaskRun.objects.exists():
-        time.sleep(0.005)
-    with CpuWindow([process.pid for process in started]) as window:
-        untimed = TaskRun.objects.count()  # the commit that opened the window: its rounds were written before
-        while buffer.buffered_total(orgs):  # one round trip a poll
+    try:  # they do not stop by themselves: also not when this fails
+        while not TaskRun.objects.exists():
+            if any(process.poll() is not None for process in started):
+                raise RuntimeError("P2: a drainer exited before it wrote anything")
             time.sleep(0.005)
-    for process in started:
-        processes.stop(process)
+        with CpuWindow([process.pid for process in started]) as window:
+            untimed = TaskRun.objects.count()  # the commit that opened the window: its rounds were written before
+            while buffer.buffered_total(orgs):  # one round trip a poll
+                time.sleep(0.005)
+    finally:
+        for process in started:
+            processes.stop(process)
     written = TaskRun.objects.count()
     if written != rows:
         raise RuntimeError(f"P2: {written:,} rows written of {rows:,}")

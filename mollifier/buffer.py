@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from redis.cluster import RedisCluster
 
 from mollifier import client as redis_client
-from mollifier import conf, keys, lost_answers, scripts
-from mollifier.breaker import BreakerOpen
+from mollifier import conf, keys, scripts
 from mollifier.codec import ENTRY_FIELDS, Entry, as_text, error_json, from_values, pack_snapshot, to_fields
 from mollifier.exceptions import BufferUnavailable
 
@@ -156,20 +155,14 @@ def accept(
 ) -> AcceptResult:
     """Buffer ``entry`` without consulting the gate (the gate's own path is gate.admit_or_buffer)."""
     redis = redis_client.get()
-    try:
-        reply = scripts.ACCEPT(
-            keys=accept_keys(entry),
-            args=[
-                str(now_ms),
-                *accept_args(entry, claim_marker=claim_marker, claim_ttl=claim_ttl, memory_full=memory_full),
-            ],
-            client=redis,
-        )
-    except BreakerOpen:
-        raise  # not sent
-    except BufferUnavailable:
-        lost_answers.index_org(entry.org_id)  # the accept may still run, and make the org active unindexed
-        raise
+    reply = scripts.ACCEPT(
+        keys=accept_keys(entry),
+        args=[
+            str(now_ms),
+            *accept_args(entry, claim_marker=claim_marker, claim_ttl=claim_ttl, memory_full=memory_full),
+        ],
+        client=redis,
+    )
     return accept_result(reply, entry, client=redis)
 
 

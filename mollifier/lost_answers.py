@@ -19,13 +19,14 @@ if this process dies first.
 """
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mollifier import breaker, keys, scripts
 from mollifier import client as redis_client
-from mollifier import keys, scripts
 from mollifier.exceptions import BufferUnavailable
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,8 @@ MAX_NOTES = 10_000  # a long outage under load: past this the oldest are dropped
 @dataclass(eq=False)
 class _Note:
     what: str  # for the log, and to note each thing once
-    check: Callable[[], bool]  # True when done; raises BufferUnavailable while Redis does not answer
+    # True: repaired; False: nothing (left) to repair; None: the effect is not there (yet).
+    check: Callable[[], bool | None]
     answered_since: float | None = None
 
 
@@ -50,8 +52,8 @@ _thread: threading.Thread | None = None
 def release_claim(*, redis_key: str, marker: str) -> None:
     """A claim call's answer was lost: the claim may appear later, held by nobody."""
 
-    def check() -> bool:
-        return bool(scripts.RELEASE(keys=[redis_key], args=[marker], client=redis_client.get()))
+    def check() -> bool | None:
+        return True if scripts.RELEASE(keys=[redis_key], args=[marker], client=redis_client.get()) else None
 
     _note(_Note(f"claim {redis_key} {marker}", check))
 
@@ -59,13 +61,14 @@ def release_claim(*, redis_key: str, marker: str) -> None:
 def index_org(org_id: str) -> None:
     """An accept's answer was lost: it may have made the organisation active without indexing it."""
 
-    def check() -> bool:
+    def check() -> bool | None:
         redis = redis_client.get()
         if not redis.scard(keys.envs(org_id)):
-            return False
-        # As the sweep does: ZADD GT with the organisation's generation (see org_unindex.lua).
-        redis.zadd(keys.orgs(), {org_id: int(redis.hget(keys.stats(org_id), "gen") or 0)}, gt=True)
-        return True
+            return None
+        # As the sweep does: ZADD GT with the organisation's generation (see org_unindex.lua). Most
+        # often a later accept's answer indexed it already: then nothing changes.
+        generation = int(redis.hget(keys.stats(org_id), "gen") or 0)
+        return bool(redis.zadd(keys.orgs(), {org_id: generation}, gt=True, ch=True))
 
     _note(_Note(f"org {org_id}", check))
 
@@ -84,9 +87,9 @@ def clear() -> None:
 def _note(note: _Note) -> None:
     global _thread
     with _lock:
-        if note.what in _notes:
-            return
-        if len(_notes) >= MAX_NOTES:
+        # Noted again (another lost answer for the same claim or organisation): it starts over, so
+        # that the later command too has SETTLED_S of answers to land in.
+        if note.what not in _notes and len(_notes) >= MAX_NOTES:
             _notes.pop(next(iter(_notes)))
             logger.warning("mollifier.lost_answer.dropped_oldest max=%d", MAX_NOTES)
         _notes[note.what] = note
@@ -97,32 +100,53 @@ def _note(note: _Note) -> None:
 
 def _run() -> None:
     global _thread
-    while True:
-        time.sleep(EVERY_S)
+    try:
+        while True:
+            time.sleep(EVERY_S)
+            # While a breaker is open Redis is known not to answer: no call (each would be counted
+            # as a refused request); the breaker's own probe finds out when it answers again.
+            if breaker.worst_state() != breaker.State.CLOSED:
+                continue
+            with _lock:
+                notes = list(_notes.values())
+            finished = [note for note in notes if _finished(note)]
+            with _lock:
+                for note in finished:
+                    if _notes.get(note.what) is note:  # not noted again meanwhile
+                        del _notes[note.what]
+                if not _notes:
+                    return
+    finally:
         with _lock:
-            notes = list(_notes.values())
-        finished = [note for note in notes if _finished(note)]
-        with _lock:
-            for note in finished:
-                if _notes.get(note.what) is note:
-                    del _notes[note.what]
-            if not _notes:
-                _thread = None
-                return
+            _thread = None
 
 
 def _finished(note: _Note) -> bool:
     try:
-        if note.check():
-            logger.warning("mollifier.lost_answer.repaired %s", note.what)
-            return True
-    except BufferUnavailable:
-        note.answered_since = None  # still not answering: wait for it
-        return False
+        repaired = note.check()
+    except BufferUnavailable as error:
+        if error.__cause__ is None or redis_client.not_answering(error.__cause__):
+            note.answered_since = None  # still not answering: wait for it
+            return False
+        repaired = None  # an error reply is an answer: it counts towards settling
     except Exception:
         logger.exception("mollifier.lost_answer.check_failed %s", note.what)
         return True  # a bug, not Redis: do not retry it every second
+    if repaired is not None:
+        if repaired:
+            logger.warning("mollifier.lost_answer.repaired %s", note.what)
+        return True
     now = time.monotonic()
     if note.answered_since is None:
         note.answered_since = now
     return now - note.answered_since >= SETTLED_S
+
+
+def _forget_in_child() -> None:
+    """A forked child has no thread of its parent's, and its notes are the parent's to follow."""
+    global _lock, _thread
+    _lock, _thread = threading.Lock(), None
+    _notes.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)

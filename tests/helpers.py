@@ -41,3 +41,14 @@ def sdk_post(url: str, *, key: str, body: dict | None = None, attempts: int = 5)
         if attempt + 1 < attempts:
             time.sleep(1.6**attempt)
     return status
+
+
+def ndjson(items: list[dict]) -> bytes:
+    return b"".join(json.dumps(item).encode() + b"\n" for item in items)
+
+
+def send_items(api, batch, *items):
+    """A batch's items, streamed as the SDK sends them (NDJSON)."""
+    return api.generic(
+        "POST", f"/api/v3/batches/{batch}/items", ndjson(list(items)), content_type="application/x-ndjson"
+    )

@@ -1,7 +1,5 @@
 """The SDK's packet offload, step by step over the test client (API.md §1; runs.services.packets)."""
 
-import json
-
 from rest_framework.test import APIClient
 
 from tests.helpers import super_json
@@ -45,7 +43,3 @@ def upload(
 def trigger_packet(api, path: str, task: str = "hello-world", **options):
     body = {"payload": path, "options": {"payloadType": STORE, "payloadSize": 300 * 1024, **options}}
     return api.post(f"/api/v1/tasks/{task}/trigger", body, format="json")
-
-
-def ndjson(items: list[dict]) -> bytes:
-    return b"".join(json.dumps(item).encode() + b"\n" for item in items)

@@ -162,9 +162,9 @@ def _buffered_items(batch: BatchTaskRun) -> dict[int, str]:
         return buffer.batch_buffered_items(org_id=str(batch.environment.organization_id), batch_id=batch.id)
     except BufferUnavailable:
         if not mollifier_enrolled(batch.environment.organization):
-            # Its triggers never go to the buffer (the gate asks Redis nothing for it): an
-            # organisation that is not enrolled does not fail with Redis. Only members buffered
-            # before it left the mollifier could be missed, and only while Redis is out.
+            # Its triggers never go to the buffer: an organisation that is not enrolled does not
+            # fail with Redis. Only members buffered before it left the mollifier could be missed
+            # (a resent stream would trigger them again), and only while Redis is out.
             logger.warning("runs.batch.buffer_unread batch=%s (not enrolled: answered without it)", batch.id)
             return {}
         # Without the buffer's half, resent items could be triggered twice: let the SDK retry.

@@ -18,7 +18,7 @@ from runs.models import TaskRun
 from tests.conftest import client_for, enroll
 from tests.factories import EnvironmentFactory
 from tests.faults import RedisProcess
-from tests.helpers import trigger
+from tests.helpers import send_items, trigger
 from tests.server import wait_until
 
 pytestmark = pytest.mark.django_db
@@ -328,8 +328,6 @@ def test_with_redis_hung_a_batch_of_an_organisation_not_enrolled_is_written(own_
     """Only an enrolled organisation's batch can have members waiting in the buffer: the others'
     batches do not fail with Redis. An enrolled one answers a retryable 503 for its items (a resent
     stream could otherwise trigger a buffered member twice)."""
-    from tests.runs.test_batches_and_cancel import send_items
-
     plain, enrolled = EnvironmentFactory(), enroll(EnvironmentFactory())
     batches = {
         environment: client_for(environment).post("/api/v3/batches", {"runCount": 2}, format="json").json()["id"]

@@ -8,8 +8,7 @@ from mollifier.drainer import Drainer
 from runs.models import BatchTaskRun, BatchTaskRunItem, BatchTaskRunPendingItem, RunStatus, TaskRun
 from tests.buffering import fill_buffer
 from tests.factories import TaskRunFactory
-from tests.helpers import trigger
-from tests.runs.test_batches_and_cancel import send_items
+from tests.helpers import send_items, trigger
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

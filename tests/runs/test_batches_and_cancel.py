@@ -1,19 +1,9 @@
 import pytest
 
 from runs.models import BatchTaskRun, BatchTaskRunItem, RunStatus, TaskRun
-from tests.helpers import trigger
+from tests.helpers import send_items, trigger
 
 pytestmark = pytest.mark.django_db
-
-
-def ndjson(*items) -> bytes:
-    import json
-
-    return b"".join(json.dumps(item).encode() + b"\n" for item in items)
-
-
-def send_items(api, batch, *items):
-    return api.generic("POST", f"/api/v3/batches/{batch}/items", ndjson(*items), content_type="application/x-ndjson")
 
 
 def test_two_phase_batch_creates_linked_runs(api):

@@ -13,11 +13,11 @@ from mollifier.clock import now_ms
 from runs.models import Packet, TaskRun
 from runs.services.packets import packet_url
 from tests.buffering import write_round
+from tests.helpers import ndjson
 from tests.packets import (
     STORE,
     big_payload,
     get_url,
-    ndjson,
     presign_upload,
     put_bytes,
     trigger_packet,

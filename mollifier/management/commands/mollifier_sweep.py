@@ -42,13 +42,7 @@ class Command(BufferCommand):
                 self.stderr.write("another sweeper holds the lease; skipped")
                 if not every:
                     raise SystemExit(3)
-            elif quiet and not (
-                report.stale
-                or report.expired_leases
-                or report.settled_pins
-                or report.reindexed_orgs
-                or report.unindexed_orgs
-            ):
+            elif quiet and not _found_anything(report):
                 pass
             elif json:
                 self.stdout.write(_json({**report.__dict__, "stale_after_ms": conf.stale_after_ms()}))
@@ -65,6 +59,12 @@ class Command(BufferCommand):
                     raise SystemExit(2)
                 return
             time.sleep(every)
+
+
+def _found_anything(report) -> bool:
+    return bool(
+        report.stale or report.expired_leases or report.settled_pins or report.reindexed_orgs or report.unindexed_orgs
+    )
 
 
 def _json(data: dict) -> str:
