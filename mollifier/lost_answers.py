@@ -115,10 +115,12 @@ def _run() -> None:
                     if _notes.get(note.what) is note:  # not noted again meanwhile
                         del _notes[note.what]
                 if not _notes:
+                    _thread = None  # under the lock: a note added after this starts a new thread
                     return
-    finally:
+    except BaseException:
         with _lock:
             _thread = None
+        raise
 
 
 def _finished(note: _Note) -> bool:
