@@ -1,5 +1,7 @@
 """Bad input gets a clear 4xx ``{"error": …}`` and nothing is written."""
 
+import json
+
 import pytest
 from rest_framework.test import APIClient
 
@@ -168,6 +170,21 @@ def test_bad_batch_create_is_400(api, body):
 def test_unknown_api_paths_answer_json_404(api):
     response = api.get("/api/v9/nothing/here")
     assert response.status_code == 404 and response.json() == {"error": "Not found"}
+
+
+def test_a_host_django_refuses_answers_json_400_and_writes_nothing(api):
+    response = api.post("/api/v1/tasks/t/trigger", {"payload": "x"}, format="json", HTTP_HOST="evil.example")
+    assert response.status_code == 400 and response.json() == {"error": "Bad request"}
+    assert TaskRun.objects.count() == 0
+
+
+def test_an_unexpected_error_answers_json_500_to_api_clients(rf):
+    from trigger_project.urls import server_error
+
+    api, page = server_error(rf.get("/api/v3/runs/run_x")), server_error(rf.get("/admin/"))
+    assert api.status_code == 500 and api["content-type"] == "application/json"
+    assert json.loads(api.content) == {"error": "Internal server error"}
+    assert page.status_code == 500 and "json" not in page["content-type"]
 
 
 def test_task_ids_with_control_characters_are_refused_not_html(api):
