@@ -612,6 +612,14 @@ def reset_idempotency(*, org_id: str, env_id: str, task: str, key: str, now_ms: 
     return ResetResult(ResetStatus.BUSY)
 
 
+def answers() -> bool:
+    """Does Redis answer right now (a PING)?"""
+    try:
+        return bool(redis_client.get().ping())
+    except BufferUnavailable:
+        return False
+
+
 def active_orgs() -> list[str]:
     """Organisations with buffered work, in index order."""
     return [as_text(org) for org in redis_client.get().zrange(keys.orgs(), 0, -1)]

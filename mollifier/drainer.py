@@ -99,6 +99,7 @@ def settle(sink: Sink, pins: list[buffer.Pin], *, now_ms: int, keep_lease: bool 
     return outcome
 
 
+REDIS_PROBE_EVERY_S = 1.0  # while the drainer waits for Redis (see Drainer._wait)
 ROUND_ROWS_MAX = 1_000_000  # a round is bounded by the rate (rate.ROUND_MS of it), not by this
 PREFETCH_THREAD = "mollifier-lease"
 
@@ -480,7 +481,7 @@ class Drainer:
                     )
                     if on_wait:
                         on_wait(waiting)
-                    if self.stop.wait(waiting.retry_in_ms / 1000):
+                    if self._wait(waiting):
                         return
                     continue
                 # Redis answered this round; Postgres only when the round wrote something (an
@@ -505,6 +506,20 @@ class Drainer:
                     if once and not self._has_waiting():
                         return
                     self.stop.wait(conf.drain_idle_sleep_ms() / 1000)
+
+    def _wait(self, waiting: Waiting) -> bool:
+        """Sleep the backoff; True when stopped meanwhile. A wait for Redis ends as soon as Redis
+        answers a PING (one a second): after a long outage the backoff has grown to its cap
+        (MOLLIFIER_DRAIN_BACKOFF_MAX_MS), and the buffer would otherwise wait up to that long
+        again once Redis is back. Redis that still hangs costs each PING its socket timeout."""
+        deadline = time.monotonic() + waiting.retry_in_ms / 1000
+        watch = waiting.dependency == "redis"
+        while (left := deadline - time.monotonic()) > 0:
+            if self.stop.wait(min(left, REDIS_PROBE_EVERY_S) if watch else left):
+                return True
+            if watch and time.monotonic() < deadline and buffer.answers():
+                return False
+        return False
 
     def _went_idle(self) -> None:
         """Once after rounds that wrote: the sink finishes what their transactions could not see."""

@@ -128,3 +128,24 @@ def test_the_backoff_resets_after_a_round_goes_through(own_redis):
 
 def drainer_idle(environment) -> bool:
     return buffer.buffered_count(str(environment.organization_id)) == 0 and TaskRun.objects.count() == 20
+
+
+def test_the_drain_resumes_once_redis_answers_not_when_the_backoff_ends(own_redis, settings):
+    """After a long outage the backoff has grown to its cap: the drainer still starts again within
+    moments of Redis answering (it PINGs while it waits), not a whole backoff later."""
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "DRAIN_BACKOFF_BASE_MS": 600_000, "DRAIN_BACKOFF_MAX_MS": 600_000}
+    environment = EnvironmentFactory()
+    run_ids = fill_buffer(environment, 20)
+    waits: list[Waiting] = []
+    drainer = Drainer()
+    with own_redis.paused():
+        thread = drain_in_background(drainer, waits)
+        wait_until(lambda: len(waits) >= 1, timeout=30)  # waiting for Redis: about ten minutes, by the backoff
+    try:
+        wait_until(lambda: buffer.buffered_count(str(environment.organization_id)) == 0, timeout=30)
+    finally:
+        drainer.stop.set()
+        thread.join(30)
+
+    assert len(waits) == 1 and waits[0].dependency == "redis" and waits[0].retry_in_ms >= 480_000
+    assert sorted(run.friendly_id for run in TaskRun.objects.filter(environment=environment)) == sorted(run_ids)
