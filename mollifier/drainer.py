@@ -21,6 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from mollifier import buffer, conf, metrics, priority, rate
+from mollifier import client as redis_client
 from mollifier.clock import now_ms
 from mollifier.codec import Entry
 from mollifier.exceptions import BufferUnavailable, SinkUnavailable
@@ -62,6 +63,7 @@ class Waiting:
     failures: int  # consecutive, this one included
     error: str
     retry_in_ms: int = 0
+    until_answered: bool = False  # Redis did not answer: the wait ends early once it does
 
 
 @dataclass
@@ -466,7 +468,9 @@ class Drainer:
                 except BufferUnavailable as error:
                     ahead = None
                     metrics.DRAIN_FAILURES.labels(cause="redis_unavailable").inc()
-                    waiting = Waiting("redis", 0, f"{type(error).__name__}: {error}")
+                    # An error reply is an answer: a PING would answer too, so no early end of the wait.
+                    silent = error.__cause__ is None or redis_client.not_answering(error.__cause__)
+                    waiting = Waiting("redis", 0, f"{type(error).__name__}: {error}", until_answered=silent)
                 if waiting is not None:
                     failures = failures + 1 if waiting.dependency == waiting_for else 1
                     waiting.failures = failures
@@ -508,12 +512,12 @@ class Drainer:
                     self.stop.wait(conf.drain_idle_sleep_ms() / 1000)
 
     def _wait(self, waiting: Waiting) -> bool:
-        """Sleep the backoff; True when stopped meanwhile. A wait for Redis ends as soon as Redis
-        answers a PING (one a second): after a long outage the backoff has grown to its cap
-        (MOLLIFIER_DRAIN_BACKOFF_MAX_MS), and the buffer would otherwise wait up to that long
-        again once Redis is back. Redis that still hangs costs each PING its socket timeout."""
+        """Sleep the backoff; True when stopped meanwhile. A wait for a Redis that did not answer
+        ends as soon as it answers a PING (one a second): after a long outage the backoff has grown
+        to its cap (MOLLIFIER_DRAIN_BACKOFF_MAX_MS), and the buffer would otherwise wait up to that
+        long again once Redis is back. Redis that still hangs costs each PING its socket timeout."""
         deadline = time.monotonic() + waiting.retry_in_ms / 1000
-        watch = waiting.dependency == "redis"
+        watch = waiting.until_answered
         while (left := deadline - time.monotonic()) > 0:
             if self.stop.wait(min(left, REDIS_PROBE_EVERY_S) if watch else left):
                 return True
