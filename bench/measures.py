@@ -4,6 +4,7 @@ import collections
 import statistics
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -217,11 +218,7 @@ def p2_drain(tenants: Tenants, *, entries: int, single_rows: int, rounds: int, s
         "ratio_two_drainers_to_copy_range": _spread(per_round["two_drainers"]),
         "ratio_drain_to_single": round(one / single_rate, 2),
         # CPU µs per row written, by part (clients: the drainer processes, or the COPY's own process).
-        "cpu_us_per_row": {
-            "one_drainer": cpu_median["one_drainer"],
-            "two_drainers": cpu_median["two_drainers"],
-            "copy": cpu_median["copy"],
-        },
+        "cpu_us_per_row": cpu_median,
     }
 
 
@@ -254,33 +251,39 @@ def _copy_rate() -> tuple[float, dict, list[tuple]]:
     """psycopg COPY of the rows the last drain wrote, into a table like runs_taskrun (same indexes):
     rows/s, CPU µs per row, and the rows."""
     rows = _copy_target_rows()
-    with connection.cursor() as cursor:
-        raw = cursor.cursor
-        raw.execute("DROP TABLE IF EXISTS bench_copy_target")
-        raw.execute("CREATE TABLE bench_copy_target (LIKE runs_taskrun INCLUDING ALL)")  # same indexes
+    with _copy_target() as raw:
         with CpuWindow(None) as window:
             with connection.connection.transaction():
                 with raw.copy(f"COPY bench_copy_target ({COLUMNS}) FROM STDIN") as copy:
                     for row in rows:
                         copy.write_row(row)
-        raw.execute("DROP TABLE bench_copy_target")
     return len(rows) / window.seconds, window.per_row_us(len(rows)), rows
 
 
 def _single_rate(rows: list[tuple]) -> float:
     """One INSERT per transaction, rows/s."""
-    with connection.cursor() as cursor:
-        raw = cursor.cursor
-        raw.execute("DROP TABLE IF EXISTS bench_copy_target")
-        raw.execute("CREATE TABLE bench_copy_target (LIKE runs_taskrun INCLUDING ALL)")
-        placeholders = ", ".join(["%s"] * len(rows[0]))
+    placeholders = ", ".join(["%s"] * len(rows[0]))
+    with _copy_target() as raw:
         started = time.perf_counter()
         for row in rows:
             with connection.connection.transaction():
                 raw.execute(f"INSERT INTO bench_copy_target ({COLUMNS}) VALUES ({placeholders})", row)
         seconds = time.perf_counter() - started
-        raw.execute("DROP TABLE bench_copy_target")
     return len(rows) / seconds
+
+
+@contextmanager
+def _copy_target():
+    """A fresh table like runs_taskrun (same indexes), dropped after: the baselines' target. Yields
+    the psycopg cursor."""
+    with connection.cursor() as cursor:
+        raw = cursor.cursor
+        raw.execute("DROP TABLE IF EXISTS bench_copy_target")
+        raw.execute("CREATE TABLE bench_copy_target (LIKE runs_taskrun INCLUDING ALL)")
+        try:
+            yield raw
+        finally:
+            raw.execute("DROP TABLE bench_copy_target")
 
 
 @dataclass

@@ -112,10 +112,21 @@ def accept_result(reply, entry: Entry, *, client) -> AcceptResult:
     return AcceptResult(status, detail or entry.run_id)
 
 
-def _index_org(client, org_id: str, generation: str) -> None:
+def _index_org(client, org_id: str, generation: str | bytes | int) -> bool:
     """Index an organisation that a script made active (its keys and the index are in different
-    slots, so this is a command of its own)."""
-    client.zadd(keys.orgs(), {org_id: int(generation)}, gt=True)
+    slots, so this is a command of its own); True when the index changed. ZADD GT: a newer
+    generation always wins over an older one, whichever arrives first (see org_unindex.lua)."""
+    return bool(client.zadd(keys.orgs(), {org_id: int(generation)}, gt=True, ch=True))
+
+
+def index_if_active(org_id: str, *, client=None) -> bool | None:
+    """Index an organisation that has active environments, with its generation: the repair when the
+    answer that would have indexed it was lost (a web process died, or Redis hung, between the
+    accept and the index). None when it has no active environment; else whether the index changed."""
+    redis = client or redis_client.get()
+    if not redis.scard(keys.envs(org_id)):
+        return None
+    return _index_org(redis, org_id, redis.hget(keys.stats(org_id), "gen") or 0)
 
 
 def index_delayed(*, org_id: str, env_id: str, run_id: str, delay_until_ms: int | None, client=None) -> None:

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mollifier import breaker, keys, scripts
+from mollifier import breaker, buffer, scripts
 from mollifier import client as redis_client
 from mollifier.exceptions import BufferUnavailable
 
@@ -61,16 +61,8 @@ def release_claim(*, redis_key: str, marker: str) -> None:
 def index_org(org_id: str) -> None:
     """An accept's answer was lost: it may have made the organisation active without indexing it."""
 
-    def check() -> bool | None:
-        redis = redis_client.get()
-        if not redis.scard(keys.envs(org_id)):
-            return None
-        # As the sweep does: ZADD GT with the organisation's generation (see org_unindex.lua). Most
-        # often a later accept's answer indexed it already: then nothing changes.
-        generation = int(redis.hget(keys.stats(org_id), "gen") or 0)
-        return bool(redis.zadd(keys.orgs(), {org_id: generation}, gt=True, ch=True))
-
-    _note(_Note(f"org {org_id}", check))
+    # As the sweep repairs it. Most often a later accept's answer indexed it already: nothing changes.
+    _note(_Note(f"org {org_id}", lambda: buffer.index_if_active(org_id)))
 
 
 def pending() -> int:

@@ -49,8 +49,7 @@ def _sweep(redis, *, now_ms: int) -> SweepReport:
     reindexed = unindexed = 0
     for key in redis.scan_iter(match=keys.org_pattern(), count=500):
         org = key.decode().split("{o:", 1)[1].split("}", 1)[0]
-        if org not in indexed and redis.scard(key):
-            redis.zadd(keys.orgs(), {org: int(redis.hget(keys.stats(org), "gen") or 0)}, gt=True)
+        if org not in indexed and buffer.index_if_active(org, client=redis) is not None:
             reindexed += 1
     for org in buffer.active_orgs():
         if not buffer.active_envs(org):

@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.http import JsonResponse
 from django.urls import include, path
+from django.views import defaults
 from drf_spectacular.views import SpectacularAPIView
 
 from mollifier.views import metrics_view
@@ -10,32 +11,26 @@ def healthz(request):
     return JsonResponse({"ok": True})
 
 
-def not_found(request, exception=None):
+def _for_api(request, status: int, error: str, page):
     """API clients get JSON, as from every API view; people get Django's page."""
     if request.path.startswith("/api/"):
-        return JsonResponse({"error": "Not found"}, status=404)
-    from django.views.defaults import page_not_found
+        return JsonResponse({"error": error}, status=status)
+    return page()
 
-    return page_not_found(request, exception)
+
+def not_found(request, exception=None):
+    return _for_api(request, 404, "Not found", lambda: defaults.page_not_found(request, exception))
 
 
 def bad_request(request, exception=None):
     """What Django refuses before any view (a Host header not in ALLOWED_HOSTS, a suspicious
-    request): JSON for API clients too. The exception's text is not echoed: it names settings."""
-    if request.path.startswith("/api/"):
-        return JsonResponse({"error": "Bad request"}, status=400)
-    from django.views.defaults import bad_request as page
-
-    return page(request, exception)
+    request). The exception's text is not echoed: it names settings."""
+    return _for_api(request, 400, "Bad request", lambda: defaults.bad_request(request, exception))
 
 
 def server_error(request):
-    """An unexpected error: JSON for API clients (the SDK retries a 5xx and reads ``error``)."""
-    if request.path.startswith("/api/"):
-        return JsonResponse({"error": "Internal server error"}, status=500)
-    from django.views.defaults import server_error as page
-
-    return page(request)
+    """An unexpected error (the SDK retries a 5xx and reads ``error``)."""
+    return _for_api(request, 500, "Internal server error", lambda: defaults.server_error(request))
 
 
 handler404 = not_found
