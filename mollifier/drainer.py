@@ -53,6 +53,7 @@ class RoundResult:
     envs: int = 0
     written: list[int] = field(default_factory=list)  # trigger times (ms) of the runs written, for dwell
     database_error: str = ""  # set when the sink could not reach Postgres: the loop backs off
+    database_answered: bool = False  # ... with an error a trivial query would not meet (SinkUnavailable.answered)
 
 
 @dataclass
@@ -63,7 +64,7 @@ class Waiting:
     failures: int  # consecutive, this one included
     error: str
     retry_in_ms: int = 0
-    until_answered: bool = False  # Redis did not answer: the wait ends early once it does
+    until_answered: bool = False  # the dependency refused or did not answer: the wait ends early once it does
 
 
 @dataclass
@@ -101,7 +102,7 @@ def settle(sink: Sink, pins: list[buffer.Pin], *, now_ms: int, keep_lease: bool 
     return outcome
 
 
-REDIS_PROBE_EVERY_S = 1.0  # while the drainer waits for Redis (see Drainer._wait)
+PROBE_EVERY_S = 1.0  # while the drainer waits for a store that refused or did not answer (Drainer._wait)
 ROUND_ROWS_MAX = 1_000_000  # a round is bounded by the rate (rate.ROUND_MS of it), not by this
 PREFETCH_THREAD = "mollifier-lease"
 
@@ -308,7 +309,7 @@ class Drainer:
         except SinkUnavailable as error:
             logger.warning("mollifier.drain.database_unavailable entries=%d error=%s", len(entries), error)
             metrics.DRAIN_FAILURES.labels(cause="database_unavailable").inc()
-            result.database_error = str(error)
+            result.database_error, result.database_answered = str(error), error.answered
             for entry in entries:
                 self._give_back(entry, result, "database_unavailable", "the database could not be reached", count=False)
             self._ack([], missing, result)
@@ -333,7 +334,7 @@ class Drainer:
             try:
                 result.report += self._write_entry(entry)
             except SinkUnavailable as error:
-                result.database_error = str(error)
+                result.database_error, result.database_answered = str(error), error.answered
                 self._give_back(entry, result, "database_unavailable", "the database could not be reached", count=False)
                 continue
             except BufferUnavailable:
@@ -387,11 +388,13 @@ class Drainer:
             self._give_back(entry, result, type(error).__name__, str(error))
 
     def _give_back(self, entry: Entry, result: RoundResult, code: str, message: str, *, count: bool = True) -> None:
-        """Return a leased entry to ready after a backoff that grows with its attempts."""
+        """Return a leased entry to ready after a backoff that grows with its attempts; without
+        ``count`` (the database failed, not the entry) at once: the loop's own wait spaces the
+        retries, and the entry is drained as soon as the database is back."""
         attempts = buffer.retry(
             entry,
             now_ms=self.clock(),
-            backoff_ms=backoff_ms(entry.attempts + 1),
+            backoff_ms=backoff_ms(entry.attempts + 1) if count else 0,
             code=code,
             message=message,
             count=count,
@@ -462,7 +465,9 @@ class Drainer:
                         ahead = prefetch.submit(self._start_round)
                     result = self._finish_round(started_round)
                     if result.database_error:
-                        waiting = Waiting("postgres", 0, result.database_error)
+                        waiting = Waiting(
+                            "postgres", 0, result.database_error, until_answered=not result.database_answered
+                        )
                         self._give_back_round(ahead)  # not written while Postgres is out
                         ahead = None
                 except BufferUnavailable as error:
@@ -512,16 +517,20 @@ class Drainer:
                     self.stop.wait(conf.drain_idle_sleep_ms() / 1000)
 
     def _wait(self, waiting: Waiting) -> bool:
-        """Sleep the backoff; True when stopped meanwhile. A wait for a Redis that did not answer
-        ends as soon as it answers a PING (one a second): after a long outage the backoff has grown
-        to its cap (MOLLIFIER_DRAIN_BACKOFF_MAX_MS), and the buffer would otherwise wait up to that
-        long again once Redis is back. Redis that still hangs costs each PING its socket timeout."""
+        """Sleep the backoff; True when stopped meanwhile. A wait for a store that refused or did
+        not answer ends as soon as it answers (a PING to Redis, a ``SELECT 1`` through the sink to
+        Postgres, one a second): after a long outage the backoff has grown to its cap
+        (MOLLIFIER_DRAIN_BACKOFF_MAX_MS), and the buffer would otherwise wait up to that long again
+        once the store is back. A store that still hangs costs each probe its client's timeout.
+        A failure that was an answer (a Redis error reply, a statement timeout under a lock) keeps
+        the whole backoff: the probe would be answered while the failure stays."""
         deadline = time.monotonic() + waiting.retry_in_ms / 1000
         watch = waiting.until_answered
+        answers = buffer.answers if waiting.dependency == "redis" else self.sink.answers
         while (left := deadline - time.monotonic()) > 0:
-            if self.stop.wait(min(left, REDIS_PROBE_EVERY_S) if watch else left):
+            if self.stop.wait(min(left, PROBE_EVERY_S) if watch else left):
                 return True
-            if watch and time.monotonic() < deadline and buffer.answers():
+            if watch and time.monotonic() < deadline and answers():
                 return False
         return False
 

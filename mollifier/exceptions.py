@@ -12,4 +12,13 @@ class ClaimTimeout(Exception):
 
 
 class SinkUnavailable(Exception):
-    """The sink's database could not be reached: retry the whole round later (with backoff)."""
+    """The sink's database could not be reached: retry the whole round later (with backoff).
+
+    ``answered``: the database answered, with an error that a trivial query would not meet (a
+    statement timeout under a lock, a full disk): the wait keeps its whole backoff. Otherwise
+    (refused, no answer, shutting down) the drainer ends its wait as soon as the sink ``answers()``.
+    """
+
+    def __init__(self, message: str = "", *, answered: bool = False):
+        super().__init__(message)
+        self.answered = answered

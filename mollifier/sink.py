@@ -21,6 +21,11 @@ backend), so the mollifier never imports the app that owns the rows. Contract:
 ``settle(pins) -> {run_id: Settled}``
     What became of the transactions that pinned these runs: committed (the rows exist), not
     committed (rolled back), or still running. Raises SinkUnavailable when it cannot tell.
+
+``answers() -> bool``
+    Does the database answer a trivial query right now? Asked about once a second while the
+    drainer waits after a SinkUnavailable that was not ``answered`` (the database refused or did
+    not answer), so that the drain starts again as soon as it is back. Never raises.
 """
 
 import enum
@@ -68,6 +73,8 @@ class Sink(Protocol):
     def idle(self) -> None: ...
 
     def settle(self, pins: list[buffer.Pin]) -> dict[str, Settled]: ...
+
+    def answers(self) -> bool: ...
 
 
 @lru_cache(maxsize=4)

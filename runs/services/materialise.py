@@ -71,11 +71,11 @@ class TaskRunSink:
                 held = [entry for entry in entries if entry.run_id in kept]
                 report = _materialise(held, minimal=last_resort) if held else SinkReport()
         except (OperationalError, InterfaceError) as error:
-            raise SinkUnavailable(str(error)) from error
+            raise _unavailable(error) from error
         except psycopg.Error as error:  # the raw COPY path's errors are not wrapped by Django
             if not _database_unavailable(error):
                 raise
-            raise SinkUnavailable(str(error)) from error
+            raise _unavailable(error) from error
         return report + SinkReport(fenced=len(entries) - len(held))
 
     def idle(self) -> None:
@@ -92,7 +92,31 @@ class TaskRunSink:
         try:
             return settle_pins(pins)
         except (OperationalError, InterfaceError) as error:
-            raise SinkUnavailable(str(error)) from error
+            raise _unavailable(error) from error
+
+    def answers(self) -> bool:
+        """Does the database answer a trivial query right now? A connection that fails is closed:
+        the next call, or round, opens a new one."""
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            return True
+        except (DatabaseError, InterfaceError):
+            connection.close()
+            return False
+
+
+# Failures that a trivial query meets too, for as long as they last: no connection (08; or no code
+# at all: refused at connect, no answer within DB_ANSWER_TIMEOUT_MS), a server shutting down or
+# starting up (57P01-57P03), no connection slot free (53300). Any other code is an answer that a
+# SELECT 1 would not meet (a statement timeout under a lock, a full disk).
+_SEEN_BY_A_PROBE = ("08", "57P01", "57P02", "57P03", "53300")
+
+
+def _unavailable(error: Exception) -> SinkUnavailable:
+    cause = error if isinstance(error, psycopg.Error) else error.__cause__
+    sqlstate = getattr(cause, "sqlstate", None) or ""
+    return SinkUnavailable(str(error), answered=bool(sqlstate) and not sqlstate.startswith(_SEEN_BY_A_PROBE))
 
 
 def _database_unavailable(error: psycopg.Error) -> bool:

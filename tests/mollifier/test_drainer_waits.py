@@ -1,10 +1,15 @@
 """The drainer survives a Redis that hangs (SIGSTOP) at any of its calls: it waits with a backoff
-that grows and resets, says what it waits for, never spins, and writes every run exactly once."""
+that grows and resets, says what it waits for, never spins, and writes every run exactly once. Its
+wait for a store that refused or did not answer ends as soon as the store answers again."""
 
 import logging
 import signal
+import socket
 import threading
+import time
+from contextlib import contextmanager
 
+import psycopg
 import pytest
 from django.db import connection
 
@@ -15,7 +20,7 @@ from runs.services.materialise import TaskRunSink
 from tests.buffering import fill_buffer
 from tests.factories import EnvironmentFactory
 from tests.faults import RedisProcess
-from tests.server import wait_until
+from tests.server import database_url, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -149,3 +154,78 @@ def test_the_drain_resumes_once_redis_answers_not_when_the_backoff_ends(own_redi
 
     assert len(waits) == 1 and waits[0].dependency == "redis" and waits[0].retry_in_ms >= 480_000
     assert sorted(run.friendly_id for run in TaskRun.objects.filter(environment=environment)) == sorted(run_ids)
+
+
+@contextmanager
+def postgres_out(outage: str):
+    """This thread's and every new Django connection go to a Postgres that refuses (a port nothing
+    listens on) or never answers (a socket that accepts and says nothing), until the block ends."""
+    database = connection.settings_dict  # shared by every thread's connection
+    saved = {name: database[name] for name in ("HOST", "PORT", "OPTIONS")}
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        if outage == "hung":
+            silent.listen(8)  # the kernel completes the handshake; nobody ever answers
+        database.update(
+            HOST="127.0.0.1",
+            PORT=str(silent.getsockname()[1]),
+            OPTIONS={**saved["OPTIONS"], "connect_timeout": 1},
+        )
+        try:
+            yield
+        finally:
+            database.update(saved)
+
+
+@pytest.mark.parametrize("outage", ["refused", "hung"])
+def test_the_drain_resumes_once_postgres_answers_not_when_the_backoff_ends(settings, outage):
+    """As for Redis: the drainer asks Postgres (SELECT 1) once a second while it waits for a database
+    that refused or did not answer, and starts again at once when it does, not ten minutes later."""
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "DRAIN_BACKOFF_BASE_MS": 600_000, "DRAIN_BACKOFF_MAX_MS": 600_000}
+    environment = EnvironmentFactory()
+    run_ids = fill_buffer(environment, 20)
+    waits: list[Waiting] = []
+    drainer = Drainer()
+    with postgres_out(outage):
+        thread = drain_in_background(drainer, waits)
+        wait_until(lambda: len(waits) >= 1, timeout=30)  # waiting for Postgres: about ten minutes, by the backoff
+    try:
+        wait_until(lambda: buffer.buffered_count(str(environment.organization_id)) == 0, timeout=30)
+    finally:
+        drainer.stop.set()
+        thread.join(30)
+
+    assert len(waits) == 1 and waits[0].dependency == "postgres" and waits[0].until_answered
+    assert waits[0].retry_in_ms >= 480_000
+    assert sorted(run.friendly_id for run in TaskRun.objects.filter(environment=environment)) == sorted(run_ids)
+
+
+def test_a_statement_timeout_keeps_the_whole_backoff(settings):
+    """Postgres answered (a statement timeout, under a lock): a SELECT 1 would be answered while the
+    lock holds, so the wait is not cut short by one."""
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "DRAIN_BACKOFF_BASE_MS": 600_000, "DRAIN_BACKOFF_MAX_MS": 600_000}
+    environment = EnvironmentFactory()
+    fill_buffer(environment, 5)
+    waits: list[Waiting] = []
+    drainer = Drainer()
+    database = connection.settings_dict
+    saved = database["OPTIONS"]
+    locker = psycopg.connect(database_url())
+    try:
+        locker.execute(f"LOCK TABLE {TaskRun._meta.db_table} IN ACCESS EXCLUSIVE MODE")
+        database["OPTIONS"] = {**saved, "options": "-c statement_timeout=300"}
+        try:
+            thread = drain_in_background(drainer, waits)
+            wait_until(lambda: len(waits) >= 1, timeout=30)
+        finally:
+            database["OPTIONS"] = saved
+        locker.rollback()  # the lock is gone: a cut-short wait would now drain
+        time.sleep(3)  # three probes' worth
+        assert TaskRun.objects.filter(environment=environment).count() == 0
+    finally:
+        drainer.stop.set()
+        thread.join(30)
+        locker.close()
+
+    assert len(waits) == 1 and waits[0].dependency == "postgres" and not waits[0].until_answered
+    assert "statement timeout" in waits[0].error
