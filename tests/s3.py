@@ -7,6 +7,7 @@ import boto3
 from moto.server import ThreadedMotoServer
 
 from tests.server import free_port
+from trigger_project.settings import packets_s3_client_config
 
 ACCESS_KEY = "test-access-key"
 SECRET_KEY = "test-secret-key"
@@ -41,7 +42,7 @@ def new_bucket(endpoint: str) -> str:
     return name
 
 
-def storage_settings(endpoint: str, bucket: str, prefix: str = "") -> dict:
+def storage_settings(endpoint: str, bucket: str, prefix: str = "", timeout_s: float = 5) -> dict:
     """STORAGES["packets"] as settings.py builds it for PACKETS_BACKEND=s3."""
     return {
         "BACKEND": "storages.backends.s3.S3Storage",
@@ -54,6 +55,7 @@ def storage_settings(endpoint: str, bucket: str, prefix: str = "") -> dict:
             "secret_key": SECRET_KEY,
             "addressing_style": "path",
             "file_overwrite": True,
+            "client_config": packets_s3_client_config(timeout_s),
         },
     }
 

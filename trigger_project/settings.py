@@ -214,6 +214,16 @@ PACKETS: dict[str, Any] = {
 }
 
 
+def packets_s3_client_config(timeout_s: float):
+    """Bounded waits for the object store. boto3's own are 60 s to connect and 60 s per read, five
+    attempts: minutes, while a web worker (and, for an upload, the packet's row lock) waits, past
+    gunicorn's 30 s worker timeout. Two attempts of at most ``timeout_s`` each stay well under it;
+    a store that still fails answers 503, which the SDK retries."""
+    from botocore.config import Config
+
+    return Config(connect_timeout=timeout_s, read_timeout=timeout_s, retries={"max_attempts": 2, "mode": "standard"})
+
+
 def _packets_storage() -> dict:
     backend = env("PACKETS_BACKEND", "filesystem")
     if backend == "filesystem":
@@ -234,6 +244,7 @@ def _packets_storage() -> dict:
             "secret_key": env("PACKETS_S3_SECRET_ACCESS_KEY", "") or None,
             "addressing_style": env("PACKETS_S3_ADDRESSING_STYLE", "") or None,
             "file_overwrite": True,
+            "client_config": packets_s3_client_config(float(env("PACKETS_S3_TIMEOUT_SECONDS", "5"))),
         }
         return {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": options}
     raise ImproperlyConfigured(f"PACKETS_BACKEND must be filesystem or s3, got {backend!r}.")

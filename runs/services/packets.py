@@ -18,9 +18,11 @@ answers ``payloadPresignedUrl`` for such a run, and the SDK downloads it itself.
   period counts (runs.services.packet_cleanup).
 """
 
+import logging
 import re
 import tempfile
 from collections.abc import Iterable
+from contextlib import contextmanager
 from datetime import datetime
 from typing import IO
 from urllib.parse import urlencode
@@ -38,10 +40,20 @@ from runs.exceptions import (
     PacketAccessDenied,
     PacketInUse,
     PacketNotFound,
+    ServiceUnavailable,
     TooLarge,
     Unprocessable,
 )
 from runs.models import Packet, RuntimeEnvironment, TaskRun
+
+try:  # the S3 store's failures (PACKETS_BACKEND=s3, an optional extra)
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    _STORE_FAILURES: tuple[type[Exception], ...] = (OSError, BotoCoreError, ClientError)
+except ImportError:
+    _STORE_FAILURES = (OSError,)
+
+logger = logging.getLogger(__name__)
 
 PACKET_TYPE = "application/store"
 STORAGE_ALIAS = "packets"
@@ -64,6 +76,20 @@ _SPOOL_BYTES = 1024 * 1024  # an upload up to this size stays in memory on its w
 
 def packet_storage() -> Storage:
     return storages[STORAGE_ALIAS]
+
+
+@contextmanager
+def _store_answers():
+    """A store that fails (a full disk; an object store that refuses, errs or does not answer within
+    PACKETS_S3_TIMEOUT_SECONDS) is a 503, which the SDK retries, not a 500. A missing object stays
+    FileNotFoundError."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except _STORE_FAILURES as error:
+        logger.warning("runs.packets.store_unavailable error=%s", str(error)[:300])
+        raise ServiceUnavailable("The packet store could not be reached; retry shortly") from error
 
 
 def packet_prefix(environment_id: int) -> str:
@@ -217,7 +243,8 @@ def packet_store(
             upload = File(spool, name=path)
             upload.content_type = content_type  # type: ignore[attr-defined]  # object stores (S3) keep it on the object too
             storage = packet_storage()
-            stored = storage.save(path, upload)
+            with _store_answers():
+                stored = storage.save(path, upload)
             if stored != path:
                 storage.delete(stored)
                 raise ImproperlyConfigured(
@@ -242,9 +269,14 @@ def packet_open(*, path: str) -> tuple[Packet, IO[bytes]]:
     if packet is None:
         raise PacketNotFound("Packet not found")
     try:
-        return packet, packet_storage().open(path, "rb")
+        with _store_answers():
+            content = packet_storage().open(path, "rb")
+            # An object store fetches the bytes on first read, which would be while the answer
+            # streams: fetched now, a store that fails is a 503, not a body cut short.
+            content.file  # noqa: B018
     except FileNotFoundError:
         raise PacketNotFound("Packet not found") from None
+    return packet, content
 
 
 # -- triggers ------------------------------------------------------------------------------------

@@ -1,6 +1,9 @@
 """The packet store on S3 (django-storages against moto's real S3 server): the same code, the same
 answers, the bytes in a bucket."""
 
+import socket
+import time
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
@@ -63,3 +66,45 @@ def test_the_cleanup_removes_unused_objects_and_unrecorded_ones_from_the_bucket(
 
     assert report.deleted == [unused] and report.orphans == [orphan] and report.failed == 0
     assert s3.keys(s3_endpoint, bucket) == [f"packets/{kept}"]
+
+
+@contextmanager
+def failing_store(outage: str):
+    """An S3 endpoint that refuses (nothing listens) or hangs (accepts, never answers)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        if outage == "hung":
+            listener.listen(8)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+def packets_on(settings, endpoint: str, bucket: str) -> None:
+    storage = s3.storage_settings(endpoint, bucket, prefix="packets", timeout_s=0.5)
+    settings.STORAGES = {**settings.STORAGES, "packets": storage}
+
+
+@pytest.mark.parametrize("outage", ["refused", "hung"])
+def test_an_upload_to_a_store_that_refuses_or_hangs_answers_503_and_records_nothing(api, settings, outage):
+    with failing_store(outage) as endpoint:
+        packets_on(settings, endpoint, "packets")
+        url = presign_upload(api).json()["presignedUrl"]
+        started = time.monotonic()
+        answer = put_bytes(url, b'{"json":1}')
+        waited = time.monotonic() - started
+
+    assert answer.status_code == 503 and "retry" in answer.json()["error"]
+    assert waited < 20  # bounded (PACKETS_S3_TIMEOUT_SECONDS, two attempts), not boto3's minutes
+    assert not Packet.objects.exists()
+
+
+@pytest.mark.parametrize("outage", ["refused", "hung"])
+def test_a_download_from_a_store_that_refuses_or_hangs_answers_503_before_any_byte(
+    api, settings, s3_endpoint, bucket, outage
+):
+    path = upload(api, b'{"json":1}')
+    url = api.get(f"/api/v1/packets/{path}").json()["presignedUrl"]
+    with failing_store(outage) as endpoint:
+        packets_on(settings, endpoint, bucket)
+        answer = get_url(url)
+
+    assert answer.status_code == 503 and "retry" in answer.json()["error"]
