@@ -76,13 +76,15 @@ class StartedRound:
     grant: rate.Grant | None = None  # the rows the rate limiter granted this round
 
 
-def settle(sink: Sink, pins: list[buffer.Pin], *, now_ms: int, keep_lease: bool = False) -> dict[str, Settled]:
+def settle(
+    sink: Sink, pins: list[buffer.Pin], *, now_ms: int, keep_lease: bool = False, lapsed: bool = False
+) -> dict[str, Settled]:
     """Settle pins by their transaction's outcome (asked of the sink): committed rows are acked,
     transactions that did not commit give their runs back unchanged (or, with ``keep_lease``, leave
     them leased, unpinned, to the drainer that pinned them), running ones are left alone. Returns
     each run's outcome. Anyone may settle a pin: the acks and give-backs only apply while the exact
-    pin still holds."""
-    outcome = sink.settle(pins)
+    pin still holds. ``lapsed``: the pins' leases have lapsed (see Sink.settle)."""
+    outcome = sink.settle(pins, lapsed=lapsed)
     committed = [item for item in pins if outcome.get(item.run_id) == Settled.COMMITTED]
     rolled_back = [item for item in pins if outcome.get(item.run_id) == Settled.NOT_COMMITTED]
     if committed:
@@ -412,7 +414,7 @@ class Drainer:
             metrics.DRAIN_FAILURES.labels(cause="ack_failed").inc()
 
     def _settle(self, pins: list[buffer.Pin], result: RoundResult) -> None:
-        outcome = settle(self.sink, pins, now_ms=self.clock())
+        outcome = settle(self.sink, pins, now_ms=self.clock(), lapsed=True)  # found by pop: their lease lapsed
         result.settled += sum(value != Settled.RUNNING for value in outcome.values())
 
     def drain_environment(self, *, org_id: str, env_id: str) -> RoundResult:

@@ -18,9 +18,11 @@ backend), so the mollifier never imports the app that owns the rows. Contract:
     drainer stops): finish what a round's transaction could not see before its commit. Never
     raises for the database.
 
-``settle(pins) -> {run_id: Settled}``
+``settle(pins, lapsed=False) -> {run_id: Settled}``
     What became of the transactions that pinned these runs: committed (the rows exist), not
-    committed (rolled back), or still running. Raises SinkUnavailable when it cannot tell.
+    committed (rolled back), or still running. Raises SinkUnavailable when it cannot tell. With
+    ``lapsed`` (the pins' leases have lapsed: found by a drainer's lease or the sweep), first end a
+    transaction whose drainer stalled mid-write, which the database's own timeouts do not end.
 
 ``answers() -> bool``
     Does the database answer a trivial query right now? Asked about once a second while the
@@ -72,7 +74,7 @@ class Sink(Protocol):
 
     def idle(self) -> None: ...
 
-    def settle(self, pins: list[buffer.Pin]) -> dict[str, Settled]: ...
+    def settle(self, pins: list[buffer.Pin], *, lapsed: bool = False) -> dict[str, Settled]: ...
 
     def answers(self) -> bool: ...
 

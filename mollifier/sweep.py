@@ -68,7 +68,7 @@ def _sweep(redis, *, now_ms: int) -> SweepReport:
             )
             expired += reclaimed
             if pins:
-                outcome = settle(get_sink(), pins, now_ms=now_ms)
+                outcome = settle(get_sink(), pins, now_ms=now_ms, lapsed=True)
                 settled += sum(value != Settled.RUNNING for value in outcome.values())
     return SweepReport(
         orgs=len({row.org_id for row in rows}),

@@ -87,10 +87,10 @@ class TaskRunSink:
         except (DatabaseError, InterfaceError):
             logger.warning("mollifier.drain.pending_items_not_linked", exc_info=True)
 
-    def settle(self, pins: list[Pin]) -> dict[str, Settled]:
+    def settle(self, pins: list[Pin], *, lapsed: bool = False) -> dict[str, Settled]:
         """What became of the transactions that pinned these runs, by run id."""
         try:
-            return settle_pins(pins)
+            return settle_pins(pins, lapsed=lapsed)
         except (OperationalError, InterfaceError) as error:
             raise _unavailable(error) from error
 

@@ -5,22 +5,30 @@ mollifier/lua/lib/lease.lua). Whoever finds a pin later (another drainer once th
 a change to the run) asks Postgres, which knows: ``pg_xact_status`` of the transaction id.
 """
 
-from django.db import connection
+import logging
 
+from django.db import ProgrammingError, connection, transaction
+
+from mollifier import conf
 from mollifier.buffer import Pin
 from mollifier.sink import Settled
 from runs import ids
 from runs.models import TaskRun
 
+logger = logging.getLogger(__name__)
+
 _XACT_STATUS = {"committed": Settled.COMMITTED, "aborted": Settled.NOT_COMMITTED, "in progress": Settled.RUNNING}
 
 
-def settle_pins(pins: list[Pin]) -> dict[str, Settled]:
+def settle_pins(pins: list[Pin], *, lapsed: bool = False) -> dict[str, Settled]:
     """By run id: did the drainer transaction each run is pinned to commit (its row exists), not
-    commit, or is it still running?"""
+    commit, or is it still running? With ``lapsed`` (the pins' leases have lapsed), a transaction
+    whose drainer stalled mid-write is ended first (``_end_stalled_writers``)."""
     txids = sorted({item.txid for item in pins})
     if not txids:
         return {}
+    if lapsed:
+        _end_stalled_writers(txids)
     with connection.cursor() as cursor:
         cursor.execute("SELECT t, pg_xact_status(t::xid8) FROM unnest(%s::text[]) AS t", [txids])
         status = {txid: _XACT_STATUS[value] for txid, value in cursor.fetchall() if value in _XACT_STATUS}
@@ -35,3 +43,27 @@ def settle_pins(pins: list[Pin]) -> dict[str, Settled]:
         for run_id, internal in internal_ids.items():
             settled[run_id] = Settled.COMMITTED if internal in written else Settled.NOT_COMMITTED
     return settled
+
+
+def _end_stalled_writers(txids: list[str]) -> None:
+    """End the transactions among ``txids`` whose backend has waited for its drainer longer than a
+    lease. A drainer frozen (SIGSTOP, a long pause) or cut off while its COPY streams leaves its
+    backend waiting for data: Postgres applies neither ``statement_timeout`` nor
+    ``idle_in_transaction_session_timeout`` to that wait, and TCP keepalives do not fire while the
+    drainer's kernel still answers, so its runs would stay pinned until it woke. Ended, the
+    transaction rolls back (or, ended as it committed, had committed: the status read next says
+    which), and the runs are given back to be written by a drainer that is alive."""
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pid, pg_terminate_backend(pid, 1000) FROM pg_stat_activity"
+                " WHERE backend_xid = ANY(SELECT xid(t::xid8) FROM unnest(%s::text[]) AS t)"
+                " AND wait_event = 'ClientRead' AND state_change < clock_timestamp() - make_interval(secs => %s)",
+                [txids, conf.drain_lease_ms() / 1000],
+            )
+            ended = cursor.fetchall()
+    except ProgrammingError as error:  # not allowed to signal it: it ends when it wakes, as before
+        logger.warning("mollifier.drain.stalled_writer_not_ended error=%s", error)
+        return
+    for pid, gone in ended:
+        logger.warning("mollifier.drain.stalled_writer_ended pid=%s exited=%s", pid, gone)

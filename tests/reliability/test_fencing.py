@@ -5,16 +5,20 @@ Real processes: a gunicorn server answers the cancels (retried like the SDK retr
 drainer processes write, and a real Postgres table lock or SIGSTOP stalls them.
 """
 
+import logging
 import signal
 import threading
 import time
 
 import psycopg
 import pytest
-from django.db import connection
+from django.db import DatabaseError, connection, transaction
 
 from mollifier import buffer
+from mollifier.drainer import Drainer
+from mollifier.exceptions import SinkUnavailable
 from runs.models import RunStatus, TaskRun
+from runs.services.materialise import COLUMNS, TaskRunSink, _begin_fenced
 from tests.buffering import fill_buffer
 from tests.conftest import enroll
 from tests.factories import EnvironmentFactory
@@ -139,3 +143,64 @@ def test_a_drainer_whose_lease_lapses_waiting_for_the_rate_limiter_writes_nothin
     assert sorted(rows) == sorted(run_ids)
     assert {rows[run_id] for run_id, status in answers.items() if status == 200} <= {RunStatus.CANCELED}
     assert sum(status == 200 for status in answers.values()) >= 4, (answers, output)
+
+
+class FrozenMidCopy(TaskRunSink):
+    """A drainer frozen while its COPY streams (SIGSTOP, a long pause, a cut network): its round is
+    pinned to its transaction and the COPY open, and it sends nothing until ``wake`` is set. Then it
+    goes on as a drainer would, with the real sink (its own write has failed by then)."""
+
+    def __init__(self):
+        self.copying = threading.Event()
+        self.wake = threading.Event()
+
+    def write(self, entries, *, pin, last_resort=False):
+        if self.copying.is_set():
+            return super().write(entries, pin=pin, last_resort=last_resort)
+        try:
+            with transaction.atomic():
+                pin(_begin_fenced())
+                with connection.cursor() as cursor, cursor.cursor.copy(f"COPY runs_taskrun ({COLUMNS}) FROM STDIN"):
+                    self.copying.set()
+                    self.wake.wait(60)
+                    raise RuntimeError("woke mid-COPY")
+        except (DatabaseError, psycopg.Error, RuntimeError) as error:
+            raise SinkUnavailable(str(error)) from error
+
+
+def in_background(drainer: Drainer) -> threading.Thread:
+    def run():
+        try:
+            drainer.run()
+        finally:
+            connection.close()  # this thread's own: the test database is dropped at the end
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_drainer_frozen_mid_copy_is_ended_once_its_lease_lapses_and_its_runs_land_once(settings, caplog):
+    """Postgres applies neither statement_timeout nor idle_in_transaction_session_timeout to a COPY
+    waiting for its client: the drainer that finds the lapsed pins ends that transaction."""
+    caplog.set_level(logging.WARNING)
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "DRAIN_LEASE_MS": 1000, "DRAIN_BACKOFF_BASE_MS": 100}
+    environment = EnvironmentFactory()
+    run_ids = fill_buffer(environment, 50)
+    frozen_sink = FrozenMidCopy()
+    frozen, alive = Drainer(sink=frozen_sink), Drainer()
+    threads = [in_background(frozen)]
+    try:
+        assert frozen_sink.copying.wait(30)
+        threads.append(in_background(alive))
+        wait_until(lambda: TaskRun.objects.count() == 50, timeout=30)
+    finally:
+        frozen_sink.wake.set()
+        frozen.stop.set()
+        alive.stop.set()
+        for thread in threads:
+            thread.join(30)
+
+    assert sorted(run.friendly_id for run in TaskRun.objects.all()) == sorted(run_ids)  # each once
+    assert any("mollifier.drain.stalled_writer_ended" in record.getMessage() for record in caplog.records)
+    assert buffer.buffered_count(str(environment.organization_id)) == 0
