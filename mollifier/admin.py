@@ -82,10 +82,17 @@ class DashboardAdmin(admin.ModelAdmin):
     def drain_now(self, request, org_id: str, env_id: str):
         if not request.user.has_perm(DRAIN_PERMISSION):
             raise PermissionDenied
-        result = Drainer().drain_environment(org_id=org_id, env_id=env_id)
-        messages.success(
-            request, f"Drained {result.acked} run(s) of that environment ({result.report.inserted} inserted)."
-        )
+        try:
+            result = Drainer().drain_environment(org_id=org_id, env_id=env_id)
+        except BufferUnavailable:
+            messages.error(request, "Nothing drained: the buffer's Redis did not answer. Try again shortly.")
+        else:
+            if result.database_error:  # the round was given back, unwritten
+                messages.error(request, "Nothing drained: Postgres could not be reached. Try again shortly.")
+            else:
+                messages.success(
+                    request, f"Drained {result.acked} run(s) of that environment ({result.report.inserted} inserted)."
+                )
         return HttpResponseRedirect(reverse("admin:mollifier_dashboard_changelist"))
 
 

@@ -3,6 +3,7 @@
 Admin code renders and dispatches; services do the work (flags, cancel, reset, drain).
 """
 
+import functools
 import json
 
 from django import forms
@@ -29,6 +30,8 @@ from runs.services.cancel import task_run_cancel
 from runs.services.flags import MOLLIFIER_ENABLED, flag_enabled, mollifier_enrolled, organization_set_flag
 from runs.services.idempotency import idempotency_key_reset
 from runs.snapshots import from_ms
+
+BUFFER_SILENT = "The buffer's Redis did not answer: nothing was changed. Try again shortly."
 
 
 class OrganizationForm(forms.ModelForm):
@@ -251,6 +254,21 @@ class TaskRunAdmin(admin.ModelAdmin):
     def where(self, run):
         return Where.LABELS[Where.of(run)]
 
+    def _buffer_answers(self, view):
+        """A page or action that reads the buffer: when its Redis does not answer (refused, hung,
+        or the breaker open), back to the run list with that said, as the list itself says it,
+        instead of a 500."""
+
+        @functools.wraps(view)
+        def answered(request, *args, **kwargs):
+            try:
+                return view(request, *args, **kwargs)
+            except BufferUnavailable:
+                messages.error(request, BUFFER_SILENT)
+                return HttpResponseRedirect(reverse("admin:runs_taskrun_changelist"))
+
+        return answered
+
     def _selected_runs(self, request, queryset) -> list[TaskRun]:
         """The selected runs of either store: rows from the action's queryset, buffered runs by id."""
         rows = list(queryset.select_related("environment"))
@@ -260,6 +278,10 @@ class TaskRunAdmin(admin.ModelAdmin):
             return list(changelist.merged[0:ACROSS_LIMIT])
         wanted = set(request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)) - {run.pk for run in rows}
         return rows + buffered_runs_by_id(wanted)
+
+    def response_action(self, request, *args, **kwargs):
+        # The actions read the selected buffered runs first (_selected_runs).
+        return self._buffer_answers(super().response_action)(request, *args, **kwargs)
 
     @admin.action(description="Cancel the selected runs", permissions=["change"])
     def cancel_runs(self, request, queryset):
@@ -293,7 +315,9 @@ class TaskRunAdmin(admin.ModelAdmin):
     # -- buffered runs (Redis) ----------------------------------------------------------------
 
     def get_urls(self):
-        view = self.admin_site.admin_view
+        def view(page):
+            return self.admin_site.admin_view(self._buffer_answers(page))
+
         return [
             path("buffered/<str:org_id>/<str:run_id>/", view(self.buffered_view), name="runs_taskrun_buffered"),
             path(

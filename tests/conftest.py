@@ -1,4 +1,5 @@
 import os
+import socket
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -117,14 +118,13 @@ def other_api(other_environment):
     return client_for(other_environment)
 
 
-@pytest.fixture
-def dead_redis(settings):
-    """Point the mollifier at a Redis that refuses connections (the request cache keeps working)."""
+def mollifier_redis_at(settings, location: str) -> None:
+    """Point the mollifier at another Redis, with short timeouts (the request cache keeps working)."""
     settings.CACHES = {
         **settings.CACHES,
         "dead": {
             "BACKEND": "django_redis.cache.RedisCache",
-            "LOCATION": "redis://127.0.0.1:1/0",
+            "LOCATION": location,
             "OPTIONS": {
                 "SOCKET_CONNECT_TIMEOUT": 0.2,
                 "SOCKET_TIMEOUT": 0.2,
@@ -133,6 +133,23 @@ def dead_redis(settings):
         },
     }
     settings.MOLLIFIER = {**settings.MOLLIFIER, "REDIS_ALIAS": "dead", "REDIS_CLUSTER_URL": ""}
+
+
+@pytest.fixture
+def dead_redis(settings):
+    """Point the mollifier at a Redis that refuses connections (the request cache keeps working)."""
+    mollifier_redis_at(settings, "redis://127.0.0.1:1/0")
+
+
+@pytest.fixture(params=["refused", "hung"])
+def silent_redis(request, settings):
+    """Point the mollifier at a Redis that refuses connections, or accepts them and never answers."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        if request.param == "hung":
+            listener.listen(16)
+        mollifier_redis_at(settings, f"redis://127.0.0.1:{listener.getsockname()[1]}/0")
+        yield request.param
 
 
 @pytest.fixture

@@ -199,3 +199,25 @@ def test_reset_idempotency_command(environment):
     assert "released from 1 run in Postgres" in out.getvalue()
     with pytest.raises(CommandError, match="No runs found"):
         call_command("mollifier_reset_idempotency", "--env", spec, "--task", "hello-world", "--key", "k")
+
+
+def test_buffered_pages_and_actions_say_the_buffer_did_not_answer(admin_client, environment, silent_redis):
+    """Redis refused or hung: each page or action that needs the buffer is back on the run list with
+    that said (it was a 500), and the dashboard's "drain now" says nothing was drained."""
+    org, env = str(environment.organization_id), str(environment.pk)
+    run_id = "run_cm0000000000000000000000"  # whichever: the buffer cannot be asked
+
+    answers = [
+        admin_client.get(f"/admin/runs/taskrun/buffered/{org}/{run_id}/"),
+        admin_client.post(f"/admin/runs/taskrun/buffered/{org}/{run_id}/cancel/"),
+        admin_client.post(f"/admin/runs/taskrun/buffered/{org}/{run_id}/reset-key/"),
+        admin_client.post("/admin/runs/taskrun/", {"action": "cancel_runs", "_selected_action": [run_id]}),
+        admin_client.post("/admin/runs/taskrun/", {"action": "reset_idempotency_keys", "_selected_action": [run_id]}),
+    ]
+    page = admin_client.get("/admin/runs/taskrun/").content.decode()  # shows the messages
+    drained = admin_client.post(f"/admin/mollifier/dashboard/drain/{org}/{env}/", follow=True)
+
+    for answer in answers:
+        assert (answer.status_code, answer["Location"]) == (302, "/admin/runs/taskrun/")
+    assert page.count("did not answer: nothing was changed") == len(answers)
+    assert "Nothing drained: the buffer&#x27;s Redis did not answer" in drained.content.decode()
