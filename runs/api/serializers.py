@@ -281,9 +281,23 @@ class RescheduleSerializer(serializers.Serializer):
 
 
 class MetadataOperationSerializer(serializers.Serializer):
+    """One of the SDK's metadata operations: ``update`` takes an object, every other one a key, and
+    ``increment`` a number (an operation that cannot apply is a 400, not silently skipped)."""
+
     type = serializers.ChoiceField(choices=["update", "set", "delete", "append", "remove", "increment"])
     key = serializers.CharField(max_length=1024, required=False)
     value = serializers.JSONField(required=False)
+
+    def validate(self, attrs):
+        kind, value = attrs["type"], attrs.get("value")
+        if kind == "update":
+            if not isinstance(value, dict):
+                raise serializers.ValidationError({"value": "An update takes an object."})
+        elif not attrs.get("key"):
+            raise serializers.ValidationError({"key": f"A {kind} operation takes a key."})
+        if kind == "increment" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise serializers.ValidationError({"value": "An increment takes a number."})
+        return attrs
 
 
 class UpdateMetadataSerializer(serializers.Serializer):

@@ -135,6 +135,25 @@ def test_metadata_over_the_limit_is_refused_the_same_way(api, pair, settings):
     assert_same(api, ids)
 
 
+@pytest.mark.parametrize(
+    "operation, field",
+    [
+        ({"type": "increment", "key": "m", "value": "x"}, "value"),
+        ({"type": "increment", "key": "m", "value": True}, "value"),
+        ({"type": "update", "value": [1]}, "value"),
+        ({"type": "set", "value": 1}, "key"),
+    ],
+)
+def test_a_metadata_operation_that_cannot_apply_is_refused_the_same_way(api, pair, operation, field):
+    """As the SDK's own schema says: an increment takes a number, an update an object, the rest a key."""
+    ids = pair(metadata={"m": 1})
+
+    answers = both(api, "put", "/api/v1/runs/{}/metadata", ids, {"operations": [operation]})
+
+    assert answers[0] == answers[1] and field in answers[0]["error"]
+    assert retrieve(api, ids)[0]["metadata"] == retrieve(api, ids)[1]["metadata"] == {"m": 1}
+
+
 def test_cancel_of_a_cancelled_run_and_tags_past_the_cap(api, pair):
     ids = pair(tags=[f"t{i}" for i in range(9)])
     both(api, "post", "/api/v2/runs/{}/cancel", ids)
