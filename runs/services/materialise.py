@@ -72,8 +72,9 @@ class TaskRunSink:
                 report = _materialise(held, minimal=last_resort) if held else SinkReport()
         except (OperationalError, InterfaceError) as error:
             raise _unavailable(error) from error
-        except psycopg.Error as error:  # the raw COPY path's errors are not wrapped by Django
-            if not _database_unavailable(error):
+        except (DatabaseError, psycopg.Error) as error:  # the raw COPY path's errors are not wrapped by Django
+            cause = error if isinstance(error, psycopg.Error) else error.__cause__
+            if not isinstance(cause, psycopg.Error) or not _database_unavailable(cause):
                 raise
             raise _unavailable(error) from error
         return report + SinkReport(fenced=len(entries) - len(held))
@@ -121,8 +122,10 @@ def _unavailable(error: Exception) -> SinkUnavailable:
 
 def _database_unavailable(error: psycopg.Error) -> bool:
     """The database, not the round, failed: no connection (08), a statement timeout or a shutdown
-    (57), no resources (53), a lock not granted (55). Anything else may be one entry's fault."""
-    return isinstance(error, psycopg.InterfaceError) or (error.sqlstate or "08")[:2] in ("08", "53", "55", "57")
+    (57), no resources (53), a lock not granted (55), the transaction ended for idling past the
+    lease (25P03: the drainer stalled). Anything else may be one entry's fault."""
+    sqlstate = error.sqlstate or "08"
+    return isinstance(error, psycopg.InterfaceError) or sqlstate[:2] in ("08", "53", "55", "57") or sqlstate == "25P03"
 
 
 def _move_pending_items() -> list[str]:

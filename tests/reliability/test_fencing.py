@@ -204,3 +204,30 @@ def test_a_drainer_frozen_mid_copy_is_ended_once_its_lease_lapses_and_its_runs_l
     assert sorted(run.friendly_id for run in TaskRun.objects.all()) == sorted(run_ids)  # each once
     assert any("mollifier.drain.stalled_writer_ended" in record.getMessage() for record in caplog.records)
     assert buffer.buffered_count(str(environment.organization_id)) == 0
+
+
+def test_a_write_whose_transaction_postgres_ended_for_idling_is_the_database_not_the_entries(settings):
+    """A drainer that stalled between two statements finds its transaction ended by Postgres
+    (idle_in_transaction_session_timeout, the lease): the database refused the round, which is
+    retried after a backoff, not taken apart entry by entry as if one of them were at fault."""
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "DRAIN_LEASE_MS": 200}
+    environment = EnvironmentFactory()
+    fill_buffer(environment, 3)
+    entries = buffer.pop(
+        org_id=str(environment.organization_id),
+        env_id=str(environment.pk),
+        limit=3,
+        lease_ms=60_000,
+        now_ms=int(time.time() * 1000),
+    ).entries
+    assert len(entries) == 3
+
+    def stalled_pin(txid: str) -> set[str]:
+        time.sleep(0.6)  # idle in the transaction, past the lease
+        return {entry.run_id for entry in entries}
+
+    with pytest.raises(SinkUnavailable) as refused:
+        TaskRunSink().write(entries, pin=stalled_pin)
+
+    assert "idle-in-transaction timeout" in str(refused.value) and refused.value.answered
+    assert not TaskRun.objects.exists()
