@@ -6,7 +6,7 @@ KEYS: 1 entry, 2 leases, 3 ready, 4 holders
 ARGV: 1 run, 2 now_ms, 3 backoff_ms, 4 error (JSON text), 5 token (the caller's lease)
 returns: 1, or 0 when the caller no longer held the lease or the entry is gone or materialised
 ]]
-if not holds(redis.call('HGET', KEYS[4], ARGV[1]), ARGV[5]) then
+if not releases(redis.call('HGET', KEYS[4], ARGV[1]), ARGV[5]) then
   return 0
 end
 redis.call('ZREM', KEYS[2], ARGV[1])

@@ -7,7 +7,7 @@ KEYS: 1 entry, 2 leases, 3 holders, 4 parked (the organisation's)
 ARGV: 1 run, 2 now_ms, 3 error (JSON text), 4 token (the caller's lease)
 returns: 1, or 0 when the caller no longer held the lease or the entry is gone or materialised
 ]]
-if not holds(redis.call('HGET', KEYS[3], ARGV[1]), ARGV[4]) then
+if not releases(redis.call('HGET', KEYS[3], ARGV[1]), ARGV[4]) then
   return 0
 end
 redis.call('ZREM', KEYS[2], ARGV[1])

@@ -4,9 +4,10 @@ KEYS: 1 entry, 2 leases, 3 ready, 4 holders
 ARGV: 1 run, 2 now_ms, 3 backoff_ms, 4 error (JSON text), 5 token (the caller's lease),
       6 '1' to count the attempt ('0' when the cause was not the entry: the database was unreachable)
 returns: the entry's attempts after this one, or -1 when the caller no longer held the lease
-(another drainer took it back, or it was acked): then nothing changes.
+(another drainer took it back, or it was acked) or holds it pinned (its transaction's outcome is not
+known: see releases in lib/lease.lua): then nothing changes.
 ]]
-if not holds(redis.call('HGET', KEYS[4], ARGV[1]), ARGV[5]) then
+if not releases(redis.call('HGET', KEYS[4], ARGV[1]), ARGV[5]) then
   return -1
 end
 redis.call('ZREM', KEYS[2], ARGV[1])

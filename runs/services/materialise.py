@@ -99,6 +99,7 @@ class TaskRunSink:
         """Does the database answer a trivial query right now? A connection that fails is closed:
         the next call, or round, opens a new one."""
         try:
+            connection.close_if_unusable_or_obsolete()  # one a failure left broken: a new one now
             with connection.cursor() as cursor:
                 cursor.execute("SELECT 1")
             return True
@@ -124,8 +125,11 @@ def _database_unavailable(error: psycopg.Error) -> bool:
     """The database, not the round, failed: no connection (08), a statement timeout or a shutdown
     (57), no resources (53), a lock not granted (55), the transaction ended for idling past the
     lease (25P03: the drainer stalled). Anything else may be one entry's fault."""
-    sqlstate = error.sqlstate or "08"
-    return isinstance(error, psycopg.InterfaceError) or sqlstate[:2] in ("08", "53", "55", "57") or sqlstate == "25P03"
+    if isinstance(error, psycopg.InterfaceError):
+        return True
+    if error.sqlstate is None:  # raised by the client: lost connection, or a value it could not send
+        return isinstance(error, psycopg.OperationalError)
+    return error.sqlstate[:2] in ("08", "53", "55", "57") or error.sqlstate == "25P03"
 
 
 def _move_pending_items() -> list[str]:

@@ -27,11 +27,10 @@ def settle_pins(pins: list[Pin], *, lapsed: bool = False) -> dict[str, Settled]:
     txids = sorted({item.txid for item in pins})
     if not txids:
         return {}
-    if lapsed:
-        _end_stalled_writers(txids)
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT t, pg_xact_status(t::xid8) FROM unnest(%s::text[]) AS t", [txids])
-        status = {txid: _XACT_STATUS[value] for txid, value in cursor.fetchall() if value in _XACT_STATUS}
+    status = _status(txids)
+    running = [txid for txid, value in status.items() if value == Settled.RUNNING]
+    if lapsed and running and _end_stalled_writers(running):
+        status.update(_status(running))
     settled = {item.run_id: status[item.txid] for item in pins if item.txid in status}
     # Postgres no longer knows a transaction that old: its rows tell.
     unknown = [item.run_id for item in pins if item.run_id not in settled]
@@ -45,25 +44,39 @@ def settle_pins(pins: list[Pin], *, lapsed: bool = False) -> dict[str, Settled]:
     return settled
 
 
-def _end_stalled_writers(txids: list[str]) -> None:
-    """End the transactions among ``txids`` whose backend has waited for its drainer longer than a
-    lease. A drainer frozen (SIGSTOP, a long pause) or cut off while its COPY streams leaves its
-    backend waiting for data: Postgres applies neither ``statement_timeout`` nor
-    ``idle_in_transaction_session_timeout`` to that wait, and TCP keepalives do not fire while the
-    drainer's kernel still answers, so its runs would stay pinned until it woke. Ended, the
-    transaction rolls back (or, ended as it committed, had committed: the status read next says
-    which), and the runs are given back to be written by a drainer that is alive."""
+def _status(txids: list[str]) -> dict[str, Settled]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT t, pg_xact_status(t::xid8) FROM unnest(%s::text[]) AS t", [txids])
+        return {txid: _XACT_STATUS[value] for txid, value in cursor.fetchall() if value in _XACT_STATUS}
+
+
+def _end_stalled_writers(txids: list[str]) -> bool:
+    """End the running transactions ``txids`` whose statement (a COPY), or idle spell, has lasted
+    longer than a lease and which wait for their drainer. A drainer frozen (SIGSTOP, a long pause)
+    or cut off while its COPY streams leaves its backend waiting for data: Postgres applies neither
+    ``statement_timeout`` nor ``idle_in_transaction_session_timeout`` to that wait, and TCP
+    keepalives do not fire while the drainer's kernel still answers, so its runs would stay pinned
+    until it woke. Ended, the transaction rolls back (or, ended as it committed, had committed: the
+    status read next says which), and the runs are given back to a drainer that is alive. A COPY
+    that is slow but alive, past a lease, is ended too: its round is redone. Returns whether any
+    was ended."""
     try:
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(
-                "SELECT pid, pg_terminate_backend(pid, 1000) FROM pg_stat_activity"
-                " WHERE backend_xid = ANY(SELECT xid(t::xid8) FROM unnest(%s::text[]) AS t)"
-                " AND wait_event = 'ClientRead' AND state_change < clock_timestamp() - make_interval(secs => %s)",
-                [txids, conf.drain_lease_ms() / 1000],
+                "SELECT pid, wait_event, state_change < clock_timestamp() - make_interval(secs => %s)"
+                " FROM pg_stat_activity WHERE backend_xid = ANY(SELECT xid(t::xid8) FROM unnest(%s::text[]) AS t)",
+                [conf.drain_lease_ms() / 1000, txids],
             )
-            ended = cursor.fetchall()
+            backends = cursor.fetchall()
+            stalled = [pid for pid, wait_event, past_lease in backends if wait_event == "ClientRead" and past_lease]
+            if hidden := [pid for pid, wait_event, past_lease in backends if past_lease is None]:
+                # Another role's session, and this one may not read its state (pg_read_all_stats).
+                logger.warning("mollifier.drain.stalled_writer_unseen pids=%s", hidden)
+            if stalled:
+                cursor.execute("SELECT pid, pg_terminate_backend(pid, 1000) FROM unnest(%s::int[]) AS pid", [stalled])
+                for pid, exited in cursor.fetchall():
+                    logger.warning("mollifier.drain.stalled_writer_ended pid=%s exited=%s", pid, exited)
     except ProgrammingError as error:  # not allowed to signal it: it ends when it wakes, as before
         logger.warning("mollifier.drain.stalled_writer_not_ended error=%s", error)
-        return
-    for pid, gone in ended:
-        logger.warning("mollifier.drain.stalled_writer_ended pid=%s exited=%s", pid, gone)
+        return False
+    return bool(stalled)

@@ -14,7 +14,8 @@ import psycopg
 import pytest
 from django.db import DatabaseError, connection, transaction
 
-from mollifier import buffer
+from mollifier import buffer, keys
+from mollifier.client import get as redis_client
 from mollifier.drainer import Drainer
 from mollifier.exceptions import SinkUnavailable
 from runs.models import RunStatus, TaskRun
@@ -231,3 +232,38 @@ def test_a_write_whose_transaction_postgres_ended_for_idling_is_the_database_not
 
     assert "idle-in-transaction timeout" in str(refused.value) and refused.value.answered
     assert not TaskRun.objects.exists()
+
+
+class LostCommit(TaskRunSink):
+    """Pins its round to a transaction that is still running (as a COMMIT whose answer was lost may
+    yet commit), then fails: the outcome is not known when the drainer settles."""
+
+    def __init__(self, txid: str):
+        self.txid = txid
+
+    def write(self, entries, *, pin, last_resort=False):
+        pin(self.txid)
+        raise SinkUnavailable("no answer to COMMIT")
+
+
+def test_a_write_whose_outcome_is_not_known_leaves_its_pins_for_whoever_settles_them(settings):
+    """Given back at once, the runs could be changed in the buffer and then found written by a
+    transaction that did commit after all: the change would be lost. They stay pinned until the
+    transaction's outcome is known; then they are written once."""
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "DRAIN_LEASE_MS": 500}
+    environment = EnvironmentFactory()
+    org, env = str(environment.organization_id), str(environment.pk)
+    run_ids = fill_buffer(environment, 5)
+    with psycopg.connect(database_url()) as other:
+        txid = other.execute("SELECT pg_current_xact_id()::text").fetchone()[0]
+
+        result = Drainer(sink=LostCommit(txid)).drain_environment(org_id=org, env_id=env)
+
+        holders = redis_client().hmget(keys.holders(org, env), run_ids)
+        assert result.retried == 0 and all(h and h.decode().endswith(f":{txid}") for h in holders), holders
+        other.rollback()  # the outcome: not committed
+
+    time.sleep(0.6)  # the lease lapses: the next drainer settles the pins, then writes the runs
+    Drainer().run(once=True)
+
+    assert sorted(run.friendly_id for run in TaskRun.objects.all()) == sorted(run_ids)

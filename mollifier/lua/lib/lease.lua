@@ -10,6 +10,10 @@ and fail all find a different holder and change nothing.
 holds(holder, expected) -> bool
   expected is a token (the drainer: its own lease, pinned or not) or a whole `token:txid` (a
   resolver that saw that exact pin).
+releases(holder, expected) -> bool
+  retry, fail and park: only the exact holder. A drainer whose write failed gives back what it
+  holds unpinned (its pins settled as not committed first); a pin whose transaction's outcome is not
+  known (a commit whose answer was lost may yet commit) stays pinned, for whoever settles it.
 is_pinned(holder) -> bool
 take_back(k, run, now_ms)
   k.leases, k.holders, k.ready: move one leased run back to ready at now_ms, forgetting its holder.
@@ -19,6 +23,10 @@ local function holds(holder, expected)
     return false
   end
   return holder == expected or string.sub(holder, 1, #expected + 1) == expected .. ':'
+end
+
+local function releases(holder, expected)
+  return holder ~= false and holder ~= nil and expected ~= '' and holder == expected
 end
 
 local function is_pinned(holder)
