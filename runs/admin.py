@@ -31,7 +31,7 @@ from runs.services.flags import MOLLIFIER_ENABLED, flag_enabled, mollifier_enrol
 from runs.services.idempotency import idempotency_key_reset
 from runs.snapshots import from_ms
 
-BUFFER_SILENT = "The buffer's Redis did not answer: nothing was changed. Try again shortly."
+BUFFER_SILENT = "The buffer's Redis did not answer. Try again shortly."
 
 
 class OrganizationForm(forms.ModelForm):
@@ -257,7 +257,7 @@ class TaskRunAdmin(admin.ModelAdmin):
     def _buffer_answers(self, view):
         """A page or action that reads the buffer: when its Redis does not answer (refused, hung,
         or the breaker open), back to the run list with that said, as the list itself says it,
-        instead of a 500."""
+        instead of a 500. (An action's own changes count the runs Redis failed for as not done.)"""
 
         @functools.wraps(view)
         def answered(request, *args, **kwargs):
@@ -289,7 +289,7 @@ class TaskRunAdmin(admin.ModelAdmin):
         for run in runs:
             try:
                 task_run_cancel(run=run, reason="Canceled in the admin")
-            except RunError:
+            except (RunError, BufferUnavailable):
                 failed += 1  # e.g. still being written: 503 on the API; the operator retries
         self.message_user(
             request,
@@ -308,7 +308,7 @@ class TaskRunAdmin(admin.ModelAdmin):
                     environment=run.environment, task_identifier=run.task_identifier, key=run.idempotency_key
                 )
                 done += 1
-            except RunError:
+            except (RunError, BufferUnavailable):
                 continue
         self.message_user(request, f"Released {done} idempotency key(s).")
 

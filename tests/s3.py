@@ -7,7 +7,7 @@ import boto3
 from moto.server import ThreadedMotoServer
 
 from tests.server import free_port
-from trigger_project.settings import packets_s3_client_config
+from trigger_project.settings import PACKETS, packets_s3_waits
 
 ACCESS_KEY = "test-access-key"
 SECRET_KEY = "test-secret-key"
@@ -55,7 +55,7 @@ def storage_settings(endpoint: str, bucket: str, prefix: str = "", timeout_s: fl
             "secret_key": SECRET_KEY,
             "addressing_style": "path",
             "file_overwrite": True,
-            "client_config": packets_s3_client_config(timeout_s),
+            **packets_s3_waits(timeout_s, PACKETS["MAX_BYTES"]),
         },
     }
 

@@ -214,14 +214,22 @@ PACKETS: dict[str, Any] = {
 }
 
 
-def packets_s3_client_config(timeout_s: float):
-    """Bounded waits for the object store. boto3's own are 60 s to connect and 60 s per read, five
-    attempts: minutes, while a web worker (and, for an upload, the packet's row lock) waits, past
-    gunicorn's 30 s worker timeout. Two attempts of at most ``timeout_s`` each stay well under it;
-    a store that still fails answers 503, which the SDK retries."""
+def packets_s3_waits(timeout_s: float, max_bytes: int) -> dict:
+    """Bounded waits for the object store (S3Storage options). boto3's own are 60 s to connect and
+    60 s per read, five attempts, and a download retries those five times again: minutes, while a
+    web worker (and, for an upload, the packet's row lock) waits, past gunicorn's 30 s worker
+    timeout. Here: two attempts of at most ``timeout_s`` each, one download attempt, and every
+    packet one request (no multipart chain: packets are at most ``max_bytes``). A store that still
+    fails answers 503, which the SDK retries."""
+    from boto3.s3.transfer import TransferConfig
     from botocore.config import Config
 
-    return Config(connect_timeout=timeout_s, read_timeout=timeout_s, retries={"max_attempts": 2, "mode": "standard"})
+    return {
+        "client_config": Config(
+            connect_timeout=timeout_s, read_timeout=timeout_s, retries={"total_max_attempts": 2, "mode": "standard"}
+        ),
+        "transfer_config": TransferConfig(multipart_threshold=max_bytes + 1, num_download_attempts=1),
+    }
 
 
 def _packets_storage() -> dict:
@@ -244,7 +252,7 @@ def _packets_storage() -> dict:
             "secret_key": env("PACKETS_S3_SECRET_ACCESS_KEY", "") or None,
             "addressing_style": env("PACKETS_S3_ADDRESSING_STYLE", "") or None,
             "file_overwrite": True,
-            "client_config": packets_s3_client_config(float(env("PACKETS_S3_TIMEOUT_SECONDS", "5"))),
+            **packets_s3_waits(float(env("PACKETS_S3_TIMEOUT_SECONDS", "5")), PACKETS["MAX_BYTES"]),
         }
         return {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": options}
     raise ImproperlyConfigured(f"PACKETS_BACKEND must be filesystem or s3, got {backend!r}.")

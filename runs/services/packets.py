@@ -46,10 +46,18 @@ from runs.exceptions import (
 )
 from runs.models import Packet, RuntimeEnvironment, TaskRun
 
-try:  # the S3 store's failures (PACKETS_BACKEND=s3, an optional extra)
+try:  # the S3 store's failures (PACKETS_BACKEND=s3, an optional extra): botocore's, and the transfers'
+    from boto3.exceptions import Boto3Error
     from botocore.exceptions import BotoCoreError, ClientError
+    from s3transfer.exceptions import RetriesExceededError
 
-    _STORE_FAILURES: tuple[type[Exception], ...] = (OSError, BotoCoreError, ClientError)
+    _STORE_FAILURES: tuple[type[Exception], ...] = (
+        OSError,
+        BotoCoreError,
+        ClientError,
+        Boto3Error,
+        RetriesExceededError,
+    )
 except ImportError:
     _STORE_FAILURES = (OSError,)
 

@@ -1,7 +1,9 @@
 """The packet store on S3 (django-storages against moto's real S3 server): the same code, the same
 answers, the bytes in a bucket."""
 
+import http.server
 import socket
+import threading
 import time
 from contextlib import contextmanager
 from datetime import timedelta
@@ -108,3 +110,52 @@ def test_a_download_from_a_store_that_refuses_or_hangs_answers_503_before_any_by
         answer = get_url(url)
 
     assert answer.status_code == 503 and "retry" in answer.json()["error"]
+
+
+@contextmanager
+def store_that_hangs_on_get():
+    """An S3 endpoint that answers HEAD (the object is there) and never answers GET; counts the GETs."""
+    release, gets = threading.Event(), []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.send_response(200)
+            for name, value in (
+                ("Content-Length", "10"),
+                ("Content-Type", "application/super+json"),
+                ("ETag", '"0123456789abcdef0123456789abcdef"'),
+                ("Last-Modified", "Mon, 07 Dec 2026 12:00:00 GMT"),
+            ):
+                self.send_header(name, value)
+            self.end_headers()
+
+        def do_GET(self):
+            gets.append(self.path)
+            release.wait(30)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", gets
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_download_whose_get_hangs_answers_503_after_one_bounded_try(api, settings, s3_endpoint, bucket):
+    """The object's HEAD answers, its GET does not: fetched before the answer starts, so a 503
+    rather than a 200 whose body never comes, and after botocore's two attempts only (s3transfer
+    alone would retry the download five times more)."""
+    path = upload(api, b'{"json":1}')
+    url = api.get(f"/api/v1/packets/{path}").json()["presignedUrl"]
+    with store_that_hangs_on_get() as (endpoint, gets):
+        packets_on(settings, endpoint, bucket)
+        answer = get_url(url)
+
+    assert answer.status_code == 503 and "retry" in answer.json()["error"]
+    assert len(gets) == 2
