@@ -243,6 +243,7 @@ def test_a_round_costs_redis_a_few_commands_per_run_not_one_per_step(drain_setti
     assert len(run_by_scripts) <= 7 * 50 + 30, len(run_by_scripts)  # a command per step per run was 1,161
 
 
+@pytest.mark.django_db(transaction=True)  # each failed write must really roll back: its pins settle by that
 @pytest.mark.parametrize(("column", "value"), [("max_attempts", 2**31), ("depth", 2**32 + 5), ("is_test", "false")])
 def test_a_snapshot_value_its_column_cannot_hold_is_never_written_as_another_value(drain_settings, column, value):
     """Binary COPY would wrap 2**31 around and read "false" as true; the entry fails instead and
