@@ -135,25 +135,34 @@ def drainer_idle(environment) -> bool:
     return buffer.buffered_count(str(environment.organization_id)) == 0 and TaskRun.objects.count() == 20
 
 
-def test_the_drain_resumes_once_redis_answers_not_when_the_backoff_ends(own_redis, settings):
-    """After a long outage the backoff has grown to its cap: the drainer still starts again within
-    moments of Redis answering (it PINGs while it waits), not a whole backoff later."""
+def drain_through(outage, settings) -> list[Waiting]:
+    """A drainer started inside ``outage`` with a ten-minute backoff: all its runs land within
+    seconds of the outage's end, not when the backoff ends. Returns its waits."""
     settings.MOLLIFIER = {**settings.MOLLIFIER, "DRAIN_BACKOFF_BASE_MS": 600_000, "DRAIN_BACKOFF_MAX_MS": 600_000}
     environment = EnvironmentFactory()
     run_ids = fill_buffer(environment, 20)
     waits: list[Waiting] = []
     drainer = Drainer()
-    with own_redis.paused():
+    with outage:
         thread = drain_in_background(drainer, waits)
-        wait_until(lambda: len(waits) >= 1, timeout=30)  # waiting for Redis: about ten minutes, by the backoff
+        wait_until(lambda: len(waits) >= 1, timeout=30)  # waiting: about ten minutes, by the backoff
     try:
         wait_until(lambda: buffer.buffered_count(str(environment.organization_id)) == 0, timeout=30)
     finally:
         drainer.stop.set()
         thread.join(30)
 
-    assert len(waits) == 1 and waits[0].dependency == "redis" and waits[0].retry_in_ms >= 480_000
     assert sorted(run.friendly_id for run in TaskRun.objects.filter(environment=environment)) == sorted(run_ids)
+    assert len(waits) == 1 and waits[0].retry_in_ms >= 480_000
+    return waits
+
+
+def test_the_drain_resumes_once_redis_answers_not_when_the_backoff_ends(own_redis, settings):
+    """After a long outage the backoff has grown to its cap: the drainer still starts again within
+    moments of Redis answering (it PINGs while it waits), not a whole backoff later."""
+    waits = drain_through(own_redis.paused(), settings)
+
+    assert waits[0].dependency == "redis" and waits[0].until_answered
 
 
 @contextmanager
@@ -181,23 +190,9 @@ def postgres_out(outage: str):
 def test_the_drain_resumes_once_postgres_answers_not_when_the_backoff_ends(settings, outage):
     """As for Redis: the drainer asks Postgres (SELECT 1) once a second while it waits for a database
     that refused or did not answer, and starts again at once when it does, not ten minutes later."""
-    settings.MOLLIFIER = {**settings.MOLLIFIER, "DRAIN_BACKOFF_BASE_MS": 600_000, "DRAIN_BACKOFF_MAX_MS": 600_000}
-    environment = EnvironmentFactory()
-    run_ids = fill_buffer(environment, 20)
-    waits: list[Waiting] = []
-    drainer = Drainer()
-    with postgres_out(outage):
-        thread = drain_in_background(drainer, waits)
-        wait_until(lambda: len(waits) >= 1, timeout=30)  # waiting for Postgres: about ten minutes, by the backoff
-    try:
-        wait_until(lambda: buffer.buffered_count(str(environment.organization_id)) == 0, timeout=30)
-    finally:
-        drainer.stop.set()
-        thread.join(30)
+    waits = drain_through(postgres_out(outage), settings)
 
-    assert len(waits) == 1 and waits[0].dependency == "postgres" and waits[0].until_answered
-    assert waits[0].retry_in_ms >= 480_000
-    assert sorted(run.friendly_id for run in TaskRun.objects.filter(environment=environment)) == sorted(run_ids)
+    assert waits[0].dependency == "postgres" and waits[0].until_answered
 
 
 def test_a_statement_timeout_keeps_the_whole_backoff(settings):
