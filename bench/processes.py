@@ -21,8 +21,8 @@ def _env(**overrides: str) -> dict:
 
 @contextmanager
 def server(*, workers: int | None = None, **env: str):
-    """gunicorn sync workers, one per core unless ``workers`` says (a fleet's handlers), DEBUG off,
-    plus the bench's no-op view."""
+    """gunicorn sync workers, one per core unless ``workers`` says (a fleet's handlers) or
+    BENCH_WEB_WORKERS does (to compare worker counts), DEBUG off, plus the bench's no-op view."""
     process = subprocess.Popen(
         [
             sys.executable,
@@ -30,7 +30,7 @@ def server(*, workers: int | None = None, **env: str):
             "gunicorn",
             "trigger_project.wsgi",
             "--workers",
-            str(workers or os.cpu_count() or 2),
+            str(workers or os.environ.get("BENCH_WEB_WORKERS") or os.cpu_count() or 2),
             "--bind",
             f"127.0.0.1:{PORT}",
             "--graceful-timeout",
