@@ -69,6 +69,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "trigger_project.middleware.DatabaseUnavailablePage",  # last: it sees the views' exceptions first
 ]
 
 ROOT_URLCONF = env("DJANGO_ROOT_URLCONF", "trigger_project.urls")  # the benchmark adds a no-op view

@@ -2,9 +2,11 @@
 
 import io
 
+import psycopg
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.core.management import CommandError, call_command
+from django.db import connection
 from django.test import Client
 
 from mollifier import buffer
@@ -13,6 +15,7 @@ from tests.buffering import fill_buffer
 from tests.conftest import client_for
 from tests.factories import EnvironmentFactory
 from tests.helpers import trigger
+from tests.server import database_url
 
 pytestmark = pytest.mark.django_db
 
@@ -221,3 +224,20 @@ def test_buffered_pages_and_actions_say_the_buffer_did_not_answer(admin_client, 
         assert (answer.status_code, answer["Location"]) == (302, "/admin/runs/taskrun/")
     assert page.count("Redis did not answer. Try again shortly.") == len(answers)
     assert "Nothing drained: the buffer&#x27;s Redis did not answer" in drained.content.decode()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_admin_page_says_postgres_did_not_answer_instead_of_a_bare_500(admin_client):
+    """The runs table locked past the statement timeout (a stand-in for a slow or hung Postgres)."""
+    with psycopg.connect(database_url()) as locker:
+        locker.execute("LOCK TABLE runs_taskrun IN ACCESS EXCLUSIVE MODE")
+        with connection.cursor() as cursor:
+            cursor.execute("SET statement_timeout = 300")
+        try:
+            page = admin_client.get("/admin/runs/taskrun/")
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("RESET statement_timeout")
+
+    assert page.status_code == 503 and b"Postgres did not answer" in page.content
+    assert admin_client.get("/admin/runs/taskrun/").status_code == 200  # the lock is gone
