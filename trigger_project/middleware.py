@@ -12,7 +12,7 @@ PAGE = (
     "<!doctype html><html lang=en><title>Postgres did not answer</title>"
     "<h1>Postgres did not answer</h1>"
     "<p>The database is down, locked or too slow right now (a statement timeout, or no answer within "
-    "<code>DB_ANSWER_TIMEOUT_MS</code>). Nothing on this page was changed. Try again shortly; "
+    "<code>DB_ANSWER_TIMEOUT_MS</code>). Try again shortly; "
     "docs/OPERATIONS.md says what to look at.</p></html>"
 )
 
