@@ -10,7 +10,9 @@ from django.db import connection
 from django.test import Client
 
 from mollifier import buffer
+from mollifier.exceptions import SinkUnavailable
 from runs.models import Organization, RunStatus, TaskRun
+from runs.services.materialise import TaskRunSink
 from tests.buffering import fill_buffer
 from tests.conftest import client_for
 from tests.factories import EnvironmentFactory
@@ -241,3 +243,22 @@ def test_an_admin_page_says_postgres_did_not_answer_instead_of_a_bare_500(admin_
 
     assert page.status_code == 503 and b"Postgres did not answer" in page.content
     assert admin_client.get("/admin/runs/taskrun/").status_code == 200  # the lock is gone
+
+
+class UnreachableSink(TaskRunSink):
+    """Postgres refuses the drainer's writes (the admin's own requests still reach it)."""
+
+    def write(self, entries, *, pin, last_resort=False):
+        raise SinkUnavailable("connection refused")
+
+
+def test_drain_now_says_postgres_could_not_be_reached_and_keeps_the_runs(admin_client, enrolled, settings):
+    api = client_for(enrolled)
+    [trigger(api, payload=i) for i in range(12)]  # 7 buffered
+    org = str(enrolled.organization_id)
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "SINK": f"{__name__}.UnreachableSink"}
+
+    page = admin_client.post(f"/admin/mollifier/dashboard/drain/{org}/{enrolled.pk}/", follow=True)
+
+    assert "Nothing drained: Postgres could not be reached" in page.content.decode()
+    assert buffer.buffered_count(org) == 7 and TaskRun.objects.count() == 5  # given back, not lost
