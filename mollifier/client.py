@@ -47,6 +47,11 @@ def not_answering(error: BaseException) -> bool:
     return isinstance(error, ResponseError) and str(error).startswith(_UNAVAILABLE_REPLIES)
 
 
+def unanswered(error: BufferUnavailable) -> bool:
+    """Did Redis not answer (refused, hung, the breaker open), rather than answer with an error?"""
+    return error.__cause__ is None or not_answering(error.__cause__)
+
+
 def _server_name(kwargs: dict) -> str:
     if path := kwargs.get("path"):
         return str(path)

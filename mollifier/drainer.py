@@ -476,8 +476,9 @@ class Drainer:
                     ahead = None
                     metrics.DRAIN_FAILURES.labels(cause="redis_unavailable").inc()
                     # An error reply is an answer: a PING would answer too, so no early end of the wait.
-                    silent = error.__cause__ is None or redis_client.not_answering(error.__cause__)
-                    waiting = Waiting("redis", 0, f"{type(error).__name__}: {error}", until_answered=silent)
+                    waiting = Waiting(
+                        "redis", 0, f"{type(error).__name__}: {error}", until_answered=redis_client.unanswered(error)
+                    )
                 if waiting is not None:
                     failures = failures + 1 if waiting.dependency == waiting_for else 1
                     waiting.failures = failures

@@ -119,7 +119,7 @@ def _finished(note: _Note) -> bool:
     try:
         repaired = note.check()
     except BufferUnavailable as error:
-        if error.__cause__ is None or redis_client.not_answering(error.__cause__):
+        if redis_client.unanswered(error):
             note.answered_since = None  # still not answering: wait for it
             return False
         repaired = None  # an error reply is an answer: it counts towards settling

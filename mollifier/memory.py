@@ -71,7 +71,7 @@ class _Guard:
             try:
                 reading = read(redis)
             except BufferUnavailable as error:
-                if error.__cause__ is None or redis_client.not_answering(error.__cause__):
+                if redis_client.unanswered(error):
                     raise  # Redis is not answering: the caller fails open anyway
                 logger.warning("mollifier.redis.memory_unknown error=%s (memory guard off)", error)
                 self.full, self.reading = False, None

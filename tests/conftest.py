@@ -1,5 +1,4 @@
 import os
-import socket
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -9,6 +8,7 @@ from rest_framework.test import APIClient
 
 from mollifier import breaker, lost_answers
 from tests.factories import EnvironmentFactory
+from tests.faults import silent_port
 from trigger_project import embedded
 
 # The embedded servers this session started, as (name, stop) pairs: stopped when it ends.
@@ -144,11 +144,8 @@ def dead_redis(settings):
 @pytest.fixture(params=["refused", "hung"])
 def silent_redis(request, settings):
     """Point the mollifier at a Redis that refuses connections, or accepts them and never answers."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        if request.param == "hung":
-            listener.listen(16)
-        mollifier_redis_at(settings, f"redis://127.0.0.1:{listener.getsockname()[1]}/0")
+    with silent_port(request.param) as port:
+        mollifier_redis_at(settings, f"redis://127.0.0.1:{port}/0")
         yield request.param
 
 

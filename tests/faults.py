@@ -26,6 +26,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@contextmanager
+def silent_port(outage: str):
+    """A loopback port that refuses connections ("refused": bound, nothing listens) or accepts them
+    and never answers ("hung": the kernel completes the handshake, nobody reads)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        if outage == "hung":
+            listener.listen(16)
+        yield listener.getsockname()[1]
+
+
 class RedisProcess:
     """A redis-server with AOF (fsync on every write) in a folder of its own; stop() kills it (-9)."""
 

@@ -70,11 +70,8 @@ class TaskRunSink:
                 kept = pin(_begin_fenced())
                 held = [entry for entry in entries if entry.run_id in kept]
                 report = _materialise(held, minimal=last_resort) if held else SinkReport()
-        except (OperationalError, InterfaceError) as error:
-            raise _unavailable(error) from error
-        except (DatabaseError, psycopg.Error) as error:  # the raw COPY path's errors are not wrapped by Django
-            cause = error if isinstance(error, psycopg.Error) else error.__cause__
-            if not isinstance(cause, psycopg.Error) or not _database_unavailable(cause):
+        except (DatabaseError, InterfaceError, psycopg.Error) as error:  # Django's, and the raw COPY path's
+            if not _database_unavailable(error):
                 raise
             raise _unavailable(error) from error
         return report + SinkReport(fenced=len(entries) - len(held))
@@ -115,21 +112,30 @@ class TaskRunSink:
 _SEEN_BY_A_PROBE = ("08", "57P01", "57P02", "57P03", "53300")
 
 
+def _psycopg_error(error: Exception) -> psycopg.Error | None:
+    """psycopg's own error: ``error`` itself (the raw COPY path), or the one Django wrapped."""
+    return error if isinstance(error, psycopg.Error) else getattr(error, "__cause__", None)
+
+
 def _unavailable(error: Exception) -> SinkUnavailable:
-    cause = error if isinstance(error, psycopg.Error) else error.__cause__
-    sqlstate = getattr(cause, "sqlstate", None) or ""
+    sqlstate = getattr(_psycopg_error(error), "sqlstate", None) or ""
     return SinkUnavailable(str(error), answered=bool(sqlstate) and not sqlstate.startswith(_SEEN_BY_A_PROBE))
 
 
-def _database_unavailable(error: psycopg.Error) -> bool:
+def _database_unavailable(error: Exception) -> bool:
     """The database, not the round, failed: no connection (08), a statement timeout or a shutdown
     (57), no resources (53), a lock not granted (55), the transaction ended for idling past the
     lease (25P03: the drainer stalled). Anything else may be one entry's fault."""
-    if isinstance(error, psycopg.InterfaceError):
+    if isinstance(error, (OperationalError, InterfaceError)):  # Django's: the connection or the server
         return True
-    if error.sqlstate is None:  # raised by the client: lost connection, or a value it could not send
-        return isinstance(error, psycopg.OperationalError)
-    return error.sqlstate[:2] in ("08", "53", "55", "57") or error.sqlstate == "25P03"
+    cause = _psycopg_error(error)
+    if isinstance(cause, psycopg.InterfaceError):
+        return True
+    if not isinstance(cause, psycopg.Error):
+        return False
+    if cause.sqlstate is None:  # raised by the client: lost connection, or a value it could not send
+        return isinstance(cause, psycopg.OperationalError)
+    return cause.sqlstate[:2] in ("08", "53", "55", "57") or cause.sqlstate == "25P03"
 
 
 def _move_pending_items() -> list[str]:

@@ -4,7 +4,6 @@ wait for a store that refused or did not answer ends as soon as the store answer
 
 import logging
 import signal
-import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -19,7 +18,7 @@ from runs.models import TaskRun
 from runs.services.materialise import TaskRunSink
 from tests.buffering import fill_buffer
 from tests.factories import EnvironmentFactory
-from tests.faults import RedisProcess
+from tests.faults import RedisProcess, silent_port
 from tests.server import database_url, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -171,13 +170,10 @@ def postgres_out(outage: str):
     listens on) or never answers (a socket that accepts and says nothing), until the block ends."""
     database = connection.settings_dict  # shared by every thread's connection
     saved = {name: database[name] for name in ("HOST", "PORT", "OPTIONS")}
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        if outage == "hung":
-            silent.listen(8)  # the kernel completes the handshake; nobody ever answers
+    with silent_port(outage) as port:
         database.update(
             HOST="127.0.0.1",
-            PORT=str(silent.getsockname()[1]),
+            PORT=str(port),
             OPTIONS={**saved["OPTIONS"], "connect_timeout": 1},
         )
         try:

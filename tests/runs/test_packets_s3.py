@@ -2,7 +2,6 @@
 answers, the bytes in a bucket."""
 
 import http.server
-import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -14,6 +13,7 @@ from django.utils import timezone
 from runs.models import Packet
 from runs.services.packet_cleanup import packets_cleanup
 from tests import s3
+from tests.faults import silent_port
 from tests.packets import big_payload, get_url, presign_upload, put_bytes, trigger_packet, upload
 
 pytestmark = pytest.mark.django_db
@@ -72,12 +72,9 @@ def test_the_cleanup_removes_unused_objects_and_unrecorded_ones_from_the_bucket(
 
 @contextmanager
 def failing_store(outage: str):
-    """An S3 endpoint that refuses (nothing listens) or hangs (accepts, never answers)."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        if outage == "hung":
-            listener.listen(8)
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    """An S3 endpoint that refuses or hangs (tests/faults.py silent_port)."""
+    with silent_port(outage) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def packets_on(settings, endpoint: str, bucket: str) -> None:

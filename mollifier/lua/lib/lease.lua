@@ -26,7 +26,7 @@ local function holds(holder, expected)
 end
 
 local function releases(holder, expected)
-  return holder ~= false and holder ~= nil and expected ~= '' and holder == expected
+  return expected ~= '' and holder == expected
 end
 
 local function is_pinned(holder)
