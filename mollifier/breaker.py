@@ -58,10 +58,16 @@ class BreakerOpen(BufferUnavailable):
 
 
 class Breaker:
+    """One server's breaker. What differs between dependencies — the cooldown, the threshold, the
+    refusal raised, the metrics, whether breakers are on in this process — is in the methods at the
+    end (the Redis buffer's here; ``trigger_project/postgres/breaker.py`` has Postgres's)."""
+
+    dependency = "redis"  # in log lines and the probe thread's name
+
     def __init__(self, name: str, *, clock=time.monotonic, prober=None):
         self.name = name
         self.clock = clock
-        # Called on a thread of its own to probe: returns when Redis answers, raises when not.
+        # Called on a thread of its own to probe: returns when the server answers, raises when not.
         self.prober = prober
         self.state = State.CLOSED
         self.failures = 0  # consecutive, while closed
@@ -71,23 +77,23 @@ class Breaker:
 
     def admit(self) -> bool:
         """Before a call. Raises BreakerOpen, or returns whether this call is the half-open probe."""
-        if self.state is State.CLOSED or not _enabled:
+        if self.state is State.CLOSED or not self.enabled():
             return False
         with self._lock:
             if self.state is State.CLOSED:
                 return False
             now = self.clock()
-            cooldown = conf.redis_breaker_cooldown_ms() / 1000
+            cooldown = self.cooldown_s()
             probe_running = self.probe_started_at is not None and now - self.probe_started_at < cooldown
             if now - self.opened_at >= cooldown and not probe_running:
                 self.probe_started_at = now  # a probe that never reports is replaced after a cooldown
                 self._become(State.HALF_OPEN)
                 if self.prober is None:
                     return True  # this call is the probe
-                threading.Thread(target=self._probe, name=f"redis-probe {self.name}", daemon=True).start()
+                threading.Thread(target=self._probe, name=f"{self.dependency}-probe {self.name}", daemon=True).start()
             left_ms = max(0, int((self.opened_at + cooldown - now) * 1000))
-        _metrics().REDIS_BREAKER_REJECTED.inc()
-        raise BreakerOpen(f"Redis at {self.name} is not answering: circuit breaker open (next probe in {left_ms} ms)")
+        self.count_rejected()
+        raise self.refusal(f"circuit breaker open (next probe in {left_ms} ms)")
 
     def _schedule_probe(self) -> None:
         """As the breaker opens (lock held): probe once the cooldown has passed even if no call comes,
@@ -95,14 +101,14 @@ class Breaker:
         and that request would skip the buffer)."""
         if self.prober is None:
             return
-        timer = threading.Timer(conf.redis_breaker_cooldown_ms() / 1000, self._probe_when_due)
+        timer = threading.Timer(self.cooldown_s(), self._probe_when_due)
         timer.daemon = True
         timer.start()
 
     def _probe_when_due(self) -> None:
         with self._lock:
             now = self.clock()
-            cooldown = conf.redis_breaker_cooldown_ms() / 1000
+            cooldown = self.cooldown_s()
             probe_running = self.probe_started_at is not None and now - self.probe_started_at < cooldown
             # Opened again since (that opening scheduled its own), closed, or a call started the probe.
             if self.state is not State.OPEN or probe_running or now - self.opened_at < cooldown:
@@ -122,16 +128,16 @@ class Breaker:
     def check(self) -> None:
         """Raise BreakerOpen when a call now would be refused, without taking the probe's turn
         (for a caller about to do costly work, such as building a buffer entry, before its call)."""
-        if self.state is State.CLOSED or not _enabled:
+        if self.state is State.CLOSED or not self.enabled():
             return
         now = self.clock()
-        cooldown = conf.redis_breaker_cooldown_ms() / 1000
+        cooldown = self.cooldown_s()
         with self._lock:
             probe_running = self.probe_started_at is not None and now - self.probe_started_at < cooldown
             refused = self.state is State.OPEN and now - self.opened_at < cooldown or probe_running
         if refused:
-            _metrics().REDIS_BREAKER_REJECTED.inc()  # a call not made is a call refused
-            raise BreakerOpen(f"Redis at {self.name} is not answering: circuit breaker open")
+            self.count_rejected()  # a call not made is a call refused
+            raise self.refusal("circuit breaker open")
 
     def succeeded(self, probe: bool) -> None:
         if self.state is State.CLOSED and not self.failures:
@@ -140,7 +146,9 @@ class Breaker:
             if probe or self.state is not State.OPEN:
                 if self.state is not State.CLOSED:
                     logger.warning(
-                        "mollifier.redis.breaker_closed redis=%s after_ms=%d",
+                        "mollifier.%s.breaker_closed %s=%s after_ms=%d",
+                        self.dependency,
+                        self.dependency,
                         self.name,
                         int((self.clock() - self.opened_at) * 1000),
                     )
@@ -149,7 +157,7 @@ class Breaker:
                 self._become(State.CLOSED)
 
     def failed(self, probe: bool, error: Exception) -> None:
-        if not _enabled:
+        if not self.enabled():
             return
         with self._lock:
             if probe or self.state is State.HALF_OPEN:
@@ -157,22 +165,30 @@ class Breaker:
                 self.probe_started_at = None
                 self._become(State.OPEN)
                 self._schedule_probe()
-                logger.info("mollifier.redis.breaker_probe_failed redis=%s error=%s", self.name, error)
+                logger.info(
+                    "mollifier.%s.breaker_probe_failed %s=%s error=%s",
+                    self.dependency,
+                    self.dependency,
+                    self.name,
+                    error,
+                )
                 return
             if self.state is State.OPEN:
                 return  # a call admitted before it opened, failing late
             self.failures += 1
-            threshold = conf.redis_breaker_failures()
+            threshold = self.threshold()
             if threshold and self.failures >= threshold:
                 self.opened_at = self.clock()
                 self._become(State.OPEN)
                 self._schedule_probe()
-                _metrics().REDIS_BREAKER_OPENS.inc()
+                self.count_opened()
                 logger.warning(
-                    "mollifier.redis.breaker_open redis=%s failures=%d cooldown_ms=%d error=%s",
+                    "mollifier.%s.breaker_open %s=%s failures=%d cooldown_ms=%d error=%s",
+                    self.dependency,
+                    self.dependency,
                     self.name,
                     self.failures,
-                    conf.redis_breaker_cooldown_ms(),
+                    int(self.cooldown_s() * 1000),
                     error,
                 )
 
@@ -185,7 +201,31 @@ class Breaker:
     def _become(self, state: State) -> None:
         if state is not self.state:
             self.state = state
-            _publish()
+            self.publish()
+
+    # What is the Redis buffer's own: overridden for another dependency.
+
+    def enabled(self) -> bool:
+        return _enabled
+
+    def cooldown_s(self) -> float:
+        return conf.redis_breaker_cooldown_ms() / 1000
+
+    def threshold(self) -> int:
+        """Consecutive failures that open the breaker (0: never)."""
+        return conf.redis_breaker_failures()
+
+    def refusal(self, why: str) -> Exception:
+        return BreakerOpen(f"Redis at {self.name} is not answering: {why}")
+
+    def count_rejected(self) -> None:
+        _metrics().REDIS_BREAKER_REJECTED.inc()
+
+    def count_opened(self) -> None:
+        _metrics().REDIS_BREAKER_OPENS.inc()
+
+    def publish(self) -> None:
+        _publish()
 
 
 _enabled = True

@@ -68,6 +68,7 @@ def admit_or_buffer(
     request_key: str | None = None,
     request_ttl_ms: int = 0,
     replace_request: bool = False,
+    postgres_out: bool = False,
 ) -> Admission:
     """Decide for one trigger — and, when the decision is to mollify, buffer it in the same step.
 
@@ -75,6 +76,8 @@ def admit_or_buffer(
     request gets ``repeated_run``, the run its first attempt made, and is neither counted nor
     buffered again; otherwise the key is made to name this trigger's run for ``request_ttl_ms``.
     ``replace_request``: the run the key named is gone; let this trigger's run take the key.
+    ``postgres_out``: Postgres is known not to answer right now: an enrolled organisation's trigger
+    is buffered as if its environment were tripped (the drainer writes it once Postgres is back).
 
     Counts every decision past the master switch and enrolment, bypasses included
     (mollifier_gate_decisions_total{decision, reason}). See ``_decide``."""
@@ -90,6 +93,7 @@ def admit_or_buffer(
         request_key=request_key,
         request_ttl_ms=request_ttl_ms,
         replace_request=replace_request,
+        postgres_out=postgres_out,
     )
     if admission.reason not in ("disabled", "not_enrolled", "repeated_request"):
         decision = admission.decision.value
@@ -112,6 +116,7 @@ def _decide(
     request_key: str | None,
     request_ttl_ms: int,
     replace_request: bool,
+    postgres_out: bool,
 ) -> Admission:
     """Decide for one trigger, and buffer it when the decision is to mollify.
 
@@ -132,6 +137,8 @@ def _decide(
         redis_client.check_breaker(redis)  # before building the entry: while it is open, no work at all
         forced = _global_tripped(redis, now_ms)
         reason = "global_rate" if forced else "per_env_rate"
+        if postgres_out and enrolled:
+            forced, reason = True, "postgres_unavailable"
         if not enrolled:
             _, tripped = scripts.TRIP(
                 keys=[keys.rate(org_id, env_id), keys.tripped(org_id, env_id), keys.minute(org_id, now_ms // 60_000)],

@@ -57,6 +57,20 @@ REDIS_BREAKER_OPENS = Counter(
 REDIS_BREAKER_REJECTED = Counter(
     "mollifier_redis_breaker_rejected_total", "Redis calls refused at once because a circuit breaker was open."
 )
+POSTGRES_BREAKER_STATE = Gauge(
+    "mollifier_postgres_breaker_state",
+    "Postgres circuit breaker of the web processes: 0 closed, 1 half-open (probing), 2 open (Postgres "
+    "skipped: its requests answer 503 at once, enrolled organisations' triggers are buffered). The worst "
+    "of this host's live processes.",
+    multiprocess_mode="livemax",
+)
+POSTGRES_BREAKER_OPENS = Counter(
+    "mollifier_postgres_breaker_opens_total", "Times a web process's Postgres circuit breaker opened."
+)
+POSTGRES_BREAKER_REJECTED = Counter(
+    "mollifier_postgres_breaker_rejected_total",
+    "Postgres connections and statements refused at once because the circuit breaker was open.",
+)
 
 # Labelled counters start at zero (the Prometheus convention): a rate() or an alert on a series that
 # has never been incremented would otherwise see nothing rather than 0.
@@ -79,6 +93,9 @@ GATE_DECISION_REASONS = (
         for decision in ("mollify", "refused", "shadow")
         for reason in ("per_env_rate", "global_rate")
     ),
+    # While the web process's Postgres breaker is open, an enrolled organisation's triggers are buffered.
+    ("mollify", "postgres_unavailable"),
+    ("refused", "postgres_unavailable"),
 )
 for _decision, _reason in GATE_DECISION_REASONS:
     GATE_DECISIONS.labels(decision=_decision, reason=_reason)
@@ -194,6 +211,9 @@ METRICS = (
     REDIS_BREAKER_STATE,
     REDIS_BREAKER_OPENS,
     REDIS_BREAKER_REJECTED,
+    POSTGRES_BREAKER_STATE,
+    POSTGRES_BREAKER_OPENS,
+    POSTGRES_BREAKER_REJECTED,
 )
 
 

@@ -4,6 +4,7 @@ from django.db import models
 from django.db.models import Q
 
 from runs import ids
+from trigger_project.postgres import breaker as postgres_breaker
 
 
 class TaskRunQuerySet(models.QuerySet):
@@ -51,10 +52,20 @@ class TaskRunManager(models.Manager.from_queryset(TaskRunQuerySet)):  # type: ig
         internal = ids.from_friendly(ids.RUN, run_id)
         if internal is None:
             raise self.model.DoesNotExist(run_id)
+
+        def buffered():
+            entry = buffer.get(org_id=str(environment.organization_id), run_id=ids.to_friendly(ids.RUN, internal))
+            if entry is not None and not entry.materialised and entry.env_id == str(environment.pk):
+                return entry_to_run(entry, environment=environment)
+            return None
+
+        # While Postgres is known not to answer, a run still waiting in the buffer is read there; any
+        # other read answers 503 at once (the breaker refuses the query).
+        if postgres_breaker.is_open() and (run := buffered()) is not None:
+            return run
         rows = self.for_environment(environment).filter(id=internal).select_related("environment")
         if (run := rows.first()) is not None:
             return run
-        entry = buffer.get(org_id=str(environment.organization_id), run_id=ids.to_friendly(ids.RUN, internal))
-        if entry is not None and not entry.materialised and entry.env_id == str(environment.pk):
-            return entry_to_run(entry, environment=environment)
+        if (run := buffered()) is not None:
+            return run
         return rows.get()  # the drain race: materialised meanwhile, or DoesNotExist

@@ -116,6 +116,11 @@ _db_options["options"] = f"-c statement_timeout={DB_STATEMENT_TIMEOUT_MS}"
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["ENGINE"] = "trigger_project.postgres"
 DATABASES["default"]["ANSWER_TIMEOUT_MS"] = env_int("DB_ANSWER_TIMEOUT_MS", DB_STATEMENT_TIMEOUT_MS + 2000)  # type: ignore[typeddict-unknown-key]  # read by our backend
+# The web processes' Postgres breaker (trigger_project/postgres/breaker.py): this many connection
+# failures or unanswered statements in a row (0: no breaker) make requests skip Postgres for the
+# cooldown (503 at once; enrolled organisations' triggers buffered) until a probe finds it answering.
+DB_BREAKER_FAILURES = env_int("DB_BREAKER_FAILURES", 1)
+DB_BREAKER_COOLDOWN_MS = env_int("DB_BREAKER_COOLDOWN_MS", 2000)
 
 REDIS_URL = env("REDIS_URL", "") or embedded.redis_url()
 # The time budget of one Redis call on a request path (DESIGN §12): short, and never retried (a

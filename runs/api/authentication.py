@@ -6,12 +6,18 @@ on the API (the SDK sends no cookies).
 Each web process keeps a key's environment (with its organisation and project) for
 TRIGGER_AUTH_CACHE_SECONDS: the lookup was ~40% of a trigger's CPU. So a rotated key, or an
 organisation's changed feature flags, take effect within that time. Unknown keys are never cached.
+
+While Postgres cannot be asked (down, hung: the lookup fails, or the web tier's breaker refuses it),
+a key this process has seen in the last STALE_SECONDS keeps its environment: its triggers can still
+be buffered and its buffered runs read. A key rotated just before the outage keeps working until
+Postgres answers again.
 """
 
 import time
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 from rest_framework import authentication, exceptions
 
 from runs.models import RuntimeEnvironment
@@ -46,6 +52,7 @@ class KeyCache(dict[str, tuple[float, RuntimeEnvironment]]):
     """key hash → (expiry on the monotonic clock, environment): this process's, bounded."""
 
     LIMIT = 10_000
+    STALE_SECONDS = 900  # past its expiry, an entry still serves while Postgres cannot be asked
 
 
 key_cache = KeyCache()
@@ -57,9 +64,14 @@ def environment_for_key(key: str) -> RuntimeEnvironment | None:
     now = time.monotonic()
     if (hit := key_cache.get(key_hash)) is not None and hit[0] > now:
         return hit[1]
-    environment = (
-        RuntimeEnvironment.objects.select_related("organization", "project").filter(api_key_hash=key_hash).first()
-    )
+    try:
+        environment = (
+            RuntimeEnvironment.objects.select_related("organization", "project").filter(api_key_hash=key_hash).first()
+        )
+    except (OperationalError, InterfaceError):
+        if hit is not None and hit[0] + KeyCache.STALE_SECONDS > now:
+            return hit[1]
+        raise
     ttl = settings.TRIGGER["AUTH_CACHE_SECONDS"]
     if environment is not None and ttl > 0:
         if len(key_cache) >= KeyCache.LIMIT:

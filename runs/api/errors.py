@@ -18,6 +18,7 @@ from rest_framework.views import set_rollback
 from mollifier.clock import now_ms
 from mollifier.exceptions import BufferUnavailable
 from runs import exceptions as domain
+from trigger_project.postgres.breaker import PostgresBreakerOpen
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,10 @@ def exception_handler(exc, context):
         return error_response("Invalid characters or values in the request", status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, (OperationalError, InterfaceError)):
         set_rollback()
-        logger.warning("runs.api.database_unavailable", exc_info=exc)
+        if isinstance(exc.__cause__, PostgresBreakerOpen):  # one line: the breaker logged why it opened
+            logger.info("runs.api.database_skipped error=%s", exc)
+        else:
+            logger.warning("runs.api.database_unavailable", exc_info=exc)
         return error_response("Database unavailable, retry later", status.HTTP_503_SERVICE_UNAVAILABLE)
     response = drf_exception_handler(exc, context)
     if response is None:

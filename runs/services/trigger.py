@@ -34,6 +34,7 @@ from runs.services.batch_items import batch_link_pending
 from runs.services.flags import mollifier_enrolled
 from runs.services.packets import PACKET_TYPE, packets_use
 from runs.snapshots import entry_to_run, run_to_entry, to_ms
+from trigger_project.postgres import breaker as postgres_breaker
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +183,7 @@ def _admit_and_write(
             request_key=run.request_key,
             request_ttl_ms=int(settings.TRIGGER["REQUEST_IDEMPOTENCY_TTL_SECONDS"]) * 1000,
             replace_request=replace_request,
+            postgres_out=postgres_breaker.is_open(),
         )
 
     admission = admit()

@@ -19,6 +19,9 @@ waiting; Django builds connections with ``Database.connect``, so this backend ha
 whose ``connect`` builds ``DeadlineConnection``s. Use it as ``ENGINE: "trigger_project.postgres"``
 (settings.py does for a postgres URL). Not for ``OPTIONS["pool"]`` connections, which psycopg_pool
 builds itself (the project uses persistent connections, DESIGN §10).
+
+In the web processes a circuit breaker stands in front of all this (``breaker.py``): once Postgres
+is known not to answer, requests stop paying these waits.
 """
 
 import types
@@ -26,9 +29,13 @@ import types
 import psycopg
 from django.db.backends.postgresql import base
 
+from trigger_project.postgres import breaker
+from trigger_project.postgres.breaker import PostgresBreaker
+
 
 class DeadlineConnection(psycopg.Connection):
     answer_timeout: float | None = None  # seconds; None waits as long as it takes
+    breaker: PostgresBreaker | None = None  # told when an answer does not come
 
     def wait(self, gen, interval=None, timeout=None):
         budget = timeout if timeout is not None else self.answer_timeout
@@ -40,9 +47,12 @@ class DeadlineConnection(psycopg.Connection):
                 raise
             # Mid-protocol, in an unknown state: never reuse it (Django reconnects on next use).
             self.pgconn.finish()
-            raise psycopg.OperationalError(
+            unanswered = psycopg.OperationalError(
                 f"Postgres did not answer within {budget:g} s (DB_ANSWER_TIMEOUT_MS); connection closed"
-            ) from error
+            )
+            if self.breaker is not None:
+                self.breaker.failed(False, unanswered)
+            raise unanswered from error
 
 
 class _Psycopg(types.ModuleType):
@@ -60,15 +70,54 @@ class DatabaseWrapper(base.DatabaseWrapper):
     Database = Database
 
     def get_new_connection(self, conn_params):
-        connection = super().get_new_connection(conn_params)
+        gate = self._breaker(conn_params)
+        try:
+            connection = super().get_new_connection(conn_params)
+        except psycopg.Error as error:
+            if gate is not None:
+                gate.failed(False, error)  # refused, no answer within DB_CONNECT_TIMEOUT, or turned away
+            raise
         if isinstance(connection, DeadlineConnection):
             connection.answer_timeout = self._answer_timeout()
+            connection.breaker = gate
+        if gate is not None:
+            gate.succeeded(False)
         return connection
+
+    def ensure_connection(self):
+        if self.connection is None:
+            self._admit()  # atomic() opens connections without a cursor
+        super().ensure_connection()
+
+    def _cursor(self, name=None):
+        self._admit()  # before the health check, which would wait for a hung server too
+        return super()._cursor(name)  # type: ignore[misc]  # Django's, not in its stubs
+
+    def _admit(self) -> None:
+        """Refuse at once (Django's OperationalError) while the breaker is open."""
+        if (gate := breaker.known(self.alias)) is not None:
+            with self.wrap_database_errors:
+                gate.admit()
+
+    def _breaker(self, conn_params: dict) -> PostgresBreaker | None:
+        if not breaker.enabled_here():
+            return None
+        name = f"{self.settings_dict.get('HOST') or 'local'}:{self.settings_dict.get('PORT') or 5432}"
+        return breaker.for_database(self.alias, name, prober=lambda: self._probe(conn_params))
+
+    def _probe(self, conn_params: dict) -> None:
+        """Connect and ``SELECT 1``, each bounded as a request's would be; raises when Postgres does
+        not answer. On the breaker's own thread, with a connection of its own."""
+        with DeadlineConnection.connect(**conn_params) as connection:
+            connection.answer_timeout = self._answer_timeout()
+            connection.execute("SELECT 1")
 
     def is_usable(self):
         """The health check (CONN_HEALTH_CHECKS) waits no longer than a new connection would: a
         hung server then costs a request one budget, not the answer budget plus a reconnect."""
         connection = self.connection
+        if breaker.is_open(self.alias):
+            return False  # no waiting on a server known not to answer: closed, and reopened once it does
         if not isinstance(connection, DeadlineConnection) or connection.answer_timeout is None:
             return super().is_usable()
         budget = connection.answer_timeout
