@@ -264,7 +264,8 @@ def _postgres_paused(pg: PostgresProcess):
     triggers = load.of("trigger")
     assert 0 not in {a.status for a in triggers + load.of("read")}  # every request answered, no worker stuck
     assert {a.status for a in triggers} <= {200, 503}
-    assert Counter(a.status for a in load.of("trigger", "paused"))[503] >= 1  # Postgres-bound ones: 503, retried
+    # Once a worker has met the pause, its breaker buffers the enrolled organisation's triggers.
+    assert Counter(a.status for a in load.of("trigger", "paused") if a.buffered)[200] >= 10
     assert {a.status for a in load.of("read")} <= {200, 503}  # never a false 404
     answered = {a.run_id for a in triggers if a.status == 200}
     with psycopg.connect(pg.url) as conn:
