@@ -84,13 +84,14 @@ class Breaker:
                 return False
             now = self.clock()
             cooldown = self.cooldown_s()
-            probe_running = self.probe_started_at is not None and now - self.probe_started_at < cooldown
-            if now - self.opened_at >= cooldown and not probe_running:
-                self.probe_started_at = now  # a probe that never reports is replaced after a cooldown
+            if now - self.opened_at >= cooldown and not self._probe_running(now):
+                self.probe_started_at = now
                 self._become(State.HALF_OPEN)
                 if self.prober is None:
                     return True  # this call is the probe
-                threading.Thread(target=self._probe, name=f"{self.dependency}-probe {self.name}", daemon=True).start()
+                threading.Thread(
+                    target=self._probe, args=(now,), name=f"{self.dependency}-probe {self.name}", daemon=True
+                ).start()
             left_ms = max(0, int((self.opened_at + cooldown - now) * 1000))
         self.count_rejected()
         raise self.refusal(f"circuit breaker open (next probe in {left_ms} ms)")
@@ -108,22 +109,32 @@ class Breaker:
     def _probe_when_due(self) -> None:
         with self._lock:
             now = self.clock()
-            cooldown = self.cooldown_s()
-            probe_running = self.probe_started_at is not None and now - self.probe_started_at < cooldown
             # Opened again since (that opening scheduled its own), closed, or a call started the probe.
-            if self.state is not State.OPEN or probe_running or now - self.opened_at < cooldown:
+            if self.state is not State.OPEN or self._probe_running(now) or now - self.opened_at < self.cooldown_s():
                 return
             self.probe_started_at = now
             self._become(State.HALF_OPEN)
-        self._probe()
+        self._probe(now)
 
-    def _probe(self) -> None:
+    def _probe_running(self, now: float) -> bool:
+        """A probe started and not reported; one that never reports is replaced after its budget."""
+        return self.probe_started_at is not None and now - self.probe_started_at < self.probe_budget_s()
+
+    def _probe(self, started: float) -> None:
         try:
             self.prober()
-        except Exception as error:
-            self.failed(True, error)
+        except BaseException as error:  # whatever ends the probe's thread must not leave it half-open
+            outcome: Exception | None = error if isinstance(error, Exception) else RuntimeError(repr(error))
         else:
+            outcome = None
+        with self._lock:
+            # A probe replaced after its budget reports too late: a newer one, or a closed breaker, decides.
+            if self.probe_started_at != started:
+                return
+        if outcome is None:
             self.succeeded(True)
+        else:
+            self.failed(True, outcome)
 
     def check(self) -> None:
         """Raise BreakerOpen when a call now would be refused, without taking the probe's turn
@@ -131,10 +142,8 @@ class Breaker:
         if self.state is State.CLOSED or not self.enabled():
             return
         now = self.clock()
-        cooldown = self.cooldown_s()
         with self._lock:
-            probe_running = self.probe_started_at is not None and now - self.probe_started_at < cooldown
-            refused = self.state is State.OPEN and now - self.opened_at < cooldown or probe_running
+            refused = self.state is State.OPEN and now - self.opened_at < self.cooldown_s() or self._probe_running(now)
         if refused:
             self.count_rejected()  # a call not made is a call refused
             raise self.refusal("circuit breaker open")
@@ -188,7 +197,7 @@ class Breaker:
                     self.dependency,
                     self.name,
                     self.failures,
-                    int(self.cooldown_s() * 1000),
+                    round(self.cooldown_s() * 1000),
                     error,
                 )
 
@@ -210,6 +219,11 @@ class Breaker:
 
     def cooldown_s(self) -> float:
         return conf.redis_breaker_cooldown_ms() / 1000
+
+    def probe_budget_s(self) -> float:
+        """How long a probe may take before another replaces it (Redis's PING: its socket timeout,
+        well under a cooldown)."""
+        return self.cooldown_s()
 
     def threshold(self) -> int:
         """Consecutive failures that open the breaker (0: never)."""

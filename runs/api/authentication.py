@@ -73,7 +73,9 @@ def environment_for_key(key: str) -> RuntimeEnvironment | None:
             return hit[1]
         raise
     ttl = settings.TRIGGER["AUTH_CACHE_SECONDS"]
-    if environment is not None and ttl > 0:
+    if environment is None:
+        key_cache.pop(key_hash, None)  # rotated or removed: never served stale again
+    elif ttl > 0:
         if len(key_cache) >= KeyCache.LIMIT:
             key_cache.clear()  # bounded; refills with the keys in use
         key_cache[key_hash] = (now + ttl, environment)

@@ -1,6 +1,7 @@
 """The Redis time budget and circuit breaker (mollifier/breaker.py), against a redis-server of the
 test's own that is paused (SIGSTOP: connections accepted, nothing answered) and resumed."""
 
+import threading
 import time
 from datetime import timedelta
 
@@ -180,6 +181,35 @@ def test_a_probe_that_never_reports_is_replaced_after_a_cooldown(settings):
     assert gate_.admit() is True
     now[0] += 1.0  # that probe's thread died without a word
     assert gate_.admit() is True
+
+
+def test_a_probe_that_reports_after_it_was_replaced_changes_nothing(settings):
+    """A probe slower than its budget is replaced; its late failure must not reopen a breaker that
+    the newer probe closed (for Postgres a probe may take a connect and a statement's timeouts)."""
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "REDIS_BREAKER_FAILURES": 1, "REDIS_BREAKER_COOLDOWN_MS": 1000}
+    now = [0.0]
+    release_first = threading.Event()
+    calls = []
+
+    def prober():
+        calls.append(now[0])
+        if len(calls) == 1:
+            release_first.wait(10)
+            raise TimeoutError("the first probe, answered late")
+
+    gate_ = breaker.Breaker("test", clock=lambda: now[0], prober=prober)
+    gate_.failed(False, TimeoutError("no answer"))
+    now[0] += 1.0
+    with pytest.raises(BreakerOpen):
+        gate_.admit()  # the first probe starts, and hangs
+    now[0] += 1.0  # past its budget (a cooldown here): replaced by the next call's probe, which answers
+    with pytest.raises(BreakerOpen):
+        gate_.admit()
+    wait_until(lambda: gate_.state == State.CLOSED, timeout=5, interval=0.01)
+    release_first.set()
+    wait_until(lambda: not [t for t in threading.enumerate() if t.name == "redis-probe test"], timeout=5)
+    assert gate_.state == State.CLOSED and gate_.admit() is False
+    assert calls == [1.0, 2.0]
 
 
 def test_error_replies_are_answers_and_do_not_open_it():

@@ -41,7 +41,7 @@ class DeadlineConnection(psycopg.Connection):
         budget = timeout if timeout is not None else self.answer_timeout
         options = {} if interval is None else {"interval": interval}
         try:
-            return super().wait(gen, timeout=budget, **options)
+            answer = super().wait(gen, timeout=budget, **options)
         except psycopg.errors.OperationalError as error:
             if budget is None or type(error).__name__ != "_WaitTimeout":
                 raise
@@ -53,6 +53,9 @@ class DeadlineConnection(psycopg.Connection):
             if self.breaker is not None:
                 self.breaker.failed(False, unanswered)
             raise unanswered from error
+        if self.breaker is not None and self.breaker.failures:
+            self.breaker.succeeded(False)  # answered: the failures before were not in a row
+        return answer
 
 
 class _Psycopg(types.ModuleType):
@@ -80,8 +83,8 @@ class DatabaseWrapper(base.DatabaseWrapper):
         if isinstance(connection, DeadlineConnection):
             connection.answer_timeout = self._answer_timeout()
             connection.breaker = gate
-        if gate is not None:
-            gate.succeeded(False)
+        # A connection made is no success yet: a server that accepts and then never answers a
+        # statement must still reach the threshold (only an answered statement resets the count).
         return connection
 
     def ensure_connection(self):
@@ -103,14 +106,18 @@ class DatabaseWrapper(base.DatabaseWrapper):
         if not breaker.enabled_here():
             return None
         name = f"{self.settings_dict.get('HOST') or 'local'}:{self.settings_dict.get('PORT') or 5432}"
-        return breaker.for_database(self.alias, name, prober=lambda: self._probe(conn_params))
+        connect = float(conn_params.get("connect_timeout") or 0)
+        budget = connect + 2 * (self._answer_timeout() or 0) + 1  # connect, a statement, the commit
+        return breaker.for_database(self.alias, name, prober=lambda: self._probe(conn_params), probe_budget_s=budget)
 
     def _probe(self, conn_params: dict) -> None:
-        """Connect and ``SELECT 1``, each bounded as a request's would be; raises when Postgres does
-        not answer. On the breaker's own thread, with a connection of its own."""
+        """Connect, and commit a transaction that has an id (the commit writes to the WAL, as a
+        trigger's does), each bounded as a request's would be; raises when Postgres does not answer.
+        On the breaker's own thread, with a connection of its own."""
         with DeadlineConnection.connect(**conn_params) as connection:
             connection.answer_timeout = self._answer_timeout()
-            connection.execute("SELECT 1")
+            connection.execute("SELECT pg_current_xact_id()")
+            connection.commit()
 
     def is_usable(self):
         """The health check (CONN_HEALTH_CHECKS) waits no longer than a new connection would: a

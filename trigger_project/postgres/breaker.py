@@ -15,12 +15,16 @@ gets no answer within its budget, this process's breaker opens:
 - an enrolled organisation's triggers go to the buffer, as if its environment were tripped: the
   caller gets its run id as usual and the drainer writes the run once Postgres answers again
   (runs/services/trigger.py asks ``is_open``);
-- after the cooldown a thread of its own connects and runs ``SELECT 1``: no request waits on the
+- after the cooldown a thread of its own connects and commits a transaction that has a
+  transaction id (so the commit is written to the WAL, as a trigger's would be: a read would pass
+  while commits hang on a lost synchronous standby or a stalled disk); no request waits on the
   probe. It closes the breaker when Postgres answers, or opens it for another cooldown.
 
-An answer that is an error (a statement timeout under a lock, a constraint) is Postgres answering:
-it does not count. Nor does a connection found broken mid-query (a restarted server): the next
-connection attempt tells. The machinery is the Redis buffer's breaker (``mollifier/breaker.py``);
+At connect, any failure counts (refused, no answer within ``DB_CONNECT_TIMEOUT``, too many clients,
+a wrong password). On an open connection only a statement that gets no answer counts: an error that
+Postgres answers (a statement timeout under a lock, a constraint) does not, nor does a connection
+found broken mid-query (a restarted server: the next connection attempt tells). An answered
+statement resets the count. The machinery is the Redis buffer's breaker (``mollifier/breaker.py``);
 what differs is below.
 
 On only where ``enable()`` is called: the WSGI and ASGI applications. The drainer waits for Postgres
@@ -48,12 +52,17 @@ class PostgresBreakerOpen(psycopg.OperationalError):
 
 class PostgresBreaker(base.Breaker):
     dependency = "postgres"
+    probe_budget = 0.0  # seconds: a connection attempt and a statement's answer (set by for_database)
 
     def enabled(self) -> bool:
         return _enabled
 
     def cooldown_s(self) -> float:
-        return max(1, int(settings.DB_BREAKER_COOLDOWN_MS)) / 1000
+        # A floor: against a refused server, a zero cooldown would be a connection attempt per call.
+        return max(100, int(settings.DB_BREAKER_COOLDOWN_MS)) / 1000
+
+    def probe_budget_s(self) -> float:
+        return max(self.probe_budget, self.cooldown_s())
 
     def threshold(self) -> int:
         return max(0, int(settings.DB_BREAKER_FAILURES))
@@ -72,14 +81,15 @@ class PostgresBreaker(base.Breaker):
         base._metrics().POSTGRES_BREAKER_STATE.set(int(worst))
 
 
-def for_database(alias: str, name: str, prober: Callable[[], None]) -> PostgresBreaker:
+def for_database(alias: str, name: str, prober: Callable[[], None], probe_budget_s: float) -> PostgresBreaker:
     """The breaker of the database ``alias`` (at ``name``, for the logs); ``prober`` raises when
-    Postgres does not answer."""
+    Postgres does not answer, within ``probe_budget_s``."""
     if (found := _breakers.get(alias)) is not None:
         return found
     with _lock:
         if (found := _breakers.get(alias)) is None:
             found = _breakers[alias] = PostgresBreaker(name, prober=prober)
+            found.probe_budget = probe_budget_s
         return found
 
 
