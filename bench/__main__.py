@@ -1,4 +1,4 @@
-"""`make bench` (full) / `make bench QUICK=1` (about eight minutes on 2 cores, P8 half of it): figures P1–P9 with their baselines.
+"""`make bench` (full) / `make bench QUICK=1` (about eight minutes on 2 cores, P8 half of it): figures P1–P10 with their baselines.
 
 Runs the server as `make run` serves it (gunicorn sync workers, one per core, DEBUG off) on this
 machine's Postgres and Redis (or the embedded ones), in a database and a Redis DB of its own, with
@@ -50,6 +50,7 @@ SIZES = {
     "p9_rounds": 1 if QUICK else 5,
     "p9_concurrency": 8,
     "p9_warmup_s": 3,
+    "p10_paused_s": 10 if QUICK else 20,
 }
 
 
@@ -70,7 +71,7 @@ def main() -> int:
     django.setup()
     from django.core.management import call_command
 
-    from bench import adaptive, burst, cluster, measures, report
+    from bench import adaptive, burst, cluster, measures, postgres_outage, report
 
     say(
         f"bench {'QUICK' if QUICK else 'full'}: Postgres {where['postgres']}, Redis {where['redis']}, {os.cpu_count()} cores"
@@ -147,6 +148,9 @@ def main() -> int:
             concurrency=SIZES["p9_concurrency"],
             warmup_s=SIZES["p9_warmup_s"],
             say=say,
+        ),
+        "P10": lambda: postgres_outage.p10_postgres_hung(
+            healthy_s=5, paused_s=SIZES["p10_paused_s"], after_s=5, concurrency=8, say=say
         ),
     }
     for name, measure in figures.items():

@@ -73,13 +73,15 @@ def targets(results: dict) -> list[tuple[str, str, bool]]:
 
 
 def _burst_and_later_targets(results: dict) -> list[tuple[str, str, bool]]:
-    """The figures whose targets live beside their measure (bench/burst.py, bench/cluster.py), then P9."""
-    from bench import burst, cluster
+    """The figures whose targets live beside their measure (bench/burst.py, bench/cluster.py,
+    bench/postgres_outage.py), and P9."""
+    from bench import burst, cluster, postgres_outage
 
     return (
         (burst.targets(results["P3"]) if "P3" in results else [])
         + (cluster.targets(results["P7"]) if "P7" in results else [])
         + (_p9_targets(results["P9"]) if "P9" in results else [])
+        + (postgres_outage.targets(results["P10"]) if "P10" in results else [])
     )
 
 
