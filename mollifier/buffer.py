@@ -183,6 +183,14 @@ def remember_request(*, org_id: str, env_id: str, task: str, request_key: str, r
     redis_client.get().set(keys.request(org_id, env_id, task, request_key), run_id, px=ttl_ms)
 
 
+def forget_request(*, org_id: str, env_id: str, task: str, request_key: str, run_id: str) -> None:
+    """The request's attempt that ``run_id`` was made for failed before the run was written: its key
+    stops naming that run (if it still does), so that a retry of the request makes its run."""
+    scripts.FORGET_REQUEST(
+        keys=[keys.request(org_id, env_id, task, request_key)], args=[run_id], client=redis_client.get()
+    )
+
+
 def get(*, org_id: str, run_id: str) -> Entry | None:
     """The entry (also one materialised within its grace period), or None."""
     entries = get_many(org_id=org_id, run_ids=[run_id])

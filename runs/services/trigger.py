@@ -8,11 +8,12 @@ The id is minted before anything is written; whichever store receives the run ke
 import logging
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
 from mollifier import buffer, claims, conf, gate, rate
@@ -197,8 +198,14 @@ def _admit_and_write(
         if held and admission.accepted.status == AcceptStatus.ACCEPTED:
             held.published_by_accept()
         return outcome
+    gate_named_run = bool(run.request_key) and admission.reason not in ("disabled", "not_enrolled")
     outcome = _insert_or_find_existing(
-        run=run, key=options.idempotency_key, now=now, batch=batch, batch_index=batch_index
+        run=run,
+        key=options.idempotency_key,
+        now=now,
+        batch=batch,
+        batch_index=batch_index,
+        on_unwritten=(lambda: _forget_request(run)) if gate_named_run else None,
     )
     if held:
         held.publish(outcome.run.friendly_id)
@@ -216,6 +223,22 @@ def _admit_and_write(
         except BufferUnavailable:
             logger.warning("runs.trigger.request_key_not_corrected env=%s", environment.pk, exc_info=True)
     return outcome
+
+
+def _forget_request(run: TaskRun) -> None:
+    """The gate made the request's key name this run, whose row could not be written: a retry of the
+    request (the SDK retries the 503) must make its run, not look for this one, which it could not
+    tell apart from a row while Postgres does not answer."""
+    try:
+        buffer.forget_request(
+            org_id=str(run.organization_id),
+            env_id=str(run.environment_id),
+            task=run.task_identifier,
+            request_key=run.request_key or "",
+            run_id=run.friendly_id,
+        )
+    except BufferUnavailable:  # the key names a run that is nowhere: the retry answers 503 until Postgres does
+        logger.warning("runs.trigger.request_key_not_forgotten env=%s", run.environment_id, exc_info=True)
 
 
 def _bypass(options: TriggerOptions) -> str | None:
@@ -299,8 +322,17 @@ def _buffered_outcome(*, run: TaskRun, accepted: AcceptResult) -> TriggerOutcome
 
 
 def _insert_or_find_existing(
-    *, run: TaskRun, key: str | None, now: datetime, batch: BatchTaskRun | None, batch_index: int | None
+    *,
+    run: TaskRun,
+    key: str | None,
+    now: datetime,
+    batch: BatchTaskRun | None,
+    batch_index: int | None,
+    on_unwritten: Callable[[], None] | None = None,
 ) -> TriggerOutcome:
+    """Insert the run's row, or find the run that holds its key. ``on_unwritten`` is called when the
+    database fails before the commit was sent (the row cannot have been written); a failure of the
+    commit itself leaves the outcome unknown, and calls nothing."""
     # Two passes at most: a concurrent trigger may take the key between our read and our insert.
     for attempt in range(2):
         if key is not None and attempt:
@@ -310,11 +342,17 @@ def _insert_or_find_existing(
             if existing is not None:
                 _link_batch_item(batch=batch, index=batch_index, run=existing)
                 return TriggerOutcome(run=existing, is_cached=True)
+        committing = False
         try:
             with transaction.atomic():
                 run.save(force_insert=True)
                 _link_batch_item(batch=batch, index=batch_index, run=run)
+                committing = True
             return TriggerOutcome(run=run, is_cached=False)
+        except (OperationalError, InterfaceError):
+            if on_unwritten is not None and not committing:
+                on_unwritten()
+            raise
         except IntegrityError as error:
             violated = _violated_constraint(error)
             if violated == REQUEST_CONSTRAINT and (first := _run_of_request(run)) is not None:
