@@ -90,3 +90,26 @@ def test_the_django_wrapper_answers_operational_errors_and_reconnects_after(own_
             assert cursor.fetchone() == (3,)
     finally:
         wrapper.close()
+
+
+def test_the_breaker_probe_fails_while_commits_hang(own_postgres):
+    """The web tier's breaker closes only when a commit that wrote to the WAL is answered: a
+    synchronous standby that is gone holds every trigger's commit, and a read, or a transaction id
+    alone, would still pass (the breaker would close and open again, each time a request waiting)."""
+    wrapper = wrapper_for(own_postgres, ANSWER_TIMEOUT_MS=500)
+    params = wrapper.get_connection_params()
+    wrapper._probe(params)  # healthy: answered
+
+    with psycopg.connect(own_postgres.url, autocommit=True) as admin:
+        admin.execute("ALTER SYSTEM SET synchronous_standby_names = 'gone'")
+        admin.execute("SELECT pg_reload_conf()")
+    try:
+        with pytest.raises(psycopg.OperationalError, match="did not answer within 0.5 s"):
+            wrapper._probe(params)
+    finally:
+        with psycopg.connect(own_postgres.url, autocommit=True) as admin:
+            admin.execute("ALTER SYSTEM RESET synchronous_standby_names")
+            admin.execute("SELECT pg_reload_conf()")
+            # The hung commit waits for the standby until its backend is ended.
+            admin.execute("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
+    wrapper._probe(params)

@@ -188,10 +188,11 @@ def test_the_official_sdk_triggers_and_reads_while_postgres_is_frozen(tmp_path):
             "o.feature_flags={'mollifierEnabled': True}; o.save()",
         )
         server = {"MOLLIFIER_ENABLED": "1", "MOLLIFIER_TRIP_THRESHOLD": "100000"}
-        with running_server(**stores, **server) as base_url:
+        # One worker, which has seen the key: a worker authenticates only keys it has seen while
+        # Postgres cannot be asked, and which worker takes a call is up to the kernel.
+        with running_server(workers=WORKERS, **stores, **server) as base_url:
             client = Client(base_url)
-            with ThreadPoolExecutor(8) as pool:  # every worker has seen the key
-                warm = list(pool.map(client.trigger, [key] * 32))
+            warm = [client.trigger(key) for _ in range(4)]
             assert {status for status, _, _ in warm} == {200}
             with pg.paused():
                 result = subprocess.run(
@@ -211,6 +212,6 @@ def test_the_official_sdk_triggers_and_reads_while_postgres_is_frozen(tmp_path):
         assert answered <= rows and len(answered) == len(ids) + len(warm)  # each answered run written once
         # A trigger that met the freeze (503, retried by the SDK) may still have been written when
         # Postgres resumed: at most one per worker.
-        assert len(rows) <= len(answered) + 2
+        assert len(rows) <= len(answered) + WORKERS
     finally:
         pg.cleanup()

@@ -36,6 +36,7 @@ from trigger_project.postgres.breaker import PostgresBreaker
 class DeadlineConnection(psycopg.Connection):
     answer_timeout: float | None = None  # seconds; None waits as long as it takes
     breaker: PostgresBreaker | None = None  # told when an answer does not come
+    budget_setting = "DB_ANSWER_TIMEOUT_MS"  # what set the wait, for the error message
 
     def wait(self, gen, interval=None, timeout=None):
         budget = timeout if timeout is not None else self.answer_timeout
@@ -48,7 +49,7 @@ class DeadlineConnection(psycopg.Connection):
             # Mid-protocol, in an unknown state: never reuse it (Django reconnects on next use).
             self.pgconn.finish()
             unanswered = psycopg.OperationalError(
-                f"Postgres did not answer within {budget:g} s (DB_ANSWER_TIMEOUT_MS); connection closed"
+                f"Postgres did not answer within {budget:g} s ({self.budget_setting}); connection closed"
             )
             if self.breaker is not None:
                 self.breaker.failed(False, unanswered)
@@ -111,12 +112,21 @@ class DatabaseWrapper(base.DatabaseWrapper):
         return breaker.for_database(self.alias, name, prober=lambda: self._probe(conn_params), probe_budget_s=budget)
 
     def _probe(self, conn_params: dict) -> None:
-        """Connect, and commit a transaction that has an id (the commit writes to the WAL, as a
-        trigger's does), each bounded as a request's would be; raises when Postgres does not answer.
-        On the breaker's own thread, with a connection of its own."""
+        """Connect, and commit a transaction that wrote to the WAL, as a trigger's does, each bounded
+        as a request's would be; raises when Postgres does not answer. On the breaker's own thread,
+        with a connection of its own.
+
+        What it writes is a transactional logical-decoding message (no table, nothing to clean up):
+        a commit that wrote WAL waits for a synchronous standby and for the disk, as a trigger's
+        insert does, where a read, or an xid alone, passes while those commits hang. A role that may
+        not call it gets an answer, which is enough to know Postgres is up."""
         with DeadlineConnection.connect(**conn_params) as connection:
             connection.answer_timeout = self._answer_timeout()
-            connection.execute("SELECT pg_current_xact_id()")
+            try:
+                connection.execute("SELECT pg_logical_emit_message(true, 'mollifier', 'breaker probe')")
+            except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFunction):
+                connection.rollback()
+                return
             connection.commit()
 
     def is_usable(self):
@@ -129,10 +139,12 @@ class DatabaseWrapper(base.DatabaseWrapper):
             return super().is_usable()
         budget = connection.answer_timeout
         connection.answer_timeout = min(budget, float(self.settings_dict["OPTIONS"].get("connect_timeout") or budget))
+        connection.budget_setting = "the health check's DB_CONNECT_TIMEOUT"
         try:
             return super().is_usable()
         finally:
             connection.answer_timeout = budget
+            connection.budget_setting = DeadlineConnection.budget_setting
 
     def _answer_timeout(self) -> float | None:
         milliseconds = int(self.settings_dict.get("ANSWER_TIMEOUT_MS") or 0)

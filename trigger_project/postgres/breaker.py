@@ -15,10 +15,10 @@ gets no answer within its budget, this process's breaker opens:
 - an enrolled organisation's triggers go to the buffer, as if its environment were tripped: the
   caller gets its run id as usual and the drainer writes the run once Postgres answers again
   (runs/services/trigger.py asks ``is_open``);
-- after the cooldown a thread of its own connects and commits a transaction that has a
-  transaction id (so the commit is written to the WAL, as a trigger's would be: a read would pass
-  while commits hang on a lost synchronous standby or a stalled disk); no request waits on the
-  probe. It closes the breaker when Postgres answers, or opens it for another cooldown.
+- after the cooldown a thread of its own connects and commits a transaction that wrote to the
+  WAL, as a trigger's would (a read, or a transaction id alone, passes while commits hang on a lost
+  synchronous standby or a stalled disk); no request waits on the probe. It closes the breaker when
+  Postgres answers, or opens it for another cooldown.
 
 At connect, any failure counts (refused, no answer within ``DB_CONNECT_TIMEOUT``, too many clients,
 a wrong password). On an open connection only a statement that gets no answer counts: an error that
