@@ -18,7 +18,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from mollifier import buffer, conf, metrics, priority, rate
 from mollifier import client as redis_client
@@ -480,21 +480,28 @@ class Drainer:
                         "redis", 0, f"{type(error).__name__}: {error}", until_answered=redis_client.unanswered(error)
                     )
                 if waiting is not None:
-                    failures = failures + 1 if waiting.dependency == waiting_for else 1
-                    waiting.failures = failures
-                    since, waiting_for = since or time.monotonic(), waiting.dependency
-                    waiting.retry_in_ms = backoff_ms(failures)
-                    logger.warning(
-                        "mollifier.drain.waiting dependency=%s failures=%d retry_in_ms=%d error=%s",
-                        waiting.dependency,
-                        waiting.failures,
-                        waiting.retry_in_ms,
-                        waiting.error[:300],
-                    )
-                    if on_wait:
-                        on_wait(waiting)
-                    if self._wait(waiting):
-                        return
+                    while True:
+                        failures = failures + 1 if waiting.dependency == waiting_for else 1
+                        waiting.failures = failures
+                        since, waiting_for = since or time.monotonic(), waiting.dependency
+                        waiting.retry_in_ms = backoff_ms(failures)
+                        logger.warning(
+                            "mollifier.drain.waiting dependency=%s failures=%d retry_in_ms=%d error=%s",
+                            waiting.dependency,
+                            waiting.failures,
+                            waiting.retry_in_ms,
+                            waiting.error[:300],
+                        )
+                        if on_wait:
+                            on_wait(waiting)
+                        ended = self._wait(waiting)
+                        if ended == "stopped":
+                            return
+                        if ended != "unanswered":
+                            break
+                        # Still no answer at the end of the backoff: wait again, rather than lease a
+                        # round that would fail too and hold its runs meanwhile (their changes wait).
+                        waiting = replace(waiting)  # a new one: on_wait may keep each
                     continue
                 # Redis answered this round; Postgres only when the round wrote something (an
                 # empty round, its entries backing off, does not reach it).
@@ -519,23 +526,25 @@ class Drainer:
                         return
                     self.stop.wait(conf.drain_idle_sleep_ms() / 1000)
 
-    def _wait(self, waiting: Waiting) -> bool:
-        """Sleep the backoff; True when stopped meanwhile. A wait for a store that refused or did
-        not answer ends as soon as it answers (a PING to Redis, a ``SELECT 1`` through the sink to
-        Postgres, one a second): after a long outage the backoff has grown to its cap
-        (MOLLIFIER_DRAIN_BACKOFF_MAX_MS), and the buffer would otherwise wait up to that long again
-        once the store is back. A store that still hangs costs each probe its client's timeout.
-        A failure that was an answer (a Redis error reply, a statement timeout under a lock) keeps
-        the whole backoff: the probe would be answered while the failure stays."""
+    def _wait(self, waiting: Waiting) -> str:
+        """Sleep the backoff: "stopped" when stopped meanwhile, else "answered" (or "waited", for a
+        failure that was an answer), or "unanswered" when a store that refused or did not answer
+        still does not at the backoff's end. Such a wait ends as soon as the store answers (a PING
+        to Redis, a ``SELECT 1`` through the sink to Postgres, one a second): after a long outage
+        the backoff has grown to its cap (MOLLIFIER_DRAIN_BACKOFF_MAX_MS), and the buffer would
+        otherwise wait up to that long again once the store is back. A store that still hangs costs
+        each probe its client's timeout. A failure that was an answer (a Redis error reply, a
+        statement timeout under a lock) keeps the whole backoff: the probe would be answered while
+        the failure stays."""
         deadline = time.monotonic() + waiting.retry_in_ms / 1000
         watch = waiting.until_answered
         answers = buffer.answers if waiting.dependency == "redis" else self.sink.answers
         while (left := deadline - time.monotonic()) > 0:
             if self.stop.wait(min(left, PROBE_EVERY_S) if watch else left):
-                return True
-            if watch and time.monotonic() < deadline and answers():
-                return False
-        return False
+                return "stopped"
+            if watch and answers():
+                return "answered"
+        return "unanswered" if watch else "waited"
 
     def _went_idle(self) -> None:
         """Once after rounds that wrote: the sink finishes what their transactions could not see."""

@@ -220,3 +220,37 @@ def test_a_statement_timeout_keeps_the_whole_backoff(settings):
 
     assert len(waits) == 1 and waits[0].dependency == "postgres" and not waits[0].until_answered
     assert "statement timeout" in waits[0].error
+
+
+def test_no_round_is_leased_while_postgres_still_does_not_answer(settings):
+    """A drainer whose backoff ends while Postgres still does not answer asks again (SELECT 1)
+    instead of leasing a round that could not be written: the runs stay ready meanwhile, so changes
+    to them never wait on a lease (they would answer 503 after TRIGGER_MID_DRAIN_WAIT_SECONDS)."""
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "DRAIN_BACKOFF_BASE_MS": 100, "DRAIN_BACKOFF_MAX_MS": 300}
+    environment = EnvironmentFactory()
+    run_ids = fill_buffer(environment, 20)
+    org, env = str(environment.organization_id), str(environment.pk)
+    waits: list[Waiting] = []
+    drainer = Drainer()
+    drainer.types.learn([env])  # as after rounds that went through: its weight is known, nothing to look up
+    leased: list[int] = []
+    with postgres_out("hung"):
+        thread = drain_in_background(drainer, waits)
+        try:
+            wait_until(lambda: len(waits) >= 1, timeout=30)  # the first round met the outage, and gave its runs back
+            until = time.monotonic() + 4  # several backoffs
+            while time.monotonic() < until:
+                leased.append(len(buffer.leased_ids(org_id=org, env_id=env)))
+                time.sleep(0.02)
+        except BaseException:
+            drainer.stop.set()
+            raise
+    try:
+        wait_until(lambda: buffer.buffered_count(org) == 0, timeout=30)
+    finally:
+        drainer.stop.set()
+        thread.join(30)
+
+    assert waits[-1].failures >= 3  # backoffs ended while it still did not answer
+    assert max(leased) == 0
+    assert sorted(run.friendly_id for run in TaskRun.objects.filter(environment=environment)) == sorted(run_ids)
