@@ -153,6 +153,17 @@ class PostgresProcess:
     def url(self) -> str:
         return self.server.get_uri()
 
+    def server_env(self) -> dict:
+        """What a server or command started against this Postgres is given: persistent connections
+        (a pause freezes the sockets already open) and short budgets, so that its waits take seconds."""
+        return {
+            "DATABASE_URL": self.url,
+            "DB_CONN_MAX_AGE": "600",
+            "DB_CONNECT_TIMEOUT": "2",
+            "DB_STATEMENT_TIMEOUT_MS": "1000",
+            "DB_ANSWER_TIMEOUT_MS": "2000",
+        }
+
     def postmaster_pid(self) -> int:
         return int((Path(self.server.pgdata) / "postmaster.pid").read_text().split()[0])
 

@@ -95,6 +95,33 @@ def running_server(workers: int = 2, **env_overrides: str):
             process.kill()
 
 
+def manage(env: dict, *args: str) -> str:
+    """Run ``manage.py <args>`` against the test stores, ``env`` on top; its output."""
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=server_env(**env),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def environment_in(stores: dict, org: str, *, enrolled: bool) -> str:
+    """Create ``org``'s production environment in the database ``stores`` names (migrated before),
+    enrolled in the mollifier or not, through the real commands; its secret key."""
+    key = manage(stores, "create_environment", "--org", org, "--project", "p", "--env", "prod").split()[-1]
+    if enrolled:
+        manage(
+            stores,
+            "shell",
+            "-c",
+            f"from runs.models import Organization as O; o=O.objects.get(slug={org!r}); "
+            "o.feature_flags={'mollifierEnabled': True}; o.save()",
+        )
+    return key
+
+
 def start_manage(*args: str, **env_overrides: str) -> subprocess.Popen:
     """Start ``manage.py <args>`` against the test stores (output captured)."""
     return subprocess.Popen(

@@ -10,8 +10,6 @@ circuit breaker closes again.
 import http.client
 import json
 import re
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -27,7 +25,7 @@ from runs.models import TaskRun
 from tests.conftest import enroll
 from tests.factories import EnvironmentFactory
 from tests.faults import PostgresProcess, RedisProcess
-from tests.server import ROOT, finish, running_server, server_env, start_manage, wait_until
+from tests.server import environment_in, finish, manage, running_server, start_manage, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -195,17 +193,6 @@ def breaker_closed(base_url: str) -> bool:
     return metric(base_url, "mollifier_redis_breaker_state") == 0
 
 
-def manage(env: dict, *args: str) -> str:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=server_env(**env),
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-
-
 def test_postgres_paused_under_triggers_and_drainers(tmp_path):
     pg = PostgresProcess(tmp_path / "pg")
     try:
@@ -215,13 +202,7 @@ def test_postgres_paused_under_triggers_and_drainers(tmp_path):
 
 
 def _postgres_paused(pg: PostgresProcess):
-    stores = {
-        "DATABASE_URL": pg.url,
-        "DB_CONN_MAX_AGE": "600",  # persistent connections: the pause freezes sockets already open
-        "DB_CONNECT_TIMEOUT": "2",
-        "DB_STATEMENT_TIMEOUT_MS": "1000",
-        "DB_ANSWER_TIMEOUT_MS": "2000",
-    }
+    stores = pg.server_env()
     gate = {
         "MOLLIFIER_ENABLED": "1",
         "MOLLIFIER_TRIP_THRESHOLD": "5",
@@ -230,14 +211,7 @@ def _postgres_paused(pg: PostgresProcess):
     }
     drain = {"MOLLIFIER_DRAIN_LEASE_MS": "1500", "MOLLIFIER_DRAIN_BACKOFF_MAX_MS": "1000", **stores}
     manage(stores, "migrate", "--noinput")
-    key = manage(stores, "create_environment", "--org", "pgpause", "--project", "p", "--env", "prod").split()[-1]
-    manage(
-        stores,
-        "shell",
-        "-c",
-        "from runs.models import Organization as O; o=O.objects.get(slug='pgpause'); "
-        "o.feature_flags={'mollifierEnabled': True}; o.save()",
-    )
+    key = environment_in(stores, "pgpause", enrolled=True)
     drainers = [start_manage("mollifier_drain", **drain) for _ in range(2)]
     try:
         with running_server(**stores, **gate) as base_url:

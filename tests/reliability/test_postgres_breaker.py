@@ -11,7 +11,6 @@ import http.client
 import json
 import shutil
 import subprocess
-import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
@@ -22,7 +21,7 @@ import pytest
 from tests.e2e.test_sdk import E2E_DIR
 from tests.faults import PostgresProcess
 from tests.reliability.test_degraded import SDK_HEADERS, metric
-from tests.server import ROOT, finish, running_server, server_env, start_manage, wait_until
+from tests.server import environment_in, finish, manage, running_server, start_manage, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -55,17 +54,6 @@ class Client:
         return status, data.get("id", ""), headers.get("x-mollifier") == "buffered"
 
 
-def manage(env: dict, *args: str) -> str:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=server_env(**env),
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-
-
 def test_requests_stop_waiting_for_a_hung_or_refused_postgres(tmp_path):
     pg = PostgresProcess(tmp_path / "pg")
     try:
@@ -75,23 +63,10 @@ def test_requests_stop_waiting_for_a_hung_or_refused_postgres(tmp_path):
 
 
 def _breaker_under_outages(pg: PostgresProcess, tmp_path):
-    stores = {
-        "DATABASE_URL": pg.url,
-        "DB_CONN_MAX_AGE": "600",  # persistent connections: the pause freezes sockets already open
-        "DB_CONNECT_TIMEOUT": "2",
-        "DB_STATEMENT_TIMEOUT_MS": "1000",
-        "DB_ANSWER_TIMEOUT_MS": "2000",
-    }
+    stores = pg.server_env()
     manage(stores, "migrate", "--noinput")
-    enrolled = manage(stores, "create_environment", "--org", "brk", "--project", "p", "--env", "prod").split()[-1]
-    plain = manage(stores, "create_environment", "--org", "plain", "--project", "p", "--env", "prod").split()[-1]
-    manage(
-        stores,
-        "shell",
-        "-c",
-        "from runs.models import Organization as O; o=O.objects.get(slug='brk'); "
-        "o.feature_flags={'mollifierEnabled': True}; o.save()",
-    )
+    enrolled = environment_in(stores, "brk", enrolled=True)
+    plain = environment_in(stores, "plain", enrolled=False)
     server = {
         "MOLLIFIER_ENABLED": "1",
         "MOLLIFIER_TRIP_THRESHOLD": "100000",  # never tripped by rate: only the breaker buffers
@@ -171,22 +146,9 @@ def test_the_official_sdk_triggers_and_reads_while_postgres_is_frozen(tmp_path):
         pytest.skip("Node.js or the SDK packages are missing: run `make test` (it runs npm ci in tests/e2e)")
     pg = PostgresProcess(tmp_path / "pg")
     try:
-        stores = {
-            "DATABASE_URL": pg.url,
-            "DB_CONN_MAX_AGE": "600",
-            "DB_CONNECT_TIMEOUT": "2",
-            "DB_STATEMENT_TIMEOUT_MS": "1000",
-            "DB_ANSWER_TIMEOUT_MS": "2000",
-        }
+        stores = pg.server_env()
         manage(stores, "migrate", "--noinput")
-        key = manage(stores, "create_environment", "--org", "sdk", "--project", "p", "--env", "prod").split()[-1]
-        manage(
-            stores,
-            "shell",
-            "-c",
-            "from runs.models import Organization as O; o=O.objects.get(slug='sdk'); "
-            "o.feature_flags={'mollifierEnabled': True}; o.save()",
-        )
+        key = environment_in(stores, "sdk", enrolled=True)
         server = {"MOLLIFIER_ENABLED": "1", "MOLLIFIER_TRIP_THRESHOLD": "100000"}
         # One worker, which has seen the key: a worker authenticates only keys it has seen while
         # Postgres cannot be asked, and which worker takes a call is up to the kernel.
