@@ -528,8 +528,8 @@ class Drainer:
 
     def _wait(self, waiting: Waiting) -> str:
         """Sleep the backoff: "stopped" when stopped meanwhile, else "answered" (or "waited", for a
-        failure that was an answer), or "unanswered" when a store that refused or did not answer
-        still does not at the backoff's end. Such a wait ends as soon as the store answers (a PING
+        failure that was an answer), or "unanswered" when a Postgres that refused or did not
+        answer still does not at the backoff's end. Such a wait ends as soon as the store answers (a PING
         to Redis, a ``SELECT 1`` through the sink to Postgres, one a second): after a long outage
         the backoff has grown to its cap (MOLLIFIER_DRAIN_BACKOFF_MAX_MS), and the buffer would
         otherwise wait up to that long again once the store is back. A store that still hangs costs
@@ -544,7 +544,9 @@ class Drainer:
                 return "stopped"
             if watch and answers():
                 return "answered"
-        return "unanswered" if watch else "waited"
+        # Postgres only: a lease cannot be taken while Redis does not answer anyway, and a PING to
+        # a cluster can fail for one node while rounds for the others would go through.
+        return "unanswered" if watch and waiting.dependency == "postgres" else "waited"
 
     def _went_idle(self) -> None:
         """Once after rounds that wrote: the sink finishes what their transactions could not see."""
