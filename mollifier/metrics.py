@@ -236,14 +236,15 @@ def exposition() -> bytes:
     return generate_latest(registry)
 
 
-def breaker_summary() -> tuple[int, float]:
-    """(the worst Redis breaker state of this host's live processes, breaker opens so far): what
-    ``mollifier_redis_breaker_state`` and ``_opens_total`` say, for the dashboard."""
+def breaker_summary(dependency: str = "redis") -> tuple[int, float]:
+    """(the worst state of this host's live processes' breakers for ``dependency``, redis or
+    postgres, and how often they opened so far): what ``mollifier_<dependency>_breaker_state`` and
+    ``_opens_total`` say, for the dashboard."""
     state, opens = 0, 0.0
     for family in _process_registry().collect():
         for sample in family.samples:
-            if sample.name == "mollifier_redis_breaker_state":
+            if sample.name == f"mollifier_{dependency}_breaker_state":
                 state = max(state, int(sample.value))
-            elif sample.name == "mollifier_redis_breaker_opens_total":
+            elif sample.name == f"mollifier_{dependency}_breaker_opens_total":
                 opens += sample.value
     return state, opens

@@ -18,6 +18,7 @@ from tests.conftest import client_for
 from tests.factories import EnvironmentFactory
 from tests.helpers import trigger
 from tests.server import database_url
+from trigger_project.postgres import breaker as postgres_breaker
 
 pytestmark = pytest.mark.django_db
 
@@ -191,6 +192,25 @@ def test_the_dashboard_shows_the_redis_breaker_and_memory(admin_client, dead_red
         admin_client.get("/admin/mollifier/dashboard/")
     page = admin_client.get("/admin/mollifier/dashboard/").content.decode()
     assert 'id="breaker">open<' in page
+
+
+def test_the_dashboard_counts_the_postgres_breakers_openings(admin_client):
+    """While the web tier's Postgres breaker is open the admin cannot render (it needs Postgres);
+    afterwards its card says how often it opened."""
+    page = admin_client.get("/admin/mollifier/dashboard/").content.decode()
+    assert 'id="postgres-breaker">closed<' in page
+    before = int(page.split('id="postgres-breaker">closed</strong>')[1].split("opened ", 1)[1].split(" ", 1)[0])
+
+    postgres_breaker.enable()
+    try:
+        gate = postgres_breaker.for_database("default", "test", prober=lambda: None, probe_budget_s=60)
+        gate.failed(False, OSError("no answer"))  # opens
+        gate.succeeded(True)  # a probe answered: closed again
+    finally:
+        postgres_breaker.disable()
+    page = admin_client.get("/admin/mollifier/dashboard/").content.decode()
+    assert 'id="postgres-breaker">closed<' in page
+    assert f"opened {before + 1} time" in page
 
 
 def test_reset_idempotency_command(environment):
