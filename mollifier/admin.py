@@ -16,7 +16,7 @@ from mollifier.directory import get_directory
 from mollifier.drainer import Drainer
 from mollifier.exceptions import BufferUnavailable
 from mollifier.models import Dashboard
-from mollifier.stats import dashboard, redis_status
+from mollifier.stats import dashboard, postgres_status, redis_status
 
 DRAIN_PERMISSION = "mollifier.drain_buffer"
 DECISION_LAYERS = [
@@ -57,6 +57,7 @@ class DashboardAdmin(admin.ModelAdmin):
             "settings": _knobs(),
             "can_drain": request.user.has_perm(DRAIN_PERMISSION),
             "redis": redis_status(),  # shown also when Redis does not answer
+            "postgres": postgres_status(),
         }
         try:
             board = dashboard(now_ms=now_ms(), directory=get_directory())

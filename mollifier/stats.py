@@ -175,10 +175,6 @@ class RedisStatus:
     breaker_opens: int  # times a breaker opened (this host's processes, since their start)
     memory: memory.MemoryReading | None  # None: Redis did not answer, or refused INFO
     memory_limit_percent: int
-    # The web processes' Postgres breaker (trigger_project/postgres/breaker.py), for the same card
-    # row: while it is open the admin cannot render, but its openings show afterwards.
-    postgres_breaker: str = "closed"
-    postgres_breaker_opens: int = 0
 
     @property
     def memory_guard(self) -> bool:
@@ -192,15 +188,21 @@ def redis_status() -> RedisStatus:
         reading = memory.read(redis_client.get())
     except BufferUnavailable:
         reading = None
-    postgres_state, postgres_opens = metrics.breaker_summary("postgres")
-    return RedisStatus(
-        _state_name(state),
-        int(opens),
-        reading,
-        conf.redis_memory_limit_percent(),
-        postgres_breaker=_state_name(postgres_state),
-        postgres_breaker_opens=int(postgres_opens),
-    )
+    return RedisStatus(_state_name(state), int(opens), reading, conf.redis_memory_limit_percent())
+
+
+@dataclass(frozen=True)
+class PostgresStatus:
+    """The web processes' Postgres breaker (trigger_project/postgres/breaker.py): while it is open
+    the admin cannot render, but how often it opened shows afterwards."""
+
+    breaker: str
+    breaker_opens: int
+
+
+def postgres_status() -> PostgresStatus:
+    state, opens = metrics.breaker_summary("postgres")
+    return PostgresStatus(_state_name(state), int(opens))
 
 
 def _state_name(state: int) -> str:

@@ -1,4 +1,6 @@
 import os
+import shutil
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -173,3 +175,12 @@ def enroll(environment, value=True):
 def enrolled(environment, mollifier_on):
     """The caller's organisation enrolled in the mollifier, with the master switch on."""
     return enroll(environment)
+
+
+@pytest.fixture
+def node():
+    """Node.js, with the official SDK installed in tests/e2e (`make test` runs npm ci there)."""
+    node = shutil.which("node")
+    if node is None or not (Path(__file__).parent / "e2e" / "node_modules" / "@trigger.dev" / "sdk").exists():
+        pytest.skip("Node.js or the SDK packages are missing: run `make test` (it runs npm ci in tests/e2e)")
+    return node

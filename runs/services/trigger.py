@@ -8,7 +8,6 @@ The id is minted before anything is written; whichever store receives the run ke
 import logging
 import math
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -198,6 +197,7 @@ def _admit_and_write(
         if held and admission.accepted.status == AcceptStatus.ACCEPTED:
             held.published_by_accept()
         return outcome
+    # The gate's script made the request key name this run (enrolled, or shadowed, organisations).
     gate_named_run = bool(run.request_key) and admission.reason not in ("disabled", "not_enrolled")
     outcome = _insert_or_find_existing(
         run=run,
@@ -205,11 +205,11 @@ def _admit_and_write(
         now=now,
         batch=batch,
         batch_index=batch_index,
-        on_unwritten=(lambda: _forget_request(run)) if gate_named_run else None,
+        gate_named_run=gate_named_run,
     )
     if held:
         held.publish(outcome.run.friendly_id)
-    if outcome.run is not run and run.request_key and admission.reason not in ("disabled", "not_enrolled"):
+    if outcome.run is not run and gate_named_run and run.request_key:  # (the key again: for the type checker)
         # The gate made the request key name this trigger's run, which another run answered for.
         try:
             buffer.remember_request(
@@ -328,11 +328,12 @@ def _insert_or_find_existing(
     now: datetime,
     batch: BatchTaskRun | None,
     batch_index: int | None,
-    on_unwritten: Callable[[], None] | None = None,
+    gate_named_run: bool = False,
 ) -> TriggerOutcome:
-    """Insert the run's row, or find the run that holds its key. ``on_unwritten`` is called when the
-    database fails before the commit was sent (the row cannot have been written); a failure of the
-    commit itself leaves the outcome unknown, and calls nothing."""
+    """Insert the run's row, or find the run that holds its key. When the gate made the request's
+    key name this run and the database fails before the commit was sent (the row cannot have been
+    written), the key is released (``_forget_request``); a failure of the commit itself leaves the
+    outcome unknown, and the key as it is."""
     # Two passes at most: a concurrent trigger may take the key between our read and our insert.
     for attempt in range(2):
         if key is not None and attempt:
@@ -350,8 +351,8 @@ def _insert_or_find_existing(
                 committing = True
             return TriggerOutcome(run=run, is_cached=False)
         except (OperationalError, InterfaceError):
-            if on_unwritten is not None and not committing:
-                on_unwritten()
+            if gate_named_run and not committing:
+                _forget_request(run)
             raise
         except IntegrityError as error:
             violated = _violated_constraint(error)

@@ -1,7 +1,6 @@
 """The official trigger.dev SDK (pinned in tests/e2e/package.json) against the real server process."""
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,25 +15,22 @@ E2E_DIR = Path(__file__).resolve().parent
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
-@pytest.fixture
-def node():
-    node = shutil.which("node")
-    if node is None or not (E2E_DIR / "node_modules" / "@trigger.dev" / "sdk").exists():
-        pytest.skip("Node.js or the SDK packages are missing: run `make test` (it runs npm ci in tests/e2e)")
-    return node
+def sdk_script(node: str, script: str, *args: str, base_url: str, key: str, timeout: int = 120):
+    """Run ``tests/e2e/<script>`` with the SDK pointed at ``base_url`` and ``key``; its process."""
+    return subprocess.run(
+        [node, script, *args],
+        cwd=E2E_DIR,
+        env={"PATH": "/usr/bin:/bin", "TRIGGER_API_URL": base_url, "TRIGGER_SECRET_KEY": key},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_official_sdk_against_the_real_server(node):
     environment = EnvironmentFactory()
     with running_server() as base_url:
-        result = subprocess.run(
-            [node, "sdk_e2e.mjs"],
-            cwd=E2E_DIR,
-            env={"PATH": "/usr/bin:/bin", "TRIGGER_API_URL": base_url, "TRIGGER_SECRET_KEY": environment.secret_key},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        result = sdk_script(node, "sdk_e2e.mjs", base_url=base_url, key=environment.secret_key)
     print(result.stdout, result.stderr)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "10 passed, 0 failed" in result.stdout
@@ -51,7 +47,6 @@ def test_official_sdk_sees_buffered_runs_everywhere(node):
     from tests.server import start_manage
 
     environment = enroll(EnvironmentFactory())
-    run_env = {"PATH": "/usr/bin:/bin", "TRIGGER_SECRET_KEY": environment.secret_key}
     gate = {
         "MOLLIFIER_ENABLED": "1",
         "MOLLIFIER_TRIP_THRESHOLD": "3",
@@ -62,14 +57,7 @@ def test_official_sdk_sees_buffered_runs_everywhere(node):
     with running_server(**gate) as base_url:
         drainer = start_manage("mollifier_drain", MOLLIFIER_DRAIN_MAX_ROWS_PER_SEC="5")  # slow: the walk races it
         try:
-            mutate = subprocess.run(
-                [node, "sdk_buffered.mjs", "mutate"],
-                cwd=E2E_DIR,
-                env={**run_env, "TRIGGER_API_URL": base_url},
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
+            mutate = sdk_script(node, "sdk_buffered.mjs", "mutate", base_url=base_url, key=environment.secret_key)
             assert mutate.returncode == 0, mutate.stdout + mutate.stderr
             state = json.loads(mutate.stdout.strip().splitlines()[-1])
             assert buffer.buffered_count(str(environment.organization_id)) > 0  # the walk ran mid-drain
@@ -78,13 +66,8 @@ def test_official_sdk_sees_buffered_runs_everywhere(node):
             drainer.wait(30)
         finish = start_manage("mollifier_drain", "--once", MOLLIFIER_DRAIN_MAX_ROWS_PER_SEC="1000")
         assert finish.wait(120) == 0
-        verify = subprocess.run(
-            [node, "sdk_buffered.mjs", "verify", json.dumps(state)],
-            cwd=E2E_DIR,
-            env={**run_env, "TRIGGER_API_URL": base_url},
-            capture_output=True,
-            text=True,
-            timeout=120,
+        verify = sdk_script(
+            node, "sdk_buffered.mjs", "verify", json.dumps(state), base_url=base_url, key=environment.secret_key
         )
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert buffer.buffered_count(str(environment.organization_id)) == 0
@@ -92,14 +75,7 @@ def test_official_sdk_sees_buffered_runs_everywhere(node):
 
 
 def _packets_script(node, base_url: str, key: str, *args: str) -> dict:
-    result = subprocess.run(
-        [node, "sdk_packets.mjs", *args],
-        cwd=E2E_DIR,
-        env={"PATH": "/usr/bin:/bin", "TRIGGER_API_URL": base_url, "TRIGGER_SECRET_KEY": key},
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    result = sdk_script(node, "sdk_packets.mjs", *args, base_url=base_url, key=key, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
 

@@ -9,8 +9,6 @@ pass through again, and the drainer writes every buffered run exactly once.
 
 import http.client
 import json
-import shutil
-import subprocess
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
@@ -18,7 +16,7 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
-from tests.e2e.test_sdk import E2E_DIR
+from tests.e2e.test_sdk import sdk_script
 from tests.faults import PostgresProcess
 from tests.reliability.test_degraded import SDK_HEADERS, metric
 from tests.server import environment_in, finish, manage, running_server, start_manage, wait_until
@@ -137,13 +135,10 @@ def _stopped(pg: PostgresProcess):
     return stopped
 
 
-def test_the_official_sdk_triggers_and_reads_while_postgres_is_frozen(tmp_path):
+def test_the_official_sdk_triggers_and_reads_while_postgres_is_frozen(node, tmp_path):
     """SDK 4.8.3 (tests/e2e) against the real server while its Postgres is paused: every trigger
     resolves to a run (the SDK retries the one 503 a worker answers as it meets the outage), every run
     reads back; once Postgres runs again the drainer writes each exactly once."""
-    node = shutil.which("node")
-    if node is None or not (E2E_DIR / "node_modules" / "@trigger.dev" / "sdk").exists():
-        pytest.skip("Node.js or the SDK packages are missing: run `make test` (it runs npm ci in tests/e2e)")
     pg = PostgresProcess(tmp_path / "pg")
     try:
         stores = pg.server_env()
@@ -157,14 +152,7 @@ def test_the_official_sdk_triggers_and_reads_while_postgres_is_frozen(tmp_path):
             warm = [client.trigger(key) for _ in range(4)]
             assert {status for status, _, _ in warm} == {200}
             with pg.paused():
-                result = subprocess.run(
-                    [node, "sdk_postgres_out.mjs"],
-                    cwd=E2E_DIR,
-                    env={"PATH": "/usr/bin:/bin", "TRIGGER_API_URL": base_url, "TRIGGER_SECRET_KEY": key},
-                    capture_output=True,
-                    text=True,
-                    timeout=120,
-                )
+                result = sdk_script(node, "sdk_postgres_out.mjs", base_url=base_url, key=key)
         assert result.returncode == 0, result.stdout + result.stderr
         ids = json.loads(result.stdout.strip().splitlines()[-1])["ids"]
         finish(start_manage("mollifier_drain", "--once", **stores), timeout=120)
