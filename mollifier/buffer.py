@@ -18,7 +18,17 @@ from redis.cluster import RedisCluster
 
 from mollifier import client as redis_client
 from mollifier import conf, keys, scripts
-from mollifier.codec import ENTRY_FIELDS, Entry, as_text, error_json, from_values, pack_snapshot, to_fields
+from mollifier.codec import (
+    ENTRY_FIELDS,
+    Entry,
+    as_text,
+    error_json,
+    from_row,
+    from_values,
+    pack_row,
+    pack_snapshot,
+    to_fields,
+)
 from mollifier.exceptions import BufferUnavailable
 
 logger = logging.getLogger(__name__)
@@ -55,6 +65,7 @@ def accept_keys(entry: Entry) -> list[str]:
         else keys.unused(org),
         keys.claim(org, entry.env_id, entry.task, entry.idempotency_key) if entry.idempotency_key else keys.unused(org),
         keys.batch_items(org, entry.batch_id) if entry.batch_id else keys.unused(org),
+        keys.row(org, entry.run_id),
     ]
 
 
@@ -67,7 +78,7 @@ def accept_args(
     request: tuple[str, str] | None = None,
 ) -> list[str | bytes]:
     """The arguments after now_ms of accept.lua, then the fields; gate_accept.lua also takes
-    ``request`` (its request-key arguments) before the fields. ``memory_full``: Redis is near its
+    ``request`` (its request-key arguments) before the row and the fields. ``memory_full``: Redis is near its
     maxmemory (mollifier/memory.py), refuse the entry."""
     return [
         entry.run_id,
@@ -81,6 +92,7 @@ def accept_args(
         str(claim_ttl),
         pack_snapshot(entry),
         *(request or ()),
+        pack_row(entry),
         *to_fields(entry),
     ]
 
@@ -206,6 +218,48 @@ def get_many(*, org_id: str, run_ids: Iterable[str]) -> list[Entry]:
     return [entry for entry in (from_values(values, snapshot) for values, snapshot in replies) if entry is not None]
 
 
+def _get_leased(redis, *, org_id: str, env_id: str, run_ids: list[str], token: str) -> list[Entry]:
+    """Entries just leased with ``token``, for the drain, in ``run_ids``' order: those with a stored
+    row from it alone (one MGET, no script: a leased entry changes only through its holder), the
+    rest whole (read.lua). Skips the ones that are gone."""
+    if not run_ids:
+        return []
+    stored = redis.mget([keys.row(org_id, run_id) for run_id in run_ids])
+    found: dict[str, Entry] = {}
+    whole = []
+    for run_id, value in zip(run_ids, stored, strict=True):
+        entry = from_row(value, run_id=run_id, org_id=org_id, env_id=env_id) if value else None
+        if entry is None:
+            whole.append(run_id)
+        else:
+            found[run_id] = entry
+    for entry in get_many(org_id=org_id, run_ids=whole) if whole else ():
+        found[entry.run_id] = entry
+    entries = [found[run_id] for run_id in run_ids if run_id in found]
+    for entry in entries:
+        entry.lease = token
+    return entries
+
+
+def reread(entries: list[Entry]) -> list[Entry]:
+    """Whole entries (snapshot, tags, state) for entries the drain read from their stored row,
+    keeping each one's lease; the others as they are. Entries gone meanwhile are left out."""
+    if all(entry.row is None for entry in entries):
+        return entries
+    leases = {entry.run_id: entry.lease for entry in entries}
+    whole: dict[str, Entry] = {}
+    for org_id in {entry.org_id for entry in entries if entry.row is not None}:
+        run_ids = [entry.run_id for entry in entries if entry.row is not None and entry.org_id == org_id]
+        for entry in get_many(org_id=org_id, run_ids=run_ids):
+            entry.lease = leases[entry.run_id]
+            whole[entry.run_id] = entry
+    return [
+        entry if entry.row is None else whole[entry.run_id]
+        for entry in entries
+        if entry.row is None or entry.run_id in whole
+    ]
+
+
 def lookup_idempotency(*, org_id: str, env_id: str, task: str, key: str, now_ms: int) -> Entry | None:
     """The waiting run that holds the idempotency key, or None. An expired key is released first."""
     owner = redis_client.get().get(keys.idempotency(org_id, env_id, task, key))
@@ -260,9 +314,7 @@ def pop(*, org_id: str, env_id: str, limit: int, lease_ms: int, now_ms: int) -> 
         client=redis,
     )
     run_ids = [as_text(run_id) for run_id in run_ids]
-    entries = get_many(org_id=org_id, run_ids=run_ids)
-    for entry in entries:
-        entry.lease = token
+    entries = _get_leased(redis, org_id=org_id, env_id=env_id, run_ids=run_ids, token=token)
     found = {entry.run_id for entry in entries}
     missing = [run_id for run_id in run_ids if run_id not in found]
     return Popped(entries, int(reclaimed), missing, _pins(org_id, env_id, pinned), token)
@@ -272,6 +324,7 @@ def pop_due(*, org_id: str, env_id: str, due: list[tuple[str, str]], limit: int,
     """Lease up to ``limit`` of one environment's due delayed runs ahead of its queue (``due``:
     (member, run id) pairs found in the ``delayed`` index, earliest first; see pop_due.lua)."""
     token = new_lease_token()
+    redis = redis_client.get()
     run_ids = scripts.POP_DUE(
         keys=[
             keys.delayed(org_id),
@@ -280,12 +333,10 @@ def pop_due(*, org_id: str, env_id: str, due: list[tuple[str, str]], limit: int,
             keys.holders(org_id, env_id),
         ],
         args=[now_ms, lease_ms, token, limit, *(part for pair in due for part in pair)],
-        client=redis_client.get(),
+        client=redis,
     )
     run_ids = [as_text(run_id) for run_id in run_ids]
-    entries = get_many(org_id=org_id, run_ids=run_ids)
-    for entry in entries:
-        entry.lease = token
+    entries = _get_leased(redis, org_id=org_id, env_id=env_id, run_ids=run_ids, token=token)
     found = {entry.run_id for entry in entries}
     return Popped(entries, 0, [run_id for run_id in run_ids if run_id not in found], [], token)
 
@@ -348,6 +399,7 @@ def _ack_call(*, org_id: str, env_id: str, leased: list[tuple[str, str, Entry | 
     for run_id, expected, entry in leased:
         keys_list.append(keys.entry(org_id, run_id))
         keys_list.append(keys.snapshot(org_id, run_id))
+        keys_list.append(keys.row(org_id, run_id))
         keys_list.append(
             keys.idempotency(org_id, env_id, entry.task, entry.idempotency_key)
             if entry and entry.idempotency_key
@@ -430,7 +482,7 @@ def fail(entry: Entry, *, now_ms: int, backoff_ms: int, code: str, message: str)
     row (never silent loss)."""
     return bool(
         scripts.FAIL(
-            keys=_lease_keys(entry),
+            keys=[*_lease_keys(entry), keys.row(entry.org_id, entry.run_id)],
             args=[entry.run_id, now_ms, backoff_ms, error_json(code, message), entry.lease],
             client=redis_client.get(),
         )
@@ -504,6 +556,7 @@ def discard(entry: Entry) -> bool:
                 if entry.idempotency_key
                 else keys.unused(org),
                 keys.batch_items(org, entry.batch_id) if entry.batch_id else keys.unused(org),
+                keys.row(org, entry.run_id),
             ],
             args=[entry.run_id],
             client=redis,
@@ -540,6 +593,7 @@ def _mutate(*, org_id: str, env_id: str, run_id: str, op: str, now_ms: int, args
             keys.ready(org_id, env_id),
             keys.holders(org_id, env_id),
             keys.stats(org_id),
+            keys.row(org_id, run_id),
         ],
         args=[op, env_id, run_id, now_ms, *args],
         client=redis_client.get(),
@@ -621,6 +675,7 @@ def reset_idempotency(*, org_id: str, env_id: str, task: str, key: str, now_ms: 
                 keys.leases(org_id, env_id),
                 keys.ready(org_id, env_id),
                 keys.holders(org_id, env_id),
+                keys.row(org_id, owner) if owner else keys.unused(org_id),
             ],
             args=[owner, now_ms],
             client=redis,

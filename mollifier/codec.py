@@ -45,8 +45,14 @@ class Entry:
     parked_at_ms: int | None = None  # no row could be written: waiting for an operator
     raw_snapshot: str = ""
     lease: str = ""  # the drainer's lease token (set by pop), or a resolver's exact `token:txid`
+    # The row the caller encoded when the run was buffered, for the drain to write as is (keys.row).
+    # An entry the drain read from its stored row alone (from_row) has its envelope only: no
+    # snapshot, tags or state. Whatever needs more reads the whole entry (buffer.get_many).
+    row: bytes | None = None
 
 
+ROW_MAX_BYTES = 16_384  # larger rows are not stored: they would double a large entry's memory, and
+# bytes, not the per-row work a stored row saves, are what such an entry's drain costs
 SNAPSHOT_COMPRESS_AT = 256  # bytes of text; smaller snapshots gain nothing from compression
 LZ4 = b"\x01"  # first byte of an LZ4-compressed snapshot (JSON starts with "{"; zlib, of earlier versions, with 0x78)
 
@@ -126,6 +132,51 @@ def unpack_snapshot(stored) -> str:
     except (lz4.block.LZ4BlockError, zlib.error, ValueError, MemoryError):
         pass
     return stored.decode("utf-8", "replace")
+
+
+def pack_row(entry: Entry) -> bytes:
+    """What keys.row holds: the envelope the drain needs (JSON, one line), a newline, the row; or
+    b"" when there is no row to store."""
+    if not entry.row or len(entry.row) > ROW_MAX_BYTES:
+        return b""
+    try:
+        head = orjson.dumps(
+            [
+                entry.task,
+                entry.accepted_at_ms,
+                entry.delay_until_ms,
+                entry.idempotency_key,
+                entry.batch_id,
+                entry.batch_index,
+            ]
+        )
+    except TypeError:  # text orjson refuses (a lone surrogate): the drain reads the whole entry
+        return b""
+    return head + b"\n" + entry.row
+
+
+def from_row(stored: bytes, *, run_id: str, org_id: str, env_id: str) -> Entry | None:
+    """The entry, envelope only, for a stored row (pack_row), with the row; None when unreadable."""
+    head, newline, row = stored.partition(b"\n")  # compact JSON holds no raw newline
+    try:
+        task, accepted_at_ms, delay_until_ms, idempotency_key, batch_id, batch_index = orjson.loads(head)
+    except (orjson.JSONDecodeError, TypeError, ValueError):
+        return None
+    if not newline or not isinstance(task, str) or type(accepted_at_ms) is not int:
+        return None
+    return Entry(
+        run_id=run_id,
+        org_id=org_id,
+        env_id=env_id,
+        task=task,
+        accepted_at_ms=accepted_at_ms,
+        snapshot=None,
+        delay_until_ms=delay_until_ms,
+        idempotency_key=idempotency_key,
+        batch_id=batch_id,
+        batch_index=batch_index,
+        row=row,
+    )
 
 
 def _int(value) -> int | None:

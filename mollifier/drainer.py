@@ -324,7 +324,9 @@ class Drainer:
             logger.warning(
                 "mollifier.drain.round_failed entries=%d error=%s: isolating", len(entries), str(error)[:300]
             )
-            self._write_one_by_one(entries, result)
+            # Whole entries from here on: a failure is counted against the entry's own attempts,
+            # and a failure row is built from its snapshot, neither of which a stored row carries.
+            self._write_one_by_one(buffer.reread(entries), result)
             self._ack([], missing, result)
             return
         result.written += [entry.accepted_at_ms for entry in entries]

@@ -30,6 +30,13 @@ def snapshot(org_id: str, run_id: str) -> str:
     return f"{_org(org_id)}:snap:{run_id}"
 
 
+def row(org_id: str, run_id: str) -> str:
+    """STRING: the run's row as the drain writes it, encoded by the caller when the run was buffered,
+    after the few entry fields the drain needs (codec.pack_row). Deleted by any change to the run:
+    the drain then builds the row from the entry and its snapshot."""
+    return f"{_org(org_id)}:row:{run_id}"
+
+
 def ready(org_id: str, env_id: str) -> str:
     """ZSET: run ids of one environment waiting to be drained, scored by not-before time (ms)."""
     return f"{_org(org_id)}:env:{_b64(env_id)}:ready"

@@ -7,12 +7,12 @@ re-read from Postgres when the row is written.
 """
 
 from datetime import UTC, datetime
-from typing import overload
+from typing import NamedTuple, overload
 
 from django.utils import timezone
 
 from mollifier.codec import Entry
-from runs import ids
+from runs import copy_rows, ids
 from runs.models import RunStatus, RuntimeEnvironment, TaskRun
 
 SNAPSHOT_VERSION = 1
@@ -59,9 +59,17 @@ def from_ms(value: int | None) -> datetime | None:
         return None  # an absurd stored value reads as absent, never as "now"
 
 
+class EnvironmentIds(NamedTuple):
+    """What a row takes from its environment (a RuntimeEnvironment has the same attributes)."""
+
+    pk: int
+    organization_id: int
+    project_id: int
+
+
 def run_to_entry(run: TaskRun, *, batch_index: int | None = None) -> Entry:
     snapshot = {"v": SNAPSHOT_VERSION, **{name: getattr(run, name) for name in SNAPSHOT_FIELDS}}
-    return Entry(
+    entry = Entry(
         run_id=run.friendly_id,
         org_id=str(run.organization_id),
         env_id=str(run.environment_id),
@@ -78,6 +86,18 @@ def run_to_entry(run: TaskRun, *, batch_index: int | None = None) -> Entry:
         request_key=run.request_key,
         batch_index=batch_index if run.batch_id else None,
     )
+    entry.row = _stored_row(entry, EnvironmentIds(run.environment_id, run.organization_id, run.project_id))
+    return entry
+
+
+def _stored_row(entry: Entry, environment: EnvironmentIds) -> bytes | None:
+    """The row the drain writes for ``entry`` while nothing changes it, encoded now (copy_rows), or
+    None when a value cannot be encoded: the drain then builds the row from the entry, meets the
+    same error and isolates the entry, as for any row it cannot write."""
+    try:
+        return copy_rows.stored_row(entry_values(entry, environment=environment, now=datetime.now(UTC)))
+    except (ValueError, TypeError):
+        return None
 
 
 def entry_status(entry: Entry) -> str:
@@ -99,7 +119,7 @@ _SNAPSHOT_KEYS = frozenset(("v", *SNAPSHOT_FIELDS))  # organization_id and proje
 _FAILURE_FALLBACK = {"code": "snapshot_unreadable", "message": "The buffered snapshot could not be read."}
 
 
-def entry_values(entry: Entry, *, environment: RuntimeEnvironment, now: datetime) -> dict:
+def entry_values(entry: Entry, *, environment: RuntimeEnvironment | EnvironmentIds, now: datetime) -> dict:
     """Every TaskRun column (by attname) for ``entry``, as a reader sees it now and as the drainer
     writes it now. A snapshot that cannot be read still gives a run: SYSTEM_FAILURE, from the envelope."""
     snapshot = entry.snapshot or {}

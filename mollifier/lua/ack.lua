@@ -11,7 +11,7 @@ queues, the holders and the counters are changed once for the whole call (lib/bu
 one by one.
 
 KEYS: 1 ready, 2 leases, 3 envs, 4 stats, 5 listing, 6 minute, 7 holders,
-      then per run: entry, snapshot, idem, batch (idem/batch may be placeholders in the same slot)
+      then per run: entry, snapshot, row, idem, batch (idem/batch may be placeholders in the same slot)
 ARGV: 1 now_ms, 2 grace_ms, 3 env, then per run: run, expected holder (same order as the per-run keys)
 returns: {acked_count, idle_gen ('' while the organisation is still active), refused_count}
 ]]
@@ -20,8 +20,8 @@ local acked, refused, freed = 0, 0, 0
 local released = {}
 for i = 4, #ARGV, 2 do
   local run, expected = ARGV[i], ARGV[i + 1]
-  local base = 7 + (i - 4) * 2
-  local entry, snapshot, idem, batch = KEYS[base + 1], KEYS[base + 2], KEYS[base + 3], KEYS[base + 4]
+  local base = 7 + (i - 4) / 2 * 5
+  local entry, snapshot, row, idem, batch = KEYS[base + 1], KEYS[base + 2], KEYS[base + 3], KEYS[base + 4], KEYS[base + 5]
   if not holds(redis.call('HGET', KEYS[7], run), expected) then
     refused = refused + 1
   else
@@ -31,9 +31,10 @@ for i = 4, #ARGV, 2 do
     if state[1] and state[2] ~= '1' then
       redis.call('HSET', entry, 'materialised', '1', 'materialised_at_ms', ARGV[1])
       redis.call('PEXPIRE', entry, grace)
-      -- The snapshot goes now: no reader renders a materialised entry (each reads the row instead),
-      -- and it is most of the entry's bytes, which a fast drain would otherwise keep for grace_ms.
-      redis.call('DEL', snapshot)
+      -- The snapshot and the stored row go now: no reader renders a materialised entry (each reads
+      -- the row instead), and they are most of the entry's bytes, which a fast drain would
+      -- otherwise keep for grace_ms.
+      redis.call('DEL', snapshot, row)
       freed = freed + tonumber(state[3] or '0')
       if state[4] and redis.call('GET', idem) == run then
         redis.call('DEL', idem)

@@ -21,15 +21,12 @@ Batch members get their BatchTaskRunItem in the same transaction.
 """
 
 import logging
-import operator
-import re
+from dataclasses import dataclass
 
 import psycopg
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
-from django.db.models import JSONField
 from django.utils import timezone
 from psycopg.errors import UniqueViolation
-from psycopg.types.json import Jsonb
 
 from mollifier import buffer, conf
 from mollifier.buffer import Pin
@@ -37,6 +34,7 @@ from mollifier.codec import Entry
 from mollifier.exceptions import SinkUnavailable
 from mollifier.sink import Pin as PinCallback
 from mollifier.sink import Settled, SinkReport
+from runs import copy_rows, ids
 from runs.models import BatchTaskRun, RunStatus, RuntimeEnvironment, TaskRun
 from runs.services import idempotency
 from runs.services.batch_items import batch_link_pending, batch_move_pending, batch_refresh
@@ -45,16 +43,7 @@ from runs.snapshots import entry_values, minimal_failure_values, to_ms
 
 logger = logging.getLogger(__name__)
 
-FIELDS = TaskRun._meta.concrete_fields
-ATTRS = tuple(field.attname for field in FIELDS)
-_ROW_VALUES = operator.itemgetter(*ATTRS)  # a row's values in column order, in C
-COLUMNS = ", ".join(connection.ops.quote_name(str(field.column)) for field in FIELDS)
-JSON_POSITIONS = tuple(i for i, field in enumerate(FIELDS) if isinstance(field, JSONField))
-# Binary COPY: psycopg's C dumpers by column type, and less for Postgres to parse (the text
-# format cost the drainer ~4 µs more per row).
-COPY_TYPES = tuple(re.sub(r"\(\d+\)", "", str(field.db_type(connection))) for field in FIELDS)
-INT4_POSITIONS = tuple(i for i, name in enumerate(COPY_TYPES) if name == "integer")
-BOOL_POSITIONS = tuple(i for i, name in enumerate(COPY_TYPES) if name == "boolean")
+COLUMNS = copy_rows.COLUMNS
 STAGING = "mollifier_incoming_runs"
 
 
@@ -165,10 +154,22 @@ def _begin_fenced() -> str:
         return cursor.fetchone()[0]
 
 
+@dataclass(slots=True)
+class _Run:
+    """One entry's row in a round: its id, the row's bytes before ``materialised_at``
+    (copy_rows.row_prefix), and its column values when the row was built here (None for a row
+    written as the buffer stored it: its values are read from the entry only if a conflict needs them)."""
+
+    entry: Entry
+    id: str
+    prefix: bytes
+    values: dict | None
+
+
 def _materialise(entries: list[Entry], *, minimal: bool = False) -> SinkReport:
     now = timezone.now()
     environments = RuntimeEnvironment.objects.by_ids(entry.env_id for entry in entries)
-    runs: list[tuple[Entry, dict]] = []
+    runs: list[_Run] = []
     gone: list[Entry] = []
     if minimal:  # the last resort must not fail on a batch deleted meanwhile either
         batches = set(
@@ -183,48 +184,57 @@ def _materialise(entries: list[Entry], *, minimal: bool = False) -> SinkReport:
             logger.warning("mollifier.drain.environment_gone run=%s env=%s", entry.run_id, entry.env_id)
             gone.append(entry)
             continue
-        if minimal and (entry.terminal_error or entry.snapshot is None):
-            values = minimal_failure_values(entry, environment=environment, now=now)
-        else:
-            values = entry_values(entry, environment=environment, now=now)
-        values["materialised_at"] = now
-        runs.append((entry, values))
+        stored = None if minimal else copy_rows.prefix_of(entry.row)
+        if stored is not None:  # unchanged since it was buffered: the row as it was encoded then
+            runs.append(_Run(entry, ids.from_friendly(ids.RUN, entry.run_id) or entry.run_id, stored, None))
+            continue
+        values = _values(entry, environment=environment, now=now, minimal=minimal)
+        runs.append(_Run(entry, values["id"], copy_rows.row_prefix(values), values))
 
     if gone:  # a trace for operators: these leave the buffer without a row (mollifier_status)
         buffer.note_dropped(gone, now_ms=to_ms(now))
-    inserted = _insert([values for _, values in runs])
-    pending = [(entry, values) for entry, values in runs if values["id"] not in inserted]
-    existing = set(TaskRun.objects.filter(id__in=[values["id"] for _, values in pending]).values_list("id", flat=True))
-    contested = [values for _, values in pending if values["id"] not in existing]
-    key_failures = _resolve_key_conflicts(contested, now=now) if contested else 0
+    inserted = _insert([(run.id, run.prefix) for run in runs], now=now)
+    pending = [run for run in runs if run.id not in inserted]
+    existing = set(TaskRun.objects.filter(id__in=[run.id for run in pending]).values_list("id", flat=True))
+    contested = [run for run in pending if run.id not in existing]
+    key_failures = _resolve_key_conflicts(_values_of(contested, environments, now=now), now=now) if contested else 0
 
     _link_batch_items(runs, now=now, also_refresh=_move_pending_items())
-    terminal = sum(values["status"] == RunStatus.SYSTEM_FAILURE for _, values in runs if values["id"] in inserted)
+    terminal = sum(
+        run.values is not None and run.values["status"] == RunStatus.SYSTEM_FAILURE and run.id in inserted
+        for run in runs
+    )
     return SinkReport(
         inserted=len(inserted) - terminal, already=len(existing), failed=terminal + key_failures, dropped=len(gone)
     )
 
 
-def _row(values: dict) -> tuple:
-    row = list(_ROW_VALUES(values))
-    for position in JSON_POSITIONS:
-        if row[position] is not None:
-            row[position] = Jsonb(row[position])
-    # Binary COPY does not check what text COPY would: psycopg writes an int4 out of range wrapped
-    # around, and any truthy value as true. A value of the wrong kind is the entry's fault (it is
-    # isolated and, in the end, parked), never a row with other values than the run had.
-    for position in INT4_POSITIONS:
-        value = row[position]
-        if value is not None and (type(value) is not int or not -(2**31) <= value < 2**31):
-            raise ValueError(f"{ATTRS[position]}: {value!r} is not a 32-bit integer")
-    for position in BOOL_POSITIONS:
-        if type(row[position]) is not bool and row[position] is not None:
-            raise ValueError(f"{ATTRS[position]}: {row[position]!r} is not a boolean")
-    return tuple(row)
+def _values(entry: Entry, *, environment: RuntimeEnvironment, now, minimal: bool = False) -> dict:
+    if minimal and (entry.terminal_error or entry.snapshot is None):
+        values = minimal_failure_values(entry, environment=environment, now=now)
+    else:
+        values = entry_values(entry, environment=environment, now=now)
+    values["materialised_at"] = now
+    return values
 
 
-def _insert(rows: list[dict]) -> set[str]:
-    """Insert the rows that do not conflict; returns the ids inserted.
+def _values_of(runs: list[_Run], environments: dict, *, now) -> list[dict]:
+    """The column values of ``runs``; those written as stored are read from their entries again
+    (a conflict, rare: the entries are still leased to this drainer, so unchanged)."""
+    whole = {entry.run_id: entry for entry in buffer.reread([run.entry for run in runs if run.values is None])}
+    values = []
+    for run in runs:
+        if run.values is not None:
+            values.append(run.values)
+        elif (entry := whole.get(run.entry.run_id)) is not None:
+            values.append(_values(entry, environment=environments[entry.env_id], now=now))
+        else:  # gone from the buffer while leased: acked meanwhile by a settle, so its row exists
+            logger.warning("mollifier.drain.entry_gone run=%s", run.entry.run_id)
+    return values
+
+
+def _insert(rows: list[tuple[str, bytes]], *, now) -> set[str]:
+    """Insert the rows (id, copy_rows.row_prefix) that do not conflict; returns the ids inserted.
 
     A round rarely conflicts (a replay of a committed round, an idempotency key taken meanwhile),
     so the rows are first COPied straight into the table, inside a savepoint. A unique violation
@@ -233,7 +243,7 @@ def _insert(rows: list[dict]) -> set[str]:
     constraints. Going through the temp table every time cost about as much as the COPY itself."""
     if not rows:
         return set()
-    prepared = [_row(values) for values in rows]  # nothing but sending while COPY is open
+    data = copy_rows.copy_data([prefix for _, prefix in rows], copy_rows.last_column(now))
     try:
         with transaction.atomic():
             with connection.cursor() as cursor:
@@ -241,8 +251,8 @@ def _insert(rows: list[dict]) -> set[str]:
                 # COPY would leave the session "active" (a COPY waiting on its client), which
                 # idle_in_transaction_session_timeout cannot end if this process then stalls.
                 cursor.execute(f"LOCK TABLE {TaskRun._meta.db_table} IN ROW EXCLUSIVE MODE")
-                _copy(cursor.cursor, TaskRun._meta.db_table, prepared)
-        return {values["id"] for values in rows}
+                _copy(cursor.cursor, TaskRun._meta.db_table, data)
+        return {run_id for run_id, _ in rows}
     except UniqueViolation:
         pass
     with connection.cursor() as cursor:
@@ -251,7 +261,7 @@ def _insert(rows: list[dict]) -> set[str]:
             f"CREATE TEMP TABLE IF NOT EXISTS {STAGING} (LIKE {TaskRun._meta.db_table} INCLUDING DEFAULTS) "
             "ON COMMIT DELETE ROWS"
         )
-        _copy(raw, STAGING, prepared)
+        _copy(raw, STAGING, data)
         raw.execute(
             f"INSERT INTO {TaskRun._meta.db_table} ({COLUMNS}) SELECT {COLUMNS} FROM {STAGING} "
             "ON CONFLICT DO NOTHING RETURNING id"
@@ -261,11 +271,13 @@ def _insert(rows: list[dict]) -> set[str]:
     return inserted
 
 
-def _copy(raw, table: str, rows: list[tuple]) -> None:
+def _copy(raw, table: str, data: bytes) -> None:
     with raw.copy(f"COPY {table} ({COLUMNS}) FROM STDIN WITH (FORMAT BINARY)") as copy:
-        copy.set_types(COPY_TYPES)
-        for row in rows:
-            copy.write_row(row)
+        copy.write(data)
+
+
+def _insert_values(rows: list[dict], *, now) -> set[str]:
+    return _insert([(values["id"], copy_rows.row_prefix(values)) for values in rows], now=now)
 
 
 def _resolve_key_conflicts(contested: list[dict], *, now) -> int:
@@ -295,10 +307,10 @@ def _resolve_key_conflicts(contested: list[dict], *, now) -> int:
             retry.append(values)
         else:
             failures.append(_failure_row(values, winner=holder.friendly_id, now=now))
-    inserted = _insert(retry)
+    inserted = _insert_values(retry, now=now)
     # A row refused twice (the key was taken again in between) is written as a failure too.
     failures += [_failure_row(values, winner=None, now=now) for values in retry if values["id"] not in inserted]
-    return len(_insert(failures))
+    return len(_insert_values(failures, now=now))
 
 
 def _drop_taken_request_keys(contested: list[dict]) -> None:
@@ -334,10 +346,10 @@ def _failure_row(values: dict, *, winner: str | None, now) -> dict:
     }
 
 
-def _link_batch_items(runs: list[tuple[Entry, dict]], *, now, also_refresh: list[str]) -> None:
+def _link_batch_items(runs: list[_Run], *, now, also_refresh: list[str]) -> None:
     """Batch members get their items; their batches and ``also_refresh`` are refreshed together
     (one ordered lock on the batches: two drainers never wait on each other's in a cycle)."""
-    members = [(entry, values) for entry, values in runs if entry.batch_id and entry.batch_index is not None]
+    members = [run for run in runs if run.entry.batch_id and run.entry.batch_index is not None]
     if members:
         with connection.cursor() as cursor:
             cursor.execute(
@@ -346,10 +358,10 @@ def _link_batch_items(runs: list[tuple[Entry, dict]], *, now, also_refresh: list
                 'ON CONFLICT (batch_id, "index") DO NOTHING',
                 [
                     now,
-                    [e.batch_id for e, _ in members],
-                    [v["id"] for _, v in members],
-                    [e.batch_index for e, _ in members],
+                    [run.entry.batch_id for run in members],
+                    [run.id for run in members],
+                    [run.entry.batch_index for run in members],
                 ],
             )
-    if batch_ids := {entry.batch_id for entry, _ in members if entry.batch_id} | set(also_refresh):
+    if batch_ids := {run.entry.batch_id for run in members if run.entry.batch_id} | set(also_refresh):
         batch_refresh(batch_ids=batch_ids, now=now)

@@ -31,10 +31,12 @@ FAST = {
 
 def poison_snapshot(environment, run_id: str, **values) -> None:
     """Overwrite a buffered run's snapshot with values its row cannot hold (as a bug, a version
-    skew or a hand-edited entry might)."""
-    key = keys.snapshot(str(environment.organization_id), run_id)
-    entry = buffer.get(org_id=str(environment.organization_id), run_id=run_id)
-    redis_client().set(key, json.dumps({**entry.snapshot, **values}))
+    skew or a hand-edited entry might). Its stored row goes too: the drain builds the row from the
+    snapshot, as for an entry buffered by a version that stored no rows."""
+    org = str(environment.organization_id)
+    entry = buffer.get(org_id=org, run_id=run_id)
+    redis_client().set(keys.snapshot(org, run_id), json.dumps({**entry.snapshot, **values}))
+    redis_client().delete(keys.row(org, run_id))
 
 
 def test_an_entry_its_row_cannot_hold_backs_off_then_lands_as_a_minimal_failure_row():

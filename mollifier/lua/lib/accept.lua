@@ -1,15 +1,16 @@
 --[[ Library: accepting an entry into the buffer (prepended to the scripts that use it).
 
 accept_entry(k, a) -> reply table
-  k.entry, k.snapshot, k.ready, k.listing, k.envs, k.stats, k.idem, k.claim, k.batch: key names (one slot)
+  k.entry, k.snapshot, k.ready, k.listing, k.envs, k.stats, k.idem, k.claim, k.batch, k.row: key names (one slot)
   a.run, a.env, a.now_ms, a.cap, a.max_bytes (0: no byte cap), a.memory_full ('1': Redis is near its
-  maxmemory, refuse new entries), a.snapshot, a.fields (flat list of hash field/value pairs), a.idem_key,
+  maxmemory, refuse new entries), a.snapshot, a.row ('' for none: see keys.row), a.fields (flat list of hash field/value pairs), a.idem_key,
   a.batch_index, a.claim_marker ('' or 'pending:<token>'), a.claim_ttl
 
-An entry's size is the bytes of its snapshot and of its hash's fields and values as accepted; it is
+An entry's size is the bytes of its snapshot, its row and its hash's fields and values as accepted; it is
 kept in the entry (field `bytes`) and summed in the organisation's stats (`bytes`, beside
 `buffered`), so that ack and discard take back exactly what accept added (mutate.lua adjusts both
-when tags or metadata change size).
+when tags or metadata change size). A row deleted by a change stays counted until its entry leaves:
+the count errs on the side of the cap.
 
 Replies:
   {'accepted', activated_gen}   activated_gen: the org generation when the org went from idle to
@@ -34,7 +35,7 @@ local function accept_entry(k, a)
   end
   local stats = redis.call('HMGET', k.stats, 'buffered', 'bytes')
   local count, used = tonumber(stats[1] or '0'), tonumber(stats[2] or '0')
-  local size = #a.snapshot
+  local size = #a.snapshot + #a.row
   for i = 1, #a.fields do
     size = size + #a.fields[i]
   end
@@ -47,6 +48,9 @@ local function accept_entry(k, a)
 
   redis.call('HSET', k.entry, 'bytes', size, unpack(a.fields))
   redis.call('SET', k.snapshot, a.snapshot)
+  if a.row ~= '' then
+    redis.call('SET', k.row, a.row)
+  end
   redis.call('ZADD', k.ready, a.now_ms, a.run)
   redis.call('ZADD', k.listing, a.now_ms, a.run)
   redis.call('HINCRBY', k.stats, 'buffered', 1)
