@@ -107,6 +107,7 @@ def settle(
 PROBE_EVERY_S = 1.0  # while the drainer waits for a store that refused or did not answer (Drainer._wait)
 ROUND_ROWS_MAX = 1_000_000  # a round is bounded by the rate (rate.ROUND_MS of it), not by this
 PREFETCH_THREAD = "mollifier-lease"
+ACK_THREAD = "mollifier-ack"
 
 
 def _group_due(due: list[buffer.Due]) -> dict[priority.Pair, list[tuple[str, str]]]:
@@ -130,6 +131,8 @@ class Drainer:
         self.types = priority.EnvironmentTypes()
         self._curves_at = 0  # when this drainer last offered to publish the drain curves (ms)
         self._wrote = False  # rows written since the sink was last told the drain went idle
+        self._acker: ThreadPoolExecutor | None = None  # set while ``run`` drains: committed rounds are acked there
+        self._acking: tuple[Future, RoundResult] | None = None  # the round whose ack is in flight
 
     # -- one round --------------------------------------------------------------------------
 
@@ -331,7 +334,7 @@ class Drainer:
             return
         result.written += [entry.accepted_at_ms for entry in entries]
         self._wrote = True
-        self._ack(entries, missing, result)
+        self._ack_round(entries, missing, result)
 
     def _write_one_by_one(self, entries: list[Entry], result: RoundResult) -> None:
         for entry in entries:
@@ -405,6 +408,24 @@ class Drainer:
         )
         result.retried += attempts >= 0
 
+    def _ack_round(self, entries: list[Entry], missing: list[buffer.Missing], result: RoundResult) -> None:
+        """Ack a committed round. While ``run`` drains, on the ack thread: the next round's write
+        (Postgres) overlaps this round's ack (Redis), which was a fifth of a round's time. One
+        round's ack at most is in flight; until it lands its runs stay pinned to a committed
+        transaction, which every reader and mutation already settles as written."""
+        if self._acker is None:
+            self._ack(entries, missing, result)
+            return
+        self._wait_ack()
+        self._acking = (self._acker.submit(self._ack, entries, missing, result), result)
+
+    def _wait_ack(self, result: RoundResult | None = None) -> None:
+        """Wait for the ack in flight (only if it is ``result``'s, when given). ``_ack`` handles a
+        Redis that fails; anything else it raises surfaces here."""
+        if self._acking is not None and (result is None or self._acking[1] is result):
+            future, self._acking = self._acking[0], None
+            future.result()
+
     def _ack(self, entries: list[Entry], missing: list[buffer.Missing], result: RoundResult) -> None:
         try:
             result.acked += buffer.ack(entries, now_ms=self.clock(), missing=missing)
@@ -446,9 +467,10 @@ class Drainer:
     ) -> None:
         """Drain until ``stop`` is set (or, with ``once``, until the buffer has nothing ready).
 
-        While a round is written to Postgres, the next one is leased from Redis on a second thread:
-        the two waits overlap (each was ~20% of a round). A leased round is always finished, also
-        when a stop arrives meanwhile.
+        While a round is written to Postgres, the next one is leased from Redis on a second thread,
+        and the round before is acked on a third: the waits overlap (each was a fifth of a round or
+        more). A leased round is always finished and acked, also when a stop arrives meanwhile;
+        ``on_round`` hears of a round once its ack has landed.
 
         A dependency that fails or hangs at any call (listing organisations, leasing, reading,
         writing, acking) makes the loop wait, with a backoff that grows with consecutive failures
@@ -457,76 +479,108 @@ class Drainer:
         postgres``) and is reported to ``on_wait`` (the command's progress line). Hangs cost at most
         the clients' time budgets (Redis socket timeout, ``DB_ANSWER_TIMEOUT_MS``) per call.
         """
-        failures, since, waiting_for = 0, 0.0, ""
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=PREFETCH_THREAD) as prefetch:
-            ahead: Future | None = None
-            while True:
-                waiting: Waiting | None = None
-                try:
-                    started_round = ahead.result() if ahead is not None else self._start_round()
-                    ahead = None
-                    if started_round.result.popped and not self.stop.is_set():
-                        ahead = prefetch.submit(self._start_round)
-                    result = self._finish_round(started_round)
-                    if result.database_error:
-                        waiting = Waiting(
-                            "postgres", 0, result.database_error, until_answered=not result.database_answered
-                        )
-                        self._give_back_round(ahead)  # not written while Postgres is out
-                        ahead = None
-                except BufferUnavailable as error:
-                    ahead = None
-                    metrics.DRAIN_FAILURES.labels(cause="redis_unavailable").inc()
-                    # An error reply is an answer: a PING would answer too, so no early end of the wait.
-                    waiting = Waiting(
-                        "redis", 0, f"{type(error).__name__}: {error}", until_answered=redis_client.unanswered(error)
-                    )
-                if waiting is not None:
-                    while True:
-                        failures = failures + 1 if waiting.dependency == waiting_for else 1
-                        waiting.failures = failures
-                        since, waiting_for = since or time.monotonic(), waiting.dependency
-                        waiting.retry_in_ms = backoff_ms(failures)
-                        logger.warning(
-                            "mollifier.drain.waiting dependency=%s failures=%d retry_in_ms=%d error=%s",
-                            waiting.dependency,
-                            waiting.failures,
-                            waiting.retry_in_ms,
-                            waiting.error[:300],
-                        )
-                        if on_wait:
-                            on_wait(waiting)
-                        ended = self._wait(waiting)
-                        if ended == "stopped":
-                            return
-                        if ended != "unanswered":
-                            break
-                        # Still no answer at the end of the backoff: wait again, rather than lease a
-                        # round that would fail too and hold its runs meanwhile (their changes wait).
-                        waiting = replace(waiting)  # a new one: on_wait may keep each
-                    continue
-                # Redis answered this round; Postgres only when the round wrote something (an
-                # empty round, its entries backing off, does not reach it).
-                if failures and (waiting_for == "redis" or result.popped):
-                    logger.warning(
-                        "mollifier.drain.recovered dependency=%s after_failures=%d waited_ms=%d",
-                        waiting_for,
-                        failures,
-                        int((time.monotonic() - since) * 1000),
-                    )
-                    failures, since, waiting_for = 0, 0.0, ""
+        unreported: RoundResult | None = None  # a round whose ack may be in flight: reported once it lands
+
+        def report(now: RoundResult | None) -> None:
+            """Report the round before ``now`` (its ack landed before ``now``'s began), or, with
+            ``now`` None, the last one, once its ack lands; ``now`` waits for the next call."""
+            nonlocal unreported
+            if unreported is not None:
+                self._wait_ack(unreported)
                 if on_round:
-                    on_round(result)
-                if ahead is not None:
-                    continue  # a leased round is waiting: finish it, stop or not
-                if result.popped == 0 or self.stop.is_set():
-                    self._went_idle()
-                if self.stop.is_set():
-                    return
-                if result.popped == 0 and result.acked == 0 and result.settled == 0:
-                    if once and not self._has_waiting():
+                    on_round(unreported)
+            unreported = now
+            if now is None:
+                self._wait_ack()
+
+        with (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=PREFETCH_THREAD) as prefetch,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=ACK_THREAD) as acker,
+        ):
+            self._acker = acker
+            try:
+                self._drain_loop(prefetch, report, on_wait=on_wait, once=once)
+            finally:
+                self._acker = None
+                report(None)
+
+    def _drain_loop(
+        self,
+        prefetch: ThreadPoolExecutor,
+        report: Callable[[RoundResult | None], None],
+        *,
+        on_wait: Callable[["Waiting"], None] | None,
+        once: bool,
+    ) -> None:
+        """``run``'s loop: rounds, each leased ahead on ``prefetch``, and the waits between them."""
+        failures, since, waiting_for = 0, 0.0, ""
+        ahead: Future | None = None
+        while True:
+            waiting: Waiting | None = None
+            try:
+                started_round = ahead.result() if ahead is not None else self._start_round()
+                ahead = None
+                if started_round.result.popped and not self.stop.is_set():
+                    ahead = prefetch.submit(self._start_round)
+                result = self._finish_round(started_round)
+                if result.database_error:
+                    waiting = Waiting("postgres", 0, result.database_error, until_answered=not result.database_answered)
+                    self._give_back_round(ahead)  # not written while Postgres is out
+                    ahead = None
+            except BufferUnavailable as error:
+                ahead = None
+                metrics.DRAIN_FAILURES.labels(cause="redis_unavailable").inc()
+                # An error reply is an answer: a PING would answer too, so no early end of the wait.
+                waiting = Waiting(
+                    "redis", 0, f"{type(error).__name__}: {error}", until_answered=redis_client.unanswered(error)
+                )
+            if waiting is not None:
+                report(None)
+                while True:
+                    failures = failures + 1 if waiting.dependency == waiting_for else 1
+                    waiting.failures = failures
+                    since, waiting_for = since or time.monotonic(), waiting.dependency
+                    waiting.retry_in_ms = backoff_ms(failures)
+                    logger.warning(
+                        "mollifier.drain.waiting dependency=%s failures=%d retry_in_ms=%d error=%s",
+                        waiting.dependency,
+                        waiting.failures,
+                        waiting.retry_in_ms,
+                        waiting.error[:300],
+                    )
+                    if on_wait:
+                        on_wait(waiting)
+                    ended = self._wait(waiting)
+                    if ended == "stopped":
                         return
-                    self.stop.wait(conf.drain_idle_sleep_ms() / 1000)
+                    if ended != "unanswered":
+                        break
+                    # Still no answer at the end of the backoff: wait again, rather than lease a
+                    # round that would fail too and hold its runs meanwhile (their changes wait).
+                    waiting = replace(waiting)  # a new one: on_wait may keep each
+                continue
+            # Redis answered this round; Postgres only when the round wrote something (an
+            # empty round, its entries backing off, does not reach it).
+            if failures and (waiting_for == "redis" or result.popped):
+                logger.warning(
+                    "mollifier.drain.recovered dependency=%s after_failures=%d waited_ms=%d",
+                    waiting_for,
+                    failures,
+                    int((time.monotonic() - since) * 1000),
+                )
+                failures, since, waiting_for = 0, 0.0, ""
+            report(result)
+            if ahead is not None:
+                continue  # a leased round is waiting: finish it, stop or not
+            report(None)  # nothing follows it: its ack lands before the drainer idles or stops
+            if result.popped == 0 or self.stop.is_set():
+                self._went_idle()
+            if self.stop.is_set():
+                return
+            if result.popped == 0 and result.acked == 0 and result.settled == 0:
+                if once and not self._has_waiting():
+                    return
+                self.stop.wait(conf.drain_idle_sleep_ms() / 1000)
 
     def _wait(self, waiting: Waiting) -> str:
         """Sleep the backoff: "stopped" when stopped meanwhile, else "answered" (or "waited", for a
