@@ -753,6 +753,19 @@ def ready_counts(pairs: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
     return {pair: int(count) for pair, count in zip(pairs, pipe.execute(), strict=True)}
 
 
+def leasable_counts(pairs: list[tuple[str, str]], *, now_ms: int) -> dict[tuple[str, str], int]:
+    """What a lease of each (organisation, environment) at ``now_ms`` could find, in one pipeline:
+    its due entries, and its expired leases (pop.lua takes those back, or reports their pins)."""
+    if not pairs:
+        return {}
+    pipe = redis_client.get().pipeline(transaction=False)
+    for org, env in pairs:
+        pipe.zcount(keys.ready(org, env), "-inf", now_ms)
+        pipe.zcount(keys.leases(org, env), "-inf", now_ms)
+    counts = pipe.execute()
+    return {pair: int(due) + int(lapsed) for pair, due, lapsed in zip(pairs, counts[::2], counts[1::2], strict=True)}
+
+
 def buffered_count(org_id: str) -> int:
     return int(redis_client.get().hget(keys.stats(org_id), "buffered") or 0)
 

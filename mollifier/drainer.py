@@ -204,14 +204,28 @@ class Drainer:
                 taken[pair] = taken.get(pair, 0) + got
                 due_budget -= got
                 self.scheduler.charge(org, env, got, org_weight=orgs[org], env_weight=weighed.weights[pair])
+        # The shares are planned on the queues' lengths, then each environment is leased once for
+        # its whole share: leasing quantum by quantum took a round trip per hundred rows. A queue
+        # another drainer leases from meanwhile gives fewer rows: this round is then smaller.
+        waiting = buffer.leasable_counts(list(weighed.weights), now_ms=self.clock())
+        planned: dict[priority.Pair, int] = {}
+
+        def plan(org: str, env: str, rows: int) -> int:
+            got = min(rows, waiting[(org, env)] - planned.get((org, env), 0))
+            planned[(org, env)] = planned.get((org, env), 0) + got
+            return got
+
         self.scheduler.fill(
             budget=budget - sum(taken.values()),
             envs=weighed.envs,
             weights=weighed.weights,
             quantum=batch,
-            take=lambda org, env, rows: self._take(started, org, env, rows),
+            take=plan,
             taken=taken,
         )
+        for (org, env), rows in planned.items():
+            if rows:
+                self._take(started, org, env, rows)
         if (now := self.clock()) - self._curves_at >= priority.CURVE_EVERY_MS:  # and then one drainer of all
             self._curves_at = now
             try:
