@@ -171,10 +171,17 @@ def p2_drain(tenants: Tenants, *, entries: int, single_rows: int, rounds: int, s
         environment_create(org_slug=f"bench-drain-{i}", project_slug="p", env="prod")[0] for i in range(9)
     ]
     orgs = sorted({str(environment.organization_id) for environment in environments})
-    rates: dict[str, list[float]] = {"one_drainer": [], "two_drainers": [], "copy": []}
+    rates: dict[str, list[float]] = {"one_drainer": [], "two_drainers": [], "one_drainer_no_rows": [], "copy": []}
     cpu: dict[str, list[dict]] = {name: [] for name in rates}
     for round_no in range(rounds):
-        for drainers, name in ((1, "one_drainer"), (2, "two_drainers")):
+        # Rows stored at the trigger (MOLLIFIER_STORE_ROWS) for the goals; and one drainer without,
+        # building each row from its entry (the default, which keeps half the Redis memory, P5).
+        for drainers, name, store in (
+            (1, "one_drainer", True),
+            (2, "two_drainers", True),
+            (1, "one_drainer_no_rows", False),
+        ):
+            settings.MOLLIFIER = {**settings.MOLLIFIER, "STORE_ROWS": store}
             reset_stores()
             say(
                 f"P2 round {round_no + 1}/{rounds}: filling the buffer with {entries:,} entries in {len(environments)} environments"
@@ -198,10 +205,11 @@ def p2_drain(tenants: Tenants, *, entries: int, single_rows: int, rounds: int, s
     say(f"P2 one row per transaction {single_rate:,.0f} rows/s")
     cpu_median = {name: _median_parts(used) for name, used in cpu.items()}
     say(f"P2 CPU per row (µs, median of the rounds): {cpu_median}")
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "STORE_ROWS": False}
     one, two, copy = (statistics.median(rates[name]) for name in ("one_drainer", "two_drainers", "copy"))
     per_round = {
         name: [rate / copied for rate, copied in zip(rates[name], rates["copy"], strict=True)]
-        for name in ("one_drainer", "two_drainers")
+        for name in ("one_drainer", "two_drainers", "one_drainer_no_rows")
     }
     return {
         "entries": len(rows),
@@ -216,6 +224,10 @@ def p2_drain(tenants: Tenants, *, entries: int, single_rows: int, rounds: int, s
         "ratio_drain_to_copy_range": _spread(per_round["one_drainer"]),
         "ratio_two_drainers_to_copy": round(statistics.median(per_round["two_drainers"]), 3),
         "ratio_two_drainers_to_copy_range": _spread(per_round["two_drainers"]),
+        "store_rows": True,  # the drains above; the one below builds each row from its entry
+        "drain_rows_per_s_no_rows": round(statistics.median(rates["one_drainer_no_rows"])),
+        "ratio_no_rows_to_copy": round(statistics.median(per_round["one_drainer_no_rows"]), 3),
+        "ratio_no_rows_to_copy_range": _spread(per_round["one_drainer_no_rows"]),
         "ratio_drain_to_single": round(one / single_rate, 2),
         # CPU µs per row written, by part (clients: the drainer processes, or the COPY's own process).
         "cpu_us_per_row": cpu_median,
@@ -490,11 +502,21 @@ def p5_memory(tenants: Tenants, *, small: int, large: int, redis_entries: int, s
     sample = buffer.get_many(org_id=str(tenants.burst.organization_id), run_ids=run_ids[:200])
     snapshot_bytes = statistics.fmean(len(entry.raw_snapshot.encode()) for entry in sample)
     per_entry = (after - before) / redis_entries
+    reset_stores()  # the same entries with their rows stored (MOLLIFIER_STORE_ROWS), for the trade-off
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "STORE_ROWS": True}
+    try:
+        before = int(redis.info("memory")["used_memory"])
+        fill_buffer(tenants.burst, redis_entries, task="bench", payload=BODY["payload"], **BODY["options"])
+        with_rows = (int(redis.info("memory")["used_memory"]) - before) / redis_entries
+    finally:
+        settings.MOLLIFIER = {**settings.MOLLIFIER, "STORE_ROWS": False}
     figures.update(
         redis_entries=redis_entries,
         redis_bytes_per_entry=round(per_entry),
         snapshot_bytes=round(snapshot_bytes),
         ratio_entry_to_snapshot=round(per_entry / snapshot_bytes, 3),
+        redis_bytes_per_entry_stored_rows=round(with_rows),
+        ratio_entry_to_snapshot_stored_rows=round(with_rows / snapshot_bytes, 3),
     )
     say(
         f"P5 Redis: {per_entry:,.0f} bytes per entry for a {snapshot_bytes:,.0f}-byte snapshot ({per_entry / snapshot_bytes:.2f}x)"

@@ -97,6 +97,10 @@ def ack_grace_ms() -> int:
     return _positive("ACK_GRACE_MS")
 
 
+def store_rows() -> bool:
+    return bool(_get("STORE_ROWS"))
+
+
 def drain_batch_size() -> int:
     return _positive("DRAIN_BATCH_SIZE")
 

@@ -11,6 +11,7 @@ from typing import NamedTuple, overload
 
 from django.utils import timezone
 
+from mollifier import conf
 from mollifier.codec import Entry
 from runs import copy_rows, ids
 from runs.models import RunStatus, RuntimeEnvironment, TaskRun
@@ -86,7 +87,8 @@ def run_to_entry(run: TaskRun, *, batch_index: int | None = None) -> Entry:
         request_key=run.request_key,
         batch_index=batch_index if run.batch_id else None,
     )
-    entry.row = _stored_row(entry, EnvironmentIds(run.environment_id, run.organization_id, run.project_id))
+    if conf.store_rows():
+        entry.row = _stored_row(entry, EnvironmentIds(run.environment_id, run.organization_id, run.project_id))
     return entry
 
 

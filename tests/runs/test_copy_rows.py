@@ -1,6 +1,6 @@
-"""Rows stored at the trigger (runs/copy_rows.py): the drain writes a buffered run's row as it was
-encoded when the run was buffered, unless the run changed since. These tests hold the stored row to
-the row the entry itself gives, and the changes to the row's deletion."""
+"""Rows stored at the trigger (MOLLIFIER_STORE_ROWS, runs/copy_rows.py): the drain writes a buffered
+run's row as it was encoded when the run was buffered, unless the run changed since. These tests hold
+the stored row to the row the entry itself gives, and the changes to the row's deletion."""
 
 from datetime import UTC, datetime
 
@@ -20,6 +20,12 @@ from tests.buffering import fill_buffer
 from tests.factories import EnvironmentFactory, TaskRunFactory
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def store_rows(settings):
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "STORE_ROWS": True}
+
 
 # Options as the SDK sends them, each column kind: text, integers, booleans, timestamps, jsonb,
 # an array (empty and not), NULLs, text beyond ASCII.
@@ -170,6 +176,8 @@ def test_a_value_its_column_cannot_hold_gives_no_stored_row(column, value):
         copy_rows.row_prefix({field.attname: getattr(run, field.attname) for field in TaskRun._meta.concrete_fields})
     if column != "created_at":  # the entry's trigger time is its own field, always an instant
         assert run_to_entry(run).row is None
+    run.is_test, run.max_attempts, run.depth, run.payload, run.created_at = False, 3, 0, "{}", datetime.now(UTC)
+    assert run_to_entry(run).row is not None
 
 
 @pytest.mark.django_db(transaction=True)  # the failed COPY must really roll back
@@ -191,3 +199,14 @@ def test_a_stored_row_postgres_refuses_costs_a_retry_from_the_entry_not_the_run(
     assert rows[damaged].status == RunStatus.QUEUED and rows[damaged].payload == rows[good].payload
     assert rows[damaged].buffered_at == rows[damaged].created_at
     assert buffer.buffered_count(org) == 0
+
+
+def test_no_row_is_stored_unless_asked(mollifier_on, settings):
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "STORE_ROWS": False}
+    environment = EnvironmentFactory()
+    (run_id,) = fill_buffer(environment, 1)
+
+    assert stored_rows(environment, [run_id])[run_id] is None
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "DRAIN_MAX_ROWS_PER_SEC": 100_000}
+    Drainer().run(once=True)
+    assert TaskRun.objects.get(id=run_id.removeprefix("run_")).status == RunStatus.QUEUED
