@@ -25,8 +25,7 @@ from mollifier.codec import (
     error_json,
     from_row,
     from_values,
-    pack_row,
-    pack_snapshot,
+    pack_stored,
     to_fields,
 )
 from mollifier.exceptions import BufferUnavailable
@@ -80,6 +79,7 @@ def accept_args(
     """The arguments after now_ms of accept.lua, then the fields; gate_accept.lua also takes
     ``request`` (its request-key arguments) before the row and the fields. ``memory_full``: Redis is near its
     maxmemory (mollifier/memory.py), refuse the entry."""
+    snapshot, row = pack_stored(entry)
     return [
         entry.run_id,
         entry.env_id,
@@ -90,9 +90,9 @@ def accept_args(
         "" if entry.batch_index is None or not entry.batch_id else str(entry.batch_index),
         claim_marker,
         str(claim_ttl),
-        pack_snapshot(entry),
+        snapshot,
         *(request or ()),
-        pack_row(entry),
+        row,
         *to_fields(entry),
     ]
 
@@ -211,11 +211,16 @@ def get(*, org_id: str, run_id: str) -> Entry | None:
 
 def get_many(*, org_id: str, run_ids: Iterable[str]) -> list[Entry]:
     """Entries of one organisation for ``run_ids``, in one round trip, skipping the ones that are gone."""
-    entry_keys = [key for run_id in run_ids for key in (keys.entry(org_id, run_id), keys.snapshot(org_id, run_id))]
+    entry_keys = [
+        key
+        for run_id in run_ids
+        for key in (keys.entry(org_id, run_id), keys.snapshot(org_id, run_id), keys.row(org_id, run_id))
+    ]
     if not entry_keys:
         return []
     replies = scripts.READ(keys=entry_keys, args=ENTRY_FIELDS, client=redis_client.get())
-    return [entry for entry in (from_values(values, snapshot) for values, snapshot in replies) if entry is not None]
+    entries = (from_values(values, snapshot, row or None) for values, snapshot, row in replies)
+    return [entry for entry in entries if entry is not None]
 
 
 def _get_leased(redis, *, org_id: str, env_id: str, run_ids: list[str], token: str) -> list[Entry]:

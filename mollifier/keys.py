@@ -32,8 +32,9 @@ def snapshot(org_id: str, run_id: str) -> str:
 
 def row(org_id: str, run_id: str) -> str:
     """STRING: the run's row as the drain writes it, encoded by the caller when the run was buffered,
-    after the few entry fields the drain needs (codec.pack_row). Deleted by any change to the run:
-    the drain then builds the row from the entry and its snapshot."""
+    after the few entry fields the drain needs (codec._pack_row); it also holds the snapshot's
+    payload (codec.PAYLOAD_IN_ROW). Marked stale by any change to the run (lib/row.lua): the drain
+    then builds the row from the entry and its snapshot."""
     return f"{_org(org_id)}:row:{run_id}"
 
 

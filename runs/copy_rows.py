@@ -122,9 +122,22 @@ def row_prefix(values: dict) -> bytes:
     return b"".join(parts)
 
 
-def stored_row(values: dict) -> bytes:
-    """What the buffer keeps of a run's row: its layout, then ``row_prefix``."""
-    return LAYOUT + row_prefix(values)
+_PAYLOAD = ATTRS.index("payload")
+
+
+def stored_row(values: dict) -> tuple[bytes, tuple[int, int] | None]:
+    """What the buffer keeps of a run's row: its layout, then ``row_prefix``; and where in it the
+    payload's text is (start, end), None for no payload. The buffer keeps the payload there only,
+    not in the snapshot too (mollifier/codec.py)."""
+    row = LAYOUT + row_prefix(values)
+    if values["payload"] is None:
+        return row, None
+    start = len(LAYOUT) + len(_COUNT)
+    for _ in range(_PAYLOAD):  # past the columns before it: each is its length, then its bytes
+        (length,) = struct.unpack_from("!i", row, start)
+        start += 4 + max(length, 0)
+    (length,) = struct.unpack_from("!i", row, start)
+    return row, (start + 4, start + 4 + length)
 
 
 def prefix_of(stored: bytes | None) -> bytes | None:

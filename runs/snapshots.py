@@ -88,18 +88,21 @@ def run_to_entry(run: TaskRun, *, batch_index: int | None = None) -> Entry:
         batch_index=batch_index if run.batch_id else None,
     )
     if conf.store_rows():
-        entry.row = _stored_row(entry, EnvironmentIds(run.environment_id, run.organization_id, run.project_id))
+        _store_row(entry, EnvironmentIds(run.environment_id, run.organization_id, run.project_id))
     return entry
 
 
-def _stored_row(entry: Entry, environment: EnvironmentIds) -> bytes | None:
-    """The row the drain writes for ``entry`` while nothing changes it, encoded now (copy_rows), or
-    None when a value cannot be encoded: the drain then builds the row from the entry, meets the
-    same error and isolates the entry, as for any row it cannot write."""
+def _store_row(entry: Entry, environment: EnvironmentIds) -> None:
+    """Give ``entry`` the row the drain writes for it while nothing changes it, encoded now
+    (copy_rows), and where its payload is in it; none when a value cannot be encoded: the drain
+    then builds the row from the entry, meets the same error and isolates the entry, as for any
+    row it cannot write."""
     try:
-        return copy_rows.stored_row(entry_values(entry, environment=environment, now=datetime.now(UTC)))
+        entry.row, entry.row_payload = copy_rows.stored_row(
+            entry_values(entry, environment=environment, now=datetime.now(UTC))
+        )
     except (ValueError, TypeError):
-        return None
+        entry.row = entry.row_payload = None
 
 
 def entry_status(entry: Entry) -> str:

@@ -8,7 +8,8 @@ change then goes to the row, or the run is unpinned and the change retried).
 The entry's `bytes`, and the organisation's in stats, follow the size of the fields it changes
 (lib/accept.lua), so that ack and discard take back exactly what the entry holds.
 
-Any change deletes the run's stored row (keys.row): the drain builds the row from the entry instead.
+Any change marks the run's stored row stale (keys.row, lib/row.lua): the drain builds the row from
+the entry instead.
 
 KEYS: 1 entry, 2 leases, 3 ready, 4 holders, 5 stats, 6 row
 ARGV: 1 op, 2 env (the caller's: another environment's run is not_found), 3 run, 4 now_ms, 5.. op args
@@ -31,7 +32,7 @@ local function set_counted(...)
     delta = delta + #pairs_[i + 1] - (old and #old or -#pairs_[i])
   end
   redis.call('HSET', entry, unpack(pairs_))
-  redis.call('DEL', KEYS[6])
+  mark_row_stale(KEYS[6])
   if delta ~= 0 and redis.call('HEXISTS', entry, 'bytes') == 1 then  -- entries from before byte counting: never counted
     redis.call('HINCRBY', entry, 'bytes', delta)
     redis.call('HINCRBY', KEYS[5], 'bytes', delta)

@@ -4,7 +4,7 @@ Leases are handled as in mutate.lua: busy while held, taken back once expired un
 (with the holder) while a drainer's transaction decides.
 
 KEYS: 1 idem (lookup), 2 claim, 3 entry (of the owner the caller read), 4 leases, 5 ready, 6 holders,
-      7 row (of that owner: its stored row holds the key, so it is deleted)
+      7 row (of that owner: its stored row holds the key, so it is marked stale)
 ARGV: 1 owner run id the caller read ('' when the lookup was empty), 2 now_ms
 returns: {'reset', run} | {'none'} (nothing held it) | {'busy'} (the owner is leased by a drainer) |
          {'pinned', run, holder} | {'moved'} (the lookup changed since the caller read it: read again)
@@ -33,6 +33,6 @@ if lease_until then
   take_back({leases = KEYS[4], holders = KEYS[6], ready = KEYS[5]}, owner, tonumber(ARGV[2]))
 end
 redis.call('HDEL', KEYS[3], 'idem_key', 'idem_expires_ms')
-redis.call('DEL', KEYS[7])
+mark_row_stale(KEYS[7])
 redis.call('DEL', KEYS[1])
 return {'reset', owner}

@@ -77,6 +77,6 @@ def test_values_round_trip_through_redis(store):
     store.set("mollifier:{o:1}:packer", value)
 
     assert store.get("mollifier:{o:1}:packer") == value
-    assert scripts.READ(keys=["mollifier:{o:1}:none", "mollifier:{o:1}:packer"], args=["run"], client=store) == [
-        [[None], value]
-    ]
+    assert scripts.READ(
+        keys=["mollifier:{o:1}:none", "mollifier:{o:1}:packer", "mollifier:{o:1}:none-row"], args=["run"], client=store
+    ) == [[[None], value, None]]

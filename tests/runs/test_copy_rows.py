@@ -1,16 +1,18 @@
 """Rows stored at the trigger (MOLLIFIER_STORE_ROWS, runs/copy_rows.py): the drain writes a buffered
-run's row as it was encoded when the run was buffered, unless the run changed since. These tests hold
-the stored row to the row the entry itself gives, and the changes to the row's deletion."""
+run's row as it was encoded when the run was buffered, unless the run changed since; the run's
+payload is kept in that row only. These tests hold the stored row to the row the entry itself
+gives, every change to marking it stale, and readers to the payload it holds."""
 
 from datetime import UTC, datetime
 
+import lz4.block
 import pytest
 from django.utils import timezone
 
 from mollifier import buffer, keys
 from mollifier.client import get as redis_client
 from mollifier.clock import now_ms
-from mollifier.codec import ROW_MAX_BYTES, from_row
+from mollifier.codec import PAYLOAD_IN_ROW, from_row
 from mollifier.drainer import Drainer
 from runs import copy_rows
 from runs.models import BatchTaskRun, RunStatus, TaskRun
@@ -98,7 +100,7 @@ def test_a_row_written_as_stored_reads_back_as_the_row_built_from_the_entry(moll
     assert all(row["batch_id"] == batch.id for row in as_stored.values())
 
 
-def test_each_change_while_buffered_deletes_the_stored_row(mollifier_on):
+def test_each_change_while_buffered_marks_the_stored_row_stale(mollifier_on):
     environment = EnvironmentFactory()
     org, env = str(environment.organization_id), str(environment.pk)
     cancelled, tagged, delayed, described, keyed, kept = fill_buffer(environment, 6, idempotencyKey=None)
@@ -119,17 +121,20 @@ def test_each_change_while_buffered_deletes_the_stored_row(mollifier_on):
     buffer.reset_idempotency(org_id=org, env_id=env, task="keyed", key="k", now_ms=now)
 
     rows = stored_rows(environment, [cancelled, tagged, delayed, described, key_holder, kept])
-    assert [run_id for run_id, row in rows.items() if row is not None] == [kept]
+    assert [run_id for run_id, row in rows.items() if row[:1] != b"!"] == [kept]
+    for run_id in rows:  # a stale row is not written, but still holds the payload readers see
+        assert from_row(rows[run_id], run_id=run_id, org_id=org, env_id=env) is None or run_id == kept
+        assert buffer.get(org_id=org, run_id=run_id).snapshot["payload"] == '{"n":1}'
 
 
-def test_an_entry_marked_terminal_loses_its_stored_row(mollifier_on):
+def test_an_entry_marked_terminal_has_its_stored_row_marked_stale(mollifier_on):
     environment = EnvironmentFactory()
     (run_id,) = fill_buffer(environment, 1)
     org, env = str(environment.organization_id), str(environment.pk)
     (entry,) = buffer.pop(org_id=org, env_id=env, limit=1, lease_ms=60_000, now_ms=now_ms()).entries
     buffer.fail(entry, now_ms=now_ms(), backoff_ms=0, code="attempts_exhausted", message="m")
 
-    assert stored_rows(environment, [run_id])[run_id] is None
+    assert stored_rows(environment, [run_id])[run_id][:1] == b"!"
 
 
 def test_the_stored_row_is_counted_in_the_entry_bytes_and_freed_by_the_drain(mollifier_on, settings):
@@ -148,13 +153,18 @@ def test_the_stored_row_is_counted_in_the_entry_bytes_and_freed_by_the_drain(mol
     assert int(redis_client().hget(keys.stats(org), "bytes") or 0) == 0
 
 
-def test_a_large_row_is_not_stored(mollifier_on):
+def test_the_payload_is_kept_once_in_the_row_and_read_back_whole(mollifier_on, settings):
     environment = EnvironmentFactory()
-    (small,) = fill_buffer(environment, 1, payload='"x"')
-    (large,) = fill_buffer(environment, 1, payload='"' + "x" * ROW_MAX_BYTES + '"')
+    org = str(environment.organization_id)
+    payload = '{"json":{"text":"' + "é✓ " * 20_000 + '"}}'
+    (run_id,) = fill_buffer(environment, 1, payload=payload)
 
-    rows = stored_rows(environment, [small, large])
-    assert rows[small] is not None and rows[large] is None
+    snapshot = redis_client().get(keys.snapshot(org, run_id))
+    assert snapshot[:1] == PAYLOAD_IN_ROW and len(snapshot) < 1_000  # the payload is not in it
+    assert buffer.get(org_id=org, run_id=run_id).snapshot["payload"] == payload
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "DRAIN_MAX_ROWS_PER_SEC": 100_000}
+    Drainer().run(once=True)
+    assert TaskRun.objects.get(id=run_id.removeprefix("run_")).payload == payload
 
 
 @pytest.mark.parametrize(
@@ -188,8 +198,10 @@ def test_a_stored_row_postgres_refuses_costs_a_retry_from_the_entry_not_the_run(
     good, damaged = fill_buffer(environment, 2)
     org = str(environment.organization_id)
     stored = redis_client().get(keys.row(org, damaged))
-    head, _, row = stored.partition(b"\n")
-    redis_client().set(keys.row(org, damaged), head + b"\n" + row[:-7])  # its last column cut short
+    head, _, body = stored.partition(b"\n")
+    row = lz4.block.decompress(body[1:]) if body[:1] == b"z" else body[1:]
+    row = row[:4] + b"\x00\x07" + row[6:]  # it says it has 7 columns: its payload's place is unchanged
+    redis_client().set(keys.row(org, damaged), head + b"\nr" + row)
 
     settings.MOLLIFIER = {**settings.MOLLIFIER, "DRAIN_MAX_ROWS_PER_SEC": 100_000}
     Drainer().run(once=True)

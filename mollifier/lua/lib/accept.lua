@@ -9,8 +9,7 @@ accept_entry(k, a) -> reply table
 An entry's size is the bytes of its snapshot, its row and its hash's fields and values as accepted; it is
 kept in the entry (field `bytes`) and summed in the organisation's stats (`bytes`, beside
 `buffered`), so that ack and discard take back exactly what accept added (mutate.lua adjusts both
-when tags or metadata change size). A row deleted by a change stays counted until its entry leaves:
-the count errs on the side of the cap.
+when tags or metadata change size).
 
 Replies:
   {'accepted', activated_gen}   activated_gen: the org generation when the org went from idle to

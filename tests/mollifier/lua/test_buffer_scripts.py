@@ -393,16 +393,19 @@ def test_read_answers_values_in_the_order_asked_and_nothing_for_a_gone_entry(sto
     entry_keys = [
         keys.entry(ORG, "run_a"),
         keys.snapshot(ORG, "run_a"),
+        keys.row(ORG, "run_a"),
         keys.entry(ORG, "gone"),
         keys.snapshot(ORG, "gone"),
+        keys.row(ORG, "gone"),
     ]
 
-    (found, found_snapshot), (gone, gone_snapshot) = scripts.READ(
+    (found, found_snapshot, found_row), (gone, gone_snapshot, gone_row) = scripts.READ(
         keys=entry_keys, args=["task", "no_such_field", "run"], client=store
     )
 
     assert found == [b"hello-world", None, b"run_a"] and found_snapshot
-    assert gone == [None, None, None] and gone_snapshot is None
+    assert found_row is None  # a snapshot that holds its payload: its row is not read
+    assert gone == [None, None, None] and gone_snapshot is None and gone_row is None
 
 
 @pytest.mark.parametrize(
