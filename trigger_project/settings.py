@@ -292,8 +292,9 @@ MOLLIFIER: dict[str, Any] = {
     "REDIS_MEMORY_CHECK_MS": env_int("MOLLIFIER_REDIS_MEMORY_CHECK_MS", 1000),
     "ACK_GRACE_MS": env_int("MOLLIFIER_ACK_GRACE_MS", 30_000),
     # Keep each buffered run's row encoded for the drain's COPY (runs/copy_rows.py), its payload
-    # there only: a third less drain CPU per row (docs/BENCHMARKS.md, P2 and P5).
-    "STORE_ROWS": env_bool("MOLLIFIER_STORE_ROWS", True),
+    # there only: a third less drain CPU per row, a quarter more Redis memory per waiting run
+    # (docs/BENCHMARKS.md, P2 and P5).
+    "STORE_ROWS": env_bool("MOLLIFIER_STORE_ROWS", False),
     "DRAIN_BATCH_SIZE": env_int("MOLLIFIER_DRAIN_BATCH_SIZE", 100),
     "DRAIN_MAX_ROWS_PER_SEC": env_int("MOLLIFIER_DRAIN_MAX_ROWS_PER_SEC", 5000),
     # The drain rate (mollifier/rate.py): adaptive between the floor and MAX_ROWS_PER_SEC (the

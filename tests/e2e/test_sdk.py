@@ -37,12 +37,15 @@ def test_official_sdk_against_the_real_server(node):
     assert TaskRun.objects.filter(environment=environment).count() >= 10
 
 
-def test_official_sdk_sees_buffered_runs_everywhere(node):
+@pytest.mark.parametrize("store_rows", ["0", "1"])
+def test_official_sdk_sees_buffered_runs_everywhere(node, store_rows):
     """runs.list shows buffered and materialised runs together while a drain runs; cancel, tags,
-    metadata and reschedule on buffered runs survive materialisation."""
+    metadata and reschedule on buffered runs survive materialisation. Also with each run's row and
+    payload stored for the drain (MOLLIFIER_STORE_ROWS): changed runs' rows are built again."""
     import json
 
-    from mollifier import buffer
+    from mollifier import buffer, keys
+    from mollifier.client import get as redis_client
     from tests.conftest import enroll
     from tests.server import start_manage
 
@@ -53,6 +56,7 @@ def test_official_sdk_sees_buffered_runs_everywhere(node):
         "MOLLIFIER_TRIP_WINDOW_MS": "60000",
         "MOLLIFIER_HOLD_MS": "60000",
         "TRIGGER_AUTH_CACHE_SECONDS": "0",
+        "MOLLIFIER_STORE_ROWS": store_rows,
     }
     with running_server(**gate) as base_url:
         drainer = start_manage("mollifier_drain", MOLLIFIER_DRAIN_MAX_ROWS_PER_SEC="5")  # slow: the walk races it
@@ -61,6 +65,8 @@ def test_official_sdk_sees_buffered_runs_everywhere(node):
             assert mutate.returncode == 0, mutate.stdout + mutate.stderr
             state = json.loads(mutate.stdout.strip().splitlines()[-1])
             assert buffer.buffered_count(str(environment.organization_id)) > 0  # the walk ran mid-drain
+            stored = list(redis_client().scan_iter(match=keys.row(str(environment.organization_id), "*")))
+            assert bool(stored) == (store_rows == "1")
         finally:
             drainer.terminate()
             drainer.wait(30)
