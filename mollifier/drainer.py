@@ -206,7 +206,8 @@ class Drainer:
                 self.scheduler.charge(org, env, got, org_weight=orgs[org], env_weight=weighed.weights[pair])
         # The shares are planned on the queues' lengths, then each environment is leased once for
         # its whole share: leasing quantum by quantum took a round trip per hundred rows. A queue
-        # another drainer leases from meanwhile gives fewer rows: this round is then smaller.
+        # another drainer leases from meanwhile gives fewer rows: this round is then smaller, and
+        # the environment is charged only for what it gave.
         waiting = buffer.leasable_counts(list(weighed.weights), now_ms=self.clock())
         planned: dict[priority.Pair, int] = {}
 
@@ -224,8 +225,9 @@ class Drainer:
             taken=taken,
         )
         for (org, env), rows in planned.items():
-            if rows:
-                self._take(started, org, env, rows)
+            if rows and (got := self._take(started, org, env, rows)) < rows:
+                weight = weighed.weights[(org, env)]
+                self.scheduler.charge(org, env, got - rows, org_weight=orgs[org], env_weight=weight)
         if (now := self.clock()) - self._curves_at >= priority.CURVE_EVERY_MS:  # and then one drainer of all
             self._curves_at = now
             try:

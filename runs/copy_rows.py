@@ -108,8 +108,11 @@ _ENCODERS: dict[str, Callable[[object, str], bytes]] = {
 _COLUMN_ENCODERS = tuple((_ENCODERS[kind], name) for kind, name in zip(TYPES, ATTRS, strict=True))
 _COUNT = _int2(len(FIELDS))
 # A stored row starts with its layout's checksum: a row stored before a migration changed the
-# columns is not written as it was stored, but built again from its entry.
-LAYOUT = _int4(zlib.crc32(f"{COLUMNS}|{'|'.join(TYPES)}".encode()) - 2**31)
+# columns (or before ROW_VERSION changed) is not written as it was stored, but built again from its
+# entry. Raise ROW_VERSION when what a row is built from changes (runs.snapshots.entry_values).
+ROW_VERSION = 1
+_DECLARED = [field.db_type(connection) for field in FIELDS]  # varchar lengths too
+LAYOUT = _int4(zlib.crc32(f"{ROW_VERSION}|{COLUMNS}|{'|'.join(map(str, _DECLARED))}".encode()) - 2**31)
 
 
 def row_prefix(values: dict) -> bytes:

@@ -222,3 +222,21 @@ def test_no_row_is_stored_unless_asked(mollifier_on, settings):
     settings.MOLLIFIER = {**settings.MOLLIFIER, "DRAIN_MAX_ROWS_PER_SEC": 100_000}
     Drainer().run(once=True)
     assert TaskRun.objects.get(id=run_id.removeprefix("run_")).status == RunStatus.QUEUED
+
+
+def test_a_row_stored_under_another_table_layout_is_built_again_from_its_entry(mollifier_on, settings):
+    """A migration since the run was buffered: its stored row is not written, nor taken for an
+    unreadable entry; the row is built from the snapshot (its payload read from the stored row)."""
+    environment = EnvironmentFactory()
+    org = str(environment.organization_id)
+    (run_id,) = fill_buffer(environment, 1, payload='{"json":{"kept":true}}', tags=["t"])
+    head, _, body = redis_client().get(keys.row(org, run_id)).partition(b"\n")
+    row = lz4.block.decompress(body[1:]) if body[:1] == b"z" else body[1:]
+    redis_client().set(keys.row(org, run_id), head + b"\nr" + b"\x00\x00\x00\x00" + row[4:])  # another layout
+
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "DRAIN_MAX_ROWS_PER_SEC": 100_000}
+    Drainer().run(once=True)
+
+    written = TaskRun.objects.get(id=run_id.removeprefix("run_"))
+    assert written.status == RunStatus.QUEUED
+    assert (written.payload, written.tags) == ('{"json":{"kept":true}}', ["t"])
