@@ -115,32 +115,34 @@ _DECLARED = [field.db_type(connection) for field in FIELDS]  # varchar lengths t
 LAYOUT = _int4(zlib.crc32(f"{ROW_VERSION}|{COLUMNS}|{'|'.join(map(str, _DECLARED))}".encode()) - 2**31)
 
 
+def _prefix_parts(values: dict) -> list[bytes]:
+    """The column count, then each column before ``materialised_at`` (its length and bytes)."""
+    parts = [_COUNT]
+    for (encode, name), value in zip(_COLUMN_ENCODERS[:-1], map(values.__getitem__, ATTRS[:-1]), strict=True):
+        parts.append(NULL if value is None else encode(value, name))
+    return parts
+
+
 def row_prefix(values: dict) -> bytes:
     """A row (every TaskRun column by attname in ``values``) without its last column: the column
     count and every column before ``materialised_at``. Raises ValueError for a value its column
     cannot hold."""
-    parts = [_COUNT]
-    for (encode, name), value in zip(_COLUMN_ENCODERS[:-1], map(values.__getitem__, ATTRS[:-1]), strict=True):
-        parts.append(NULL if value is None else encode(value, name))
-    return b"".join(parts)
+    return b"".join(_prefix_parts(values))
 
 
-_PAYLOAD = ATTRS.index("payload")
+_PAYLOAD = 1 + ATTRS.index("payload")  # its part in _prefix_parts, after the column count
 
 
 def stored_row(values: dict) -> tuple[bytes, tuple[int, int] | None]:
     """What the buffer keeps of a run's row: its layout, then ``row_prefix``; and where in it the
     payload's text is (start, end), None for no payload. The buffer keeps the payload there only,
     not in the snapshot too (mollifier/codec.py)."""
-    row = LAYOUT + row_prefix(values)
+    parts = _prefix_parts(values)
+    row = b"".join((LAYOUT, *parts))
     if values["payload"] is None:
         return row, None
-    start = len(LAYOUT) + len(_COUNT)
-    for _ in range(_PAYLOAD):  # past the columns before it: each is its length, then its bytes
-        (length,) = struct.unpack_from("!i", row, start)
-        start += 4 + max(length, 0)
-    (length,) = struct.unpack_from("!i", row, start)
-    return row, (start + 4, start + 4 + length)
+    start = len(LAYOUT) + sum(map(len, parts[:_PAYLOAD])) + 4  # past its own length
+    return row, (start, start + len(parts[_PAYLOAD]) - 4)
 
 
 def prefix_of(stored: bytes | None) -> bytes | None:

@@ -105,6 +105,11 @@ def _store_row(entry: Entry, environment: EnvironmentIds) -> None:
         entry.row = entry.row_payload = None
 
 
+def row_id(entry: Entry) -> str:
+    """The id of the row ``entry`` becomes (the internal id its friendly id carries)."""
+    return ids.from_friendly(ids.RUN, entry.run_id) or entry.run_id
+
+
 def entry_status(entry: Entry) -> str:
     """The status a buffered run's row has (and will have when written): stored as on a row, so
     that ``TaskRun.status_at`` reads both the same way (a passed delay reads as QUEUED)."""
@@ -138,7 +143,7 @@ def entry_values(entry: Entry, *, environment: RuntimeEnvironment | EnvironmentI
     values = {
         **_DEFAULTS,
         **snapshot,
-        "id": ids.from_friendly(ids.RUN, entry.run_id) or entry.run_id,
+        "id": row_id(entry),
         "environment_id": environment.pk,
         "organization_id": environment.organization_id,
         "project_id": environment.project_id,
@@ -187,7 +192,7 @@ def minimal_failure_values(entry: Entry, *, environment: RuntimeEnvironment, now
     created_at = from_ms(entry.accepted_at_ms) or now
     return {
         **_DEFAULTS,
-        "id": ids.from_friendly(ids.RUN, entry.run_id) or entry.run_id,
+        "id": row_id(entry),
         "environment_id": environment.pk,
         "organization_id": environment.organization_id,
         "project_id": environment.project_id,

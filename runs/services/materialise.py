@@ -34,12 +34,12 @@ from mollifier.codec import Entry
 from mollifier.exceptions import SinkUnavailable
 from mollifier.sink import Pin as PinCallback
 from mollifier.sink import Settled, SinkReport
-from runs import copy_rows, ids
+from runs import copy_rows
 from runs.models import BatchTaskRun, RunStatus, RuntimeEnvironment, TaskRun
 from runs.services import idempotency
 from runs.services.batch_items import batch_link_pending, batch_move_pending, batch_refresh
 from runs.services.pins import settle_pins
-from runs.snapshots import entry_values, minimal_failure_values, to_ms
+from runs.snapshots import entry_values, minimal_failure_values, row_id, to_ms
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def _materialise(entries: list[Entry], *, minimal: bool = False) -> SinkReport:
             continue
         stored = None if minimal else copy_rows.prefix_of(entry.row)
         if stored is not None:  # unchanged since it was buffered: the row as it was encoded then
-            runs.append(_Run(entry, ids.from_friendly(ids.RUN, entry.run_id) or entry.run_id, stored, None))
+            runs.append(_Run(entry, row_id(entry), stored, None))
             continue
         values = _values(entry, environment=environment, now=now, minimal=minimal)
         runs.append(_Run(entry, values["id"], copy_rows.row_prefix(values), values))

@@ -240,3 +240,14 @@ def test_a_row_stored_under_another_table_layout_is_built_again_from_its_entry(m
     written = TaskRun.objects.get(id=run_id.removeprefix("run_"))
     assert written.status == RunStatus.QUEUED
     assert (written.payload, written.tags) == ('{"json":{"kept":true}}', ["t"])
+
+
+def test_runs_stored_with_rows_drain_whole_once_rows_are_turned_off(mollifier_on, settings):
+    environment = EnvironmentFactory()
+    (run_id,) = fill_buffer(environment, 1, payload='{"json":{"kept":1}}')
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "STORE_ROWS": False, "DRAIN_MAX_ROWS_PER_SEC": 100_000}
+
+    Drainer().run(once=True)
+
+    written = TaskRun.objects.get(id=run_id.removeprefix("run_"))
+    assert (written.status, written.payload) == (RunStatus.QUEUED, '{"json":{"kept":1}}')
