@@ -226,14 +226,11 @@ def get_many(*, org_id: str, run_ids: Iterable[str]) -> list[Entry]:
 def _get_leased(redis, *, org_id: str, env_id: str, run_ids: list[str], token: str) -> list[Entry]:
     """Entries just leased with ``token``, for the drain, in ``run_ids``' order: those with a stored
     row from it alone (one MGET, no script: a leased entry changes only through its holder), the
-    rest whole (read.lua). Skips the ones that are gone. Without MOLLIFIER_STORE_ROWS every entry is
-    read whole, without the MGET: the rows of entries stored while it was on are then read too,
-    for their payload, and built again."""
+    rest whole (read.lua). Skips the ones that are gone. Rows are looked for whatever this
+    process's MOLLIFIER_STORE_ROWS says: the web processes that buffered the runs decided."""
     if not run_ids:
         return []
-    stored = (
-        redis.mget([keys.row(org_id, run_id) for run_id in run_ids]) if conf.store_rows() else [None] * len(run_ids)
-    )
+    stored = redis.mget([keys.row(org_id, run_id) for run_id in run_ids])
     found: dict[str, Entry] = {}
     whole: list[str] = []
     for run_id, value in zip(run_ids, stored, strict=True):

@@ -251,3 +251,16 @@ def test_runs_stored_with_rows_drain_whole_once_rows_are_turned_off(mollifier_on
 
     written = TaskRun.objects.get(id=run_id.removeprefix("run_"))
     assert (written.status, written.payload) == (RunStatus.QUEUED, '{"json":{"kept":1}}')
+
+
+def test_a_drainer_writes_stored_rows_whatever_its_own_setting(mollifier_on, settings):
+    """The web processes that buffered the runs decided: a drainer started without the setting
+    still leases their stored rows."""
+    environment = EnvironmentFactory()
+    fill_buffer(environment, 2)
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "STORE_ROWS": False}
+    org, env = str(environment.organization_id), str(environment.pk)
+
+    entries = buffer.pop(org_id=org, env_id=env, limit=10, lease_ms=60_000, now_ms=now_ms()).entries
+
+    assert len(entries) == 2 and all(entry.row is not None and entry.snapshot is None for entry in entries)
