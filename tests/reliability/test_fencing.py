@@ -10,12 +10,14 @@ import signal
 import threading
 import time
 
+import lz4.block
 import psycopg
 import pytest
 from django.db import DatabaseError, connection, transaction
 
 from mollifier import buffer, keys
 from mollifier.client import get as redis_client
+from mollifier.clock import now_ms
 from mollifier.drainer import Drainer
 from mollifier.exceptions import SinkUnavailable
 from runs.models import RunStatus, TaskRun
@@ -267,3 +269,88 @@ def test_a_write_whose_outcome_is_not_known_leaves_its_pins_for_whoever_settles_
     Drainer().run(once=True)
 
     assert sorted(run.friendly_id for run in TaskRun.objects.all()) == sorted(run_ids)
+
+
+# -- the pin beside the COPY (runs/services/materialise.py `_pinning`) ----------------------------
+# The round's rows are COPied while its pin is in flight: rows of runs the pin did not keep must be
+# gone before the commit, and a row another drainer committed for such a run must stay as it is.
+
+
+def stale_round(environment, count: int):
+    """A round whose first run's lease lapses (1 s) while the others' hold (10 min); returns it and
+    a time ``later`` at which only that first lease has lapsed."""
+    org, env = str(environment.organization_id), str(environment.pk)
+    leased = now_ms()
+    first = buffer.pop(org_id=org, env_id=env, limit=1, lease_ms=1000, now_ms=leased).entries
+    rest = buffer.pop(org_id=org, env_id=env, limit=count - 1, lease_ms=600_000, now_ms=leased).entries
+    assert len(first + rest) == count
+    return org, env, first + rest, leased + 2000
+
+
+def test_a_stale_round_commits_no_row_for_a_run_the_api_took_back(settings):
+    """A drainer stalled past its lease; one of its runs was cancelled meanwhile (the cancel took
+    the lapsed lease back). Its round writes the two runs it still holds, not the cancelled one's
+    old row; the cancelled run lands CANCELED with the next drain."""
+    environment = EnvironmentFactory()
+    run_ids = fill_buffer(environment, 3)
+    org, env, entries, later = stale_round(environment, 3)
+    taken = entries[0].run_id
+    assert buffer.cancel(org_id=org, env_id=env, run_id=taken, now_ms=later, reason="by the API").status == "applied"
+
+    report = TaskRunSink().write(
+        entries, pin=lambda txid: buffer.pin(entries, txid=txid, now_ms=later, lease_ms=60_000)
+    )
+
+    assert (report.inserted, report.fenced) == (2, 1)
+    assert sorted(run.friendly_id for run in TaskRun.objects.all()) == sorted(set(run_ids) - {taken})
+    Drainer(clock=lambda: later).drain_environment(org_id=org, env_id=env)  # the cancelled run, back in the queue
+    assert TaskRun.objects.get(id=taken.removeprefix("run_")).status == RunStatus.CANCELED
+
+
+def test_a_stale_round_leaves_the_row_another_drainer_committed_for_a_run_it_lost(settings):
+    """The cancelled run was written by another drainer before the stalled one's round reached
+    Postgres: that round's COPY meets the committed row, and the row stays as the API left it."""
+    environment = EnvironmentFactory()
+    run_ids = fill_buffer(environment, 3)
+    org, env, entries, later = stale_round(environment, 3)
+    taken = entries[0].run_id
+    assert buffer.cancel(org_id=org, env_id=env, run_id=taken, now_ms=later, reason="by the API").status == "applied"
+    Drainer(clock=lambda: later).drain_environment(
+        org_id=org, env_id=env
+    )  # the others are still leased: the cancelled run only
+    assert [run.friendly_id for run in TaskRun.objects.all()] == [taken]
+
+    report = TaskRunSink().write(
+        entries, pin=lambda txid: buffer.pin(entries, txid=txid, now_ms=later, lease_ms=60_000)
+    )
+
+    assert (report.inserted, report.already, report.fenced) == (2, 0, 1)
+    rows = {run.friendly_id: run.status for run in TaskRun.objects.all()}
+    assert rows == {run_id: RunStatus.CANCELED if run_id == taken else RunStatus.QUEUED for run_id in run_ids}
+
+
+def test_a_round_that_fails_returns_only_once_its_pin_has_landed(settings):
+    """The COPY fails long before a slow pin answers: the write still waits for the pin, so that
+    the drainer knows what it pinned and settles it (else the runs stay pinned until their lease
+    lapses)."""
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "STORE_ROWS": True}
+    environment = EnvironmentFactory()
+    [run_id] = fill_buffer(environment, 1)
+    org, env = str(environment.organization_id), str(environment.pk)
+    row = keys.row(org, run_id)
+    head, _, body = redis_client().get(row).partition(b"\n")
+    stored = lz4.block.decompress(body[1:]) if body[:1] == b"z" else body[1:]
+    # Postgres cannot read it (it says it has 7 columns); the payload's place in it is unchanged.
+    redis_client().set(row, head + b"\nr" + stored[:4] + b"\x00\x07" + stored[6:])
+    entries = buffer.pop(org_id=org, env_id=env, limit=1, lease_ms=60_000, now_ms=now_ms()).entries
+    pinned: list[str] = []
+
+    def slow_pin(txid: str) -> set[str]:
+        time.sleep(0.5)
+        pinned.append(txid)
+        return {run_id}
+
+    with pytest.raises(psycopg.Error):
+        TaskRunSink().write(entries, pin=slow_pin)
+
+    assert pinned and not TaskRun.objects.exists()
