@@ -4,13 +4,11 @@ Named by dotted path to a class in ``MOLLIFIER["SINK"]`` (the Django way: like a
 backend), so the mollifier never imports the app that owns the rows. Contract:
 
 ``write(entries, pin, last_resort=False) -> SinkReport``
-    Inside one database transaction: call ``pin(txid)`` with the transaction's id; it fences the
-    entries to that transaction in the buffer and returns the run ids still held by this drainer.
-    Commit rows only for those (their intended row, or a SYSTEM_FAILURE row that says why not).
-    Entries not returned by ``pin`` were taken back after their lease expired and may have changed
-    since: writing them would overwrite what the API acknowledged. ``pin`` may run on another thread
-    while rows are written (it is thread-safe), as long as it has returned before the commit and
-    before ``write`` returns or raises (the drainer settles what it pinned). With ``last_resort``,
+    Inside one database transaction: first call ``pin(txid)`` with the transaction's id; it fences
+    the entries to that transaction in the buffer and returns the run ids still held by this
+    drainer. Write only those (their intended row, or a SYSTEM_FAILURE row that says why not), then
+    commit. Entries not returned by ``pin`` were taken back after their lease expired and may have
+    changed since: writing them would overwrite what the API acknowledged. With ``last_resort``,
     a terminal entry is written as a minimal failure row (ids and the reason only). Raise
     SinkUnavailable when the database cannot be reached, any other exception when some entry cannot
     be written (the drainer then retries entry by entry).

@@ -1,11 +1,9 @@
 """The drainer's sink: buffered runs become TaskRun rows, a whole round in one transaction.
 
-Fenced: the transaction pins its entries in the buffer to its own transaction id
-(``pg_current_xact_id()``) and commits rows only for the entries still held by this drainer. A
-drainer that stalled past its lease therefore writes nothing the API may have changed since; and
-whoever finds a pinned entry later asks Postgres what became of that transaction (``settle``)
-instead of guessing. The pin is a Redis call over the whole round, so it runs on a thread of its own
-while the rows are COPied; rows of runs it did not keep are deleted before the commit.
+Fenced: the transaction first pins its entries in the buffer to its own transaction id
+(``pg_current_xact_id()``) and writes only the entries still held by this drainer. A drainer that
+stalled past its lease therefore writes nothing the API may have changed since; and whoever finds a
+pinned entry later asks Postgres what became of that transaction (``settle``) instead of guessing.
 
 The hot insert goes through psycopg directly (COPY into the table; on a conflict, COPY into a
 temporary table and one ``INSERT … SELECT … ON CONFLICT DO NOTHING``), on Django's connection and inside Django's
@@ -23,10 +21,6 @@ Batch members get their BatchTaskRunItem in the same transaction.
 """
 
 import logging
-import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg
@@ -61,12 +55,15 @@ class TaskRunSink:
         ``last_resort``, terminal entries as minimal failure rows); raises SinkUnavailable when the
         database cannot be reached."""
         try:
-            with transaction.atomic(), _pinning(pin, _begin_fenced()) as pinned:
-                return _materialise(entries, pinned=pinned, minimal=last_resort) if entries else SinkReport()
+            with transaction.atomic():
+                kept = pin(_begin_fenced())
+                held = [entry for entry in entries if entry.run_id in kept]
+                report = _materialise(held, minimal=last_resort) if held else SinkReport()
         except (DatabaseError, InterfaceError, psycopg.Error) as error:  # Django's, and the raw COPY path's
             if not _database_unavailable(error):
                 raise
             raise _unavailable(error) from error
+        return report + SinkReport(fenced=len(entries) - len(held))
 
     def idle(self) -> None:
         """The drain has nothing left to write for now: link the batch items that waited on a run
@@ -136,15 +133,19 @@ def _move_pending_items() -> list[str]:
     rounds of a few rows: a second transaction per round doubled what Postgres spent on them).
     Returns their batches' ids, for the round to refresh with its members' batches.
 
-    Never fails the round (a savepoint of its own). An item committed by a batch request after this
-    statement, on a run this round writes, is not seen here, and its request's own link ran before
-    the row was visible: the next round links it, or ``idle`` when the drain has nothing left, or
-    reading the batch."""
+    Fails the round only when the round's transaction is gone with it (a savepoint of its own
+    undoes anything else). An item committed by a batch request after this statement, on a run this
+    round writes, is not seen here, and its request's own link ran before the row was visible: the
+    next round links it, or ``idle`` when the drain has nothing left, or reading the batch."""
     try:
         with transaction.atomic():
             return batch_move_pending()
-    except DatabaseError as error:
-        if _database_unavailable(error):  # the round's transaction is gone too: say why
+    except DatabaseError:
+        if connection.needs_rollback:
+            # The savepoint could not be rolled back: the connection is lost, or Postgres ended the
+            # transaction (a drainer paused past its lease between the COPY and here). Swallowed,
+            # the round's block would end in a rollback that raises nothing, and its runs would be
+            # acked without their rows.
             raise
         logger.warning("mollifier.drain.pending_items_not_linked", exc_info=True)
         return []
@@ -159,30 +160,6 @@ def _begin_fenced() -> str:
         return cursor.fetchone()[0]
 
 
-@contextmanager
-def _pinning(pin: PinCallback, txid: str) -> Iterator[Callable[[], set[str]]]:
-    """``pin(txid)`` on a thread of its own; yields the function that waits for its answer.
-
-    The pin is a Redis round trip over the whole round: a sixth of one drainer's time when the rows
-    waited for it (2026-12-07, docs/BENCHMARKS.md "P2: the pin beside the COPY"). The rows are COPied
-    meanwhile. Whatever the round does, the pin has landed or failed before this returns, so that
-    a write that fails knows what it pinned (the drainer settles it)."""
-    answer: Future[set[str]] = Future()
-
-    def run() -> None:
-        try:
-            answer.set_result(pin(txid))
-        except BaseException as error:  # noqa: BLE001 (handed to the round, which raises it)
-            answer.set_exception(error)
-
-    thread = threading.Thread(target=run, name="mollifier-pin", daemon=True)
-    thread.start()
-    try:
-        yield answer.result
-    finally:
-        thread.join()  # bounded by the Redis client's socket timeout
-
-
 @dataclass(slots=True)
 class _Run:
     """One entry's row in a round: its id, the row's bytes before ``materialised_at``
@@ -195,11 +172,8 @@ class _Run:
     values: dict | None
 
 
-def _materialise(entries: list[Entry], *, pinned: Callable[[], set[str]], minimal: bool = False) -> SinkReport:
-    """Write the round; ``pinned`` answers which of its runs this drainer still holds (see
-    ``_pinning``): rows of the others are inserted with the rest, then deleted."""
+def _materialise(entries: list[Entry], *, minimal: bool = False) -> SinkReport:
     now = timezone.now()
-    leased = [entry.run_id for entry in entries]
     entries = _whole_unless_stored(entries, minimal=minimal)
     environments = RuntimeEnvironment.objects.by_ids(entry.env_id for entry in entries)
     runs: list[_Run] = []
@@ -224,17 +198,9 @@ def _materialise(entries: list[Entry], *, pinned: Callable[[], set[str]], minima
         values = _values(entry, environment=environment, now=now, minimal=minimal)
         runs.append(_Run(entry, values["id"], copy_rows.row_prefix(values), values))
 
-    # One order for every drainer: two that write the same runs (one stalled past its lease, whose
-    # pin refuses them, and the one that leased them next) wait for each other, never in a cycle.
-    runs.sort(key=lambda run: run.id)
-    inserted = _insert([(run.id, run.prefix) for run in runs], now=now)
-
-    kept = pinned()
-    fenced = sum(run_id not in kept for run_id in leased)
-    if fenced:
-        runs, gone, inserted = _drop_unpinned(runs, gone, inserted, kept=kept)
     if gone:  # a trace for operators: these leave the buffer without a row (mollifier_status)
         buffer.note_dropped(gone, now_ms=to_ms(now))
+    inserted = _insert([(run.id, run.prefix) for run in runs], now=now)
     pending = [run for run in runs if run.id not in inserted]
     existing = set(TaskRun.objects.filter(id__in=[run.id for run in pending]).values_list("id", flat=True))
     contested = [run for run in pending if run.id not in existing]
@@ -246,27 +212,7 @@ def _materialise(entries: list[Entry], *, pinned: Callable[[], set[str]], minima
         for run in runs
     )
     return SinkReport(
-        inserted=len(inserted) - terminal,
-        already=len(existing),
-        failed=terminal + key_failures,
-        dropped=len(gone),
-        fenced=fenced,
-    )
-
-
-def _drop_unpinned(
-    runs: list[_Run], gone: list[Entry], inserted: set[str], *, kept: set[str]
-) -> tuple[list[_Run], list[Entry], set[str]]:
-    """Leave out the runs the pin did not keep (their lease was taken back: the API may have
-    changed them), deleting the rows this transaction inserted for them."""
-    refused = [run.id for run in runs if run.entry.run_id not in kept and run.id in inserted]
-    if refused:
-        with connection.cursor() as cursor:
-            cursor.execute(f"DELETE FROM {TaskRun._meta.db_table} WHERE id = ANY(%s)", [refused])
-    return (
-        [run for run in runs if run.entry.run_id in kept],
-        [entry for entry in gone if entry.run_id in kept],
-        inserted - set(refused),
+        inserted=len(inserted) - terminal, already=len(existing), failed=terminal + key_failures, dropped=len(gone)
     )
 
 

@@ -10,7 +10,6 @@ import signal
 import threading
 import time
 
-import lz4.block
 import psycopg
 import pytest
 from django.db import DatabaseError, connection, transaction
@@ -271,9 +270,7 @@ def test_a_write_whose_outcome_is_not_known_leaves_its_pins_for_whoever_settles_
     assert sorted(run.friendly_id for run in TaskRun.objects.all()) == sorted(run_ids)
 
 
-# -- the pin beside the COPY (runs/services/materialise.py `_pinning`) ----------------------------
-# The round's rows are COPied while its pin is in flight: rows of runs the pin did not keep must be
-# gone before the commit, and a row another drainer committed for such a run must stay as it is.
+# -- a lease that lapses before the pin, and a transaction that ends after the COPY -----------------
 
 
 def stale_round(environment, count: int):
@@ -309,15 +306,13 @@ def test_a_stale_round_commits_no_row_for_a_run_the_api_took_back(settings):
 
 def test_a_stale_round_leaves_the_row_another_drainer_committed_for_a_run_it_lost(settings):
     """The cancelled run was written by another drainer before the stalled one's round reached
-    Postgres: that round's COPY meets the committed row, and the row stays as the API left it."""
+    Postgres: the row stays as the API left it."""
     environment = EnvironmentFactory()
     run_ids = fill_buffer(environment, 3)
     org, env, entries, later = stale_round(environment, 3)
     taken = entries[0].run_id
     assert buffer.cancel(org_id=org, env_id=env, run_id=taken, now_ms=later, reason="by the API").status == "applied"
-    Drainer(clock=lambda: later).drain_environment(
-        org_id=org, env_id=env
-    )  # the others are still leased: the cancelled run only
+    Drainer(clock=lambda: later).drain_environment(org_id=org, env_id=env)  # the others are still leased
     assert [run.friendly_id for run in TaskRun.objects.all()] == [taken]
 
     report = TaskRunSink().write(
@@ -329,28 +324,48 @@ def test_a_stale_round_leaves_the_row_another_drainer_committed_for_a_run_it_los
     assert rows == {run_id: RunStatus.CANCELED if run_id == taken else RunStatus.QUEUED for run_id in run_ids}
 
 
-def test_a_round_that_fails_returns_only_once_its_pin_has_landed(settings):
-    """The COPY fails long before a slow pin answers: the write still waits for the pin, so that
-    the drainer knows what it pinned and settles it (else the runs stay pinned until their lease
-    lapses)."""
-    settings.MOLLIFIER = {**settings.MOLLIFIER, "STORE_ROWS": True}
+@pytest.fixture
+def transaction_ended_after_the_copy():
+    """Postgres ends the first drain transaction at the statement after its COPY (the batch items'
+    move), as it ends the transaction of a drainer paused past its lease there
+    (``idle_in_transaction_session_timeout``). Yields how many times that statement ran."""
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE SEQUENCE test_end_once")
+        cursor.execute(
+            "CREATE FUNCTION test_end_once() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF nextval('test_end_once') = 1 THEN PERFORM pg_terminate_backend(pg_backend_pid()); END IF; "
+            "RETURN NULL; END $$"
+        )
+        cursor.execute(
+            "CREATE TRIGGER test_end_once AFTER DELETE ON runs_batchtaskrunpendingitem "
+            "FOR EACH STATEMENT EXECUTE FUNCTION test_end_once()"
+        )
+
+    def statements() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT last_value FROM test_end_once")
+            return cursor.fetchone()[0]
+
+    yield statements
+    connection.close()  # maybe the one Postgres ended
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TRIGGER test_end_once ON runs_batchtaskrunpendingitem")
+        cursor.execute("DROP FUNCTION test_end_once()")
+        cursor.execute("DROP SEQUENCE test_end_once")
+
+
+def test_a_round_whose_transaction_ends_after_its_copy_is_written_again_not_acked(
+    settings, transaction_ended_after_the_copy
+):
+    """The round's COPY went through, then Postgres ended its transaction: nothing committed. The
+    round fails as the database's failure and its runs are written by a later round; acked as if
+    committed, they would be gone from the buffer with no row."""
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "DRAIN_LEASE_MS": 1000, "DRAIN_BACKOFF_BASE_MS": 50}
     environment = EnvironmentFactory()
-    [run_id] = fill_buffer(environment, 1)
-    org, env = str(environment.organization_id), str(environment.pk)
-    row = keys.row(org, run_id)
-    head, _, body = redis_client().get(row).partition(b"\n")
-    stored = lz4.block.decompress(body[1:]) if body[:1] == b"z" else body[1:]
-    # Postgres cannot read it (it says it has 7 columns); the payload's place in it is unchanged.
-    redis_client().set(row, head + b"\nr" + stored[:4] + b"\x00\x07" + stored[6:])
-    entries = buffer.pop(org_id=org, env_id=env, limit=1, lease_ms=60_000, now_ms=now_ms()).entries
-    pinned: list[str] = []
+    run_ids = fill_buffer(environment, 3)
 
-    def slow_pin(txid: str) -> set[str]:
-        time.sleep(0.5)
-        pinned.append(txid)
-        return {run_id}
+    Drainer().run(once=True)
 
-    with pytest.raises(psycopg.Error):
-        TaskRunSink().write(entries, pin=slow_pin)
-
-    assert pinned and not TaskRun.objects.exists()
+    assert transaction_ended_after_the_copy() >= 2  # it ended the first round's, then let one commit
+    assert sorted(run.friendly_id for run in TaskRun.objects.all()) == sorted(run_ids)
+    assert buffer.buffered_count(str(environment.organization_id)) == 0
