@@ -24,7 +24,7 @@ import logging
 from dataclasses import dataclass
 
 import psycopg
-from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
+from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 from psycopg.errors import UniqueViolation
 
@@ -334,7 +334,13 @@ def _resolve_key_conflicts(contested: list[dict], *, now) -> int:
     inserted = _insert_values(retry, now=now)
     # A row refused twice (the key was taken again in between) is written as a failure too.
     failures += [_failure_row(values, winner=None, now=now) for values in retry if values["id"] not in inserted]
-    return len(_insert_values(failures, now=now))
+    written = _insert_values(failures, now=now)
+    if refused := [values["id"] for values in failures if values["id"] not in written]:
+        # Refused even as a failure row: its request key was taken after it was checked (a retry
+        # that reached Postgres meanwhile). Acked without a row, the run would be lost; the round
+        # fails instead, and the run is written again once that holder can be seen.
+        raise IntegrityError(f"runs {refused} were refused even as failure rows")
+    return len(written)
 
 
 def _drop_taken_request_keys(contested: list[dict]) -> None:

@@ -3,14 +3,17 @@ retry): a retried call gets its first run back, whichever store took it, for 24 
 Redis round trip. The key lives with the run: on its row, or resolved by the gate's own script."""
 
 import uuid
+from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.utils import timezone
 
-from mollifier import keys, memory
+from mollifier import buffer, keys, memory
 from mollifier.drainer import Drainer
-from runs.models import BatchTaskRun, TaskRun
+from runs.models import BatchTaskRun, RunStatus, TaskRun
 from tests.conftest import client_for, enroll
-from tests.factories import EnvironmentFactory
+from tests.factories import EnvironmentFactory, TaskRunFactory
 from tests.helpers import trigger
 from tests.redis_watch import round_trips, watch_redis
 
@@ -88,6 +91,51 @@ def test_a_drained_run_whose_request_key_a_row_took_meanwhile_is_still_written(a
 
     rows = {run.friendly_id: run.request_key for run in TaskRun.objects.all()}
     assert rows == {first: None, retry.json()["id"]: request_key}
+
+
+@pytest.mark.django_db(transaction=True)  # the failed round must really roll back
+def test_a_drained_run_whose_request_key_is_taken_while_its_key_conflict_resolves_is_not_lost(
+    api, enrolled, redis_client
+):
+    """The drain meets a row holding the run's idempotency key (expired: it is cleared, and the run
+    tried again); between the drain's check of the request key and that retry, another run takes
+    the request key. Refused then even as a failure row, the run must not be acked without a row:
+    the round fails and the run is written by the next attempt."""
+    request_key = str(uuid.uuid4())
+    trip(redis_client, enrolled)
+    first = sdk_trigger(api, request_key, idempotencyKey="k").json()["id"]
+    holder = TaskRunFactory(
+        environment=enrolled,
+        idempotency_key="k",
+        idempotency_key_expires_at=timezone.now() - timedelta(minutes=1),
+        status=RunStatus.COMPLETED,
+    )
+    with connection.cursor() as cursor:  # once: as the stale key is cleared, the request key is taken
+        cursor.execute("CREATE SEQUENCE test_take_once")
+        cursor.execute(
+            "CREATE FUNCTION test_take_once() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF nextval('test_take_once') = 1 THEN "
+            f"UPDATE runs_taskrun SET request_key = '{request_key}' WHERE id = '{holder.id}'; END IF; "
+            "RETURN NULL; END $$"
+        )
+        cursor.execute(
+            "CREATE TRIGGER test_take_once AFTER UPDATE ON runs_taskrun "
+            "FOR EACH STATEMENT EXECUTE FUNCTION test_take_once()"
+        )
+    try:
+        Drainer().run(once=True)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT last_value FROM test_take_once")
+            assert cursor.fetchone()[0] >= 2  # it took the key once, in a round that did not commit
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TRIGGER test_take_once ON runs_taskrun")
+            cursor.execute("DROP FUNCTION test_take_once()")
+            cursor.execute("DROP SEQUENCE test_take_once")
+
+    row = TaskRun.objects.get(id=first.removeprefix("run_"))
+    assert (row.status, row.idempotency_key, row.request_key) == (RunStatus.QUEUED, "k", request_key)
+    assert buffer.buffered_count(str(enrolled.organization_id)) == 0
 
 
 def test_a_retry_is_not_counted_against_the_rate(api, enrolled, redis_client):
