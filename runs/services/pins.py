@@ -32,10 +32,13 @@ def settle_pins(pins: list[Pin], *, lapsed: bool = False) -> dict[str, Settled]:
     if lapsed and running and _end_stalled_writers(running):
         status.update(_status(running))
     settled = {item.run_id: status[item.txid] for item in pins if item.txid in status}
-    # Postgres no longer knows a transaction that old: its rows tell.
-    unknown = [item.run_id for item in pins if item.run_id not in settled]
-    if unknown:
-        internal_ids = {run_id: ids.from_friendly(ids.RUN, run_id) for run_id in unknown}
+    # The rows tell what Postgres cannot: a transaction too old for it to know, or not yet reached
+    # (its WAL lost: a failover, a restore), or one it says committed that wrote no row for the run
+    # (the same id given again after such a loss). A run whose environment was gone got no row
+    # either: given back, it is dropped again by the next round.
+    unsure = [item.run_id for item in pins if settled.get(item.run_id, Settled.COMMITTED) == Settled.COMMITTED]
+    if unsure:
+        internal_ids = {run_id: ids.from_friendly(ids.RUN, run_id) for run_id in unsure}
         written = set(
             TaskRun.objects.filter(id__in=list(filter(None, internal_ids.values()))).values_list("id", flat=True)
         )
@@ -45,8 +48,14 @@ def settle_pins(pins: list[Pin], *, lapsed: bool = False) -> dict[str, Settled]:
 
 
 def _status(txids: list[str]) -> dict[str, Settled]:
+    """What Postgres says of each transaction it knows. An id it has not reached yet is left out
+    (``pg_xact_status`` would fail the whole query): this statement's own id bounds those reached."""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT t, pg_xact_status(t::xid8) FROM unnest(%s::text[]) AS t", [txids])
+        cursor.execute(
+            "SELECT t, CASE WHEN t::xid8 < pg_current_xact_id() THEN pg_xact_status(t::xid8) END"
+            " FROM unnest(%s::text[]) AS t",
+            [txids],
+        )
         return {txid: _XACT_STATUS[value] for txid, value in cursor.fetchall() if value in _XACT_STATUS}
 
 

@@ -111,3 +111,38 @@ def test_whoever_settles_a_committed_pin_acks_the_entry(leased):
 
     assert buffer.buffered_count(org) == 0
     assert buffer.get(org_id=org, run_id=run_id).materialised
+
+
+def test_a_pin_to_a_transaction_postgres_has_not_reached_is_settled_by_the_rows(leased):
+    """Postgres restored from a backup, or failed over before the drainer's transaction reached the
+    standby: the pin names a transaction id Postgres has not reached. It is not written (no row),
+    so the run is given back and drained, instead of every settle failing on it."""
+    environment, _, entries = leased
+    org, env, run_id = str(environment.organization_id), str(environment.pk), entries[0].run_id
+    with psycopg.connect(database_url(), autocommit=True) as other:
+        ahead = other.execute("SELECT (pg_current_xact_id()::text::bigint + 1000000)::text").fetchone()[0]
+    assert buffer.pin(entries, txid=ahead, now_ms=now_ms(), lease_ms=60_000) == {run_id}
+    holder = redis_client().hget(keys.holders(org, env), run_id).decode()
+
+    assert settle_pin(Pin(org, env, run_id, holder)) == Settled.NOT_COMMITTED
+
+    Drainer().run(once=True)
+    assert TaskRun.objects.filter(id=run_id.removeprefix("run_")).exists()
+    assert buffer.buffered_count(org) == 0
+
+
+def test_a_pin_to_a_committed_transaction_that_wrote_no_row_is_not_taken_for_written(leased):
+    """After such a loss, Postgres gives the same transaction id again, and that transaction, not
+    the drainer's, commits. Taken for the drainer's commit, the run would be acked with no row."""
+    environment, _, entries = leased
+    org, env, run_id = str(environment.organization_id), str(environment.pk), entries[0].run_id
+    other = pin_in_open_transaction(entries)
+    other.commit()  # a transaction that wrote nothing for the run
+    other.close()
+    holder = redis_client().hget(keys.holders(org, env), run_id).decode()
+
+    assert settle_pin(Pin(org, env, run_id, holder)) == Settled.NOT_COMMITTED
+
+    Drainer().run(once=True)
+    assert TaskRun.objects.filter(id=run_id.removeprefix("run_")).exists()
+    assert buffer.buffered_count(org) == 0
