@@ -306,7 +306,8 @@ def _insert_values(rows: list[dict], *, now) -> set[str]:
 
 def _resolve_key_conflicts(contested: list[dict], *, now) -> int:
     """Rows refused because another run holds their idempotency key: release stale holders and
-    insert again; for live holders write a SYSTEM_FAILURE row that names the winner.
+    insert again; for live holders write a SYSTEM_FAILURE row that names the winner, unless the
+    run lets go of its key (``_lets_go_of_its_key``).
 
     A row refused for its request key (a retry that reached Postgres while Redis did not answer made
     a run of its own) is written without it: both runs exist, the retry's row answers the request."""
@@ -329,6 +330,10 @@ def _resolve_key_conflicts(contested: list[dict], *, now) -> int:
             holder = None
         if holder is None:
             retry.append(values)
+        elif _lets_go_of_its_key(values, now=now):
+            retry.append(
+                {**values, "idempotency_key": None, "idempotency_key_expires_at": None, "idempotency_key_options": None}
+            )
         else:
             failures.append(_failure_row(values, winner=holder.friendly_id, now=now))
     inserted = _insert_values(retry, now=now)
@@ -341,6 +346,15 @@ def _resolve_key_conflicts(contested: list[dict], *, now) -> int:
         # fails instead, and the run is written again once that holder can be seen.
         raise IntegrityError(f"runs {refused} were refused even as failure rows")
     return len(written)
+
+
+def _lets_go_of_its_key(values: dict, *, now) -> bool:
+    """A run whose key a live run holds is written as it is, without the key, when it no longer
+    held the key itself (expired while it waited: the other run took it rightly) or was cancelled
+    (the cancel the API answered wins over the key). Only a live key taken from a live run makes a
+    SYSTEM_FAILURE row."""
+    expires_at = values["idempotency_key_expires_at"]
+    return values["status"] == RunStatus.CANCELED or (expires_at is not None and expires_at <= now)
 
 
 def _drop_taken_request_keys(contested: list[dict]) -> None:

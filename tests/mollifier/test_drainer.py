@@ -1,6 +1,7 @@
 """Draining: fair, bulk, exactly once, and every outcome a row."""
 
 import json
+import time
 
 import pytest
 
@@ -152,6 +153,38 @@ def test_a_stale_holder_of_the_key_gives_it_up(drain_settings):
     assert TaskRun.objects.get(id=internal(buffered)).status == RunStatus.QUEUED
     assert TaskRun.objects.get(id=internal(buffered)).idempotency_key == "k"
     assert TaskRun.objects.get(id=stale.id).idempotency_key is None
+
+
+def test_a_run_whose_own_key_expired_while_it_waited_is_written_without_it(drain_settings):
+    """Its key expired while it waited in the buffer, and another run took the key rightly: the run
+    is written as it is, only without the key (no SYSTEM_FAILURE row)."""
+    environment = EnvironmentFactory()
+    (buffered,) = fill_buffer(environment, 1, idempotencyKey="k", idempotencyKeyTTL="1s")
+    time.sleep(1.1)
+    winner = TaskRunFactory(environment=environment, idempotency_key="k", task_identifier="hello-world")
+
+    drain()
+
+    run = TaskRun.objects.get(id=internal(buffered))
+    assert (run.status, run.idempotency_key, run.error) == (RunStatus.QUEUED, None, None)
+    assert TaskRun.objects.get(id=winner.id).idempotency_key == "k"
+
+
+def test_a_cancelled_run_whose_key_was_taken_is_written_cancelled(drain_settings):
+    """The cancel was answered: the run lands CANCELED, whoever holds its key by then."""
+    environment = EnvironmentFactory()
+    (buffered,) = fill_buffer(environment, 1, idempotencyKey="k")
+    org, env = str(environment.organization_id), str(environment.pk)
+    assert (
+        buffer.cancel(org_id=org, env_id=env, run_id=buffered, now_ms=now_ms(), reason="by the API").status == "applied"
+    )
+    winner = TaskRunFactory(environment=environment, idempotency_key="k", task_identifier="hello-world")
+
+    drain()
+
+    run = TaskRun.objects.get(id=internal(buffered))
+    assert (run.status, run.idempotency_key, run.cancelled_at is not None) == (RunStatus.CANCELED, None, True)
+    assert TaskRun.objects.get(id=winner.id).idempotency_key == "k"
 
 
 def test_an_unreadable_snapshot_becomes_a_failure_row(drain_settings):
