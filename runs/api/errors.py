@@ -16,7 +16,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
 
 from mollifier.clock import now_ms
-from mollifier.exceptions import BufferUnavailable
+from mollifier.exceptions import BufferUnavailable, SinkUnavailable
 from runs import exceptions as domain
 from trigger_project.postgres.breaker import PostgresBreakerOpen
 
@@ -80,6 +80,10 @@ def exception_handler(exc, context):
         set_rollback()
         logger.info("runs.api.data_rejected", exc_info=exc)
         return error_response("Invalid characters or values in the request", status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, SinkUnavailable):  # settling a pin a change met (mid_drain.settle_pin)
+        set_rollback()
+        logger.warning("runs.api.database_unavailable error=%s", exc)
+        return error_response("Database unavailable, retry later", status.HTTP_503_SERVICE_UNAVAILABLE)
     if isinstance(exc, (OperationalError, InterfaceError)):
         set_rollback()
         if isinstance(exc.__cause__, PostgresBreakerOpen):  # one line: the breaker logged why it opened

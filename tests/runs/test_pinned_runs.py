@@ -12,8 +12,10 @@ from mollifier.buffer import Pin
 from mollifier.client import get as redis_client
 from mollifier.clock import now_ms
 from mollifier.drainer import Drainer
+from mollifier.exceptions import SinkUnavailable
 from mollifier.sink import Settled
 from runs.models import RunStatus, TaskRun
+from runs.services.materialise import TaskRunSink
 from runs.services.mid_drain import settle_pin
 from tests.buffering import fill_buffer, write_round
 from tests.conftest import client_for, enroll
@@ -146,3 +148,23 @@ def test_a_pin_to_a_committed_transaction_that_wrote_no_row_is_not_taken_for_wri
     Drainer().run(once=True)
     assert TaskRun.objects.filter(id=run_id.removeprefix("run_")).exists()
     assert buffer.buffered_count(org) == 0
+
+
+class SettleUnreachable(TaskRunSink):
+    """Postgres refuses the settle's connection (the API's own requests still reach it)."""
+
+    def settle(self, pins, *, lapsed=False):
+        raise SinkUnavailable("connection refused")
+
+
+def test_a_change_that_meets_a_pin_while_postgres_cannot_be_reached_answers_503(leased, settings):
+    """Settling the pin needs Postgres; when it cannot be reached the change answers 503, which the
+    SDK retries (it answered 500, logged as an unhandled error)."""
+    _, api, entries = leased
+    running = pin_in_open_transaction(entries)  # pinned to a transaction still running
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "SINK": f"{__name__}.SettleUnreachable"}
+
+    answer = api.post(f"/api/v2/runs/{entries[0].run_id}/cancel")
+
+    running.close()
+    assert answer.status_code == 503 and answer.json() == {"error": "Database unavailable, retry later"}
