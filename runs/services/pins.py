@@ -7,7 +7,7 @@ a change to the run) asks Postgres, which knows: ``pg_xact_status`` of the trans
 
 import logging
 
-from django.db import ProgrammingError, connection, transaction
+from django.db import DataError, ProgrammingError, connection, transaction
 
 from mollifier import conf
 from mollifier.buffer import Pin
@@ -48,15 +48,19 @@ def settle_pins(pins: list[Pin], *, lapsed: bool = False) -> dict[str, Settled]:
 
 
 def _status(txids: list[str]) -> dict[str, Settled]:
-    """What Postgres says of each transaction it knows. An id it has not reached yet is left out
-    (``pg_xact_status`` would fail the whole query): this statement's own id bounds those reached."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT t, CASE WHEN t::xid8 < pg_current_xact_id() THEN pg_xact_status(t::xid8) END"
-            " FROM unnest(%s::text[]) AS t",
-            [txids],
-        )
-        return {txid: _XACT_STATUS[value] for txid, value in cursor.fetchall() if value in _XACT_STATUS}
+    """What Postgres says of each transaction it knows. An id it has not reached (its WAL lost: a
+    failover, a restore) fails ``pg_xact_status`` for the whole query: then each id is asked on its
+    own, and such an id is left out."""
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:  # a savepoint, inside a transaction
+            cursor.execute("SELECT t, pg_xact_status(t::xid8) FROM unnest(%s::text[]) AS t", [txids])
+            rows = cursor.fetchall()
+    except DataError:  # "transaction ID … is in the future"
+        if len(txids) == 1:
+            logger.warning("mollifier.drain.pin_unknown_to_postgres txid=%s", txids[0])
+            return {}
+        return {txid: value for one in txids for txid, value in _status([one]).items()}
+    return {txid: _XACT_STATUS[value] for txid, value in rows if value in _XACT_STATUS}
 
 
 def _end_stalled_writers(txids: list[str]) -> bool:

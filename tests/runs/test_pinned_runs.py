@@ -6,6 +6,7 @@ the buffer unchanged and the change applies there. Still running: the change wai
 
 import psycopg
 import pytest
+from django.db import connection, transaction
 
 from mollifier import buffer, keys
 from mollifier.buffer import Pin
@@ -168,3 +169,19 @@ def test_a_change_that_meets_a_pin_while_postgres_cannot_be_reached_answers_503(
 
     running.close()
     assert answer.status_code == 503 and answer.json() == {"error": "Database unavailable, retry later"}
+
+
+def test_a_pin_to_a_running_transaction_reads_as_running_from_an_older_transaction(leased):
+    """Settled from inside a transaction that took its id before the drainer's did (a change made
+    inside a transaction of its own): the drainer's transaction is still running, not unknown."""
+    environment, _, entries = leased
+    org, env, run_id = str(environment.organization_id), str(environment.pk), entries[0].run_id
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_current_xact_id()")  # this transaction's id, taken first
+        running = pin_in_open_transaction(entries)
+        holder = redis_client().hget(keys.holders(org, env), run_id).decode()
+
+        outcome = settle_pin(Pin(org, env, run_id, holder))
+
+        running.close()
+    assert outcome == Settled.RUNNING
