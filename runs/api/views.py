@@ -198,7 +198,9 @@ class RunMetadataApi(EnvironmentApi):
         description=(
             "Replaces the metadata (`metadata`) and/or applies `operations` (set, delete, append, remove, "
             "increment, update) atomically, wherever the run is; `parentOperations` and `rootOperations` apply "
-            "to its parent and root runs. Answers the run's new metadata."
+            "to its parent and root runs once the run's own change has landed (a related run that cannot be "
+            "changed right now, held mid-drain or a store unreachable, has its operations skipped and logged, "
+            "so that a retry never applies the run's own operations twice). Answers the run's new metadata."
         ),
         request=serializers.UpdateMetadataSerializer,
         responses=responses(200, MetadataSchema, 404, 413, 415),

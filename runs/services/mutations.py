@@ -5,18 +5,23 @@ drainer holds right now is waited for briefly, then 503 (runs.services.mid_drain
 answer is the same, and a change acknowledged while buffered survives materialisation.
 """
 
+import logging
+
 from django.conf import settings
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
 from mollifier import buffer
 from mollifier.buffer import MutateResult, MutateStatus
+from mollifier.exceptions import BufferUnavailable, SinkUnavailable
 from runs import conf, durations, ids, json_values
 from runs.exceptions import InvalidRequest, RunNotFound, ServiceUnavailable, TooLarge, Unprocessable
 from runs.models import RunStatus, TaskRun
 from runs.services.mid_drain import change_buffered_run
 from runs.services.packets import PACKET_TYPE
 from runs.snapshots import to_ms
+
+logger = logging.getLogger(__name__)
 
 
 def _row(run: TaskRun) -> TaskRun:
@@ -156,17 +161,29 @@ def task_run_update_metadata_and_related(
 ) -> dict:
     """The SDK's metadata update: the run's own change, then operations on its parent and root runs
     (the SDK's ``metadata.parent`` / ``metadata.root``). A related run that is not in the run's
-    environment is left alone. Returns the run's new metadata."""
+    environment is left alone. Returns the run's new metadata.
+
+    Once the run's own change has landed, the answer is a success: a related run that cannot be
+    changed right now (held mid-drain past the wait, a store unreachable) has its operations skipped
+    and logged. Answered 503, the SDK's retry would apply the run's own operations (an increment,
+    an append) a second time."""
     new = task_run_update_metadata(run=run, metadata=metadata, operations=operations)
     for related_id, related_operations in ((run.parent_run_id, parent_operations), (run.root_run_id, root_operations)):
         if related_operations and related_id:
+            related_run_id = ids.to_friendly(ids.RUN, related_id)
             try:
-                related = TaskRun.objects.get_with_fallback(
-                    environment=run.environment, run_id=ids.to_friendly(ids.RUN, related_id)
-                )
+                related = TaskRun.objects.get_with_fallback(environment=run.environment, run_id=related_run_id)
+                task_run_update_metadata(run=related, metadata=None, operations=related_operations)
             except TaskRun.DoesNotExist:
                 continue
-            task_run_update_metadata(run=related, metadata=None, operations=related_operations)
+            except (ServiceUnavailable, BufferUnavailable, SinkUnavailable, OperationalError, InterfaceError) as error:
+                logger.warning(
+                    "runs.metadata.related_skipped run=%s related=%s operations=%d error=%s",
+                    run.friendly_id,
+                    related_run_id,
+                    len(related_operations),
+                    error,
+                )
     return new
 
 

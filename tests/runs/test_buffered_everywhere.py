@@ -4,6 +4,7 @@ answers the same wherever it is."""
 import threading
 import time
 
+import psycopg
 import pytest
 
 from mollifier import buffer
@@ -13,6 +14,7 @@ from runs.models import RunStatus, TaskRun
 from tests.buffering import write_round
 from tests.conftest import client_for
 from tests.helpers import trigger
+from tests.server import database_url
 
 pytestmark = pytest.mark.django_db
 
@@ -281,6 +283,34 @@ def test_metadata_operations_reach_the_parent_and_the_root_wherever_they_live(ap
     assert api.get(f"/api/v1/runs/{root}/metadata").json() == {"metadata": {"seen": "child"}}
     drain()
     assert TaskRun.objects.get(id=parent.removeprefix("run_")).metadata == '{"children":1}'
+
+
+def test_a_parent_held_mid_drain_does_not_fail_the_childs_own_change(api, enrolled, settings):
+    """The parent is pinned to a drainer's transaction that stays open past the wait. The child's own
+    change has landed, so the update answers 200 with it: a 503 would have the SDK retry it and
+    apply the child's increment twice. The parent's operations are skipped (and logged)."""
+    settings.TRIGGER = {**settings.TRIGGER, "MID_DRAIN_WAIT_SECONDS": 0.2}
+    parent = buffered_run(api)
+    child = trigger(api, payload="child", parentRunId=parent).json()["id"]
+    org, env = str(enrolled.organization_id), str(enrolled.pk)
+    entries = buffer.pop(org_id=org, env_id=env, limit=1, lease_ms=60_000, now_ms=now_ms()).entries
+    assert [entry.run_id for entry in entries] == [parent]
+    with psycopg.connect(database_url()) as running:
+        txid = running.execute("SELECT pg_current_xact_id()::text").fetchone()[0]
+        assert buffer.pin(entries, txid=txid, now_ms=now_ms(), lease_ms=60_000) == {parent}
+
+        answer = api.put(
+            f"/api/v1/runs/{child}/metadata",
+            {
+                "operations": [{"type": "increment", "key": "n", "value": 1}],
+                "parentOperations": [{"type": "increment", "key": "children", "value": 1}],
+            },
+            format="json",
+        )
+        running.rollback()
+
+    assert answer.status_code == 200 and answer.json() == {"metadata": {"n": 1}}
+    assert api.get(f"/api/v1/runs/{child}/metadata").json() == {"metadata": {"n": 1}}
 
 
 def test_in_its_grace_period_a_written_run_reads_as_its_row_without_its_snapshot(api, enrolled):
