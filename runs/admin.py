@@ -21,7 +21,7 @@ from django.views.decorators.http import require_POST
 
 from mollifier import buffer
 from mollifier.clock import now_ms
-from mollifier.exceptions import BufferUnavailable
+from mollifier.exceptions import BufferUnavailable, SinkUnavailable
 from runs.exceptions import RunError
 from runs.models import BatchTaskRun, Organization, Project, RunStatus, RuntimeEnvironment, TaskRun
 from runs.read_fallback import Where, buffered_runs_by_id
@@ -289,8 +289,8 @@ class TaskRunAdmin(admin.ModelAdmin):
         for run in runs:
             try:
                 task_run_cancel(run=run, reason="Canceled in the admin")
-            except (RunError, BufferUnavailable):
-                failed += 1  # e.g. still being written: 503 on the API; the operator retries
+            except (RunError, BufferUnavailable, SinkUnavailable):
+                failed += 1  # still being written, or Postgres cannot settle it: 503 on the API; retried
         self.message_user(
             request,
             f"Cancelled {len(runs) - failed} run(s) (finished runs are left as they were)"
@@ -308,7 +308,7 @@ class TaskRunAdmin(admin.ModelAdmin):
                     environment=run.environment, task_identifier=run.task_identifier, key=run.idempotency_key
                 )
                 done += 1
-            except (RunError, BufferUnavailable):
+            except (RunError, BufferUnavailable, SinkUnavailable):
                 continue
         self.message_user(request, f"Released {done} idempotency key(s).")
 
@@ -402,6 +402,8 @@ class TaskRunAdmin(admin.ModelAdmin):
             messages.success(request, done)
         except RunError as error:
             messages.error(request, error.message)
+        except SinkUnavailable:  # pinned by a drainer, and Postgres cannot say whether it committed
+            messages.error(request, "Postgres did not answer about the drain writing this run. Try again shortly.")
 
 
 @admin.register(BatchTaskRun)

@@ -13,7 +13,8 @@ instances, so rows go from entry to tuple (``entry_values``). Everything else is
 Outcomes per entry:
 - inserted as intended: QUEUED, DELAYED (delay still ahead), CANCELED (cancelled while buffered);
 - a row with the same id exists: an earlier drain wrote it (a replay) → counted ``already``;
-- the idempotency key is held by another live run meanwhile → a SYSTEM_FAILURE row naming it;
+- the idempotency key is held by another live run meanwhile → a SYSTEM_FAILURE row naming it (a run
+  cancelled, or whose own key had expired when the other took it, is written without the key);
 - a terminal entry (attempts exhausted, unreadable snapshot) → a SYSTEM_FAILURE row as readers saw
   it, or, when even that cannot be written, a minimal one (ids and the reason, values cut to fit);
 - the environment was deleted → nothing to attach a row to: dropped, logged.
@@ -330,7 +331,7 @@ def _resolve_key_conflicts(contested: list[dict], *, now) -> int:
             holder = None
         if holder is None:
             retry.append(values)
-        elif _lets_go_of_its_key(values, now=now):
+        elif _lets_go_of_its_key(values, holder=holder):
             retry.append(
                 {**values, "idempotency_key": None, "idempotency_key_expires_at": None, "idempotency_key_options": None}
             )
@@ -348,13 +349,13 @@ def _resolve_key_conflicts(contested: list[dict], *, now) -> int:
     return len(written)
 
 
-def _lets_go_of_its_key(values: dict, *, now) -> bool:
+def _lets_go_of_its_key(values: dict, *, holder: TaskRun) -> bool:
     """A run whose key a live run holds is written as it is, without the key, when it no longer
-    held the key itself (expired while it waited: the other run took it rightly) or was cancelled
-    (the cancel the API answered wins over the key). Only a live key taken from a live run makes a
-    SYSTEM_FAILURE row."""
+    held the key itself when the holder took it (its own key had expired by then: the holder took
+    it rightly), or when it was cancelled (the cancel the API answered wins over the key). Only a
+    live key taken from a live run makes a SYSTEM_FAILURE row: both would otherwise run."""
     expires_at = values["idempotency_key_expires_at"]
-    return values["status"] == RunStatus.CANCELED or (expires_at is not None and expires_at <= now)
+    return values["status"] == RunStatus.CANCELED or (expires_at is not None and expires_at <= holder.created_at)
 
 
 def _drop_taken_request_keys(contested: list[dict]) -> None:

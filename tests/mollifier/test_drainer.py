@@ -170,6 +170,21 @@ def test_a_run_whose_own_key_expired_while_it_waited_is_written_without_it(drain
     assert TaskRun.objects.get(id=winner.id).idempotency_key == "k"
 
 
+def test_a_run_whose_live_key_was_taken_is_a_failure_row_though_it_expired_since(drain_settings):
+    """The other run took the key while this run still held it (a store that did not answer, say):
+    that its key expired before the drain does not make the taking right. Both would run."""
+    environment = EnvironmentFactory()
+    (buffered,) = fill_buffer(environment, 1, idempotencyKey="k", idempotencyKeyTTL="1s")
+    winner = TaskRunFactory(environment=environment, idempotency_key="k", task_identifier="hello-world")
+    time.sleep(1.1)
+
+    drain()
+
+    run = TaskRun.objects.get(id=internal(buffered))
+    assert (run.status, run.idempotency_key) == (RunStatus.SYSTEM_FAILURE, None)
+    assert winner.friendly_id in run.error["message"]
+
+
 def test_a_cancelled_run_whose_key_was_taken_is_written_cancelled(drain_settings):
     """The cancel was answered: the run lands CANCELED, whoever holds its key by then."""
     environment = EnvironmentFactory()

@@ -10,6 +10,7 @@ from django.db import connection
 from django.test import Client
 
 from mollifier import buffer
+from mollifier.clock import now_ms
 from mollifier.exceptions import SinkUnavailable
 from runs.models import Organization, RunStatus, TaskRun
 from runs.services.materialise import TaskRunSink
@@ -282,3 +283,33 @@ def test_drain_now_says_postgres_could_not_be_reached_and_keeps_the_runs(admin_c
 
     assert "Nothing drained: Postgres could not be reached" in page.content.decode()
     assert buffer.buffered_count(org) == 7 and TaskRun.objects.count() == 5  # given back, not lost
+
+
+class SettleRefused(TaskRunSink):
+    """Postgres cannot be reached to settle a pin (the admin's own pages still reach it)."""
+
+    def settle(self, pins, *, lapsed=False):
+        raise SinkUnavailable("connection refused")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cancelling_a_pinned_run_whose_pin_cannot_be_settled_says_retry(admin_client, environment, settings):
+    """The run is pinned to a drainer's transaction and Postgres cannot be asked about it: the
+    action and the run's own page say so, and the operator retries (each was a 500)."""
+    (run_id,) = fill_buffer(environment, 1)
+    org, env = str(environment.organization_id), str(environment.pk)
+    entries = buffer.pop(org_id=org, env_id=env, limit=1, lease_ms=60_000, now_ms=now_ms()).entries
+    with psycopg.connect(database_url()) as running:
+        txid = running.execute("SELECT pg_current_xact_id()::text").fetchone()[0]
+        assert buffer.pin(entries, txid=txid, now_ms=now_ms(), lease_ms=60_000) == {run_id}
+        settings.MOLLIFIER = {**settings.MOLLIFIER, "SINK": f"{__name__}.SettleRefused"}
+
+        action = admin_client.post(
+            "/admin/runs/taskrun/", {"action": "cancel_runs", "_selected_action": [run_id.removeprefix("run_")]}
+        )
+        listed = admin_client.get("/admin/runs/taskrun/").content.decode()
+        own = admin_client.post(f"/admin/runs/taskrun/buffered/{org}/{run_id}/cancel/", follow=True)
+        running.rollback()
+
+    assert action.status_code == 302 and "1 could not be cancelled right now, retry." in listed
+    assert "Postgres did not answer about the drain writing this run." in own.content.decode()

@@ -18,6 +18,7 @@ from mollifier.sink import Settled
 from runs.models import RunStatus, TaskRun
 from runs.services.materialise import TaskRunSink
 from runs.services.mid_drain import settle_pin
+from runs.services.pins import settle_pins
 from tests.buffering import fill_buffer, write_round
 from tests.conftest import client_for, enroll
 from tests.factories import EnvironmentFactory
@@ -185,3 +186,23 @@ def test_a_pin_to_a_running_transaction_reads_as_running_from_an_older_transacti
 
         running.close()
     assert outcome == Settled.RUNNING
+
+
+def test_pins_are_settled_each_by_its_own_transaction_when_one_is_unknown_to_postgres(leased):
+    """Settled together, a pin Postgres does not know of does not hide another one's outcome."""
+    environment, _, entries = leased
+    org, env = str(environment.organization_id), str(environment.pk)
+    (lost,) = fill_buffer(environment, 1)
+    [lost_entry] = buffer.pop(org_id=org, env_id=env, limit=1, lease_ms=60_000, now_ms=now_ms()).entries
+    with psycopg.connect(database_url(), autocommit=True) as other:
+        ahead = other.execute("SELECT (pg_current_xact_id()::text::bigint + 1000000)::text").fetchone()[0]
+    assert buffer.pin([lost_entry], txid=ahead, now_ms=now_ms(), lease_ms=60_000) == {lost}
+    running = pin_in_open_transaction(entries)
+    holders = redis_client().hmget(keys.holders(org, env), [entries[0].run_id, lost])
+
+    outcome = settle_pins(
+        [Pin(org, env, entries[0].run_id, holders[0].decode()), Pin(org, env, lost, holders[1].decode())]
+    )
+
+    running.close()
+    assert outcome == {entries[0].run_id: Settled.RUNNING, lost: Settled.NOT_COMMITTED}
