@@ -117,32 +117,27 @@ def test_whoever_settles_a_committed_pin_acks_the_entry(leased):
     assert buffer.get(org_id=org, run_id=run_id).materialised
 
 
-def test_a_pin_to_a_transaction_postgres_has_not_reached_is_settled_by_the_rows(leased):
+def an_id_postgres_has_not_reached() -> str:
     """Postgres restored from a backup, or failed over before the drainer's transaction reached the
-    standby: the pin names a transaction id Postgres has not reached. It is not written (no row),
-    so the run is given back and drained, instead of every settle failing on it."""
-    environment, _, entries = leased
-    org, env, run_id = str(environment.organization_id), str(environment.pk), entries[0].run_id
+    standby: the pin names a transaction id Postgres has not reached."""
     with psycopg.connect(database_url(), autocommit=True) as other:
-        ahead = other.execute("SELECT (pg_current_xact_id()::text::bigint + 1000000)::text").fetchone()[0]
-    assert buffer.pin(entries, txid=ahead, now_ms=now_ms(), lease_ms=60_000) == {run_id}
-    holder = redis_client().hget(keys.holders(org, env), run_id).decode()
-
-    assert settle_pin(Pin(org, env, run_id, holder)) == Settled.NOT_COMMITTED
-
-    Drainer().run(once=True)
-    assert TaskRun.objects.filter(id=run_id.removeprefix("run_")).exists()
-    assert buffer.buffered_count(org) == 0
+        return other.execute("SELECT (pg_current_xact_id()::text::bigint + 1000000)::text").fetchone()[0]
 
 
-def test_a_pin_to_a_committed_transaction_that_wrote_no_row_is_not_taken_for_written(leased):
-    """After such a loss, Postgres gives the same transaction id again, and that transaction, not
-    the drainer's, commits. Taken for the drainer's commit, the run would be acked with no row."""
+def an_id_given_again_to_a_transaction_that_committed() -> str:
+    """After such a loss, Postgres gives the same id again, and that transaction, not the drainer's,
+    commits (having written nothing for the run)."""
+    with psycopg.connect(database_url()) as other:
+        return other.execute("SELECT pg_current_xact_id()::text").fetchone()[0]  # committed on leaving
+
+
+@pytest.mark.parametrize("lost_id", [an_id_postgres_has_not_reached, an_id_given_again_to_a_transaction_that_committed])
+def test_a_pin_to_a_transaction_postgres_lost_is_settled_by_the_rows(leased, lost_id):
+    """The run has no row: it is given back and drained. Before, the first failed every settle (the
+    drainer stopped) and the second was taken for the drainer's commit (the run acked with no row)."""
     environment, _, entries = leased
     org, env, run_id = str(environment.organization_id), str(environment.pk), entries[0].run_id
-    other = pin_in_open_transaction(entries)
-    other.commit()  # a transaction that wrote nothing for the run
-    other.close()
+    assert buffer.pin(entries, txid=lost_id(), now_ms=now_ms(), lease_ms=60_000) == {run_id}
     holder = redis_client().hget(keys.holders(org, env), run_id).decode()
 
     assert settle_pin(Pin(org, env, run_id, holder)) == Settled.NOT_COMMITTED
@@ -194,9 +189,7 @@ def test_pins_are_settled_each_by_its_own_transaction_when_one_is_unknown_to_pos
     org, env = str(environment.organization_id), str(environment.pk)
     (lost,) = fill_buffer(environment, 1)
     [lost_entry] = buffer.pop(org_id=org, env_id=env, limit=1, lease_ms=60_000, now_ms=now_ms()).entries
-    with psycopg.connect(database_url(), autocommit=True) as other:
-        ahead = other.execute("SELECT (pg_current_xact_id()::text::bigint + 1000000)::text").fetchone()[0]
-    assert buffer.pin([lost_entry], txid=ahead, now_ms=now_ms(), lease_ms=60_000) == {lost}
+    assert buffer.pin([lost_entry], txid=an_id_postgres_has_not_reached(), now_ms=now_ms(), lease_ms=60_000) == {lost}
     running = pin_in_open_transaction(entries)
     holders = redis_client().hmget(keys.holders(org, env), [entries[0].run_id, lost])
 
