@@ -72,6 +72,18 @@ class Tenants:
         organization_set_flag(organization=self.burst.organization, name=MOLLIFIER_ENABLED, enabled=enrolled)
 
 
+@contextmanager
+def storing_rows(on: bool):
+    """Buffer runs with MOLLIFIER_STORE_ROWS ``on`` (the trigger side decides; drainers read rows
+    either way), then as configured again."""
+    configured = settings.MOLLIFIER["STORE_ROWS"]
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "STORE_ROWS": on}
+    try:
+        yield
+    finally:
+        settings.MOLLIFIER = {**settings.MOLLIFIER, "STORE_ROWS": configured}
+
+
 def reset_stores() -> None:
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE runs_batchtaskrunitem, runs_taskrun CASCADE")
@@ -172,7 +184,6 @@ def p2_drain(tenants: Tenants, *, entries: int, single_rows: int, rounds: int, s
         environment_create(org_slug=f"bench-drain-{i}", project_slug="p", env="prod")[0] for i in range(9)
     ]
     orgs = sorted({str(environment.organization_id) for environment in environments})
-    default_store = settings.MOLLIFIER["STORE_ROWS"]
     rates: dict[str, list[float]] = {"one_drainer": [], "two_drainers": [], "one_drainer_no_rows": [], "copy": []}
     cpu: dict[str, list[dict]] = {name: [] for name in rates}
     for round_no in range(rounds):
@@ -183,15 +194,19 @@ def p2_drain(tenants: Tenants, *, entries: int, single_rows: int, rounds: int, s
             (2, "two_drainers", True),
             (1, "one_drainer_no_rows", False),
         ):
-            settings.MOLLIFIER = {**settings.MOLLIFIER, "STORE_ROWS": store}
             reset_stores()
             say(
                 f"P2 round {round_no + 1}/{rounds}: filling the buffer with {entries:,} entries in {len(environments)} environments"
             )
-            for environment in environments:
-                fill_buffer(
-                    environment, entries // len(environments), task="bench", payload=BODY["payload"], **BODY["options"]
-                )
+            with storing_rows(store):
+                for environment in environments:
+                    fill_buffer(
+                        environment,
+                        entries // len(environments),
+                        task="bench",
+                        payload=BODY["payload"],
+                        **BODY["options"],
+                    )
             seconds, timed, used = _timed_drain(drainers, entries, orgs=orgs)
             rates[name].append(timed / seconds)
             cpu[name].append(used)
@@ -207,7 +222,6 @@ def p2_drain(tenants: Tenants, *, entries: int, single_rows: int, rounds: int, s
     say(f"P2 one row per transaction {single_rate:,.0f} rows/s")
     cpu_median = {name: _median_parts(used) for name, used in cpu.items()}
     say(f"P2 CPU per row (µs, median of the rounds): {cpu_median}")
-    settings.MOLLIFIER = {**settings.MOLLIFIER, "STORE_ROWS": default_store}
     one, two, copy = (statistics.median(rates[name]) for name in ("one_drainer", "two_drainers", "copy"))
     per_round = {
         name: [rate / copied for rate, copied in zip(rates[name], rates["copy"], strict=True)]
@@ -505,14 +519,10 @@ def p5_memory(tenants: Tenants, *, small: int, large: int, redis_entries: int, s
     snapshot_bytes = statistics.fmean(len(snapshot_text(entry.snapshot).encode()) for entry in sample)
     per_entry = (after - before) / redis_entries
     reset_stores()  # the same entries with their rows stored (MOLLIFIER_STORE_ROWS=1), for the trade-off
-    default_store = settings.MOLLIFIER["STORE_ROWS"]
-    settings.MOLLIFIER = {**settings.MOLLIFIER, "STORE_ROWS": True}
-    try:
+    with storing_rows(True):
         before = int(redis.info("memory")["used_memory"])
         fill_buffer(tenants.burst, redis_entries, task="bench", payload=BODY["payload"], **BODY["options"])
         with_rows = (int(redis.info("memory")["used_memory"]) - before) / redis_entries
-    finally:
-        settings.MOLLIFIER = {**settings.MOLLIFIER, "STORE_ROWS": default_store}
     figures.update(
         redis_entries=redis_entries,
         redis_bytes_per_entry=round(per_entry),

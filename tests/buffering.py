@@ -1,6 +1,7 @@
 """Filling the buffer quickly for drain tests: real entries of real environments, accepted by the
 real accept script (pipelined), as the trigger path would have buffered them."""
 
+import psycopg
 from django.utils import timezone
 
 from mollifier import buffer, scripts
@@ -11,6 +12,7 @@ from runs.api.serializers import trigger_options_from
 from runs.services.materialise import TaskRunSink
 from runs.services.trigger import task_run_prepare
 from runs.snapshots import run_to_entry, to_ms
+from tests.server import database_url
 
 
 def fill_buffer(
@@ -44,3 +46,12 @@ def write_round(entries, *, lease_ms: int = 60_000) -> SinkReport:
     return TaskRunSink().write(
         entries, pin=lambda txid: buffer.pin(entries, txid=txid, now_ms=now_ms(), lease_ms=lease_ms)
     )
+
+
+def pin_in_open_transaction(entries):
+    """Pin leased entries to a transaction of another connection that stays open (returned), as a
+    drainer's mid-write."""
+    connection = psycopg.connect(database_url())
+    txid = connection.execute("SELECT pg_current_xact_id()::text").fetchone()[0]
+    assert buffer.pin(entries, txid=txid, now_ms=now_ms(), lease_ms=60_000) == {entry.run_id for entry in entries}
+    return connection

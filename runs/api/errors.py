@@ -80,11 +80,8 @@ def exception_handler(exc, context):
         set_rollback()
         logger.info("runs.api.data_rejected", exc_info=exc)
         return error_response("Invalid characters or values in the request", status.HTTP_400_BAD_REQUEST)
-    if isinstance(exc, SinkUnavailable):  # settling a pin a change met (mid_drain.settle_pin)
-        set_rollback()
-        logger.warning("runs.api.database_unavailable error=%s", exc)
-        return error_response("Database unavailable, retry later", status.HTTP_503_SERVICE_UNAVAILABLE)
-    if isinstance(exc, (OperationalError, InterfaceError)):
+    # SinkUnavailable: Postgres could not settle a pin that a change met (mid_drain.settle_pin).
+    if isinstance(exc, (OperationalError, InterfaceError, SinkUnavailable)):
         set_rollback()
         if isinstance(exc.__cause__, PostgresBreakerOpen):  # one line: the breaker logged why it opened
             logger.info("runs.api.database_skipped error=%s", exc)

@@ -332,9 +332,7 @@ def _resolve_key_conflicts(contested: list[dict], *, now) -> int:
         if holder is None:
             retry.append(values)
         elif _lets_go_of_its_key(values, holder=holder):
-            retry.append(
-                {**values, "idempotency_key": None, "idempotency_key_expires_at": None, "idempotency_key_options": None}
-            )
+            retry.append(_without_key(values))
         else:
             failures.append(_failure_row(values, winner=holder.friendly_id, now=now))
     inserted = _insert_values(retry, now=now)
@@ -374,18 +372,19 @@ def _drop_taken_request_keys(contested: list[dict]) -> None:
             values["request_key"] = None
 
 
+def _without_key(values: dict) -> dict:
+    return {**values, "idempotency_key": None, "idempotency_key_expires_at": None, "idempotency_key_options": None}
+
+
 def _failure_row(values: dict, *, winner: str | None, now) -> dict:
     return {
-        **values,
+        **_without_key(values),
         "status": RunStatus.SYSTEM_FAILURE,
         "error": {
             "name": "IdempotencyKeyTaken",
             "message": f"Idempotency key {values['idempotency_key']!r} was taken by {winner or 'another run'} "
             "while this run waited in the buffer.",
         },
-        "idempotency_key": None,
-        "idempotency_key_expires_at": None,
-        "idempotency_key_options": None,
         "completed_at": now,
         "updated_at": now,
     }

@@ -14,7 +14,7 @@ from mollifier.clock import now_ms
 from mollifier.exceptions import SinkUnavailable
 from runs.models import Organization, RunStatus, TaskRun
 from runs.services.materialise import TaskRunSink
-from tests.buffering import fill_buffer
+from tests.buffering import fill_buffer, pin_in_open_transaction
 from tests.conftest import client_for
 from tests.factories import EnvironmentFactory
 from tests.helpers import trigger
@@ -299,17 +299,15 @@ def test_cancelling_a_pinned_run_whose_pin_cannot_be_settled_says_retry(admin_cl
     (run_id,) = fill_buffer(environment, 1)
     org, env = str(environment.organization_id), str(environment.pk)
     entries = buffer.pop(org_id=org, env_id=env, limit=1, lease_ms=60_000, now_ms=now_ms()).entries
-    with psycopg.connect(database_url()) as running:
-        txid = running.execute("SELECT pg_current_xact_id()::text").fetchone()[0]
-        assert buffer.pin(entries, txid=txid, now_ms=now_ms(), lease_ms=60_000) == {run_id}
-        settings.MOLLIFIER = {**settings.MOLLIFIER, "SINK": f"{__name__}.SettleRefused"}
+    running = pin_in_open_transaction(entries)
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "SINK": f"{__name__}.SettleRefused"}
 
-        action = admin_client.post(
-            "/admin/runs/taskrun/", {"action": "cancel_runs", "_selected_action": [run_id.removeprefix("run_")]}
-        )
-        listed = admin_client.get("/admin/runs/taskrun/").content.decode()
-        own = admin_client.post(f"/admin/runs/taskrun/buffered/{org}/{run_id}/cancel/", follow=True)
-        running.rollback()
+    action = admin_client.post(
+        "/admin/runs/taskrun/", {"action": "cancel_runs", "_selected_action": [run_id.removeprefix("run_")]}
+    )
+    listed = admin_client.get("/admin/runs/taskrun/").content.decode()
+    own = admin_client.post(f"/admin/runs/taskrun/buffered/{org}/{run_id}/cancel/", follow=True)
+    running.close()
 
     assert action.status_code == 302 and "1 could not be cancelled right now, retry." in listed
     assert "Postgres did not answer about the drain writing this run." in own.content.decode()

@@ -4,17 +4,15 @@ answers the same wherever it is."""
 import threading
 import time
 
-import psycopg
 import pytest
 
 from mollifier import buffer
 from mollifier.clock import now_ms
 from mollifier.drainer import Drainer
 from runs.models import RunStatus, TaskRun
-from tests.buffering import write_round
+from tests.buffering import pin_in_open_transaction, write_round
 from tests.conftest import client_for
 from tests.helpers import trigger
-from tests.server import database_url
 
 pytestmark = pytest.mark.django_db
 
@@ -295,19 +293,17 @@ def test_a_parent_held_mid_drain_does_not_fail_the_childs_own_change(api, enroll
     org, env = str(enrolled.organization_id), str(enrolled.pk)
     entries = buffer.pop(org_id=org, env_id=env, limit=1, lease_ms=60_000, now_ms=now_ms()).entries
     assert [entry.run_id for entry in entries] == [parent]
-    with psycopg.connect(database_url()) as running:
-        txid = running.execute("SELECT pg_current_xact_id()::text").fetchone()[0]
-        assert buffer.pin(entries, txid=txid, now_ms=now_ms(), lease_ms=60_000) == {parent}
+    running = pin_in_open_transaction(entries)
 
-        answer = api.put(
-            f"/api/v1/runs/{child}/metadata",
-            {
-                "operations": [{"type": "increment", "key": "n", "value": 1}],
-                "parentOperations": [{"type": "increment", "key": "children", "value": 1}],
-            },
-            format="json",
-        )
-        running.rollback()
+    answer = api.put(
+        f"/api/v1/runs/{child}/metadata",
+        {
+            "operations": [{"type": "increment", "key": "n", "value": 1}],
+            "parentOperations": [{"type": "increment", "key": "children", "value": 1}],
+        },
+        format="json",
+    )
+    running.close()
 
     assert answer.status_code == 200 and answer.json() == {"metadata": {"n": 1}}
     assert api.get(f"/api/v1/runs/{child}/metadata").json() == {"metadata": {"n": 1}}

@@ -19,7 +19,7 @@ from runs.models import RunStatus, TaskRun
 from runs.services.materialise import TaskRunSink
 from runs.services.mid_drain import settle_pin
 from runs.services.pins import settle_pins
-from tests.buffering import fill_buffer, write_round
+from tests.buffering import fill_buffer, pin_in_open_transaction, write_round
 from tests.conftest import client_for, enroll
 from tests.factories import EnvironmentFactory
 from tests.server import database_url
@@ -36,14 +36,6 @@ def leased(mollifier_on):
         org_id=str(environment.organization_id), env_id=str(environment.pk), limit=1, lease_ms=60_000, now_ms=now_ms()
     ).entries
     return environment, client_for(environment), entries
-
-
-def pin_in_open_transaction(entries):
-    """Pin the entries to a transaction of another connection that stays open (returned)."""
-    connection = psycopg.connect(database_url())
-    txid = connection.execute("SELECT pg_current_xact_id()::text").fetchone()[0]
-    assert buffer.pin(entries, txid=txid, now_ms=now_ms(), lease_ms=60_000) == {entries[0].run_id}
-    return connection
 
 
 def test_a_change_to_a_run_whose_round_committed_goes_to_the_row(leased):
