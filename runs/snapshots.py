@@ -112,11 +112,15 @@ def row_id(entry: Entry) -> str:
 
 def entry_status(entry: Entry) -> str:
     """The status a buffered run's row has (and will have when written): stored as on a row, so
-    that ``TaskRun.status_at`` reads both the same way (a passed delay reads as QUEUED)."""
-    if entry.snapshot is None or entry.terminal_error:
-        return RunStatus.SYSTEM_FAILURE
+    that ``TaskRun.status_at`` reads both the same way (a passed delay reads as QUEUED).
+
+    Cancel wins (DESIGN, "Reads and mutations"): a run whose cancel was answered is CANCELED, also
+    when its writes later kept failing or its snapshot cannot be read (the row then says why in
+    ``error``, as a failure row would)."""
     if entry.cancelled_at_ms is not None:
         return RunStatus.CANCELED
+    if entry.snapshot is None or entry.terminal_error:
+        return RunStatus.SYSTEM_FAILURE
     if entry.delay_until_ms is not None:
         return RunStatus.DELAYED
     return RunStatus.QUEUED
@@ -167,9 +171,10 @@ def entry_values(entry: Entry, *, environment: RuntimeEnvironment | EnvironmentI
         "buffered_at": created_at,
     }
     values.pop("v", None)
-    if status == RunStatus.SYSTEM_FAILURE:
+    if entry.snapshot is None or entry.terminal_error:  # SYSTEM_FAILURE, or CANCELED (cancel wins)
         error = entry.terminal_error or _FAILURE_FALLBACK
         values["error"] = {"message": f"{error.get('code')}: {error.get('message')}", "name": "MollifierError"}
+    if status == RunStatus.SYSTEM_FAILURE:
         values["completed_at"] = values["updated_at"] = now
     return values
 
@@ -187,9 +192,11 @@ def _fit(value: str, field_name: str) -> str:
 
 def minimal_failure_values(entry: Entry, *, environment: RuntimeEnvironment, now: datetime) -> dict:
     """The last resort for an entry whose row cannot be written in any form: a SYSTEM_FAILURE row
-    with its ids, trigger time and the reason only, every value cut to fit its column."""
+    with its ids, trigger time and the reason only, every value cut to fit its column. A run whose
+    cancel was answered is CANCELED even so (cancel wins), with its cancel's time and reason."""
     error = entry.terminal_error or _FAILURE_FALLBACK
     created_at = from_ms(entry.accepted_at_ms) or now
+    cancelled_at = from_ms(entry.cancelled_at_ms)
     return {
         **_DEFAULTS,
         "id": row_id(entry),
@@ -197,14 +204,16 @@ def minimal_failure_values(entry: Entry, *, environment: RuntimeEnvironment, now
         "organization_id": environment.organization_id,
         "project_id": environment.project_id,
         "task_identifier": _fit(entry.task or "unknown", "task_identifier"),
-        "status": RunStatus.SYSTEM_FAILURE,
+        "status": RunStatus.CANCELED if cancelled_at else RunStatus.SYSTEM_FAILURE,
         "tags": [],
         "metadata": None,
         "payload": None,
         "batch_id": entry.batch_id,
         "created_at": created_at,
-        "updated_at": now,
-        "completed_at": now,
+        "updated_at": cancelled_at or now,
+        "completed_at": cancelled_at or now,
+        "cancelled_at": cancelled_at,
+        "cancel_reason": _fit(entry.cancel_reason, "cancel_reason") if cancelled_at and entry.cancel_reason else None,
         "buffered_at": created_at,
         "error": {
             "name": "MollifierError",

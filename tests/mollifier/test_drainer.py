@@ -202,6 +202,27 @@ def test_a_cancelled_run_whose_key_was_taken_is_written_cancelled(drain_settings
     assert TaskRun.objects.get(id=winner.id).idempotency_key == "k"
 
 
+def test_a_cancelled_run_that_turned_terminal_is_written_cancelled_with_the_reason(drain_settings):
+    """Cancel wins: the cancel was answered, so a run whose writes kept failing meanwhile (here,
+    marked terminal by hand) lands CANCELED, not SYSTEM_FAILURE, and its row says what failed."""
+    environment = EnvironmentFactory()
+    (run_id,) = fill_buffer(environment, 1)
+    org, env = str(environment.organization_id), str(environment.pk)
+    (leased,) = buffer.pop(org_id=org, env_id=env, limit=1, lease_ms=60_000, now_ms=now_ms()).entries
+    assert buffer.fail(leased, now_ms=now_ms(), backoff_ms=0, code="attempts_exhausted", message="8 attempts")
+    assert (
+        buffer.cancel(org_id=org, env_id=env, run_id=run_id, now_ms=now_ms(), reason="by the API").status == "applied"
+    )
+    assert client_for(environment).get(f"/api/v3/runs/{run_id}").json()["status"] == "CANCELED"
+
+    drain()
+
+    run = TaskRun.objects.get(id=internal(run_id))
+    assert (run.status, run.cancel_reason) == (RunStatus.CANCELED, "by the API")
+    assert run.completed_at == run.cancelled_at and "attempts_exhausted" in run.error["message"]
+    assert run.payload is not None  # written whole: only the status and the error differ
+
+
 def test_an_unreadable_snapshot_becomes_a_failure_row(drain_settings):
     environment = EnvironmentFactory()
     (run_id,) = fill_buffer(environment, 1)

@@ -58,6 +58,23 @@ def test_an_entry_its_row_cannot_hold_backs_off_then_lands_as_a_minimal_failure_
     assert "Traceback" not in output  # one line per failure
 
 
+def test_a_cancelled_entry_its_row_cannot_hold_lands_as_a_minimal_cancelled_row():
+    """Cancel wins over the failure: the row is the minimal one, but CANCELED, with the cancel's
+    time and reason, and says what could not be kept."""
+    environment = EnvironmentFactory()
+    (bad,) = fill_buffer(environment, 1)
+    poison_snapshot(environment, bad, ttl="1" * 100)
+    assert client_for(environment).post(f"/api/v2/runs/{bad}/cancel").status_code == 200
+
+    output = finish(start_manage("mollifier_drain", "--once", **FAST), timeout=60)
+
+    run = TaskRun.objects.get()
+    assert (run.friendly_id, run.status, run.ttl) == (bad, RunStatus.CANCELED, None), output
+    assert run.cancelled_at is not None and run.completed_at == run.cancelled_at
+    assert "only its ids were kept" in run.error["message"]
+    assert buffer.buffered_count(str(environment.organization_id)) == 0
+
+
 def test_an_entry_that_cannot_be_written_in_any_form_is_parked_then_discarded_by_an_operator():
     environment = EnvironmentFactory()
     (good,) = fill_buffer(environment, 1)
