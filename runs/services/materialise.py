@@ -205,16 +205,12 @@ def _materialise(entries: list[Entry], *, minimal: bool = False) -> SinkReport:
     pending = [run for run in runs if run.id not in inserted]
     existing = set(TaskRun.objects.filter(id__in=[run.id for run in pending]).values_list("id", flat=True))
     contested = [run for run in pending if run.id not in existing]
-    key_failures = _resolve_key_conflicts(_values_of(contested, environments, now=now), now=now) if contested else 0
+    resolved = _resolve_key_conflicts(_values_of(contested, environments, now=now), now=now) if contested else []
 
     _link_batch_items(runs, now=now, also_refresh=_move_pending_items())
-    terminal = sum(
-        run.values is not None and run.values["status"] == RunStatus.SYSTEM_FAILURE and run.id in inserted
-        for run in runs
-    )
-    return SinkReport(
-        inserted=len(inserted) - terminal, already=len(existing), failed=terminal + key_failures, dropped=len(gone)
-    )
+    written = [run.values for run in runs if run.id in inserted] + resolved
+    failed = sum(values is not None and values["status"] == RunStatus.SYSTEM_FAILURE for values in written)
+    return SinkReport(inserted=len(written) - failed, already=len(existing), failed=failed, dropped=len(gone))
 
 
 def _whole_unless_stored(entries: list[Entry], *, minimal: bool) -> list[Entry]:
@@ -305,10 +301,10 @@ def _insert_values(rows: list[dict], *, now) -> set[str]:
     return _insert([(values["id"], copy_rows.row_prefix(values)) for values in rows], now=now)
 
 
-def _resolve_key_conflicts(contested: list[dict], *, now) -> int:
+def _resolve_key_conflicts(contested: list[dict], *, now) -> list[dict]:
     """Rows refused because another run holds their idempotency key: release stale holders and
     insert again; for live holders write a SYSTEM_FAILURE row that names the winner, unless the
-    run lets go of its key (``_lets_go_of_its_key``).
+    run lets go of its key (``_lets_go_of_its_key``). Returns the rows written (for the report).
 
     A row refused for its request key (a retry that reached Postgres while Redis did not answer made
     a run of its own) is written without it: both runs exist, the retry's row answers the request."""
@@ -344,7 +340,7 @@ def _resolve_key_conflicts(contested: list[dict], *, now) -> int:
         # that reached Postgres meanwhile). Acked without a row, the run would be lost; the round
         # fails instead, and the run is written again once that holder can be seen.
         raise IntegrityError(f"runs {refused} were refused even as failure rows")
-    return len(written)
+    return [values for values in retry if values["id"] in inserted] + failures
 
 
 def _lets_go_of_its_key(values: dict, *, holder: TaskRun) -> bool:

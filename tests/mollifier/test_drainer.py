@@ -9,6 +9,7 @@ from mollifier import buffer, keys, scripts
 from mollifier.client import get as redis_client
 from mollifier.clock import now_ms
 from mollifier.drainer import Drainer
+from mollifier.sink import SinkReport
 from runs.models import BatchTaskRun, BatchTaskRunItem, RunStatus, TaskRun
 from tests.buffering import fill_buffer, write_round
 from tests.conftest import client_for
@@ -148,8 +149,9 @@ def test_a_stale_holder_of_the_key_gives_it_up(drain_settings):
     (buffered,) = fill_buffer(environment, 1, idempotencyKey="k")
     stale = TaskRunFactory(environment=environment, idempotency_key="k", status=RunStatus.CRASHED)
 
-    drain()
+    result = Drainer().drain_round()
 
+    assert result.report == SinkReport(inserted=1)  # counted, though inserted on the second try
     assert TaskRun.objects.get(id=internal(buffered)).status == RunStatus.QUEUED
     assert TaskRun.objects.get(id=internal(buffered)).idempotency_key == "k"
     assert TaskRun.objects.get(id=stale.id).idempotency_key is None
@@ -163,8 +165,9 @@ def test_a_run_whose_own_key_expired_while_it_waited_is_written_without_it(drain
     time.sleep(1.1)
     winner = TaskRunFactory(environment=environment, idempotency_key="k", task_identifier="hello-world")
 
-    drain()
+    result = Drainer().drain_round()
 
+    assert result.report == SinkReport(inserted=1)
     run = TaskRun.objects.get(id=internal(buffered))
     assert (run.status, run.idempotency_key, run.error) == (RunStatus.QUEUED, None, None)
     assert TaskRun.objects.get(id=winner.id).idempotency_key == "k"
@@ -178,7 +181,7 @@ def test_a_run_whose_live_key_was_taken_is_a_failure_row_though_it_expired_since
     winner = TaskRunFactory(environment=environment, idempotency_key="k", task_identifier="hello-world")
     time.sleep(1.1)
 
-    drain()
+    assert Drainer().drain_round().report == SinkReport(failed=1)
 
     run = TaskRun.objects.get(id=internal(buffered))
     assert (run.status, run.idempotency_key) == (RunStatus.SYSTEM_FAILURE, None)
