@@ -199,8 +199,9 @@ class RunMetadataApi(EnvironmentApi):
             "Replaces the metadata (`metadata`) and/or applies `operations` (set, delete, append, remove, "
             "increment, update) atomically, wherever the run is; `parentOperations` and `rootOperations` apply "
             "to its parent and root runs once the run's own change has landed (a related run that cannot be "
-            "changed right now, held mid-drain or a store unreachable, has its operations skipped and logged, "
-            "so that a retry never applies the run's own operations twice). Answers the run's new metadata."
+            "changed right now (held mid-drain, a store unreachable) or whose operations would make metadata it "
+            "cannot hold (past the size limit) has its operations skipped and logged, so that a retry never "
+            "applies the run's own operations twice). Answers the run's new metadata; a 413 is the run's own."
         ),
         request=serializers.UpdateMetadataSerializer,
         responses=responses(200, MetadataSchema, 404, 413, 415),

@@ -164,9 +164,10 @@ def task_run_update_metadata_and_related(
     environment is left alone. Returns the run's new metadata.
 
     Once the run's own change has landed, the answer is a success: a related run that cannot be
-    changed right now (held mid-drain past the wait, a store unreachable) has its operations skipped
+    changed right now (held mid-drain past the wait, a store unreachable), or whose operations
+    would make metadata it cannot hold (past the size limit, not JSON), has its operations skipped
     and logged. Answered 503, the SDK's retry would apply the run's own operations (an increment,
-    an append) a second time."""
+    an append) a second time; answered 4xx, the client would be told its own change failed."""
     new = task_run_update_metadata(run=run, metadata=metadata, operations=operations)
     for related_id, related_operations in ((run.parent_run_id, parent_operations), (run.root_run_id, root_operations)):
         if related_operations and related_id:
@@ -176,7 +177,15 @@ def task_run_update_metadata_and_related(
                 task_run_update_metadata(run=related, metadata=None, operations=related_operations)
             except TaskRun.DoesNotExist:
                 continue
-            except (ServiceUnavailable, BufferUnavailable, SinkUnavailable, OperationalError, InterfaceError) as error:
+            except (
+                ServiceUnavailable,
+                BufferUnavailable,
+                SinkUnavailable,
+                OperationalError,
+                InterfaceError,
+                InvalidRequest,
+                TooLarge,
+            ) as error:
                 logger.warning(
                     "runs.metadata.related_skipped run=%s related=%s operations=%d error=%s",
                     run.friendly_id,

@@ -309,6 +309,31 @@ def test_a_parent_held_mid_drain_does_not_fail_the_childs_own_change(api, enroll
     assert api.get(f"/api/v1/runs/{child}/metadata").json() == {"metadata": {"n": 1}}
 
 
+@pytest.mark.parametrize("store", ["buffer", "postgres"])
+def test_a_parent_that_cannot_hold_its_operations_does_not_fail_the_childs_own_change(api, enrolled, settings, store):
+    """The parent's operations would take its metadata past the size limit (a 413 of its own):
+    the child's change has landed, so the update answers 200 with it and the parent is left as it
+    was (the skip is logged)."""
+    settings.TRIGGER = {**settings.TRIGGER, "MAX_METADATA_BYTES": 200}
+    parent = buffered_run(api, metadata={"log": "x" * 150})
+    if store == "postgres":
+        drain()
+    child = trigger(api, payload="child", parentRunId=parent).json()["id"]
+
+    answer = api.put(
+        f"/api/v1/runs/{child}/metadata",
+        {
+            "operations": [{"type": "increment", "key": "n", "value": 1}],
+            "parentOperations": [{"type": "append", "key": "lines", "value": "y" * 100}],
+        },
+        format="json",
+    )
+
+    assert answer.status_code == 200 and answer.json() == {"metadata": {"n": 1}}
+    assert api.get(f"/api/v1/runs/{child}/metadata").json() == {"metadata": {"n": 1}}
+    assert api.get(f"/api/v1/runs/{parent}/metadata").json() == {"metadata": {"log": "x" * 150}}
+
+
 def test_in_its_grace_period_a_written_run_reads_as_its_row_without_its_snapshot(api, enrolled):
     run_id = buffered_run(api, tags=["x"])
     buffered = api.get(f"/api/v3/runs/{run_id}").json()
