@@ -309,14 +309,16 @@ def test_a_parent_held_mid_drain_does_not_fail_the_childs_own_change(api, enroll
     assert api.get(f"/api/v1/runs/{child}/metadata").json() == {"metadata": {"n": 1}}
 
 
-@pytest.mark.parametrize("store", ["buffer", "postgres"])
-def test_a_parent_that_cannot_hold_its_operations_does_not_fail_the_childs_own_change(api, enrolled, settings, store):
+@pytest.mark.parametrize("parent_in", ["buffer", "postgres"])
+def test_a_parent_that_cannot_hold_its_operations_does_not_fail_the_childs_own_change(
+    api, enrolled, settings, parent_in
+):
     """The parent's operations would take its metadata past the size limit (a 413 of its own):
     the child's change has landed, so the update answers 200 with it and the parent is left as it
     was (the skip is logged)."""
     settings.TRIGGER = {**settings.TRIGGER, "MAX_METADATA_BYTES": 200}
     parent = buffered_run(api, metadata={"log": "x" * 150})
-    if store == "postgres":
+    if parent_in == "postgres":
         drain()
     child = trigger(api, payload="child", parentRunId=parent).json()["id"]
 
