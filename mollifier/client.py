@@ -18,6 +18,7 @@ from django_redis import get_redis_connection
 from redis.backoff import NoBackoff
 from redis.client import Pipeline
 from redis.cluster import RedisCluster
+from redis.connection import parse_url
 from redis.exceptions import (
     ClusterDownError,
     NoScriptError,
@@ -135,14 +136,17 @@ def check_breaker(client: "BufferRedis | BufferCluster") -> None:
 @lru_cache(maxsize=4)
 def _cluster(url: str) -> BufferCluster:
     name = f"cluster:{urlsplit(url).hostname}:{urlsplit(url).port or 6379}"
+    # The URL's options, but not its connection class: given the URL itself, redis-py puts plain
+    # SSLConnection over ours for rediss:// and drops the packer. TLS or not, the class is ours.
+    options = parse_url(url)
+    options.pop("connection_class", None)
     client = _guarded(
         breaker.for_server(name),  # the client reaches its nodes as it is built: not while it is open
-        BufferCluster.from_url,
-        url,
+        BufferCluster,
+        **options,
         socket_timeout=conf.redis_socket_timeout_ms() / 1000,
         socket_connect_timeout=conf.redis_connect_timeout_ms() / 1000,
         retry=NO_RETRY,
-        # The URL's scheme would otherwise choose the class (and drop the packer): TLS or not, ours.
         connection_class=PackedSSLConnection if urlsplit(url).scheme == "rediss" else PackedConnection,
     )
     client.breaker_name = name

@@ -10,6 +10,9 @@ import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
@@ -35,19 +38,21 @@ def _free_ports(count: int) -> list[int]:
 
 
 @contextmanager
-def redis_cluster(masters: int = 3):
-    """Yield a ``redis://127.0.0.1:<port>`` URL of a fresh cluster; shut it down afterwards."""
+def redis_cluster(masters: int = 3, *, tls: "TLSFiles | None" = None):
+    """Yield a ``redis://127.0.0.1:<port>`` URL of a fresh cluster; shut it down afterwards. With
+    ``tls``, every node (and the cluster bus) speaks TLS only, and the URL is ``rediss://`` with
+    the CA to verify them by."""
     workdir = tempfile.mkdtemp(prefix="mollifier-cluster-")
     ports = _free_ports(masters)
     processes = []
+    listen = (lambda port: ["--port", "0", "--tls-cluster", "yes", *tls.server_args(port)]) if tls else _plain
     try:
         for port in ports:
             processes.append(
                 subprocess.Popen(
                     [
                         server_binary(),
-                        "--port",
-                        str(port),
+                        *listen(port),
                         "--bind",
                         "127.0.0.1",
                         "--cluster-enabled",
@@ -67,7 +72,7 @@ def redis_cluster(masters: int = 3):
                     stderr=subprocess.DEVNULL,
                 )
             )
-        nodes = [redis.Redis(port=port) for port in ports]
+        nodes = [redis.Redis(port=port, **(tls.client_kwargs() if tls else {})) for port in ports]
         for node in nodes:
             _wait(node.ping)
         per_node = 16384 // masters
@@ -78,13 +83,52 @@ def redis_cluster(masters: int = 3):
             node.execute_command("CLUSTER MEET", "127.0.0.1", ports[0])
         for node in nodes:
             _wait(lambda node=node: node.cluster("info").get("cluster_state") == "ok", timeout=30)
-        yield f"redis://127.0.0.1:{ports[0]}"
+        yield tls.url(ports[0], "") if tls else f"redis://127.0.0.1:{ports[0]}"
     finally:
         for process in processes:
             process.terminate()
         for process in processes:
             process.wait(timeout=10)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _plain(port: int) -> list[str]:
+    return ["--port", str(port)]
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """A certificate authority and a server certificate for 127.0.0.1 it signed, made with the
+    machine's ``openssl``: what a managed Redis with in-transit encryption presents."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def make(cls, folder: Path) -> "TLSFiles":
+        def openssl(*args: str) -> None:
+            subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=mollifier test CA",
+                "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key",
+                "-out", "server.csr")  # fmt: skip
+        (folder / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+        openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                "-days", "2", "-extfile", "san.cnf", "-out", "server.crt")  # fmt: skip
+        return cls(folder / "ca.crt", folder / "server.crt", folder / "server.key")
+
+    def server_args(self, port: int) -> list[str]:
+        return ["--tls-port", str(port), "--tls-cert-file", str(self.cert), "--tls-key-file", str(self.key),
+                "--tls-ca-cert-file", str(self.ca), "--tls-auth-clients", "no"]  # fmt: skip
+
+    def client_kwargs(self) -> dict:
+        return {"host": "127.0.0.1", "ssl": True, "ssl_ca_certs": str(self.ca)}
+
+    def url(self, port: int, path: str) -> str:
+        """A ``rediss://`` URL that verifies the server by this CA, as an operator would write it."""
+        return f"rediss://127.0.0.1:{port}{path}?ssl_ca_certs={quote(str(self.ca))}"
 
 
 def _wait(check, timeout: float = 10) -> None:
