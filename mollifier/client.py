@@ -138,16 +138,21 @@ def _cluster(url: str) -> BufferCluster:
     name = f"cluster:{urlsplit(url).hostname}:{urlsplit(url).port or 6379}"
     # The URL's options, but not its connection class: given the URL itself, redis-py puts plain
     # SSLConnection over ours for rediss:// and drops the packer. TLS or not, the class is ours.
+    # As from_url, the URL's own options (its timeouts, say) win over the defaults, and /0 is
+    # accepted: a cluster has database 0 only, and the client refuses the argument outright.
     options = parse_url(url)
-    options.pop("connection_class", None)
+    if options.get("db") == 0:
+        del options["db"]
     client = _guarded(
         breaker.for_server(name),  # the client reaches its nodes as it is built: not while it is open
         BufferCluster,
-        **options,
-        socket_timeout=conf.redis_socket_timeout_ms() / 1000,
-        socket_connect_timeout=conf.redis_connect_timeout_ms() / 1000,
-        retry=NO_RETRY,
-        connection_class=PackedSSLConnection if urlsplit(url).scheme == "rediss" else PackedConnection,
+        **{
+            "socket_timeout": conf.redis_socket_timeout_ms() / 1000,
+            "socket_connect_timeout": conf.redis_connect_timeout_ms() / 1000,
+            "retry": NO_RETRY,
+            **options,
+            "connection_class": PackedSSLConnection if urlsplit(url).scheme == "rediss" else PackedConnection,
+        },
     )
     client.breaker_name = name
     return client

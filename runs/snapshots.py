@@ -135,7 +135,8 @@ _FAILURE_FALLBACK = {"code": "snapshot_unreadable", "message": "The buffered sna
 
 def entry_values(entry: Entry, *, environment: RuntimeEnvironment | EnvironmentIds, now: datetime) -> dict:
     """Every TaskRun column (by attname) for ``entry``, as a reader sees it now and as the drainer
-    writes it now. A snapshot that cannot be read still gives a run: SYSTEM_FAILURE, from the envelope."""
+    writes it now. A snapshot that cannot be read still gives a run: SYSTEM_FAILURE (CANCELED when
+    cancelled), from the envelope."""
     snapshot = entry.snapshot or {}
     created_at = from_ms(entry.accepted_at_ms) or now
     status = entry_status(entry)
@@ -204,7 +205,7 @@ def minimal_failure_values(entry: Entry, *, environment: RuntimeEnvironment, now
         "organization_id": environment.organization_id,
         "project_id": environment.project_id,
         "task_identifier": _fit(entry.task or "unknown", "task_identifier"),
-        "status": RunStatus.CANCELED if cancelled_at else RunStatus.SYSTEM_FAILURE,
+        "status": entry_status(entry),  # CANCELED or SYSTEM_FAILURE, as readers see it
         "tags": [],
         "metadata": None,
         "payload": None,

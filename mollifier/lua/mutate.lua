@@ -13,7 +13,9 @@ the entry instead.
 
 KEYS: 1 entry, 2 leases, 3 ready, 4 holders, 5 stats, 6 row
 ARGV: 1 op, 2 env (the caller's: another environment's run is not_found), 3 run, 4 now_ms, 5.. op args
-  cancel        5 reason                       first cancel wins; repeating it is applied again
+  cancel        5 reason                       first cancel wins; repeating it is applied again; a
+                                               run already terminal (it reads SYSTEM_FAILURE) is
+                                               finished: applied, nothing changed (as for a row)
   add_tags      5 tags (JSON array), 6 max     de-duplicated, in order; over max writes nothing
   set_delay     5 delay_until_ms ('' clears)
   set_metadata  5 expected version ('' for any), 6 metadata (JSON text), 7 metadata type
@@ -61,7 +63,8 @@ if lease_until then
 end
 
 if op == 'cancel' then
-  if not redis.call('HGET', entry, 'cancelled_at_ms') then
+  local state = redis.call('HMGET', entry, 'cancelled_at_ms', 'terminal_error')
+  if not state[1] and not state[2] then
     set_counted('cancelled_at_ms', ARGV[4], 'cancel_reason', ARGV[5])
   end
   return {'applied'}

@@ -200,7 +200,7 @@ class RunMetadataApi(EnvironmentApi):
             "increment, update) atomically, wherever the run is; `parentOperations` and `rootOperations` apply "
             "to its parent and root runs once the run's own change has landed (a related run that cannot be "
             "changed right now (held mid-drain, a store unreachable) or whose operations would make metadata it "
-            "cannot hold (past the size limit) has its operations skipped and logged, so that a retry never "
+            "cannot hold (past the size limit, or not JSON) has its operations skipped and logged, so that a retry never "
             "applies the run's own operations twice). Answers the run's new metadata; a 413 is the run's own."
         ),
         request=serializers.UpdateMetadataSerializer,

@@ -28,6 +28,11 @@ def task_run_cancel(*, run: TaskRun, reason: str = "Canceled by user") -> TaskRu
     """Cancel ``run`` (a row or a buffered run). Raises ServiceUnavailable when it stays mid-drain."""
     if not run.is_buffered:
         return _cancel_row(run=run, reason=reason)
+    if run.status not in CANCELLABLE_STATUSES:
+        # Finished while buffered (its snapshot unreadable, or its writes failed for good): it reads
+        # SYSTEM_FAILURE, so the cancel does nothing, as for a row. mutate.lua checks the second
+        # again, atomically: a run the drain marks terminal meanwhile is not cancelled either.
+        return run
     result = change_buffered_run(
         lambda **ids: buffer.cancel(reason=reason, **ids),
         org_id=str(run.organization_id),

@@ -17,6 +17,7 @@ Outcomes per entry:
   cancelled, or whose own key had expired when the other took it, is written without the key);
 - a terminal entry (attempts exhausted, unreadable snapshot) → a SYSTEM_FAILURE row as readers saw
   it, or, when even that cannot be written, a minimal one (ids and the reason, values cut to fit);
+  a run cancelled before it failed is CANCELED either way (cancel wins), its error saying why;
 - the environment was deleted → nothing to attach a row to: dropped, logged.
 Batch members get their BatchTaskRunItem in the same transaction.
 """

@@ -206,24 +206,63 @@ def test_a_cancelled_run_whose_key_was_taken_is_written_cancelled(drain_settings
 
 
 def test_a_cancelled_run_that_turned_terminal_is_written_cancelled_with_the_reason(drain_settings):
-    """Cancel wins: the cancel was answered, so a run whose writes kept failing meanwhile (here,
+    """Cancel wins: the cancel was answered, so a run whose writes kept failing afterwards (here,
     marked terminal by hand) lands CANCELED, not SYSTEM_FAILURE, and its row says what failed."""
+    environment = EnvironmentFactory()
+    (run_id,) = fill_buffer(environment, 1)
+    org, env = str(environment.organization_id), str(environment.pk)
+    api = client_for(environment)
+    assert api.post(f"/api/v2/runs/{run_id}/cancel").status_code == 200
+    (leased,) = buffer.pop(org_id=org, env_id=env, limit=1, lease_ms=60_000, now_ms=now_ms()).entries
+    assert buffer.fail(leased, now_ms=now_ms(), backoff_ms=0, code="attempts_exhausted", message="8 attempts")
+    assert api.get(f"/api/v3/runs/{run_id}").json()["status"] == "CANCELED"
+
+    drain()
+
+    run = TaskRun.objects.get(id=internal(run_id))
+    assert (run.status, run.cancel_reason) == (RunStatus.CANCELED, "Canceled by user")
+    assert run.completed_at == run.cancelled_at and "attempts_exhausted" in run.error["message"]
+    assert run.payload is not None  # written whole: only the status and the error differ
+
+
+@pytest.mark.parametrize("finished_by", ["terminal", "unreadable_snapshot"])
+def test_a_cancel_after_a_buffered_run_finished_as_a_failure_changes_nothing(drain_settings, finished_by):
+    """A run that already reads SYSTEM_FAILURE is finished: cancelling it is a no-op, as for a
+    row, and it is written as the failure it was read as."""
+    environment = EnvironmentFactory()
+    (run_id,) = fill_buffer(environment, 1)
+    org, env = str(environment.organization_id), str(environment.pk)
+    if finished_by == "terminal":
+        (leased,) = buffer.pop(org_id=org, env_id=env, limit=1, lease_ms=60_000, now_ms=now_ms()).entries
+        assert buffer.fail(leased, now_ms=now_ms(), backoff_ms=0, code="attempts_exhausted", message="8 attempts")
+    else:
+        redis_client().set(keys.snapshot(org, run_id), "{not json")
+        redis_client().delete(keys.row(org, run_id))
+    api = client_for(environment)
+    assert api.get(f"/api/v3/runs/{run_id}").json()["status"] == "SYSTEM_FAILURE"
+
+    assert api.post(f"/api/v2/runs/{run_id}/cancel").status_code == 200
+    assert api.get(f"/api/v3/runs/{run_id}").json()["status"] == "SYSTEM_FAILURE"
+    assert buffer.get(org_id=org, run_id=run_id).cancelled_at_ms is None
+
+    drain()
+
+    run = TaskRun.objects.get(id=internal(run_id))
+    assert (run.status, run.cancelled_at) == (RunStatus.SYSTEM_FAILURE, None)
+
+
+def test_a_run_marked_terminal_while_its_cancel_was_on_the_way_is_not_cancelled(drain_settings):
+    """The drain marked the run terminal after the API read it as QUEUED: mutate.lua sees it and
+    applies nothing (the run reads, and is written, SYSTEM_FAILURE)."""
     environment = EnvironmentFactory()
     (run_id,) = fill_buffer(environment, 1)
     org, env = str(environment.organization_id), str(environment.pk)
     (leased,) = buffer.pop(org_id=org, env_id=env, limit=1, lease_ms=60_000, now_ms=now_ms()).entries
     assert buffer.fail(leased, now_ms=now_ms(), backoff_ms=0, code="attempts_exhausted", message="8 attempts")
-    assert (
-        buffer.cancel(org_id=org, env_id=env, run_id=run_id, now_ms=now_ms(), reason="by the API").status == "applied"
-    )
-    assert client_for(environment).get(f"/api/v3/runs/{run_id}").json()["status"] == "CANCELED"
 
-    drain()
+    cancelled = buffer.cancel(org_id=org, env_id=env, run_id=run_id, now_ms=now_ms(), reason="raced")
 
-    run = TaskRun.objects.get(id=internal(run_id))
-    assert (run.status, run.cancel_reason) == (RunStatus.CANCELED, "by the API")
-    assert run.completed_at == run.cancelled_at and "attempts_exhausted" in run.error["message"]
-    assert run.payload is not None  # written whole: only the status and the error differ
+    assert cancelled.status == "applied" and buffer.get(org_id=org, run_id=run_id).cancelled_at_ms is None
 
 
 def test_an_unreadable_snapshot_becomes_a_failure_row(drain_settings):

@@ -8,7 +8,8 @@ import redis
 from redis.cluster import RedisCluster
 from redis.exceptions import DataError
 
-from mollifier import scripts
+from mollifier import client as redis_client
+from mollifier import conf, scripts
 from mollifier.packer import ArgumentPacker
 
 ARGUMENTS = [
@@ -80,3 +81,14 @@ def test_values_round_trip_through_redis(store):
     assert scripts.READ(
         keys=["mollifier:{o:1}:none", "mollifier:{o:1}:packer", "mollifier:{o:1}:none-row"], args=["run"], client=store
     ) == [[[None], value, None]]
+
+
+@pytest.mark.parametrize("suffix", ["/0", "?db=0&socket_timeout=2.5"])
+def test_a_cluster_url_may_name_database_0_and_its_own_options(cluster_url, settings, suffix):
+    """As ``RedisCluster.from_url`` takes them: the cluster's only database, and options of the URL's
+    own (here its socket timeout), which win over the mollifier's defaults."""
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "REDIS_CLUSTER_URL": cluster_url + suffix}
+    client = redis_client.get()
+    assert client.ping()
+    timeout = client.get_default_node().redis_connection.connection_pool.connection_kwargs["socket_timeout"]
+    assert timeout == (2.5 if "socket_timeout" in suffix else conf.redis_socket_timeout_ms() / 1000)
