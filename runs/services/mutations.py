@@ -175,7 +175,7 @@ def task_run_update_metadata_and_related(
             try:
                 related = TaskRun.objects.get_with_fallback(environment=run.environment, run_id=related_run_id)
                 task_run_update_metadata(run=related, metadata=None, operations=related_operations)
-            except TaskRun.DoesNotExist:
+            except (TaskRun.DoesNotExist, RunNotFound):  # no such run, or its row deleted meanwhile
                 continue
             except (
                 ServiceUnavailable,
