@@ -20,6 +20,7 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?)?$")
 # Far enough for any real schedule, small enough that datetime arithmetic cannot overflow.
 MAX_DURATION = timedelta(days=3650)
+DELAY_HELP = f'Must be a duration like "30s" or "1h30m", or an ISO 8601 date, at most {MAX_DURATION.days} days ahead.'
 
 
 def parse_idempotency_ttl(value: str) -> timedelta | None:

@@ -78,6 +78,16 @@ def _copy_field(field):
     return copy.deepcopy(field) if hasattr(field, "child") else copy.copy(field)
 
 
+class StringField(serializers.CharField):
+    """A string, as the SDK's schema has it: DRF's CharField would take a number or a boolean and
+    keep its text (``idempotencyKey: 12345`` would become the key "12345"), where upstream answers 400."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 @extend_schema_field({"oneOf": [{"type": "string"}, {"type": "number"}]})
 class ScalarStringField(serializers.Field):
     """A string, or a number sent where a string is meant (the SDK keeps `concurrencyKey: 42` a number)."""
@@ -102,18 +112,19 @@ class ScalarStringField(serializers.Field):
 
 @extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]})
 class TagsField(serializers.Field):
-    """One tag or a list of them; each 1-128 characters, at most MAX_TAGS_PER_RUN after de-duplication."""
+    """One tag or a list of them; each 1-128 characters, at most MAX_TAGS_PER_RUN of them (counted as
+    sent, as upstream counts them: ten thousand copies of one tag are refused), then de-duplicated."""
 
     def to_internal_value(self, data):
         items = [data] if isinstance(data, str) else data
         if not isinstance(items, list) or not all(isinstance(t, str) for t in items):
             raise serializers.ValidationError("Must be a string or a list of strings.")
+        limit = settings.TRIGGER["MAX_TAGS_PER_RUN"]
+        if len(items) > limit:
+            raise serializers.ValidationError(f"At most {limit} tags per run, got {len(items)}.")
         tags = list(dict.fromkeys(items))
         if any(not tag or len(tag) > column("tags") for tag in tags):
             raise serializers.ValidationError(f"Each tag must be 1 to {column('tags')} characters.")
-        limit = settings.TRIGGER["MAX_TAGS_PER_RUN"]
-        if len(tags) > limit:
-            raise serializers.ValidationError(f"At most {limit} tags per run, got {len(tags)}.")
         return tags
 
     def to_representation(self, value):
@@ -156,22 +167,20 @@ def key_in_bytes(value):
 
 
 class QueueSerializer(LeanFields, serializers.Serializer):
-    name = serializers.CharField(max_length=column("queue"))
+    name = StringField(max_length=column("queue"))
 
 
 class IdempotencyKeyOptionsSerializer(LeanFields, serializers.Serializer):
-    key = serializers.CharField(max_length=MAX_KEY_LENGTH)
+    key = StringField(max_length=MAX_KEY_LENGTH)
     scope = serializers.ChoiceField(choices=["run", "attempt", "global"], required=False)
 
 
 class TriggerOptionsSerializer(LeanFields, serializers.Serializer):
-    payloadType = serializers.CharField(max_length=column("payload_type"), required=False, allow_null=True)
-    idempotencyKey = serializers.CharField(
-        max_length=MAX_KEY_LENGTH, required=False, allow_null=True, validators=[key_in_bytes]
-    )
-    idempotencyKeyTTL = serializers.CharField(max_length=32, required=False, allow_null=True)
+    payloadType = StringField(max_length=column("payload_type"), required=False, allow_null=True)
+    idempotencyKey = StringField(max_length=MAX_KEY_LENGTH, required=False, allow_null=True, validators=[key_in_bytes])
+    idempotencyKeyTTL = StringField(max_length=32, required=False, allow_null=True)
     idempotencyKeyOptions = IdempotencyKeyOptionsSerializer(required=False, allow_null=True)
-    delay = serializers.CharField(max_length=64, required=False, allow_null=True)
+    delay = StringField(max_length=64, required=False, allow_null=True)
     ttl = TtlField(required=False, allow_null=True)
     tags = TagsField(required=False, allow_null=True)
     queue = QueueSerializer(required=False, allow_null=True)
@@ -179,16 +188,16 @@ class TriggerOptionsSerializer(LeanFields, serializers.Serializer):
     maxAttempts = serializers.IntegerField(min_value=1, max_value=100, required=False, allow_null=True)
     maxDuration = serializers.IntegerField(min_value=0, max_value=30 * 86400, required=False, allow_null=True)
     metadata = serializers.JSONField(required=False, allow_null=True, validators=[storable_json])
-    metadataType = serializers.CharField(max_length=column("metadata_type"), required=False, allow_null=True)
+    metadataType = StringField(max_length=column("metadata_type"), required=False, allow_null=True)
     machine = serializers.ChoiceField(choices=MACHINES, required=False, allow_null=True)
     priority = serializers.IntegerField(min_value=0, max_value=30 * 86400, required=False, allow_null=True)
-    region = serializers.CharField(max_length=column("region"), required=False, allow_null=True)
-    lockToVersion = serializers.CharField(max_length=column("task_version"), required=False, allow_null=True)
+    region = StringField(max_length=column("region"), required=False, allow_null=True)
+    lockToVersion = StringField(max_length=column("task_version"), required=False, allow_null=True)
     test = serializers.BooleanField(required=False, allow_null=True)
-    parentRunId = serializers.CharField(max_length=64, required=False, allow_null=True)
+    parentRunId = StringField(max_length=64, required=False, allow_null=True)
     resumeParentOnCompletion = serializers.BooleanField(required=False, allow_null=True)
     debounce = serializers.DictField(required=False, allow_null=True)
-    oneTimeUseToken = serializers.CharField(max_length=4096, required=False, allow_null=True)
+    oneTimeUseToken = StringField(max_length=4096, required=False, allow_null=True)
 
     def validate_idempotencyKeyTTL(self, value):
         if value is not None and durations.parse_idempotency_ttl(value) is None:
@@ -197,7 +206,7 @@ class TriggerOptionsSerializer(LeanFields, serializers.Serializer):
 
     def validate_delay(self, value):
         if value is not None and durations.parse_delay(value, now=datetime.now().astimezone()) is None:
-            raise serializers.ValidationError('Must be a duration like "30s" or "1h30m", or an ISO 8601 date.')
+            raise serializers.ValidationError(durations.DELAY_HELP)
         return value
 
     def validate_metadata(self, value):
@@ -248,7 +257,7 @@ class TriggerBodySerializer(PayloadChecks, LeanFields, serializers.Serializer):
 
 class BatchItemSerializer(PayloadChecks, LeanFields, serializers.Serializer):
     index = serializers.IntegerField(min_value=0, max_value=1_000_000)
-    task = serializers.CharField(max_length=MAX_TASK_LENGTH)
+    task = StringField(max_length=MAX_TASK_LENGTH)
     payload = serializers.JSONField(required=False, allow_null=True, validators=[storable_json])
     options = TriggerOptionsSerializer(required=False, allow_null=True)
 
@@ -256,13 +265,11 @@ class BatchItemSerializer(PayloadChecks, LeanFields, serializers.Serializer):
 class BatchCreateSerializer(serializers.Serializer):
     runCount = serializers.IntegerField(min_value=1)
     taskIdentifiers = serializers.ListField(
-        child=serializers.CharField(max_length=MAX_TASK_LENGTH), required=False, allow_null=True, max_length=1000
+        child=StringField(max_length=MAX_TASK_LENGTH), required=False, allow_null=True, max_length=1000
     )
-    parentRunId = serializers.CharField(max_length=64, required=False, allow_null=True)
+    parentRunId = StringField(max_length=64, required=False, allow_null=True)
     resumeParentOnCompletion = serializers.BooleanField(required=False, allow_null=True)
-    idempotencyKey = serializers.CharField(
-        max_length=MAX_KEY_LENGTH, required=False, allow_null=True, validators=[key_in_bytes]
-    )
+    idempotencyKey = StringField(max_length=MAX_KEY_LENGTH, required=False, allow_null=True, validators=[key_in_bytes])
     idempotencyKeyOptions = IdempotencyKeyOptionsSerializer(required=False, allow_null=True)
 
     def validate_runCount(self, value):
@@ -277,7 +284,7 @@ class AddTagsSerializer(serializers.Serializer):
 
 
 class RescheduleSerializer(serializers.Serializer):
-    delay = serializers.CharField(max_length=64)
+    delay = StringField(max_length=64)
 
 
 class MetadataOperationSerializer(serializers.Serializer):
@@ -285,7 +292,7 @@ class MetadataOperationSerializer(serializers.Serializer):
     ``increment`` a number (an operation that cannot apply is a 400, not silently skipped)."""
 
     type = serializers.ChoiceField(choices=["update", "set", "delete", "append", "remove", "increment"])
-    key = serializers.CharField(max_length=1024, required=False)
+    key = StringField(max_length=1024, required=False)
     value = serializers.JSONField(required=False)
 
     def validate(self, attrs):
@@ -308,7 +315,7 @@ class UpdateMetadataSerializer(serializers.Serializer):
 
 
 class ResetIdempotencyKeySerializer(serializers.Serializer):
-    taskIdentifier = serializers.CharField(max_length=MAX_TASK_LENGTH)
+    taskIdentifier = StringField(max_length=MAX_TASK_LENGTH)
 
 
 def trigger_options_from(validated: dict, *, now: datetime) -> TriggerOptions:

@@ -92,8 +92,10 @@ class EnvironmentApi(APIView):
 
 
 def _task_identifier(value: str) -> str:
-    if not value or len(value) > serializers.MAX_TASK_LENGTH or "\x00" in value:
+    if not value or len(value) > serializers.MAX_TASK_LENGTH:
         raise ValidationError({"taskId": f"Must be 1 to {serializers.MAX_TASK_LENGTH} characters."})
+    if "\x00" in value:
+        raise ValidationError({"taskId": "Null characters are not allowed."})
     return value
 
 

@@ -204,7 +204,7 @@ def task_run_reschedule(*, run: TaskRun, delay: str) -> None:
     now = timezone.now()
     delay_until = durations.parse_delay(delay, now=now)
     if delay_until is None:
-        raise InvalidRequest('delay: Must be a duration like "30s" or "1h30m", or an ISO 8601 date.')
+        raise InvalidRequest(f"delay: {durations.DELAY_HELP}")
     if (status := run.status_at(now)) != RunStatus.DELAYED:
         raise InvalidRequest(f"Cannot reschedule a run that is not delayed (it is {status}).")
     if run.is_buffered:

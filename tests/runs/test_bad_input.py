@@ -56,6 +56,10 @@ def test_other_content_types_are_415(api):
         ({"tags": 5}, "options.tags"),
         ({"tags": ["x" * 129]}, "options.tags"),
         ({"tags": [f"t{i}" for i in range(11)]}, "At most 10 tags"),
+        ({"tags": ["t"] * 10_000}, "At most 10 tags per run, got 10000"),  # counted as sent, as upstream
+        ({"idempotencyKey": 12345}, "options.idempotencyKey: Not a valid string"),
+        ({"idempotencyKeyTTL": 60}, "options.idempotencyKeyTTL: Not a valid string"),
+        ({"delay": "9999-12-31T23:59:59Z"}, "at most 3650 days ahead"),
         ({"idempotencyKeyTTL": "1h30m"}, "options.idempotencyKeyTTL"),
         ({"idempotencyKeyTTL": "99999999d"}, "options.idempotencyKeyTTL"),
         ({"idempotencyKey": "k" * 2049}, "options.idempotencyKey"),
@@ -92,6 +96,11 @@ def test_unknown_parent_run_is_400(api):
 
 def test_task_id_over_128_characters_is_400(api):
     assert_error(api.post(f"/api/v1/tasks/{'t' * 129}/trigger", {"payload": "x"}, format="json"), 400, "taskId")
+
+
+def test_task_id_with_a_null_character_is_400_saying_so(api):
+    response = api.post("/api/v1/tasks/a%00b/trigger", {"payload": "x"}, format="json")
+    assert_error(response, 400, "taskId: Null characters are not allowed.")
 
 
 @pytest.mark.parametrize("value", ["bad key with spaces", "x" * 200, "new\tline"])
