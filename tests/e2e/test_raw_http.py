@@ -66,3 +66,33 @@ def test_a_malformed_chunked_body_is_a_400_in_the_api_error_shape(broken):
     assert status == 400 and "Malformed request body" in answer["error"], answer
     assert batch[0] in (400, 404) and "error" in batch[1]
     assert not TaskRun.objects.exists()
+
+
+def raw_request(base_url: str, head: str) -> tuple[int, bytes, bytes]:
+    parts = urlsplit(base_url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(head.encode())
+        response = b""
+        while chunk := sock.recv(65536):
+            response += chunk
+    headers, body = response.split(b"\r\n\r\n", 1)
+    return int(headers.split(b" ", 2)[1]), headers, body
+
+
+@pytest.mark.parametrize(
+    "head, status",
+    [
+        ("GET /api/v3/runs/run_{long} HTTP/1.1\r\nHost: x\r\n\r\n", 414),  # past gunicorn's request line
+        ("GET /api/v3/runs/run_x HTTP/1.1\r\nHost: x\r\nx-trigger-request-idempotency-key: {long}\r\n\r\n", 431),
+        ("GET /api/v3/runs/run_x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a\x01b\r\n\r\n", 400),
+    ],
+)
+def test_what_gunicorn_refuses_itself_is_answered_in_the_api_error_shape(head, status):
+    """Refused before Django sees them (a request line or a header over gunicorn's limits, a control
+    character in a header), these were HTML pages; a client reads ``error`` as from any answer."""
+    with running_server() as base_url:
+        answered, headers, body = raw_request(base_url, head.replace("{long}", "x" * 10_000))
+
+    assert answered == status
+    assert b"content-type: application/json" in headers.lower()
+    assert isinstance(json.loads(body)["error"], str) and json.loads(body)["error"]

@@ -241,6 +241,14 @@ def test_nginx_refuses_oversized_bodies_in_the_api_error_shape(proxied, settings
     }
 
 
+def test_nginx_refuses_oversized_headers_in_the_api_error_shape(proxied):
+    headers = {"x-trigger-request-idempotency-key": "x" * 10_000}  # past nginx's 8 KiB header buffers
+    status, answer_headers, body = raw(proxied, "GET", "/api/v3/runs/run_x", headers=headers)
+
+    assert (status, json.loads(body)) == (431, {"error": "Request headers too large"})
+    assert answer_headers["Content-Type"].startswith("application/json")
+
+
 def test_metrics_are_not_served_through_the_public_entry_point(proxied, web):
     assert raw(proxied, "GET", "/metrics")[0] == 403
     assert raw(web, "GET", "/metrics")[0] == 200  # Prometheus scrapes gunicorn's own address
