@@ -22,22 +22,10 @@ from tests.conftest import enroll
 from tests.factories import EnvironmentFactory
 from tests.faults import free_port
 from tests.redis_cluster import TLSFiles, redis_cluster, server_binary
+from tests.reliability.test_degraded import SDK_HEADERS
 from tests.server import finish, running_server, start_manage, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-SDK_HEADERS = {
-    "content-type": "application/json",
-    "trigger-version": "4.8.3",
-    "x-trigger-api-version": "2025-07-16",
-    "x-trigger-source": "sdk",
-}
-GATE = {
-    "MOLLIFIER_ENABLED": "1",
-    "MOLLIFIER_TRIP_THRESHOLD": "2",
-    "MOLLIFIER_TRIP_WINDOW_MS": "60000",
-    "MOLLIFIER_HOLD_MS": "60000",
-}
 
 
 @contextmanager
@@ -87,8 +75,9 @@ def test_triggers_are_buffered_read_and_drained_over_tls(tmp_path, topology):
     org = str(environment.organization_id)
     with tls_redis(tls) if topology == "single" else redis_cluster(tls=tls) as url:
         stores = {"REDIS_URL": url} if topology == "single" else {"MOLLIFIER_REDIS_CLUSTER_URL": url}
+        gate = dict(MOLLIFIER_ENABLED="1", MOLLIFIER_TRIP_THRESHOLD="2", MOLLIFIER_TRIP_WINDOW_MS="60000")
         buffer_client = redis.Redis.from_url(url) if topology == "single" else RedisCluster.from_url(url)
-        with running_server(**stores, **GATE) as base_url:
+        with running_server(**stores, **gate) as base_url:
             answers = []
             for i in range(8):
                 body = {"payload": json.dumps({"json": {"i": i}}), "options": {"payloadType": "application/super+json"}}
