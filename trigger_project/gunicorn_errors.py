@@ -1,10 +1,11 @@
 """gunicorn's own answers in the API's error shape.
 
 A request gunicorn refuses before Django sees it (a request line or a header over its limits, a
-malformed header line: 400, 414, 431, 501) was answered with an HTML page, where every other
-refusal is ``{"error": "…"}``. gunicorn writes those answers with ``gunicorn.util.write_error``,
-which its workers look up when they answer; replacing it in the master, before it forks them
-(gunicorn.conf.py), gives every worker this one.
+malformed header line, an unsupported transfer coding: 400, 414, 431, 501 and the like) was
+answered with an HTML page, where every other refusal is ``{"error": "…"}``. gunicorn writes those
+answers with ``gunicorn.util.write_error``, which a worker looks up each time it answers one: the
+application replaces it when a worker loads it (trigger_project/wsgi.py), however gunicorn was
+started.
 """
 
 import json

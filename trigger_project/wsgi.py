@@ -1,4 +1,5 @@
 import os
+import sys
 
 from django.core.wsgi import get_wsgi_application
 
@@ -14,3 +15,10 @@ breaker.enable()
 from mollifier.checks import log_redis_eviction_policy  # noqa: E402
 
 log_redis_eviction_policy()
+
+# Served by gunicorn (however started, with or without gunicorn.conf.py): what it refuses before
+# Django sees a request is answered in the API's error shape too.
+if "gunicorn" in sys.modules:
+    from trigger_project import gunicorn_errors
+
+    gunicorn_errors.install()

@@ -112,20 +112,16 @@ class ScalarStringField(serializers.Field):
 
 @extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]})
 class TagsField(serializers.Field):
-    """One tag or a list of them; each 1-128 characters, at most MAX_TAGS_PER_RUN of them (counted as
-    sent, as upstream counts them: ten thousand copies of one tag are refused), then de-duplicated."""
+    """One tag or a list of them, each 1-128 characters, as sent: how many a run may have is the
+    caller's to decide (a trigger counts them as sent, adding tags counts the run's tags after)."""
 
     def to_internal_value(self, data):
         items = [data] if isinstance(data, str) else data
         if not isinstance(items, list) or not all(isinstance(t, str) for t in items):
             raise serializers.ValidationError("Must be a string or a list of strings.")
-        limit = settings.TRIGGER["MAX_TAGS_PER_RUN"]
-        if len(items) > limit:
-            raise serializers.ValidationError(f"At most {limit} tags per run, got {len(items)}.")
-        tags = list(dict.fromkeys(items))
-        if any(not tag or len(tag) > column("tags") for tag in tags):
+        if any(not tag or len(tag) > column("tags") for tag in items):
             raise serializers.ValidationError(f"Each tag must be 1 to {column('tags')} characters.")
-        return tags
+        return items
 
     def to_representation(self, value):
         return value
@@ -329,6 +325,10 @@ def trigger_options_from(validated: dict, *, now: datetime) -> TriggerOptions:
         payload_type = "application/json"
     ttl = opts.get("idempotencyKeyTTL")
     metadata = opts.get("metadata")
+    tags = opts.get("tags") or []
+    limit = settings.TRIGGER["MAX_TAGS_PER_RUN"]
+    if len(tags) > limit:  # counted as sent, duplicates too, as upstream counts them (and answers 422)
+        raise Unprocessable(f"Runs can only have {limit} tags, you're trying to set {len(tags)}.")
     return TriggerOptions(
         payload=payload,
         payload_type=payload_type,
@@ -337,7 +337,7 @@ def trigger_options_from(validated: dict, *, now: datetime) -> TriggerOptions:
         idempotency_key_options=dict(opts["idempotencyKeyOptions"]) if "idempotencyKeyOptions" in opts else None,
         delay_until=durations.parse_delay(opts["delay"], now=now) if "delay" in opts else None,
         ttl=opts.get("ttl"),
-        tags=opts.get("tags") or [],
+        tags=list(dict.fromkeys(tags)),
         queue=opts["queue"]["name"] if "queue" in opts else None,
         concurrency_key=opts.get("concurrencyKey"),
         max_attempts=opts.get("maxAttempts"),

@@ -95,4 +95,5 @@ def test_what_gunicorn_refuses_itself_is_answered_in_the_api_error_shape(head, s
 
     assert answered == status
     assert b"content-type: application/json" in headers.lower()
+    assert f"content-length: {len(body)}".encode() in headers.lower()
     assert isinstance(json.loads(body)["error"], str) and json.loads(body)["error"]

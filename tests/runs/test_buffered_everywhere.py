@@ -142,6 +142,16 @@ def test_tags_cap_holds_in_the_buffer(api, enrolled):
     assert response.status_code == 422 and "10 tags" in response.json()["error"]
 
 
+def test_adding_tags_counts_the_runs_tags_after_not_the_list_as_sent(api, enrolled):
+    """As upstream: eleven copies of tags the run has, or of one new tag, make a run of at most ten."""
+    run_id = buffered_run(api, tags=[f"t{i}" for i in range(9)])
+
+    response = api.post(f"/api/v1/runs/{run_id}/tags", {"tags": ["t0"] * 6 + ["new"] * 5}, format="json")
+
+    assert response.status_code == 200, response.content
+    assert sorted(api.get(f"/api/v3/runs/{run_id}").json()["tags"]) == sorted([f"t{i}" for i in range(9)] + ["new"])
+
+
 def test_reschedule_refuses_a_run_that_is_not_delayed(api, enrolled):
     run_id = buffered_run(api)
     response = api.post(f"/api/v1/runs/{run_id}/reschedule", {"delay": "1h"}, format="json")
