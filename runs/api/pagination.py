@@ -67,10 +67,10 @@ class RunCursorPagination(BasePagination):
             size = 0
         if not 1 <= size <= MAX_PAGE_SIZE:
             raise QueryError(f"page[size] must be a whole number from 1 to {MAX_PAGE_SIZE}")
-        after = decode(str(query["page[after]"])) if query.get("page[after]") else None
+        # Both at once is what the SDK sends for a previous page after a next one (it keeps every
+        # earlier parameter): page[before] wins, as upstream.
         before = decode(str(query["page[before]"])) if query.get("page[before]") else None
-        if after and before:
-            raise QueryError("Use page[after] or page[before], not both")
+        after = decode(str(query["page[after]"])) if query.get("page[after]") and before is None else None
         return size, after, before
 
     def get_paginated_response(self, data) -> Response:

@@ -93,6 +93,17 @@ await check("list walks every page newest first", async () => {
   assert.ok(seen.some((r) => r.id === firstId));
 });
 
+await check("a page's previous page is the page before it", async () => {
+  const first = await runs.list({ limit: 2 });
+  const second = await first.getNextPage();
+  // The SDK sends the earlier page[after] with page[before] here.
+  const back = await second.getPreviousPage();
+  assert.deepEqual(
+    back.data.map((r) => r.id),
+    first.data.map((r) => r.id),
+  );
+});
+
 await check("batch trigger creates every item, listed by batch", async () => {
   const items = [1, 2, 3, 4].map((n) => ({ payload: { n } }));
   const batch = await tasks.batchTrigger("hello-world", items);

@@ -33,7 +33,7 @@ def test_official_sdk_against_the_real_server(node):
         result = sdk_script(node, "sdk_e2e.mjs", base_url=base_url, key=environment.secret_key)
     print(result.stdout, result.stderr)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "10 passed, 0 failed" in result.stdout
+    assert "11 passed, 0 failed" in result.stdout
     assert TaskRun.objects.filter(environment=environment).count() >= 10
 
 

@@ -56,6 +56,9 @@ def test_cursor_pagination_walks_every_run_once_and_back(api, environment):
     back = api.get(f"/api/v1/runs?page%5Bsize%5D=3&page%5Bbefore%5D={second['pagination']['previous']}").json()
     assert [run["id"] for run in back["data"]] == pages[0]
     assert "previous" not in back["pagination"]
+    # The SDK's getPreviousPage() after a getNextPage() sends the earlier page[after] too: before wins.
+    both = f"page%5Bafter%5D={second['pagination']['next']}&page%5Bbefore%5D={second['pagination']['previous']}"
+    assert [run["id"] for run in api.get(f"/api/v1/runs?page%5Bsize%5D=3&{both}").json()["data"]] == pages[0]
 
 
 def test_filters(api, environment):
