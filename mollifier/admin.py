@@ -13,7 +13,7 @@ from django.views.decorators.http import require_POST
 from mollifier import charts, conf
 from mollifier.clock import now_ms
 from mollifier.directory import get_directory
-from mollifier.drainer import Drainer
+from mollifier.drainer import DRAIN_NOW_SECONDS, Drainer
 from mollifier.exceptions import BufferUnavailable
 from mollifier.models import Dashboard
 from mollifier.stats import dashboard, postgres_status, redis_status
@@ -84,16 +84,23 @@ class DashboardAdmin(admin.ModelAdmin):
         if not request.user.has_perm(DRAIN_PERMISSION):
             raise PermissionDenied
         try:
-            result = Drainer().drain_environment(org_id=org_id, env_id=env_id)
+            drained = Drainer().drain_environment_now(org_id=org_id, env_id=env_id)
         except BufferUnavailable:
             messages.error(request, "Nothing drained: the buffer's Redis did not answer. Try again shortly.")
         else:
-            if result.database_error:  # the round was given back, unwritten
+            done = f"{drained.acked} run(s) of that environment ({drained.inserted} inserted)"
+            if drained.database_error and not drained.acked:
                 messages.error(request, "Nothing drained: Postgres could not be reached. Try again shortly.")
-            else:
-                messages.success(
-                    request, f"Drained {result.acked} run(s) of that environment ({result.report.inserted} inserted)."
+            elif drained.database_error:
+                messages.error(request, f"Drained {done}, then Postgres could not be reached. Try again shortly.")
+            elif drained.still_ready:
+                messages.warning(
+                    request,
+                    f"Drained {done} in {drained.rounds} round(s) of {DRAIN_NOW_SECONDS:g} s at most, under the "
+                    f"drain's rate cap; {drained.still_ready} still ready, left to the drainers.",
                 )
+            else:
+                messages.success(request, f"Drained {done}: nothing of it is left ready.")
         return HttpResponseRedirect(reverse("admin:mollifier_dashboard_changelist"))
 
 

@@ -37,6 +37,17 @@ def backoff_ms(attempts: int) -> int:
 
 
 @dataclass
+class DrainedNow:
+    """What the dashboard's "drain now" did: its rounds, and what of the environment is still ready."""
+
+    rounds: int = 0
+    acked: int = 0
+    inserted: int = 0
+    still_ready: int = 0
+    database_error: str = ""
+
+
+@dataclass
 class RoundResult:
     popped: int = 0
     reclaimed: int = 0  # expired, unpinned leases taken back to ready before popping
@@ -105,6 +116,7 @@ def settle(
 
 
 PROBE_EVERY_S = 1.0  # while the drainer waits for a store that refused or did not answer (Drainer._wait)
+DRAIN_NOW_SECONDS = 5.0  # the dashboard's "drain now" drains this long at most: a web request's budget
 ROUND_ROWS_MAX = 1_000_000  # a round is bounded by the rate (rate.ROUND_MS of it), not by this
 PREFETCH_THREAD = "mollifier-lease"
 ACK_THREAD = "mollifier-ack"
@@ -457,7 +469,7 @@ class Drainer:
         result.settled += sum(value != Settled.RUNNING for value in outcome.values())
 
     def drain_environment(self, *, org_id: str, env_id: str) -> RoundResult:
-        """One round for one environment only (the dashboard's "drain now"), under the same rate cap."""
+        """One round for one environment only (``drain_environment_now``'s), under the same rate cap."""
         grant = rate.reserve(conf.drain_batch_size(), clock=self.clock)
         started = StartedRound(RoundResult(rate_limit=grant.rate), [], [], [], grant)
         popped = buffer.pop(
@@ -471,6 +483,24 @@ class Drainer:
         result = self._finish_round(started)
         self._went_idle()  # one round on its own: nothing follows it to link what it could not
         return result
+
+    def drain_environment_now(self, *, org_id: str, env_id: str, seconds: float = DRAIN_NOW_SECONDS) -> DrainedNow:
+        """The dashboard's "drain now": rounds of one environment, under the same rate cap, until it
+        has nothing ready or ``seconds`` have passed (the last round may wait for the rate beyond
+        them); what is still ready is left to the drainers."""
+        drained, deadline = DrainedNow(), time.monotonic() + seconds
+        while True:
+            result = self.drain_environment(org_id=org_id, env_id=env_id)
+            drained.rounds += 1
+            drained.acked += result.acked
+            drained.inserted += result.report.inserted
+            if result.database_error:  # that round was given back, unwritten
+                drained.database_error = result.database_error
+                break
+            if result.popped == 0 or time.monotonic() >= deadline:
+                break
+        drained.still_ready = buffer.leasable_counts([(org_id, env_id)], now_ms=self.clock())[(org_id, env_id)]
+        return drained
 
     # -- the loop ---------------------------------------------------------------------------
 

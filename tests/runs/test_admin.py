@@ -11,6 +11,7 @@ from django.test import Client
 
 from mollifier import buffer
 from mollifier.clock import now_ms
+from mollifier.drainer import Drainer
 from mollifier.exceptions import SinkUnavailable
 from runs.models import Organization, RunStatus, TaskRun
 from runs.services.materialise import TaskRunSink
@@ -155,6 +156,27 @@ def test_the_dashboard_shows_depth_charts_and_drains_now(admin_client, enrolled)
     assert response.status_code == 302
     assert buffer.buffered_count(str(enrolled.organization_id)) == 0
     assert TaskRun.objects.count() == 12
+
+
+def test_drain_now_drains_past_one_round_and_says_what_is_left(admin_client, enrolled, settings):
+    """A backlog of several rounds (rounds of 2 here) is drained whole when the rate allows it;
+    at a rate too low for that, what is still ready is named, left to the drainers."""
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "DRAIN_BATCH_SIZE": 2, "DRAIN_MAX_ROWS_PER_SEC": 100_000}
+    api = client_for(enrolled)
+    [trigger(api, payload=i) for i in range(12)]  # 7 buffered
+    org, env = str(enrolled.organization_id), str(enrolled.pk)
+
+    page = admin_client.post(f"/admin/mollifier/dashboard/drain/{org}/{env}/", follow=True).content.decode()
+
+    assert "Drained 7 run(s) of that environment (7 inserted): nothing of it is left ready." in page
+    assert buffer.buffered_count(org) == 0 and TaskRun.objects.count() == 12
+
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "DRAIN_MAX_ROWS_PER_SEC": 1, "DRAIN_RATE_MODE": "fixed"}
+    [trigger(api, payload=i) for i in range(30)]  # still tripped: all 30 buffered
+    drained = Drainer().drain_environment_now(org_id=org, env_id=env, seconds=0.5)
+
+    assert 0 < drained.acked < 30 and drained.still_ready == 30 - drained.acked
+    assert buffer.buffered_count(org) == drained.still_ready
 
 
 def test_metrics_in_prometheus_format(enrolled, settings):
