@@ -1,4 +1,5 @@
 import io
+import signal
 import time
 
 import pytest
@@ -13,6 +14,7 @@ from runs.models import TaskRun
 from tests.buffering import fill_buffer
 from tests.factories import EnvironmentFactory
 from tests.faults import RedisProcess
+from tests.server import finish, start_manage, wait_until
 
 pytestmark = pytest.mark.django_db
 
@@ -131,3 +133,21 @@ def test_status_says_so_when_redis_hangs(settings):
             call_command("mollifier_status", stdout=io.StringIO())
     finally:
         store.cleanup()
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_a_sweeper_on_a_loop_stops_cleanly_on_ctrl_c_or_sigterm(stop_signal):
+    """`make run` stops its children with Ctrl-C; a sweeper waiting for its next sweep exits at once,
+    0 and without a traceback."""
+    sweeper = start_manage("mollifier_sweep", "--every", "30")
+    wait_until(lambda: sweeper.stdout is not None and sweeper.poll() is None and _swept_once(sweeper), timeout=30)
+
+    sweeper.send_signal(stop_signal)
+
+    output = finish(sweeper, timeout=10)
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output
+
+
+def _swept_once(process) -> bool:
+    line = process.stdout.readline()
+    return line.startswith("sweep:")

@@ -1,5 +1,6 @@
 import json as json_lib
-import time
+import signal
+import threading
 
 from django.template.defaultfilters import pluralize
 
@@ -15,7 +16,8 @@ class Command(BufferCommand):
         "Sweep the mollifier buffer once (or every --every seconds): reclaim expired drain leases, "
         "report runs waiting longer than MOLLIFIER_STALE_AFTER_MS and the oldest age, and repair the "
         "organisation index. One sweeper at a time holds a Redis lease; others skip. Exit code 2 "
-        "when stale runs were found (for cron alerts), 3 when another sweeper held the lease."
+        "when stale runs were found (for cron alerts), 3 when another sweeper held the lease. With "
+        "--every, SIGTERM or Ctrl-C finishes the sweep in hand and exits."
     )
 
     def add_arguments(self, parser):
@@ -28,7 +30,15 @@ class Command(BufferCommand):
         )
 
     def handle(self, *args, every, json: bool, quiet: bool, **options):
-        while True:
+        stop = threading.Event()
+        if every:
+
+            def request_stop(signum, frame):
+                stop.set()  # the sweep in hand finishes; the wait for the next one ends at once
+
+            signal.signal(signal.SIGTERM, request_stop)
+            signal.signal(signal.SIGINT, request_stop)
+        while not stop.is_set():
             try:
                 report = sweep(now_ms=now_ms())
             except BufferUnavailable as error:
@@ -36,7 +46,7 @@ class Command(BufferCommand):
                     raise
                 # A sweeper on a loop outlives a Redis outage: say so and try again next time.
                 self.stderr.write(f"sweep skipped: the buffer's Redis did not answer ({error})")
-                time.sleep(every)
+                stop.wait(every)
                 continue
             if report is None:
                 self.stderr.write("another sweeper holds the lease; skipped")
@@ -58,7 +68,7 @@ class Command(BufferCommand):
                 if report is not None and report.stale:
                     raise SystemExit(2)
                 return
-            time.sleep(every)
+            stop.wait(every)
 
 
 def _found_anything(report) -> bool:
