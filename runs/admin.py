@@ -285,15 +285,21 @@ class TaskRunAdmin(admin.ModelAdmin):
 
     @admin.action(description="Cancel the selected runs", permissions=["change"])
     def cancel_runs(self, request, queryset):
-        runs, failed = self._selected_runs(request, queryset), 0
-        for run in runs:
+        cancelled = finished = failed = 0
+        for run in self._selected_runs(request, queryset):
             try:
-                task_run_cancel(run=run, reason="Canceled in the admin")
+                after = task_run_cancel(run=run, reason="Canceled in the admin")
             except (RunError, BufferUnavailable, SinkUnavailable):
                 failed += 1  # still being written, or Postgres cannot settle it: 503 on the API; retried
+                continue
+            if run.status != RunStatus.CANCELED and after.status == RunStatus.CANCELED:
+                cancelled += 1
+            else:
+                finished += 1  # cancelled or finished before: left as it was
         self.message_user(
             request,
-            f"Cancelled {len(runs) - failed} run(s) (finished runs are left as they were)"
+            f"Cancelled {cancelled} run(s)"
+            + (f"; {finished} had already finished or been cancelled, left as they were" if finished else "")
             + (f"; {failed} could not be cancelled right now, retry." if failed else "."),
         )
 

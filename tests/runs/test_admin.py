@@ -144,6 +144,20 @@ def test_row_actions_cancel_and_reset(admin_client, environment):
     assert run.idempotency_key is None and run.status == RunStatus.CANCELED
 
 
+def test_bulk_cancel_counts_only_the_runs_it_cancelled(admin_client, environment):
+    api = client_for(environment)
+    ids = [trigger(api, payload=i).json()["id"] for i in range(2)]
+    assert api.post(f"/api/v2/runs/{ids[0]}/cancel").status_code == 200
+    selected = [run_id.removeprefix("run_") for run_id in ids]
+
+    page = admin_client.post(
+        "/admin/runs/taskrun/", {"action": "cancel_runs", "_selected_action": selected}, follow=True
+    ).content.decode()
+
+    assert "Cancelled 1 run(s); 1 had already finished or been cancelled, left as they were." in page
+    assert set(TaskRun.objects.values_list("status", flat=True)) == {RunStatus.CANCELED}
+
+
 def test_the_dashboard_shows_depth_charts_and_drains_now(admin_client, enrolled):
     api = client_for(enrolled)
     [trigger(api, payload=i) for i in range(12)]  # 7 buffered
