@@ -10,10 +10,9 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.views.decorators.http import require_POST
 
-from mollifier import charts, conf
+from mollifier import charts, conf, drainer
 from mollifier.clock import now_ms
 from mollifier.directory import get_directory
-from mollifier.drainer import DRAIN_NOW_SECONDS, Drainer
 from mollifier.exceptions import BufferUnavailable
 from mollifier.models import Dashboard
 from mollifier.stats import dashboard, postgres_status, redis_status
@@ -84,7 +83,7 @@ class DashboardAdmin(admin.ModelAdmin):
         if not request.user.has_perm(DRAIN_PERMISSION):
             raise PermissionDenied
         try:
-            drained = Drainer().drain_environment_now(org_id=org_id, env_id=env_id)
+            drained = drainer.Drainer().drain_environment_now(org_id=org_id, env_id=env_id)
         except BufferUnavailable:
             messages.error(request, "Nothing drained: the buffer's Redis did not answer. Try again shortly.")
         else:
@@ -93,11 +92,13 @@ class DashboardAdmin(admin.ModelAdmin):
                 messages.error(request, "Nothing drained: Postgres could not be reached. Try again shortly.")
             elif drained.database_error:
                 messages.error(request, f"Drained {done}, then Postgres could not be reached. Try again shortly.")
+            elif drained.still_ready is None:
+                messages.error(request, f"Drained {done}, then the buffer's Redis did not answer. Try again shortly.")
             elif drained.still_ready:
                 messages.warning(
                     request,
-                    f"Drained {done} in {drained.rounds} round(s) of {DRAIN_NOW_SECONDS:g} s at most, under the "
-                    f"drain's rate cap; {drained.still_ready} still ready, left to the drainers.",
+                    f"Drained {done} in {drained.rounds} round(s) ({drainer.DRAIN_NOW_SECONDS:g} s at most, under the "
+                    f"drain's rate cap); {drained.still_ready} still ready, left to the drainers.",
                 )
             else:
                 messages.success(request, f"Drained {done}: nothing of it is left ready.")

@@ -43,7 +43,7 @@ class DrainedNow:
     rounds: int = 0
     acked: int = 0
     inserted: int = 0
-    still_ready: int = 0
+    still_ready: int | None = 0  # None: Redis stopped answering after the rounds that went through
     database_error: str = ""
 
 
@@ -484,22 +484,29 @@ class Drainer:
         self._went_idle()  # one round on its own: nothing follows it to link what it could not
         return result
 
-    def drain_environment_now(self, *, org_id: str, env_id: str, seconds: float = DRAIN_NOW_SECONDS) -> DrainedNow:
+    def drain_environment_now(self, *, org_id: str, env_id: str, seconds: float | None = None) -> DrainedNow:
         """The dashboard's "drain now": rounds of one environment, under the same rate cap, until it
         has nothing ready or ``seconds`` have passed (the last round may wait for the rate beyond
-        them); what is still ready is left to the drainers."""
-        drained, deadline = DrainedNow(), time.monotonic() + seconds
-        while True:
-            result = self.drain_environment(org_id=org_id, env_id=env_id)
-            drained.rounds += 1
-            drained.acked += result.acked
-            drained.inserted += result.report.inserted
-            if result.database_error:  # that round was given back, unwritten
-                drained.database_error = result.database_error
-                break
-            if result.popped == 0 or time.monotonic() >= deadline:
-                break
-        drained.still_ready = buffer.leasable_counts([(org_id, env_id)], now_ms=self.clock())[(org_id, env_id)]
+        them); what is still ready is left to the drainers. BufferUnavailable when Redis does not
+        answer at the first round; after rounds that went through, those are reported."""
+        drained = DrainedNow()
+        deadline = time.monotonic() + (DRAIN_NOW_SECONDS if seconds is None else seconds)
+        try:
+            while True:
+                result = self.drain_environment(org_id=org_id, env_id=env_id)
+                drained.rounds += 1
+                drained.acked += result.acked
+                drained.inserted += result.report.inserted
+                if result.database_error:  # that round was given back, unwritten
+                    drained.database_error = result.database_error
+                    break
+                if result.popped == 0 or time.monotonic() >= deadline:
+                    break
+            drained.still_ready = buffer.leasable_counts([(org_id, env_id)], now_ms=self.clock())[(org_id, env_id)]
+        except BufferUnavailable:
+            if not drained.rounds:
+                raise
+            drained.still_ready = None
         return drained
 
     # -- the loop ---------------------------------------------------------------------------

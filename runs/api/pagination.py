@@ -68,7 +68,8 @@ class RunCursorPagination(BasePagination):
         if not 1 <= size <= MAX_PAGE_SIZE:
             raise QueryError(f"page[size] must be a whole number from 1 to {MAX_PAGE_SIZE}")
         # Both at once is what the SDK sends for a previous page after a next one (it keeps every
-        # earlier parameter): page[before] wins, as upstream.
+        # earlier parameter): page[before] wins, as upstream. A next page after that previous one
+        # arrives as the very same query, so it repeats the page: no server can tell the two apart.
         before = decode(str(query["page[before]"])) if query.get("page[before]") else None
         after = decode(str(query["page[after]"])) if query.get("page[after]") and before is None else None
         return size, after, before

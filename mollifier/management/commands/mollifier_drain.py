@@ -1,7 +1,5 @@
 import gc
-import signal
 import sys
-import threading
 import time
 
 from django.core.management.base import BaseCommand
@@ -10,6 +8,7 @@ from django.template.defaultfilters import pluralize
 from mollifier import breaker, buffer, conf
 from mollifier.drainer import Drainer, RoundResult, Waiting
 from mollifier.exceptions import BufferUnavailable
+from mollifier.management.base import stop_on_signals
 from mollifier.sink import SinkReport
 
 
@@ -103,13 +102,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, once, quiet, **options):
         breaker.disable()  # not a request path: the loop's backoff spaces calls to a sick Redis
-        stop = threading.Event()
-
-        def request_stop(signum, frame):
-            stop.set()  # the loop finishes the round in hand, acks it, then returns
-
-        signal.signal(signal.SIGTERM, request_stop)
-        signal.signal(signal.SIGINT, request_stop)
+        stop = stop_on_signals()  # the loop finishes the round in hand, acks it, then returns
         progress = Progress(self.stdout, live=self.stdout.isatty() and not quiet, quiet=quiet)
         # Always, --quiet included: which settings this drainer runs with (README: Settings).
         self.stdout.write(

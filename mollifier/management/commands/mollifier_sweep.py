@@ -1,5 +1,4 @@
 import json as json_lib
-import signal
 import threading
 
 from django.template.defaultfilters import pluralize
@@ -7,7 +6,7 @@ from django.template.defaultfilters import pluralize
 from mollifier import conf
 from mollifier.clock import now_ms
 from mollifier.exceptions import BufferUnavailable
-from mollifier.management.base import BufferCommand
+from mollifier.management.base import BufferCommand, stop_on_signals
 from mollifier.sweep import sweep
 
 
@@ -30,14 +29,8 @@ class Command(BufferCommand):
         )
 
     def handle(self, *args, every, json: bool, quiet: bool, **options):
-        stop = threading.Event()
-        if every:
-
-            def request_stop(signum, frame):
-                stop.set()  # the sweep in hand finishes; the wait for the next one ends at once
-
-            signal.signal(signal.SIGTERM, request_stop)
-            signal.signal(signal.SIGINT, request_stop)
+        # On a loop, a stop finishes the sweep in hand; the wait for the next one ends at once.
+        stop = stop_on_signals() if every else threading.Event()
         while not stop.is_set():
             try:
                 report = sweep(now_ms=now_ms())
@@ -46,6 +39,7 @@ class Command(BufferCommand):
                     raise
                 # A sweeper on a loop outlives a Redis outage: say so and try again next time.
                 self.stderr.write(f"sweep skipped: the buffer's Redis did not answer ({error})")
+                self.stderr.flush()
                 stop.wait(every)
                 continue
             if report is None:
@@ -68,6 +62,8 @@ class Command(BufferCommand):
                 if report is not None and report.stale:
                     raise SystemExit(2)
                 return
+            self.stdout.flush()  # a report is read as it happens (a pipe would hold it), then the wait
+            self.stderr.flush()
             stop.wait(every)
 
 
