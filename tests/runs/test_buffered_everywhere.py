@@ -319,6 +319,28 @@ def test_a_parent_held_mid_drain_does_not_fail_the_childs_own_change(api, enroll
     assert api.get(f"/api/v1/runs/{child}/metadata").json() == {"metadata": {"n": 1}}
 
 
+def test_changes_to_runs_of_a_stalled_drain_transaction_are_answered_at_once_after_one_wait(
+    api, enrolled, settings, caplog
+):
+    """A change that waited the whole mid-drain wait on a running drain transaction marks it stalled
+    in this worker: changes to its other runs answer 503 at once (logged), holding no worker."""
+    settings.TRIGGER = {**settings.TRIGGER, "MID_DRAIN_WAIT_SECONDS": 0.2}
+    first, second = buffered_run(api), buffered_run(api)
+    org, env = str(enrolled.organization_id), str(enrolled.pk)
+    entries = buffer.pop(org_id=org, env_id=env, limit=100, lease_ms=60_000, now_ms=now_ms()).entries
+    assert {first, second} <= {entry.run_id for entry in entries}
+    running = pin_in_open_transaction(entries)
+    caplog.set_level("INFO", logger="runs.services.mid_drain")
+
+    waited = api.post(f"/api/v2/runs/{first}/cancel")
+    answered = api.post(f"/api/v2/runs/{second}/cancel")
+    running.close()  # rolled back: the runs go back to the buffer, uncancelled
+
+    assert (waited.status_code, answered.status_code) == (503, 503)
+    stalled = [r.getMessage() for r in caplog.records if "runs.mid_drain.stalled_pin" in r.getMessage()]
+    assert len(stalled) == 1 and f"run={second}" in stalled[0]
+
+
 @pytest.mark.parametrize("parent_in", ["buffer", "postgres"])
 def test_a_parent_that_cannot_hold_its_operations_does_not_fail_the_childs_own_change(
     api, enrolled, settings, parent_in
