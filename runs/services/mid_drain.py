@@ -10,7 +10,8 @@ Never a wrong answer: the change lands on the entry, or on the row once it is wr
 A drainer transaction that outlasts a whole wait is stalled (a frozen drainer holds it until its
 lease ends it, 30 s by default), and every change to its runs would hold a web worker for the whole
 wait again, SDK retry after SDK retry: a few such changes took the web tier from every tenant. So
-the worker remembers it, and for STALLED_PIN_SECONDS answers changes to runs pinned to it at once.
+the worker remembers it, and for STALLED_PIN_SECONDS answers changes to runs pinned to it at once
+while it still runs (one look at its outcome, no wait); once it has ended, they apply as usual.
 """
 
 import logging
@@ -63,14 +64,14 @@ def change_buffered_run(change: Callable[..., MutateResult], *, org_id: str, env
         if result.status != MutateStatus.PINNED:
             return result
         pin = result.pin(org_id=org_id, env_id=env_id, run_id=run_id)
-        if _stalled.get(pin.holder, 0.0) > time.monotonic():
-            logger.info("runs.mid_drain.stalled_pin run=%s holder=%s", run_id, pin.holder)
-            raise ServiceUnavailable("Run materialisation timed out")
         outcome = settle_pin(pin)
         if outcome == Settled.COMMITTED:
             return MutateResult(MutateStatus.MATERIALISED)
         if outcome == Settled.NOT_COMMITTED:
             return change(org_id=org_id, env_id=env_id, run_id=run_id, now_ms=now_ms())
+        if _stalled.get(pin.holder, 0.0) > time.monotonic():  # still running: no wait for it again
+            logger.info("runs.mid_drain.stalled_pin run=%s holder=%s", run_id, pin.holder)
+            raise ServiceUnavailable("Run materialisation timed out")
         running.append(pin.holder)
         return MutateResult(MutateStatus.BUSY)
 
