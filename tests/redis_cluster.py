@@ -32,49 +32,41 @@ def _free_ports(count: int) -> list[int]:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         # The cluster bus listens on port + 10000: keep both free.
-        if port + 10000 < 65536 and port not in ports:
+        if port + 10000 < 65536 and port not in ports and _free(port + 10000):
             ports.append(port)
     return ports
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @contextmanager
 def redis_cluster(masters: int = 3, *, tls: "TLSFiles | None" = None):
     """Yield a ``redis://127.0.0.1:<port>`` URL of a fresh cluster; shut it down afterwards. With
     ``tls``, every node (and the cluster bus) speaks TLS only, and the URL is ``rediss://`` with
-    the CA to verify them by."""
+    the CA to verify them by. A node that does not come up (a port taken meanwhile: the ports are
+    free when chosen, not reserved) is tried again on other ports, twice."""
     workdir = tempfile.mkdtemp(prefix="mollifier-cluster-")
-    ports = _free_ports(masters)
-    processes = []
-    listen = (lambda port: ["--port", "0", "--tls-cluster", "yes", *tls.server_args(port)]) if tls else _plain
+    processes: list[subprocess.Popen] = []
     try:
-        for port in ports:
-            processes.append(
-                subprocess.Popen(
-                    [
-                        server_binary(),
-                        *listen(port),
-                        "--bind",
-                        "127.0.0.1",
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        f"{workdir}/nodes-{port}.conf",
-                        "--dir",
-                        workdir,
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                        "--protected-mode",
-                        "no",
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-        nodes = [redis.Redis(port=port, **(tls.client_kwargs() if tls else {})) for port in ports]
-        for node in nodes:
-            _wait(node.ping)
+        for attempt in range(3):
+            ports = _free_ports(masters)
+            processes = [_start_node(port, workdir, tls) for port in ports]
+            nodes = [redis.Redis(port=port, **(tls.client_kwargs() if tls else {})) for port in ports]
+            try:
+                for node in nodes:
+                    _wait(node.ping)
+                break
+            except RuntimeError:
+                _stop(processes)
+                if attempt == 2:
+                    raise
         per_node = 16384 // masters
         for i, node in enumerate(nodes):
             last = 16383 if i == masters - 1 else (i + 1) * per_node - 1
@@ -85,11 +77,41 @@ def redis_cluster(masters: int = 3, *, tls: "TLSFiles | None" = None):
             _wait(lambda node=node: node.cluster("info").get("cluster_state") == "ok", timeout=30)
         yield tls.url(ports[0], "") if tls else f"redis://127.0.0.1:{ports[0]}"
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(timeout=10)
+        _stop(processes)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _start_node(port: int, workdir: str, tls: "TLSFiles | None") -> subprocess.Popen:
+    listen = ["--port", "0", "--tls-cluster", "yes", *tls.server_args(port)] if tls else _plain(port)
+    return subprocess.Popen(
+        [
+            server_binary(),
+            *listen,
+            "--bind",
+            "127.0.0.1",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            f"{workdir}/nodes-{port}.conf",
+            "--dir",
+            workdir,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.wait(timeout=10)
 
 
 def _plain(port: int) -> list[str]:
