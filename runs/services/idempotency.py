@@ -74,11 +74,11 @@ def idempotency_key_reset(*, environment: RuntimeEnvironment, task_identifier: s
     org_id, env_id = str(environment.organization_id), str(environment.pk)
     cleared = idempotency_key_clear(environment_id=environment.pk, task_identifier=task_identifier, key=key)
 
-    def attempt() -> ResetResult:
+    def attempt(started: float) -> ResetResult:
         result = buffer.reset_idempotency(org_id=org_id, env_id=env_id, task=task_identifier, key=key, now_ms=now_ms())
         if result.status != ResetStatus.PINNED:
             return result
-        outcome = settle_pin(Pin(org_id, env_id, result.run_id, result.holder))
+        outcome = settle_pin(Pin(org_id, env_id, result.run_id, result.holder), waiting_since=started)
         if outcome == Settled.COMMITTED:
             return ResetResult(ResetStatus.NONE)  # its row holds the key now: the second pass clears it
         return ResetResult(ResetStatus.MOVED if outcome == Settled.NOT_COMMITTED else ResetStatus.BUSY)
