@@ -13,7 +13,7 @@ from mollifier.sweep import sweep
 from runs.models import TaskRun
 from tests.buffering import fill_buffer
 from tests.factories import EnvironmentFactory
-from tests.faults import RedisProcess
+from tests.faults import RedisProcess, silent_port
 from tests.server import finish, start_manage, wait_until
 
 pytestmark = pytest.mark.django_db
@@ -90,6 +90,26 @@ def test_status_shows_depth_per_environment():
     text = out.getvalue()
     assert str(environment) in text and "7" in text and "total waiting: 7" in text
     assert "redis memory:" in text and "per organisation at most 100,000 runs, 256.0 MB" in text
+
+
+@pytest.mark.parametrize("outage", ["refused", "hung"])
+def test_status_shows_the_buffer_while_postgres_does_not_answer(outage):
+    """The operator runs the status exactly when something is down: without Postgres it still
+    shows what waits in the buffer (by id, the names live in Postgres) and exits 0."""
+    environment = EnvironmentFactory()
+    fill_buffer(environment, 4)
+
+    with silent_port(outage) as port:
+        status = finish(
+            start_manage(
+                "mollifier_status", DATABASE_URL=f"postgresql://postgres@127.0.0.1:{port}/x", DB_CONNECT_TIMEOUT="1"
+            ),
+            timeout=60,
+        )
+
+    assert "postgres did not answer (" in status and "Traceback" not in status
+    assert f"org {environment.organization_id} env {environment.pk} " in status and "(deleted)" not in status
+    assert "total waiting: 4" in status
 
 
 def test_status_of_an_empty_buffer():

@@ -1,3 +1,4 @@
+from django.db import DatabaseError
 from django.template.defaultfilters import filesizeformat, pluralize
 
 from mollifier import buffer, conf
@@ -30,10 +31,7 @@ class Command(BufferCommand):
         )
         rows = env_stats(now_ms=now)
         self.stdout.write(self._memory())
-        environments = RuntimeEnvironment.objects.select_related("project__organization").by_ids(
-            [row.env_id for row in rows] + [entry.env_id for entry in buffer.parked_entries(limit=10)]
-        )
-        names = {env_id: str(environment) for env_id, environment in environments.items()}
+        names = self._names([row.env_id for row in rows] + [entry.env_id for entry in buffer.parked_entries(limit=10)])
         if rows:
             self._table(rows, names, now)
             # One snapshot: the total is the table's own sum, so the two never disagree mid-drain.
@@ -55,13 +53,26 @@ class Command(BufferCommand):
             )
             for entry in parked:
                 error = (entry.last_error or {}).get("message", "")
-                self.stdout.write(f"  {entry.run_id}  {names.get(entry.env_id, 'env ' + entry.env_id)}  {error[:100]}")
+                self.stdout.write(
+                    f"  {entry.run_id}  {(names or {}).get(entry.env_id, 'env ' + entry.env_id)}  {error[:100]}"
+                )
         dropped, latest = buffer.recently_dropped(limit=5)
         if dropped:
             self.stdout.write(
                 f"dropped: {dropped:,} run{pluralize(dropped)} on record left without a row (environment deleted); "
                 "latest: " + ", ".join(record["run"] for record in latest)
             )
+
+    def _names(self, env_ids: list[str]) -> dict[str, str] | None:
+        """Environments' names, from Postgres. The operator runs this command exactly when something
+        is down: without Postgres, what the buffer holds is still shown, by id."""
+        try:
+            environments = RuntimeEnvironment.objects.select_related("project__organization").by_ids(env_ids)
+        except DatabaseError as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            self.stdout.write(f"postgres did not answer ({first_line}): environments are shown by id")
+            return None
+        return {env_id: str(environment) for env_id, environment in environments.items()}
 
     @staticmethod
     def _memory() -> str:
@@ -74,11 +85,12 @@ class Command(BufferCommand):
         state = "NEW ENTRIES REFUSED" if status.memory_guard else f"new entries refused from {limit}%"
         return f"redis memory: {reading.ratio:.0%} of {_size(reading.max_bytes)} ({_size(reading.used_bytes)}); {state}"
 
-    def _table(self, rows, names: dict, now: int) -> None:
+    def _table(self, rows, names: dict[str, str] | None, now: int) -> None:
+        names_unknown, names = names is None, names or {}
         header = ("environment", "waiting", "ready", "leased", "expired", "oldest", "gate")
         table = [header] + [
             (
-                names.get(row.env_id, f"org {row.org_id} env {row.env_id} (deleted)"),
+                names.get(row.env_id, f"org {row.org_id} env {row.env_id}" + ("" if names_unknown else " (deleted)")),
                 f"{row.waiting:,}",
                 f"{row.ready:,}",
                 f"{row.leased:,}",
