@@ -61,6 +61,19 @@ def _buffer_full(exc: domain.BufferFull) -> Response:
     return error_response(exc.message, status.HTTP_429_TOO_MANY_REQUESTS, headers=headers)
 
 
+def _where(context) -> str:
+    request = context.get("request")
+    return f"{request.method} {request.path}" if request is not None else "-"
+
+
+def _first_line(exc: Exception) -> str:
+    """A store that does not answer is named by its error's first line: during an outage every
+    request meets it, and a traceback each time (a network wait, not a fault in our code) would
+    bury the log."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
 def exception_handler(exc, context):
     if isinstance(exc, domain.BufferFull):
         set_rollback()
@@ -68,11 +81,13 @@ def exception_handler(exc, context):
     for error_class, status_code in DOMAIN_STATUS.items():
         if isinstance(exc, error_class):
             set_rollback()
+            if status_code == status.HTTP_503_SERVICE_UNAVAILABLE:
+                logger.warning("runs.api.unavailable %s error=%s", _where(context), exc.message)
             headers = getattr(exc, "headers", None)
             return error_response(exc.message, status_code, headers=headers, **getattr(exc, "extra", {}))
     if isinstance(exc, BufferUnavailable):
         set_rollback()
-        logger.warning("runs.api.buffer_unavailable", exc_info=exc)
+        logger.warning("runs.api.buffer_unavailable %s error=%s", _where(context), _first_line(exc))
         return error_response("Run buffer unavailable, retry later", status.HTTP_503_SERVICE_UNAVAILABLE)
     if isinstance(exc, DataError):
         # Input Postgres cannot store (a NUL character, a number out of range) that validation let
@@ -86,7 +101,7 @@ def exception_handler(exc, context):
         if isinstance(exc.__cause__, PostgresBreakerOpen):  # one line: the breaker logged why it opened
             logger.info("runs.api.database_skipped error=%s", exc)
         else:
-            logger.warning("runs.api.database_unavailable", exc_info=exc)
+            logger.warning("runs.api.database_unavailable %s error=%s", _where(context), _first_line(exc))
         return error_response("Database unavailable, retry later", status.HTTP_503_SERVICE_UNAVAILABLE)
     response = drf_exception_handler(exc, context)
     if response is None:
