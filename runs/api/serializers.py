@@ -6,7 +6,7 @@ as the SDK sends many. Optional fields may be absent or ``null``; both mean "not
 
 import copy
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 
 from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
@@ -110,6 +110,24 @@ class ScalarStringField(serializers.Field):
         return value
 
 
+@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "number", "description": "epoch milliseconds"}]})
+class DelayField(StringField):
+    """``delay``: a duration or an ISO 8601 date, or a number, read as upstream's ``z.coerce.date()``
+    reads it: epoch milliseconds. A number becomes that instant's ISO string, so that everything
+    after the serializer reads one form."""
+
+    def __init__(self, **kwargs):
+        super().__init__(max_length=64, **kwargs)
+
+    def to_internal_value(self, data):
+        if isinstance(data, (int, float)) and not isinstance(data, bool):
+            try:
+                return datetime.fromtimestamp(data / 1000, UTC).isoformat()
+            except (OverflowError, ValueError, OSError):  # past the years a datetime can hold
+                raise serializers.ValidationError(durations.DELAY_HELP) from None
+        return super().to_internal_value(data)
+
+
 @extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]})
 class TagsField(serializers.Field):
     """One tag or a list of them, each 1-128 characters, as sent: how many a run may have is the
@@ -176,7 +194,7 @@ class TriggerOptionsSerializer(LeanFields, serializers.Serializer):
     idempotencyKey = StringField(max_length=MAX_KEY_LENGTH, required=False, allow_null=True, validators=[key_in_bytes])
     idempotencyKeyTTL = StringField(max_length=32, required=False, allow_null=True)
     idempotencyKeyOptions = IdempotencyKeyOptionsSerializer(required=False, allow_null=True)
-    delay = StringField(max_length=64, required=False, allow_null=True)
+    delay = DelayField(required=False, allow_null=True)
     ttl = TtlField(required=False, allow_null=True)
     tags = TagsField(required=False, allow_null=True)
     queue = QueueSerializer(required=False, allow_null=True)
@@ -280,7 +298,7 @@ class AddTagsSerializer(serializers.Serializer):
 
 
 class RescheduleSerializer(serializers.Serializer):
-    delay = StringField(max_length=64)
+    delay = DelayField()
 
 
 class MetadataOperationSerializer(serializers.Serializer):

@@ -124,3 +124,29 @@ def test_child_run_records_its_parent_and_depth(api):
     assert body["depth"] == 1
     assert body["triggerFunction"] == "triggerAndWait"
     assert json.dumps(body)  # serialisable end to end
+
+
+def test_a_numeric_delay_is_epoch_milliseconds_as_upstream_reads_it(api):
+    """Upstream's schema coerces a number to a date (``z.coerce.date()``): epoch milliseconds."""
+    at = "2030-01-01T00:00:00.250Z"
+    epoch_ms = 1893456000250
+
+    delayed = trigger(api, payload=1, delay=epoch_ms)
+    past = trigger(api, payload=1, delay=1000)
+
+    assert delayed.status_code == 200 and past.status_code == 200
+    body = api.get(f"/api/v3/runs/{delayed.json()['id']}").json()
+    assert body["status"] == "DELAYED" and body["delayedUntil"] == at
+    assert api.get(f"/api/v3/runs/{past.json()['id']}").json()["status"] == "QUEUED"  # a past date: now
+
+    later_ms = epoch_ms + 86_400_000
+    rescheduled = api.post(f"/api/v1/runs/{delayed.json()['id']}/reschedule", {"delay": later_ms}, format="json")
+    assert rescheduled.status_code == 200 and rescheduled.json()["delayedUntil"] == "2030-01-02T00:00:00.250Z"
+
+
+@pytest.mark.parametrize("delay", [10**20, -(10**20), True])
+def test_a_numeric_delay_no_date_can_hold_is_400(api, delay):
+    response = trigger(api, payload=1, delay=delay)
+
+    assert response.status_code == 400 and "options.delay" in response.json()["error"]
+    assert TaskRun.objects.count() == 0
