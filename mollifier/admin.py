@@ -94,6 +94,12 @@ class DashboardAdmin(admin.ModelAdmin):
                 messages.error(request, f"Drained {done}, then Postgres could not be reached. Try again shortly.")
             elif drained.still_ready is None:
                 messages.error(request, f"Drained {done}, then the buffer's Redis did not answer. Try again shortly.")
+            elif drained.still_ready and not drained.acked:
+                messages.warning(
+                    request,
+                    f"Nothing drained: the drain's rate cap granted no round within {drainer.DRAIN_NOW_SECONDS:g} s "
+                    f"(other drainers use it too); {drained.still_ready} still ready, left to the drainers.",
+                )
             elif drained.still_ready:
                 messages.warning(
                     request,

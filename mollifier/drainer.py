@@ -24,7 +24,7 @@ from mollifier import buffer, conf, metrics, priority, rate
 from mollifier import client as redis_client
 from mollifier.clock import now_ms
 from mollifier.codec import Entry
-from mollifier.exceptions import BufferUnavailable, SinkUnavailable
+from mollifier.exceptions import BufferUnavailable, RateWaitTooLong, SinkUnavailable
 from mollifier.sink import OUTCOMES, Settled, Sink, SinkReport, get_sink
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ class DrainedNow:
     inserted: int = 0
     still_ready: int | None = 0  # None: Redis stopped answering after the rounds that went through
     database_error: str = ""
+    rate_held: bool = False  # the rate granted no further round within the time allowed
 
 
 @dataclass
@@ -468,9 +469,10 @@ class Drainer:
         outcome = settle(self.sink, pins, now_ms=self.clock(), lapsed=True)  # found by pop: their lease lapsed
         result.settled += sum(value != Settled.RUNNING for value in outcome.values())
 
-    def drain_environment(self, *, org_id: str, env_id: str) -> RoundResult:
-        """One round for one environment only (``drain_environment_now``'s), under the same rate cap."""
-        grant = rate.reserve(conf.drain_batch_size(), clock=self.clock)
+    def drain_environment(self, *, org_id: str, env_id: str, wait_until: float | None = None) -> RoundResult:
+        """One round for one environment only (``drain_environment_now``'s), under the same rate
+        cap; RateWaitTooLong when the rate grants it only after ``wait_until`` (time.monotonic())."""
+        grant = rate.reserve(conf.drain_batch_size(), clock=self.clock, wait_until=wait_until)
         started = StartedRound(RoundResult(rate_limit=grant.rate), [], [], [], grant)
         popped = buffer.pop(
             org_id=org_id, env_id=env_id, limit=grant.rows, lease_ms=conf.drain_lease_ms(), now_ms=self.clock()
@@ -486,14 +488,19 @@ class Drainer:
 
     def drain_environment_now(self, *, org_id: str, env_id: str, seconds: float | None = None) -> DrainedNow:
         """The dashboard's "drain now": rounds of one environment, under the same rate cap, until it
-        has nothing ready or ``seconds`` have passed (the last round may wait for the rate beyond
-        them); what is still ready is left to the drainers. BufferUnavailable when Redis does not
-        answer at the first round; after rounds that went through, those are reported."""
+        has nothing ready or ``seconds`` have passed (a round the rate grants only after them is not
+        waited for: this runs inside a web request); what is still ready is left to the drainers.
+        BufferUnavailable when Redis does not answer at the first round; after rounds that went
+        through, those are reported."""
         drained = DrainedNow()
         deadline = time.monotonic() + (DRAIN_NOW_SECONDS if seconds is None else seconds)
         try:
             while True:
-                result = self.drain_environment(org_id=org_id, env_id=env_id)
+                try:
+                    result = self.drain_environment(org_id=org_id, env_id=env_id, wait_until=deadline)
+                except RateWaitTooLong:
+                    drained.rate_held = True
+                    break
                 drained.rounds += 1
                 drained.acked += result.acked
                 drained.inserted += result.report.inserted

@@ -7,6 +7,11 @@ class BufferUnavailable(Exception):
     read that needs the buffer), or back off (the drainer)."""
 
 
+class RateWaitTooLong(Exception):
+    """The shared drain rate grants no round before the caller's deadline (the dashboard's "drain
+    now", which runs inside a web request); nothing was reserved."""
+
+
 class ClaimTimeout(Exception):
     """Another trigger with the same idempotency key held the claim past the wait limit."""
 

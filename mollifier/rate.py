@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from mollifier import client as redis_client
 from mollifier import clock, conf, keys, scripts
 from mollifier.codec import as_text
+from mollifier.exceptions import RateWaitTooLong
 
 ROUND_MS = 50  # a round reserves this long a stretch of the rate,
 # and at low rates up to LONGEST_ROUND_MS of it, to write ROUND_MIN_ROWS: a round's fixed cost to
@@ -70,13 +71,17 @@ def _reserve_call(now_ms: int, rows: int, *, granted_rate: float | None = None) 
     )
 
 
-def reserve(limit: int, *, clock: Callable[[], int]) -> Grant:
+def reserve(limit: int, *, clock: Callable[[], int], wait_until: float | None = None) -> Grant:
     """Block until the shared bucket grants a round: at most ``limit`` rows, and at most
-    ``ROUND_MS`` of the allowed rate (up to ``LONGEST_ROUND_MS`` at low rates, see ROUND_MIN_ROWS). Raises BufferUnavailable when Redis does not answer."""
+    ``ROUND_MS`` of the allowed rate (up to ``LONGEST_ROUND_MS`` at low rates, see ROUND_MIN_ROWS).
+    Raises BufferUnavailable when Redis does not answer, and RateWaitTooLong when the grant would
+    come after ``wait_until`` (a ``time.monotonic()`` instant) rather than wait for it."""
     while True:
         wait, rows, rate, epoch = _reserve_call(clock(), max(1, limit))
         if int(wait) <= 0:
             return Grant(int(rows), float(as_text(rate)), int(epoch))
+        if wait_until is not None and time.monotonic() + int(wait) / 1000 > wait_until:
+            raise RateWaitTooLong(f"the drain rate grants the next round in {int(wait)} ms")
         time.sleep(int(wait) / 1000)
 
 

@@ -1,6 +1,7 @@
 """The operator surfaces through Django's test client: admin pages, actions, /metrics, commands."""
 
 import io
+import time
 
 import psycopg
 import pytest
@@ -9,9 +10,9 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test import Client
 
-from mollifier import buffer
+from mollifier import buffer, rate
 from mollifier.clock import now_ms
-from mollifier.exceptions import SinkUnavailable
+from mollifier.exceptions import RateWaitTooLong, SinkUnavailable
 from runs.models import Organization, RunStatus, TaskRun
 from runs.services.materialise import TaskRunSink
 from tests.buffering import fill_buffer, pin_in_open_transaction
@@ -194,6 +195,25 @@ def test_drain_now_drains_past_one_round_and_says_what_is_left(admin_client, enr
     assert 0 < left < 30
     assert f"Drained {30 - left} run(s) of that environment ({30 - left} inserted) in " in page
     assert f"(0.5 s at most, under the drain&#x27;s rate cap); {left} still ready, left to the drainers." in page
+
+
+def test_drain_now_does_not_wait_for_the_rate_past_its_time(admin_client, enrolled, settings, monkeypatch):
+    """It runs inside a web request: a round the shared rate grants only after its time is not
+    waited for (at a low rate, that wait could reach the server's own timeout)."""
+    settings.MOLLIFIER = {**settings.MOLLIFIER, "DRAIN_MAX_ROWS_PER_SEC": 1, "DRAIN_RATE_MODE": "fixed"}
+    monkeypatch.setattr("mollifier.drainer.DRAIN_NOW_SECONDS", 0.5)
+    api = client_for(enrolled)
+    [trigger(api, payload=i) for i in range(8)]  # 3 buffered
+    org, env = str(enrolled.organization_id), str(enrolled.pk)
+    with pytest.raises(RateWaitTooLong):  # the bucket taken dry: its next row is a second away
+        while True:
+            rate.reserve(1_000, clock=now_ms, wait_until=time.monotonic())
+
+    page = admin_client.post(f"/admin/mollifier/dashboard/drain/{org}/{env}/", follow=True).content.decode()
+
+    assert buffer.buffered_count(org) == 3 and TaskRun.objects.count() == 5
+    assert "Nothing drained: the drain&#x27;s rate cap granted no round within 0.5 s" in page
+    assert "3 still ready, left to the drainers." in page
 
 
 def test_metrics_in_prometheus_format(enrolled, settings):
