@@ -108,11 +108,13 @@ def settle(
             for entry in buffer.get_many(org_id=org_id, run_ids=list(by_run)):
                 entry.lease = by_run[entry.run_id]  # the exact pin: ack only what is still pinned so
                 entries.append(entry)
-        buffer.ack(entries, now_ms=now_ms)
-    if rolled_back:
-        buffer.unpin(rolled_back, now_ms=now_ms, keep_lease=keep_lease)
-    if committed or rolled_back:
-        logger.info("mollifier.drain.pins_settled committed=%d not_committed=%d", len(committed), len(rolled_back))
+        acked = buffer.ack(entries, now_ms=now_ms)
+    else:
+        acked = 0
+    unpinned = buffer.unpin(rolled_back, now_ms=now_ms, keep_lease=keep_lease) if rolled_back else 0
+    # What this call changed: pins another drainer (or the sweep) settled first are left out.
+    if acked or unpinned:
+        logger.info("mollifier.drain.pins_settled committed=%d not_committed=%d", acked, unpinned)
     return outcome
 
 

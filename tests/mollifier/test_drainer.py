@@ -1,6 +1,7 @@
 """Draining: fair, bulk, exactly once, and every outcome a row."""
 
 import json
+import logging
 import time
 
 import pytest
@@ -8,9 +9,10 @@ import pytest
 from mollifier import buffer, keys, scripts
 from mollifier.client import get as redis_client
 from mollifier.clock import now_ms
-from mollifier.drainer import Drainer
+from mollifier.drainer import Drainer, settle
 from mollifier.sink import SinkReport
 from runs.models import BatchTaskRun, BatchTaskRunItem, RunStatus, TaskRun
+from runs.services.materialise import TaskRunSink
 from tests.buffering import fill_buffer, write_round
 from tests.conftest import client_for
 from tests.factories import EnvironmentFactory, TaskRunFactory
@@ -98,6 +100,32 @@ def test_a_round_committed_but_never_acked_is_settled_not_rewritten(drain_settin
     assert TaskRun.objects.count() == 20
     assert not TaskRun.objects.filter(status=RunStatus.SYSTEM_FAILURE).exists()
     assert buffer.buffered_count(org) == 0
+
+
+@pytest.mark.django_db(transaction=True)  # the write commits: its transaction is not the test's
+def test_pins_settled_twice_are_logged_once(drain_settings, caplog):
+    """Two drainers (or a drainer and the sweep) may settle the same lapsed pins: the log line
+    counts what each one changed, so the second, which changes nothing, says nothing."""
+    environment = EnvironmentFactory()
+    fill_buffer(environment, 6)
+    org, env = str(environment.organization_id), str(environment.pk)
+    popped = buffer.pop(org_id=org, env_id=env, limit=100, lease_ms=1000, now_ms=now_ms())
+    txids = []
+
+    def pin(txid):
+        txids.append(txid)
+        return buffer.pin(popped.entries, txid=txid, now_ms=now_ms(), lease_ms=1000)
+
+    TaskRunSink().write(popped.entries, pin=pin)  # committed; its drainer "dies" before its ack
+    pins = [buffer.Pin(org, env, entry.run_id, f"{entry.lease}:{txids[0]}") for entry in popped.entries]
+
+    with caplog.at_level(logging.INFO, logger="mollifier.drainer"):
+        settle(TaskRunSink(), pins, now_ms=now_ms() + 5_000, lapsed=True)
+        settle(TaskRunSink(), pins, now_ms=now_ms() + 5_000, lapsed=True)
+
+    lines = [r.getMessage() for r in caplog.records if "pins_settled" in r.getMessage()]
+    assert lines == ["mollifier.drain.pins_settled committed=6 not_committed=0"]
+    assert buffer.buffered_count(org) == 0 and TaskRun.objects.count() == 6
 
 
 def test_a_round_holding_a_run_already_written_writes_the_others_and_counts_it(drain_settings):
