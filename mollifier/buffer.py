@@ -39,6 +39,7 @@ class AcceptStatus(enum.StrEnum):
     DUPLICATE_IDEMPOTENCY = "duplicate_idempotency"  # another buffered run holds the key
     OVER_CAP = "over_cap"  # the organisation's buffer is full (``limit``: runs or bytes)
     MEMORY_FULL = "memory_full"  # Redis is near its maxmemory: nothing written
+    NEEDS_MARKER = "needs_marker"  # a keyed run, and Postgres may not know such runs wait here: nothing written
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ def accept_keys(entry: Entry) -> list[str]:
         keys.claim(org, entry.env_id, entry.task, entry.idempotency_key) if entry.idempotency_key else keys.unused(org),
         keys.batch_items(org, entry.batch_id) if entry.batch_id else keys.unused(org),
         keys.row(org, entry.run_id),
+        keys.keyed(org, entry.env_id) if entry.idempotency_key else keys.unused(org),
     ]
 
 
@@ -75,10 +77,12 @@ def accept_args(
     claim_ttl: int = 0,
     memory_full: bool = False,
     request: tuple[str, str] | None = None,
+    marker_gen: int | None = None,
 ) -> list[str | bytes]:
     """The arguments after now_ms of accept.lua, then the fields; gate_accept.lua also takes
     ``request`` (its request-key arguments) before the row and the fields. ``memory_full``: Redis is near its
-    maxmemory (mollifier/memory.py), refuse the entry."""
+    maxmemory (mollifier/memory.py), refuse the entry. ``marker_gen``: the generation of the
+    environment's keyed marker the caller made sure Postgres holds (lib/accept.lua)."""
     snapshot, row = pack_stored(entry)
     return [
         entry.run_id,
@@ -93,6 +97,7 @@ def accept_args(
         snapshot,
         *(request or ()),
         row,
+        "" if marker_gen is None else str(marker_gen),
         *to_fields(entry),
     ]
 
@@ -174,7 +179,13 @@ def unindex_delayed(entries: list[Entry]) -> None:
 
 
 def accept(
-    entry: Entry, *, now_ms: int, claim_marker: str = "", claim_ttl: int = 0, memory_full: bool = False
+    entry: Entry,
+    *,
+    now_ms: int,
+    claim_marker: str = "",
+    claim_ttl: int = 0,
+    memory_full: bool = False,
+    marker_gen: int | None = None,
 ) -> AcceptResult:
     """Buffer ``entry`` without consulting the gate (the gate's own path is gate.admit_or_buffer)."""
     redis = redis_client.get()
@@ -182,7 +193,9 @@ def accept(
         keys=accept_keys(entry),
         args=[
             str(now_ms),
-            *accept_args(entry, claim_marker=claim_marker, claim_ttl=claim_ttl, memory_full=memory_full),
+            *accept_args(
+                entry, claim_marker=claim_marker, claim_ttl=claim_ttl, memory_full=memory_full, marker_gen=marker_gen
+            ),
         ],
         client=redis,
     )
@@ -201,6 +214,19 @@ def forget_request(*, org_id: str, env_id: str, task: str, request_key: str, run
     scripts.FORGET_REQUEST(
         keys=[keys.request(org_id, env_id, task, request_key)], args=[run_id], client=redis_client.get()
     )
+
+
+def clear_keyed_marker(*, org_id: str, env_id: str, generation: int) -> bool:
+    """Take away the environment's keyed marker of ``generation`` (Postgres's) when nothing of the
+    environment waits in the buffer: True when the caller may now delete Postgres's marker of that
+    generation. From here on no marker of that generation or older is set again, so a web process
+    that made sure of it earlier must make sure of a newer one (clear_keyed_marker.lua)."""
+    cleared = scripts.CLEAR_KEYED_MARKER(
+        keys=[keys.keyed(org_id, env_id), keys.listing(org_id, env_id)],
+        args=[generation],
+        client=redis_client.get(),
+    )
+    return bool(int(cleared))
 
 
 def get(*, org_id: str, run_id: str) -> Entry | None:

@@ -69,6 +69,7 @@ def admit_or_buffer(
     request_ttl_ms: int = 0,
     replace_request: bool = False,
     postgres_out: bool = False,
+    marker_gen: int | None = None,
 ) -> Admission:
     """Decide for one trigger — and, when the decision is to mollify, buffer it in the same step.
 
@@ -78,6 +79,9 @@ def admit_or_buffer(
     ``replace_request``: the run the key named is gone; let this trigger's run take the key.
     ``postgres_out``: Postgres is known not to answer right now: an enrolled organisation's trigger
     is buffered as if its environment were tripped (the drainer writes it once Postgres is back).
+    A keyed run is buffered only while the environment's keyed marker is set; otherwise the answer
+    is ``accepted.status`` NEEDS_MARKER, nothing is written or counted, and the caller comes back
+    with ``marker_gen``, the generation of the Postgres marker it made sure of (lib/accept.lua).
 
     Counts every decision past the master switch and enrolment, bypasses included
     (mollifier_gate_decisions_total{decision, reason}). See ``_decide``."""
@@ -94,7 +98,10 @@ def admit_or_buffer(
         request_ttl_ms=request_ttl_ms,
         replace_request=replace_request,
         postgres_out=postgres_out,
+        marker_gen=marker_gen,
     )
+    if admission.accepted is not None and admission.accepted.status == AcceptStatus.NEEDS_MARKER:
+        return admission  # not decided yet: counted when the caller comes back
     if admission.reason not in ("disabled", "not_enrolled", "repeated_request"):
         decision = admission.decision.value
         if admission.accepted is not None and admission.accepted.status == AcceptStatus.OVER_CAP:
@@ -117,6 +124,7 @@ def _decide(
     request_ttl_ms: int,
     replace_request: bool,
     postgres_out: bool,
+    marker_gen: int | None,
 ) -> Admission:
     """Decide for one trigger, and buffer it when the decision is to mollify.
 
@@ -173,6 +181,7 @@ def _decide(
                     claim_ttl=claim_ttl,
                     memory_full=memory_full,
                     request=(str(request_ttl_ms) if request_key else "", "1" if replace_request else "0"),
+                    marker_gen=marker_gen,
                 ),
             ],
             client=redis,

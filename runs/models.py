@@ -101,6 +101,25 @@ class RunStatus(models.TextChoices):
     TIMED_OUT = "TIMED_OUT"
 
 
+class KeyedBufferMarker(models.Model):
+    """Runs with an idempotency key may be waiting in this environment's mollifier buffer.
+
+    Made sure of (runs/services/keyed_markers.py) before the buffer takes the environment's first
+    keyed run, and deleted once nothing of the environment waits there. While Redis does not answer,
+    a keyed trigger can check its key against rows only: with no marker, no buffered run can hold
+    the key and the trigger writes its row; with one, it answers 503 (the SDK retries). Generations
+    come from one sequence, so a newer marker is always a larger number (mollifier/lua/lib/accept.lua)."""
+
+    environment = models.OneToOneField(
+        RuntimeEnvironment, on_delete=models.CASCADE, primary_key=True, related_name="keyed_buffer_marker"
+    )
+    generation = models.BigIntegerField()
+    set_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"keyed runs may be buffered in {self.environment_id} (generation {self.generation})"
+
+
 class BatchTaskRun(models.Model):
     class Status(models.TextChoices):
         PENDING = "PENDING"  # waiting for its items

@@ -9,6 +9,7 @@ from mollifier.client import get as redis_client
 from mollifier.clock import now_ms
 from mollifier.sink import SinkReport
 from runs.api.serializers import trigger_options_from
+from runs.services.keyed_markers import keyed_marker_make_sure
 from runs.services.materialise import TaskRunSink
 from runs.services.trigger import task_run_prepare
 from runs.snapshots import run_to_entry, to_ms
@@ -24,6 +25,8 @@ def fill_buffer(
     now = timezone.now()
     opts = trigger_options_from({"payload": payload if payload is not None else {"n": 1}, "options": options}, now=now)
     redis = redis_client()
+    # As the trigger path does before it buffers a keyed run: Postgres's keyed marker first.
+    marker_gen = keyed_marker_make_sure(environment) if opts.idempotency_key else None
     run_ids = []
     for start in range(0, count, 1000):
         pipe = redis.pipeline(transaction=False)
@@ -32,7 +35,9 @@ def fill_buffer(
             run = task_run_prepare(environment=environment, task_identifier=task, options=opts, now=now, batch=batch)
             entries.append(run_to_entry(run, batch_index=i if batch else None))
             scripts.ACCEPT(
-                keys=buffer.accept_keys(entries[-1]), args=[to_ms(now), *buffer.accept_args(entries[-1])], client=pipe
+                keys=buffer.accept_keys(entries[-1]),
+                args=[to_ms(now), *buffer.accept_args(entries[-1], marker_gen=marker_gen)],
+                client=pipe,
             )
         for reply, entry in zip(pipe.execute(), entries):
             assert buffer.accept_result(reply, entry, client=redis).status == "accepted"

@@ -19,6 +19,7 @@ from runs.models import BatchTaskRun, BatchTaskRunItem, BatchTaskRunPendingItem,
 from runs.options import TriggerOptions
 from runs.services.batch_items import batch_link_pending, batch_refresh_status
 from runs.services.flags import mollifier_enrolled
+from runs.services.keyed_markers import KeyedMarkerNeeded, keyed_marker_make_sure
 from runs.services.packets import PACKET_TYPE, packets_use
 from runs.services.trigger import run_parent, task_run_commit, task_run_prepare
 
@@ -112,6 +113,24 @@ def batch_add_items(
         paths=[item.options.payload for item in items if item.options.payload_type == PACKET_TYPE],
         now=now,
     )
+    try:
+        return _add_items(environment=environment, batch=batch, items=items, now=now)
+    except KeyedMarkerNeeded:
+        # A keyed item was to be buffered, and the environment's keyed marker must be committed
+        # before it can be: outside the batch's transaction. Items buffered before it are kept (the
+        # buffer's batch slots) and not triggered again.
+        generation = keyed_marker_make_sure(environment)
+        return _add_items(environment=environment, batch=batch, items=items, now=now, marker_gen=generation)
+
+
+def _add_items(
+    *,
+    environment: RuntimeEnvironment,
+    batch: BatchTaskRun,
+    items: list[BatchItem],
+    now: datetime,
+    marker_gen: int | None = None,
+) -> BatchItemsOutcome:
     with transaction.atomic():
         # One stream at a time per batch: the row lock serialises resent streams.
         batch = BatchTaskRun.objects.select_for_update().select_related("environment").get(pk=batch.pk)
@@ -135,7 +154,9 @@ def batch_add_items(
             for item in new.values()
         ]
         for item, run in prepared:
-            task_run_commit(run=run, options=item.options, now=now, batch=batch, batch_index=item.index)
+            task_run_commit(
+                run=run, options=item.options, now=now, batch=batch, batch_index=item.index, marker_gen=marker_gen
+            )
         seen |= set(new)
         sealed = len(seen) >= batch.run_count
         if sealed and not batch.sealed:

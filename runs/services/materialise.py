@@ -40,6 +40,7 @@ from runs import copy_rows
 from runs.models import BatchTaskRun, RunStatus, RuntimeEnvironment, TaskRun
 from runs.services import idempotency
 from runs.services.batch_items import batch_link_pending, batch_move_pending, batch_refresh
+from runs.services.keyed_markers import keyed_markers_clear
 from runs.services.pins import settle_pins
 from runs.snapshots import entry_values, minimal_failure_values, row_id, to_ms
 
@@ -69,12 +70,14 @@ class TaskRunSink:
 
     def idle(self) -> None:
         """The drain has nothing left to write for now: link the batch items that waited on a run
-        written by its last round (see ``_move_pending_items``). Never raises for the database:
-        the drain goes on, and the next round or a read of the batch links them."""
+        written by its last round (see ``_move_pending_items``), and delete the keyed markers of
+        environments left with nothing buffered (runs/services/keyed_markers.py). Never raises for
+        the database: the drain goes on, and the next round or a read of the batch links them."""
         try:
             batch_link_pending()
         except (DatabaseError, InterfaceError):
             logger.warning("mollifier.drain.pending_items_not_linked", exc_info=True)
+        keyed_markers_clear()
 
     def settle(self, pins: list[Pin], *, lapsed: bool = False) -> dict[str, Settled]:
         """What became of the transactions that pinned these runs, by run id."""

@@ -32,6 +32,7 @@ from runs.options import TriggerOptions
 from runs.services import idempotency
 from runs.services.batch_items import batch_link_pending
 from runs.services.flags import mollifier_enrolled
+from runs.services.keyed_markers import KeyedMarkerNeeded, keyed_buffer_may_hold, keyed_marker_make_sure
 from runs.services.packets import PACKET_TYPE, packets_use
 from runs.snapshots import entry_to_run, run_to_entry, to_ms
 from trigger_project.postgres import breaker as postgres_breaker
@@ -96,13 +97,24 @@ def task_run_commit(
     now: datetime,
     batch: BatchTaskRun | None = None,
     batch_index: int | None = None,
+    marker_gen: int | None = None,
 ) -> TriggerOutcome:
-    """Write a prepared run (Postgres or the buffer), or find the one its idempotency key names."""
-    return _trigger(run=run, options=options, now=now, batch=batch, batch_index=batch_index)
+    """Write a prepared run (Postgres or the buffer), or find the one its idempotency key names.
+
+    A batch's items are committed inside the batch's transaction: a keyed item the buffer would
+    take only with the environment's keyed marker raises KeyedMarkerNeeded, and the batch makes
+    sure of the marker outside its transaction and comes back with its generation (``marker_gen``)."""
+    return _trigger(run=run, options=options, now=now, batch=batch, batch_index=batch_index, marker_gen=marker_gen)
 
 
 def _trigger(
-    *, run: TaskRun, options: TriggerOptions, now: datetime, batch: BatchTaskRun | None, batch_index: int | None
+    *,
+    run: TaskRun,
+    options: TriggerOptions,
+    now: datetime,
+    batch: BatchTaskRun | None,
+    batch_index: int | None,
+    marker_gen: int | None = None,
 ) -> TriggerOutcome:
     environment = run.environment
     enrolled = mollifier_enrolled(environment.organization)
@@ -123,11 +135,19 @@ def _trigger(
                     now_ms=to_ms(now),
                 ) as held:
                     if held.outcome.kind == claims.ClaimKind.UNAVAILABLE:
-                        # Postgres has no holder, but a run waiting in the buffer may hold the key:
-                        # writing a row now could make a second run for it. 503: the SDK retries.
-                        raise ServiceUnavailable(
-                            "The run buffer is not answering, so this idempotency key cannot be checked "
-                            "against the runs waiting there; retry shortly"
+                        # Postgres has no holder. A run waiting in the buffer may hold the key only
+                        # if the environment's keyed marker exists: the row's transaction checks
+                        # (keyed_buffer_may_hold), and answers 503 if so (the SDK retries).
+                        return _admit_and_write(
+                            run=run,
+                            options=options,
+                            now=now,
+                            batch=batch,
+                            batch_index=batch_index,
+                            enrolled=enrolled,
+                            held=None,
+                            marker_gen=marker_gen,
+                            unchecked_key=True,
                         )
                     if (holder := _claimed_holder(run=run, key=key, now=now, outcome=held.outcome)) is not None:
                         return _cached(holder, batch=batch, batch_index=batch_index, request_key=run.request_key)
@@ -139,11 +159,19 @@ def _trigger(
                         batch_index=batch_index,
                         enrolled=enrolled,
                         held=held,
+                        marker_gen=marker_gen,
                     )
             except ClaimTimeout as error:
                 raise ServiceUnavailable(str(error)) from None
     return _admit_and_write(
-        run=run, options=options, now=now, batch=batch, batch_index=batch_index, enrolled=enrolled, held=None
+        run=run,
+        options=options,
+        now=now,
+        batch=batch,
+        batch_index=batch_index,
+        enrolled=enrolled,
+        held=None,
+        marker_gen=marker_gen,
     )
 
 
@@ -166,12 +194,16 @@ def _admit_and_write(
     batch_index: int | None,
     enrolled: bool,
     held: claims.Held | None,
+    marker_gen: int | None = None,
+    unchecked_key: bool = False,
 ) -> TriggerOutcome:
     """Through the gate: into the buffer (mollified), or into Postgres; the claim, when held, is
-    published with the run id (the buffer's accept publishes it in its own script)."""
+    published with the run id (the buffer's accept publishes it in its own script).
+    ``unchecked_key``: the key could not be checked against the buffer (Redis did not answer the
+    claim); its row is written only if no buffered run can hold keys of the environment."""
     environment = run.environment
 
-    def admit(*, replace_request: bool = False) -> gate.Admission:
+    def admit(*, replace_request: bool = False, marker_gen: int | None = marker_gen) -> gate.Admission:
         return gate.admit_or_buffer(
             org_id=str(environment.organization_id),
             env_id=str(environment.pk),
@@ -184,9 +216,25 @@ def _admit_and_write(
             request_ttl_ms=int(settings.TRIGGER["REQUEST_IDEMPOTENCY_TTL_SECONDS"]) * 1000,
             replace_request=replace_request,
             postgres_out=postgres_breaker.is_open(),
+            marker_gen=marker_gen,
         )
 
     admission = admit()
+    if admission.accepted is not None and admission.accepted.status == AcceptStatus.NEEDS_MARKER:
+        if batch is not None and marker_gen is None:  # inside the batch's transaction: not committed first
+            raise KeyedMarkerNeeded(environment)
+        if batch is not None:
+            raise ServiceUnavailable("The run buffer's keyed marker is changing hands; retry")
+        made_sure = keyed_marker_make_sure(environment)
+        # A row written for the key without the buffer's word (Redis did not answer that trigger)
+        # was committed before the marker (keyed_buffer_may_hold): it is the key's holder.
+        if options.idempotency_key and (
+            holder := _holder_of_key(run=run, key=options.idempotency_key, now=now, uses_buffer=False)
+        ):
+            return _cached(holder, batch=batch, batch_index=batch_index, request_key=run.request_key)
+        admission = admit(marker_gen=made_sure)
+        if admission.accepted is not None and admission.accepted.status == AcceptStatus.NEEDS_MARKER:
+            raise ServiceUnavailable("The run buffer's keyed marker is changing hands; retry")
     if admission.repeated_run:
         if (first := _find(environment, admission.repeated_run)) is not None:
             return _cached(first, batch=batch, batch_index=batch_index, request_key=run.request_key)
@@ -206,6 +254,7 @@ def _admit_and_write(
         batch=batch,
         batch_index=batch_index,
         gate_named_run=gate_named_run,
+        unchecked_key=unchecked_key,
     )
     if held:
         held.publish(outcome.run.friendly_id)
@@ -329,11 +378,12 @@ def _insert_or_find_existing(
     batch: BatchTaskRun | None,
     batch_index: int | None,
     gate_named_run: bool = False,
+    unchecked_key: bool = False,
 ) -> TriggerOutcome:
     """Insert the run's row, or find the run that holds its key. When the gate made the request's
     key name this run and the database fails before the commit was sent (the row cannot have been
     written), the key is released (``_forget_request``); a failure of the commit itself leaves the
-    outcome unknown, and the key as it is."""
+    outcome unknown, and the key as it is. ``unchecked_key``: see _admit_and_write."""
     # Two passes at most: a concurrent trigger may take the key between our read and our insert.
     for attempt in range(2):
         if key is not None and attempt:
@@ -346,11 +396,16 @@ def _insert_or_find_existing(
         committing = False
         try:
             with transaction.atomic():
+                if unchecked_key and keyed_buffer_may_hold(run.environment):
+                    raise ServiceUnavailable(
+                        "The run buffer is not answering, so this idempotency key cannot be checked "
+                        "against the runs waiting there; retry shortly"
+                    )
                 run.save(force_insert=True)
                 _link_batch_item(batch=batch, index=batch_index, run=run)
                 committing = True
             return TriggerOutcome(run=run, is_cached=False)
-        except (OperationalError, InterfaceError):
+        except (OperationalError, InterfaceError, ServiceUnavailable):
             if gate_named_run and not committing:
                 _forget_request(run)
             raise

@@ -5,6 +5,7 @@ import pytest
 from mollifier import breaker, buffer, gate, keys
 from mollifier.codec import Entry
 from runs.models import TaskRun
+from runs.services.keyed_markers import keyed_marker_make_sure
 from tests.conftest import enroll
 from tests.helpers import trigger
 from tests.redis_watch import watch_redis
@@ -88,7 +89,9 @@ def test_the_gate_fails_open_when_redis_is_down(api, environment, mollifier_on, 
     assert {r.status_code for r in responses} == {200}
     assert not [r for r in responses if "x-mollifier" in r.headers]
     assert TaskRun.objects.count() == 8
-    # A keyed trigger, though, would risk a second run beside a buffered holder it cannot see: 503.
+    # With keyed runs known to wait in the buffer (the environment's keyed marker), a keyed trigger
+    # would risk a second run beside a buffered holder it cannot see: 503 (test_keyed_markers.py).
+    keyed_marker_make_sure(environment)
     assert trigger(api, payload="keyed", idempotencyKey="k").status_code == 503
     assert TaskRun.objects.count() == 8
     # Refused connections opened the circuit breaker meanwhile: Redis is not even tried now.

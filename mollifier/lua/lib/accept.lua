@@ -1,10 +1,18 @@
 --[[ Library: accepting an entry into the buffer (prepended to the scripts that use it).
 
 accept_entry(k, a) -> reply table
-  k.entry, k.snapshot, k.ready, k.listing, k.envs, k.stats, k.idem, k.claim, k.batch, k.row: key names (one slot)
+  k.entry, k.snapshot, k.ready, k.listing, k.envs, k.stats, k.idem, k.claim, k.batch, k.row, k.keyed: key names (one slot)
   a.run, a.env, a.now_ms, a.cap, a.max_bytes (0: no byte cap), a.memory_full ('1': Redis is near its
   maxmemory, refuse new entries), a.snapshot, a.row ('' for none: see keys.row), a.fields (flat list of hash field/value pairs), a.idem_key,
-  a.batch_index, a.claim_marker ('' or 'pending:<token>'), a.claim_ttl
+  a.batch_index, a.claim_marker ('' or 'pending:<token>'), a.claim_ttl, a.marker_gen ('' or the
+  generation of the environment's Postgres marker the caller has just made sure of)
+
+A run with an idempotency key is accepted only while the environment's keyed marker is set (see
+keys.keyed): Postgres then knows that such a run may wait here, and a keyed trigger that cannot
+reach Redis answers 503 instead of writing a row that a buffered run's key may already name. With
+no marker, nothing is written and the reply asks the caller to make sure of Postgres's marker and
+come back with its generation, which sets the marker unless a clearer has taken that generation
+away since (clear_keyed_marker.lua).
 
 An entry's size is the bytes of its snapshot, its row and its hash's fields and values as accepted; it is
 kept in the entry (field `bytes`) and summed in the organisation's stats (`bytes`, beside
@@ -17,6 +25,7 @@ Replies:
   {'duplicate_run', run}        an entry with this run id exists (any state, also in grace)
   {'duplicate_idempotency', owner}  the idempotency key already belongs to a buffered run
   {'memory_full'}               Redis is near its maxmemory: nothing written (the trigger passes through)
+  {'needs_marker'}              a keyed run, and the environment's keyed marker is not set: nothing written
   {'over_cap', count, bytes, 'count'|'bytes'}  the organisation's buffer is full (runs, or bytes)
 ]]
 local function accept_entry(k, a)
@@ -43,6 +52,18 @@ local function accept_entry(k, a)
   end
   if a.max_bytes > 0 and used + size > a.max_bytes then
     return {'over_cap', tostring(count), tostring(used), 'bytes'}
+  end
+  if a.idem_key ~= '' then
+    if a.marker_gen ~= '' then
+      local generation = tonumber(a.marker_gen)
+      local marker = redis.call('HMGET', k.keyed, 'marker', 'cleared')
+      if generation > tonumber(marker[2] or '0') and generation > tonumber(marker[1] or '0') then
+        redis.call('HSET', k.keyed, 'marker', a.marker_gen)
+      end
+    end
+    if redis.call('HEXISTS', k.keyed, 'marker') == 0 then
+      return {'needs_marker'}
+    end
   end
 
   redis.call('HSET', k.entry, 'bytes', size, unpack(a.fields))

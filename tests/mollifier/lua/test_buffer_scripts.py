@@ -27,7 +27,9 @@ def make_entry(run_id="run_a", **overrides) -> Entry:
 
 
 def accept(entry: Entry, now_ms=NOW) -> buffer.AcceptResult:
-    return buffer.accept(entry, now_ms=now_ms)
+    """Keyed entries come with a keyed marker's generation, as the trigger path sends them once
+    Postgres holds the marker (the marker's own protocol: test_keyed_marker_scripts.py)."""
+    return buffer.accept(entry, now_ms=now_ms, marker_gen=1 if entry.idempotency_key else None)
 
 
 def test_accept_writes_the_entry_without_ttl_and_indexes_the_org(store):
