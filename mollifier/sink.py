@@ -14,9 +14,10 @@ backend), so the mollifier never imports the app that owns the rows. Contract:
     be written (the drainer then retries entry by entry).
 
 ``idle() -> None``
-    The drain has nothing left to write for now (called once after rounds that wrote, and when a
-    drainer stops): finish what a round's transaction could not see before its commit. Never
-    raises for the database.
+    The drain has nothing left to write for now (called once after rounds that wrote, when a
+    drainer stops, and by each sweep): finish what a round's transaction could not see before its
+    commit, and what the buffer no longer needs (TaskRunSink: keyed markers). Never raises for the
+    database.
 
 ``settle(pins, lapsed=False) -> {run_id: Settled}``
     What became of the transactions that pinned these runs: committed (the rows exist), not

@@ -4,7 +4,9 @@
   settles expired pins by their Postgres transaction's outcome;
 - reports entries waiting longer than MOLLIFIER_STALE_AFTER_MS and the oldest age;
 - reconciles the organisation index: indexes organisations that have work but were never indexed
-  (a web process died between accept and indexing) and drops idle ones.
+  (a web process died between accept and indexing) and drops idle ones;
+- does what the drain does when it goes idle (``Sink.idle``): links batch items, and lets go of the
+  keyed markers of environments with nothing buffered.
 """
 
 import uuid
@@ -70,6 +72,9 @@ def _sweep(redis, *, now_ms: int) -> SweepReport:
             if pins:
                 outcome = settle(get_sink(), pins, now_ms=now_ms, lapsed=True)
                 settled += sum(value != Settled.RUNNING for value in outcome.values())
+    # What the drain does when it goes idle, for what it left undone (it goes idle only after rounds
+    # that wrote): e.g. a keyed marker made for a run the buffer then did not take.
+    get_sink().idle()
     return SweepReport(
         orgs=len({row.org_id for row in rows}),
         envs=len(rows),

@@ -1,0 +1,158 @@
+"""Keyed triggers while Redis does not answer (runs/services/keyed_markers.py): a keyed trigger of
+an enrolled organisation writes its row unless keyed runs may wait in its environment's buffer,
+which Postgres's keyed marker records: the trigger path makes it before the buffer takes a keyed
+run, and the drain deletes it once nothing waits there."""
+
+import threading
+
+import psycopg
+import pytest
+from django.db import connection
+
+from mollifier import buffer, keys
+from mollifier.client import get as redis_client
+from mollifier.clock import now_ms
+from mollifier.drainer import Drainer
+from mollifier.sweep import sweep
+from runs.models import KeyedBufferMarker, TaskRun
+from runs.services.keyed_markers import keyed_marker_make_sure, keyed_markers_clear
+from tests.conftest import client_for
+from tests.helpers import send_items, trigger
+from tests.server import database_url
+
+pytestmark = pytest.mark.django_db
+
+
+def marker_of(environment) -> int | None:
+    return KeyedBufferMarker.objects.filter(environment=environment).values_list("generation", flat=True).first()
+
+
+def redis_marker(environment) -> dict:
+    raw = redis_client().hgetall(keys.keyed(str(environment.organization_id), str(environment.pk)))
+    return {k.decode(): int(v) for k, v in raw.items()}
+
+
+def trip(api) -> None:
+    for i in range(5):  # the test gate trips after 5 triggers
+        assert trigger(api, task="warm-up", payload=i).headers.get("x-mollifier") is None
+
+
+def test_without_keyed_runs_in_the_buffer_a_keyed_trigger_is_written_while_redis_is_silent(api, enrolled, silent_redis):
+    first = trigger(api, payload=1, idempotencyKey="k")
+    again = trigger(api, payload=2, idempotencyKey="k")
+
+    assert first.status_code == 200 and first.json()["isCached"] is False
+    assert again.status_code == 200 and again.json() == {"id": first.json()["id"], "isCached": True}
+    assert TaskRun.objects.get(id=first.json()["id"].removeprefix("run_")).idempotency_key == "k"
+    assert marker_of(enrolled) is None
+
+
+def test_with_keyed_runs_in_the_buffer_a_keyed_trigger_answers_503_while_redis_is_silent(api, enrolled, silent_redis):
+    keyed_marker_make_sure(enrolled)
+
+    response = trigger(api, payload=1, idempotencyKey="k")
+
+    assert response.status_code == 503 and "idempotency key" in response.json()["error"]
+    assert TaskRun.objects.count() == 0
+    assert trigger(api, payload=2).status_code == 200  # a trigger without a key is written, as before
+
+
+def test_the_first_keyed_run_buffered_makes_the_marker_and_the_drain_deletes_it(api, enrolled):
+    trip(api)
+    first = trigger(api, payload=1, idempotencyKey="a")
+    second = trigger(api, payload=2, idempotencyKey="b")
+
+    assert first.headers.get("x-mollifier") == "buffered" and second.headers.get("x-mollifier") == "buffered"
+    generation = marker_of(enrolled)
+    assert generation is not None and redis_marker(enrolled) == {"marker": generation}
+
+    Drainer().run(once=True)
+
+    assert TaskRun.objects.filter(idempotency_key__in=["a", "b"]).count() == 2
+    assert marker_of(enrolled) is None and redis_marker(enrolled) == {"cleared": generation}
+    # Buffered again later: a new generation, which the buffer takes.
+    assert trigger(api, payload=3, idempotencyKey="c").headers.get("x-mollifier") == "buffered"
+    assert marker_of(enrolled) > generation
+
+
+def test_a_marker_stays_while_runs_of_its_environment_wait(api, enrolled):
+    trip(api)
+    trigger(api, payload=1, idempotencyKey="a")
+    generation = marker_of(enrolled)
+    org, env = str(enrolled.organization_id), str(enrolled.pk)
+    buffer.pop(org_id=org, env_id=env, limit=100, lease_ms=60_000, now_ms=0)  # being written: still there
+
+    assert keyed_markers_clear() == 0
+    assert marker_of(enrolled) == generation
+
+
+def test_a_batch_s_keyed_items_make_the_marker_outside_its_transaction_and_none_is_triggered_twice(api, enrolled):
+    trip(api)
+    batch = api.post("/api/v3/batches", {"runCount": 3}, format="json").json()["id"]
+    items = [
+        {"index": i, "task": "t", "payload": f'{{"json":{i}}}', "options": {"idempotencyKey": f"k{i}"}}
+        for i in range(3)
+    ]
+
+    response = send_items(api, batch, *items)
+
+    assert response.status_code == 200 and response.json()["itemsAccepted"] == 3
+    assert marker_of(enrolled) is not None
+    org = str(enrolled.organization_id)
+    assert buffer.buffered_count(org) == 3
+    runs = api.get(f"/api/v2/batches/{batch}").json()["runs"]
+    assert len(set(runs)) == 3
+    Drainer().run(once=True)
+    assert sorted(TaskRun.objects.filter(task_identifier="t").values_list("idempotency_key", flat=True)) == [
+        "k0",
+        "k1",
+        "k2",
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_row_written_without_the_buffer_s_word_is_found_by_the_trigger_that_makes_the_marker(enrolled):
+    """A keyed trigger that could not reach Redis writes its row inside a transaction that holds
+    the marker's lock; a same-key trigger that is about to be buffered (its first look at the rows
+    came before that commit) makes the marker after it, looks again, and answers that row."""
+    api = client_for(enrolled)
+    trip(api)
+    writer = psycopg.connect(database_url())
+    writer.execute("SELECT pg_advisory_xact_lock_shared(hashtextextended(%s, 0))", [f"mollifier-keyed:{enrolled.pk}"])
+    answers = []
+
+    def buffered_trigger():
+        try:
+            answers.append(trigger(client_for(enrolled), payload="buffered", idempotencyKey="k"))
+        finally:
+            connection.close()
+
+    racing = threading.Thread(target=buffered_trigger)
+    racing.start()
+    racing.join(timeout=1)
+    assert racing.is_alive()  # making the marker waits for the row's transaction
+    row = TaskRun.objects.create(
+        id="c0mxkeyedmarkerrace000000001",
+        environment=enrolled,
+        organization_id=enrolled.organization_id,
+        project_id=enrolled.project_id,
+        task_identifier="hello-world",
+        idempotency_key="k",
+    )
+    writer.commit()  # the lock is let go after the row is committed, as that trigger's transaction does
+    writer.close()
+    racing.join(timeout=30)
+
+    assert answers and answers[0].status_code == 200
+    assert answers[0].json() == {"id": row.friendly_id, "isCached": True}
+    assert buffer.buffered_count(str(enrolled.organization_id)) == 0
+
+
+def test_the_sweep_deletes_a_marker_no_run_was_buffered_under(enrolled):
+    """Made, and then the buffer did not take the run (it was full, say): nothing drains, so the
+    drain never goes idle for it; the sweep lets it go."""
+    keyed_marker_make_sure(enrolled)
+
+    sweep(now_ms=now_ms())
+
+    assert marker_of(enrolled) is None
