@@ -62,6 +62,7 @@ class Load:
     phase: str = "before"
     answers: list[Answer] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
+    last_phase: dict[int, str] = field(default_factory=dict)  # thread → phase of its last answered trigger
 
     def start(self):
         self.workers = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(self.threads)]
@@ -87,6 +88,7 @@ class Load:
             status, data, headers = self._call(conn, "POST", "/api/v1/tasks/hello-world/trigger", body)
             run_id = json.loads(data)["id"] if status == 200 else ""
             self.answers.append(Answer(phase, "trigger", status, run_id, headers.get("x-mollifier") == "buffered"))
+            self.last_phase[n] = phase
             if status == 0:
                 conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=CLIENT_TIMEOUT)
             answered = [a.run_id for a in self.answers[-50:] if a.run_id]
@@ -164,6 +166,10 @@ def test_redis_paused_under_triggers_reads_and_a_drainer(tmp_path):
                 wait_until(lambda: len(load.of("trigger", "paused")) >= 30, timeout=60)
                 # Open (2), or half-open (1) while a background PING probes: Redis skipped.
                 assert metric(base_url, "mollifier_redis_breaker_state") in (1, 2)
+                # Triggers started while paused all end while it still is: one started then and
+                # still waiting for a worker would otherwise meet the resumed Redis.
+                load.phase = "resuming"
+                wait_until(lambda: set(load.last_phase.values()) == {"resuming"}, timeout=60)
             load.phase = "after"
             wait_until(lambda: len([a for a in load.of("trigger", "after") if a.buffered]) >= 10, timeout=60)
             load.finish()
