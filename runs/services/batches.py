@@ -21,7 +21,7 @@ from runs.services.batch_items import batch_link_pending, batch_refresh_status
 from runs.services.flags import mollifier_enrolled
 from runs.services.keyed_markers import KeyedMarkerNeeded, keyed_marker_make_sure
 from runs.services.packets import PACKET_TYPE, packets_use
-from runs.services.trigger import run_parent, task_run_commit, task_run_prepare
+from runs.services.trigger import MARKER_ATTEMPTS, run_parent, task_run_commit, task_run_prepare
 
 logger = logging.getLogger(__name__)
 
@@ -113,23 +113,19 @@ def batch_add_items(
         paths=[item.options.payload for item in items if item.options.payload_type == PACKET_TYPE],
         now=now,
     )
-    try:
-        return _add_items(environment=environment, batch=batch, items=items, now=now)
-    except KeyedMarkerNeeded:
-        # A keyed item was to be buffered, and the environment's keyed marker must be committed
-        # before it can be: outside the batch's transaction. Items buffered before it are kept (the
-        # buffer's batch slots) and not triggered again.
-        generation = keyed_marker_make_sure(environment)
-        return _add_items(environment=environment, batch=batch, items=items, now=now, marker_gen=generation)
+    for _ in range(MARKER_ATTEMPTS):
+        try:
+            return _add_items(environment=environment, batch=batch, items=items, now=now)
+        except KeyedMarkerNeeded as needed:
+            # A keyed item was to be buffered, and the environment's keyed marker must be committed
+            # before it can be: outside the batch's transaction, which rolled back. Items it buffered
+            # are kept (the buffer's batch slots) and not triggered again.
+            keyed_marker_make_sure(environment, refused=needed.refused)
+    raise ServiceUnavailable("The run buffer's keyed marker is changing hands; retry")
 
 
 def _add_items(
-    *,
-    environment: RuntimeEnvironment,
-    batch: BatchTaskRun,
-    items: list[BatchItem],
-    now: datetime,
-    marker_gen: int | None = None,
+    *, environment: RuntimeEnvironment, batch: BatchTaskRun, items: list[BatchItem], now: datetime
 ) -> BatchItemsOutcome:
     with transaction.atomic():
         # One stream at a time per batch: the row lock serialises resent streams.
@@ -154,9 +150,7 @@ def _add_items(
             for item in new.values()
         ]
         for item, run in prepared:
-            task_run_commit(
-                run=run, options=item.options, now=now, batch=batch, batch_index=item.index, marker_gen=marker_gen
-            )
+            task_run_commit(run=run, options=item.options, now=now, batch=batch, batch_index=item.index)
         seen |= set(new)
         sealed = len(seen) >= batch.run_count
         if sealed and not batch.sealed:

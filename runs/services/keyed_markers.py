@@ -8,13 +8,16 @@ none can, and the trigger writes its row (failing open, as the gate does); with 
 which the SDK retries. An enrolled organisation that is not bursting, or whose bursts carry no keys,
 keeps its keyed triggers through a Redis outage.
 
-- ``keyed_marker_make_sure`` runs before the buffer takes a keyed run of an environment whose marker
-  it does not know of (the accept answers NEEDS_MARKER); the accept is then sent again with the
-  marker's generation, which sets the buffer's mirror of it (mollifier/lua/lib/accept.lua).
+- ``keyed_marker_generation``: a keyed trigger of an enrolled organisation reads the marker's
+  generation *before* it looks for its key's holder among the rows, and the buffer takes the run
+  only if its mirror of the marker has that very generation (mollifier/lua/lib/accept.lua). Else
+  (NEEDS_MARKER) the trigger makes sure of the marker (``keyed_marker_make_sure``), looks for the
+  holder again, and sends the accept again with the generation, which sets the mirror.
 - ``keyed_buffer_may_hold`` is asked inside the transaction that writes the row of a keyed trigger
-  that could not reach Redis. It holds a lock that ``keyed_marker_make_sure`` waits for, so a marker
-  made while such a row is being written is committed after it, and the trigger that made it, which
-  looks for the key's holder again afterwards, finds that row.
+  that could not reach Redis (such a trigger is never buffered). It holds a lock that
+  ``keyed_marker_make_sure`` waits for: a marker made while such a row is written is committed
+  after it, so any trigger the buffer takes looked for its key's holder after that row was
+  committed (it read the marker's generation, or made it, before looking), and finds it.
 - ``keyed_markers_clear`` deletes the markers of environments with nothing left in the buffer
   (after the drain empties it: TaskRunSink.idle).
 """
@@ -36,11 +39,13 @@ _SEQUENCE = "runs_keyedbuffermarker_generation"  # created by migration 0008
 class KeyedMarkerNeeded(Exception):
     """The buffer asks for the environment's keyed marker, and the caller is inside a transaction
     of its own (a batch's items), where a marker would not be committed before the accept: the
-    caller makes sure of it outside, and comes back with its generation."""
+    caller makes sure of it outside (``refused``: the generation the buffer refused, if any), and
+    sends the items again."""
 
-    def __init__(self, environment: RuntimeEnvironment):
+    def __init__(self, environment: RuntimeEnvironment, *, refused: int | None):
         super().__init__(f"keyed marker needed for environment {environment.pk}")
         self.environment = environment
+        self.refused = refused
 
 
 def _lock(cursor, environment_id: int, *, shared: bool) -> None:
@@ -48,16 +53,23 @@ def _lock(cursor, environment_id: int, *, shared: bool) -> None:
     cursor.execute(f"SELECT {function}(hashtextextended(%s, 0))", [f"mollifier-keyed:{environment_id}"])
 
 
-def keyed_marker_make_sure(environment: RuntimeEnvironment) -> int:
-    """Commit the environment's marker (a new generation each time, so that one a clearer has taken
-    away is never handed to the buffer again) and return its generation."""
+def keyed_marker_generation(environment: RuntimeEnvironment) -> int | None:
+    """The generation of the environment's marker, as committed now (None: no marker)."""
+    return KeyedBufferMarker.objects.filter(environment=environment).values_list("generation", flat=True).first()
+
+
+def keyed_marker_make_sure(environment: RuntimeEnvironment, *, refused: int | None = None) -> int:
+    """Commit the environment's marker and return its generation: the one it has, or, when there is
+    none or it is ``refused`` (the buffer has taken that generation away, and Postgres's marker of it
+    is about to be deleted), a new one from the sequence, which is larger than any before."""
     with transaction.atomic(), connection.cursor() as cursor:
         _lock(cursor, environment.pk, shared=False)
         cursor.execute(
             f"INSERT INTO {_TABLE} (environment_id, generation, set_at) VALUES (%s, nextval(%s), now()) "
-            f"ON CONFLICT (environment_id) DO UPDATE SET generation = GREATEST({_TABLE}.generation, "
-            "EXCLUDED.generation), set_at = EXCLUDED.set_at RETURNING generation",
-            [environment.pk, _SEQUENCE],
+            f"ON CONFLICT (environment_id) DO UPDATE SET generation = CASE WHEN {_TABLE}.generation = %s "
+            f"THEN EXCLUDED.generation ELSE {_TABLE}.generation END, set_at = EXCLUDED.set_at "
+            "RETURNING generation",
+            [environment.pk, _SEQUENCE, refused],
         )
         generation = int(cursor.fetchone()[0])
     logger.info("runs.keyed_marker.set env=%s generation=%d", environment.pk, generation)

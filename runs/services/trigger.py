@@ -32,7 +32,12 @@ from runs.options import TriggerOptions
 from runs.services import idempotency
 from runs.services.batch_items import batch_link_pending
 from runs.services.flags import mollifier_enrolled
-from runs.services.keyed_markers import KeyedMarkerNeeded, keyed_buffer_may_hold, keyed_marker_make_sure
+from runs.services.keyed_markers import (
+    KeyedMarkerNeeded,
+    keyed_buffer_may_hold,
+    keyed_marker_generation,
+    keyed_marker_make_sure,
+)
 from runs.services.packets import PACKET_TYPE, packets_use
 from runs.snapshots import entry_to_run, run_to_entry, to_ms
 from trigger_project.postgres import breaker as postgres_breaker
@@ -97,82 +102,68 @@ def task_run_commit(
     now: datetime,
     batch: BatchTaskRun | None = None,
     batch_index: int | None = None,
-    marker_gen: int | None = None,
 ) -> TriggerOutcome:
     """Write a prepared run (Postgres or the buffer), or find the one its idempotency key names.
 
-    A batch's items are committed inside the batch's transaction: a keyed item the buffer would
-    take only with the environment's keyed marker raises KeyedMarkerNeeded, and the batch makes
-    sure of the marker outside its transaction and comes back with its generation (``marker_gen``)."""
-    return _trigger(run=run, options=options, now=now, batch=batch, batch_index=batch_index, marker_gen=marker_gen)
+    A batch's items are committed inside the batch's transaction: a keyed item the buffer takes
+    only once the environment's keyed marker is committed raises KeyedMarkerNeeded instead, and
+    the batch makes sure of the marker outside its transaction and sends its items again."""
+    return _trigger(run=run, options=options, now=now, batch=batch, batch_index=batch_index)
 
 
 def _trigger(
-    *,
-    run: TaskRun,
-    options: TriggerOptions,
-    now: datetime,
-    batch: BatchTaskRun | None,
-    batch_index: int | None,
-    marker_gen: int | None = None,
+    *, run: TaskRun, options: TriggerOptions, now: datetime, batch: BatchTaskRun | None, batch_index: int | None
 ) -> TriggerOutcome:
     environment = run.environment
     enrolled = mollifier_enrolled(environment.organization)
     key = options.idempotency_key
-    if key is not None:
-        if (holder := _holder_of_key(run=run, key=key, now=now, uses_buffer=False)) is not None:
-            return _cached(holder, batch=batch, batch_index=batch_index, request_key=run.request_key)
-        if conf.enabled() and enrolled:
-            # The claim serialises same-key triggers across both stores (bypassed triggers claim
-            # too, so that no path races a buffered holder); its script reads the buffered holder.
-            try:
-                with claims.held(
-                    org_id=str(run.organization_id),
-                    env_id=str(run.environment_id),
-                    task=run.task_identifier,
-                    key=key,
-                    key_expires_ms=to_ms(run.idempotency_key_expires_at),
-                    now_ms=to_ms(now),
-                ) as held:
-                    if held.outcome.kind == claims.ClaimKind.UNAVAILABLE:
-                        # Postgres has no holder. A run waiting in the buffer may hold the key only
-                        # if the environment's keyed marker exists: the row's transaction checks
-                        # (keyed_buffer_may_hold), and answers 503 if so (the SDK retries).
-                        return _admit_and_write(
-                            run=run,
-                            options=options,
-                            now=now,
-                            batch=batch,
-                            batch_index=batch_index,
-                            enrolled=enrolled,
-                            held=None,
-                            marker_gen=marker_gen,
-                            unchecked_key=True,
-                        )
-                    if (holder := _claimed_holder(run=run, key=key, now=now, outcome=held.outcome)) is not None:
-                        return _cached(holder, batch=batch, batch_index=batch_index, request_key=run.request_key)
-                    return _admit_and_write(
-                        run=run,
-                        options=options,
-                        now=now,
-                        batch=batch,
-                        batch_index=batch_index,
-                        enrolled=enrolled,
-                        held=held,
-                        marker_gen=marker_gen,
-                    )
-            except ClaimTimeout as error:
-                raise ServiceUnavailable(str(error)) from None
-    return _admit_and_write(
-        run=run,
-        options=options,
-        now=now,
-        batch=batch,
-        batch_index=batch_index,
-        enrolled=enrolled,
-        held=None,
-        marker_gen=marker_gen,
-    )
+    if key is None:
+        return _admit_and_write(
+            run=run, options=options, now=now, batch=batch, batch_index=batch_index, enrolled=enrolled, held=None
+        )
+    uses_buffer = conf.enabled() and enrolled
+    # Read before the rows are searched for the key: the buffer takes the run only while its
+    # marker has this generation (runs/services/keyed_markers.py).
+    known_marker = keyed_marker_generation(environment) if uses_buffer else None
+    if (holder := _holder_of_key(run=run, key=key, now=now, uses_buffer=False)) is not None:
+        return _cached(holder, batch=batch, batch_index=batch_index, request_key=run.request_key)
+    if not uses_buffer:
+        return _admit_and_write(
+            run=run, options=options, now=now, batch=batch, batch_index=batch_index, enrolled=enrolled, held=None
+        )
+    # The claim serialises same-key triggers across both stores (bypassed triggers claim too, so
+    # that no path races a buffered holder); its script reads the buffered holder.
+    try:
+        with claims.held(
+            org_id=str(run.organization_id),
+            env_id=str(run.environment_id),
+            task=run.task_identifier,
+            key=key,
+            key_expires_ms=to_ms(run.idempotency_key_expires_at),
+            now_ms=to_ms(now),
+        ) as held:
+            if held.outcome.kind == claims.ClaimKind.UNAVAILABLE:
+                # Redis did not answer: the key is checked against rows only, and a buffered run can
+                # hold it only if the environment's keyed marker exists. The row's transaction checks
+                # (keyed_buffer_may_hold; 503 if so: the SDK retries). Never buffered: its key was
+                # not checked there.
+                return _insert_or_find_existing(
+                    run=run, key=key, now=now, batch=batch, batch_index=batch_index, unchecked_key=True
+                )
+            if (holder := _claimed_holder(run=run, key=key, now=now, outcome=held.outcome)) is not None:
+                return _cached(holder, batch=batch, batch_index=batch_index, request_key=run.request_key)
+            return _admit_and_write(
+                run=run,
+                options=options,
+                now=now,
+                batch=batch,
+                batch_index=batch_index,
+                enrolled=enrolled,
+                held=held,
+                known_marker=known_marker,
+            )
+    except ClaimTimeout as error:
+        raise ServiceUnavailable(str(error)) from None
 
 
 def _cached(
@@ -185,6 +176,9 @@ def _cached(
     return TriggerOutcome(run=holder, is_cached=not repeated)
 
 
+MARKER_ATTEMPTS = 3  # the buffer asks for the keyed marker at most this often before a 503
+
+
 def _admit_and_write(
     *,
     run: TaskRun,
@@ -194,16 +188,14 @@ def _admit_and_write(
     batch_index: int | None,
     enrolled: bool,
     held: claims.Held | None,
-    marker_gen: int | None = None,
-    unchecked_key: bool = False,
+    known_marker: int | None = None,
 ) -> TriggerOutcome:
     """Through the gate: into the buffer (mollified), or into Postgres; the claim, when held, is
     published with the run id (the buffer's accept publishes it in its own script).
-    ``unchecked_key``: the key could not be checked against the buffer (Redis did not answer the
-    claim); its row is written only if no buffered run can hold keys of the environment."""
+    ``known_marker``: the keyed marker's generation, read before the rows were searched for the key."""
     environment = run.environment
 
-    def admit(*, replace_request: bool = False, marker_gen: int | None = marker_gen) -> gate.Admission:
+    def admit(*, replace_request: bool = False) -> gate.Admission:
         return gate.admit_or_buffer(
             org_id=str(environment.organization_id),
             env_id=str(environment.pk),
@@ -216,30 +208,36 @@ def _admit_and_write(
             request_ttl_ms=int(settings.TRIGGER["REQUEST_IDEMPOTENCY_TTL_SECONDS"]) * 1000,
             replace_request=replace_request,
             postgres_out=postgres_breaker.is_open(),
-            marker_gen=marker_gen,
+            marker_gen=known_marker,
         )
 
     admission = admit()
-    if admission.accepted is not None and admission.accepted.status == AcceptStatus.NEEDS_MARKER:
-        if batch is not None and marker_gen is None:  # inside the batch's transaction: not committed first
-            raise KeyedMarkerNeeded(environment)
-        if batch is not None:
+    replaced, marker_asks = False, 0
+    while True:
+        if admission.repeated_run:
+            if (first := _find(environment, admission.repeated_run)) is not None:
+                return _cached(first, batch=batch, batch_index=batch_index, request_key=run.request_key)
+            if replaced:
+                raise ServiceUnavailable("This request's first attempt is still being written; retry")
+            # The run the key named was never written (its attempt failed after the gate): this one is.
+            replaced = True
+            admission = admit(replace_request=True)
+            continue
+        if admission.accepted is None or admission.accepted.status != AcceptStatus.NEEDS_MARKER:
+            break
+        marker_asks += 1
+        if marker_asks > MARKER_ATTEMPTS:
             raise ServiceUnavailable("The run buffer's keyed marker is changing hands; retry")
-        made_sure = keyed_marker_make_sure(environment)
-        # A row written for the key without the buffer's word (Redis did not answer that trigger)
-        # was committed before the marker (keyed_buffer_may_hold): it is the key's holder.
+        if batch is not None:  # inside the batch's transaction: a marker made here would not be committed first
+            raise KeyedMarkerNeeded(environment, refused=known_marker)
+        known_marker = keyed_marker_make_sure(environment, refused=known_marker)
+        # Look again, now that the marker is committed: a row written for the key without the
+        # buffer's word (keyed_buffer_may_hold) was committed before it.
         if options.idempotency_key and (
             holder := _holder_of_key(run=run, key=options.idempotency_key, now=now, uses_buffer=False)
         ):
             return _cached(holder, batch=batch, batch_index=batch_index, request_key=run.request_key)
-        admission = admit(marker_gen=made_sure)
-        if admission.accepted is not None and admission.accepted.status == AcceptStatus.NEEDS_MARKER:
-            raise ServiceUnavailable("The run buffer's keyed marker is changing hands; retry")
-    if admission.repeated_run:
-        if (first := _find(environment, admission.repeated_run)) is not None:
-            return _cached(first, batch=batch, batch_index=batch_index, request_key=run.request_key)
-        # The run the key named was never written (its attempt failed after the gate): this one is.
-        admission = admit(replace_request=True)
+        admission = admit(replace_request=replaced)
     if admission.accepted is not None:  # mollified: the buffer answered
         outcome = _buffered_outcome(run=run, accepted=admission.accepted)
         if held and admission.accepted.status == AcceptStatus.ACCEPTED:
@@ -254,7 +252,6 @@ def _admit_and_write(
         batch=batch,
         batch_index=batch_index,
         gate_named_run=gate_named_run,
-        unchecked_key=unchecked_key,
     )
     if held:
         held.publish(outcome.run.friendly_id)

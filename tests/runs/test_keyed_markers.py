@@ -156,3 +156,27 @@ def test_the_sweep_deletes_a_marker_no_run_was_buffered_under(enrolled):
     sweep(now_ms=now_ms())
 
     assert marker_of(enrolled) is None
+
+
+def test_a_retried_request_whose_first_run_was_never_written_is_buffered_for_real(api, enrolled):
+    """The request key names a run that is nowhere (its first attempt failed after the gate): the
+    retry makes its run, and when that run is keyed and the buffer first asks for the marker, it
+    is buffered once the marker is made (it was answered as buffered without being written)."""
+    trip(api)
+    buffer.remember_request(
+        org_id=str(enrolled.organization_id),
+        env_id=str(enrolled.pk),
+        task="hello-world",
+        request_key="req-1",
+        run_id="run_neverwritten00000000000",
+        ttl_ms=60_000,
+    )
+
+    response = trigger(api, payload=1, idempotencyKey="k", headers={"x-trigger-request-idempotency-key": "req-1"})
+
+    assert response.status_code == 200 and response.headers.get("x-mollifier") == "buffered"
+    run_id = response.json()["id"]
+    assert buffer.get(org_id=str(enrolled.organization_id), run_id=run_id) is not None
+    assert api.get(f"/api/v3/runs/{run_id}").json()["idempotencyKey"] == "k"
+    again = trigger(api, payload=1, idempotencyKey="k", headers={"x-trigger-request-idempotency-key": "req-1"})
+    assert again.json() == {"id": run_id, "isCached": False}  # the retry gets its run, as first answered

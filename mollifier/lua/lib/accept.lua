@@ -5,14 +5,17 @@ accept_entry(k, a) -> reply table
   a.run, a.env, a.now_ms, a.cap, a.max_bytes (0: no byte cap), a.memory_full ('1': Redis is near its
   maxmemory, refuse new entries), a.snapshot, a.row ('' for none: see keys.row), a.fields (flat list of hash field/value pairs), a.idem_key,
   a.batch_index, a.claim_marker ('' or 'pending:<token>'), a.claim_ttl, a.marker_gen ('' or the
-  generation of the environment's Postgres marker the caller has just made sure of)
+  generation of the environment's Postgres marker, as the caller read it before it looked for the
+  key's holder among the rows)
 
-A run with an idempotency key is accepted only while the environment's keyed marker is set (see
-keys.keyed): Postgres then knows that such a run may wait here, and a keyed trigger that cannot
-reach Redis answers 503 instead of writing a row that a buffered run's key may already name. With
-no marker, nothing is written and the reply asks the caller to make sure of Postgres's marker and
-come back with its generation, which sets the marker unless a clearer has taken that generation
-away since (clear_keyed_marker.lua).
+A run with an idempotency key is accepted only while the environment's keyed marker (keys.keyed)
+has the very generation the caller read: Postgres then knows that such a run may wait here, so a
+keyed trigger that cannot reach Redis answers 503 instead of writing a row a buffered run's key may
+already name; and the caller looked for the key's holder among the rows after that marker was
+committed, so after any row written without the buffer's word (runs/services/keyed_markers.py).
+A generation newer than the mirror's, and newer than any cleared (clear_keyed_marker.lua), sets it.
+Otherwise nothing is written, and the reply asks the caller to make sure of Postgres's marker, look
+again, and come back with its generation.
 
 An entry's size is the bytes of its snapshot, its row and its hash's fields and values as accepted; it is
 kept in the entry (field `bytes`) and summed in the organisation's stats (`bytes`, beside
@@ -54,14 +57,17 @@ local function accept_entry(k, a)
     return {'over_cap', tostring(count), tostring(used), 'bytes'}
   end
   if a.idem_key ~= '' then
-    if a.marker_gen ~= '' then
-      local generation = tonumber(a.marker_gen)
-      local marker = redis.call('HMGET', k.keyed, 'marker', 'cleared')
-      if generation > tonumber(marker[2] or '0') and generation > tonumber(marker[1] or '0') then
-        redis.call('HSET', k.keyed, 'marker', a.marker_gen)
-      end
+    if a.marker_gen == '' then
+      return {'needs_marker'}
     end
-    if redis.call('HEXISTS', k.keyed, 'marker') == 0 then
+    local generation = tonumber(a.marker_gen)
+    local marker = redis.call('HMGET', k.keyed, 'marker', 'cleared')
+    local current = tonumber(marker[1] or '0')
+    if generation > current and generation > tonumber(marker[2] or '0') then
+      redis.call('HSET', k.keyed, 'marker', a.marker_gen)
+      current = generation
+    end
+    if current ~= generation then
       return {'needs_marker'}
     end
   end

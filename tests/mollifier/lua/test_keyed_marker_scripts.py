@@ -28,13 +28,18 @@ def test_a_keyed_run_needs_the_marker_and_nothing_is_written_without_it(store):
     assert accept("run_b", key=None).status == "accepted"  # a run without a key never needs one
 
 
-def test_the_marker_set_with_the_accept_lets_later_keyed_runs_in(store):
+def test_a_keyed_run_is_taken_only_with_the_marker_s_very_generation(store):
+    """The caller read that generation before it looked for its key among the rows: a caller who
+    read none, or an older one, looks again once it has made sure of the current one."""
     assert accept("run_a", marker_gen=7).status == "accepted"
     assert marker(store) == {"marker": 7}
 
-    assert accept("run_b", key="other").status == "accepted"
-    assert accept("run_c", key="third", marker_gen=5).status == "accepted"
+    assert accept("run_b", key="b", marker_gen=7).status == "accepted"
+    assert accept("run_c", key="c").status == "needs_marker"
+    assert accept("run_c", key="c", marker_gen=5).status == "needs_marker"
     assert marker(store) == {"marker": 7}  # an older generation never lowers it
+    assert accept("run_c", key="c", marker_gen=9).status == "accepted"  # a newer one raises it
+    assert marker(store) == {"marker": 9}
 
 
 def test_the_marker_is_taken_away_only_when_nothing_of_the_environment_waits(store):
