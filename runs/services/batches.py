@@ -113,24 +113,35 @@ def batch_add_items(
         paths=[item.options.payload for item in items if item.options.payload_type == PACKET_TYPE],
         now=now,
     )
+    stored_before: set[int] | None = None  # what the batch held before this call's first attempt
     for _ in range(MARKER_ATTEMPTS):
         try:
-            return _add_items(environment=environment, batch=batch, items=items, now=now)
+            return _add_items(environment=environment, batch=batch, items=items, now=now, stored_before=stored_before)
         except KeyedMarkerNeeded as needed:
             # A keyed item was to be buffered, and the environment's keyed marker must be committed
             # before it can be: outside the batch's transaction, which rolled back. Items it buffered
-            # are kept (the buffer's batch slots) and not triggered again.
+            # are kept (the buffer's batch slots) and not triggered again, but still counted as this
+            # call's.
+            stored_before = needed.stored_before
             keyed_marker_make_sure(environment, refused=needed.refused)
     raise ServiceUnavailable("The run buffer's keyed marker is changing hands; retry")
 
 
 def _add_items(
-    *, environment: RuntimeEnvironment, batch: BatchTaskRun, items: list[BatchItem], now: datetime
+    *,
+    environment: RuntimeEnvironment,
+    batch: BatchTaskRun,
+    items: list[BatchItem],
+    now: datetime,
+    stored_before: set[int] | None,
 ) -> BatchItemsOutcome:
     with transaction.atomic():
         # One stream at a time per batch: the row lock serialises resent streams.
         batch = BatchTaskRun.objects.select_for_update().select_related("environment").get(pk=batch.pk)
         seen = _stored_indexes(batch)
+        if stored_before is None:
+            stored_before = set(seen)
+        accepted = len({item.index for item in items} - stored_before)
         new: dict[int, BatchItem] = {}
         for item in items:
             if item.index not in seen:
@@ -149,8 +160,12 @@ def _add_items(
             )
             for item in new.values()
         ]
-        for item, run in prepared:
-            task_run_commit(run=run, options=item.options, now=now, batch=batch, batch_index=item.index)
+        try:
+            for item, run in prepared:
+                task_run_commit(run=run, options=item.options, now=now, batch=batch, batch_index=item.index)
+        except KeyedMarkerNeeded as needed:
+            needed.stored_before = stored_before
+            raise
         seen |= set(new)
         sealed = len(seen) >= batch.run_count
         if sealed and not batch.sealed:
@@ -158,7 +173,7 @@ def _add_items(
             batch_refresh_status(batch=batch, now=now)
             batch.save(update_fields=["sealed", "status", "completed_at", "updated_at"])
     return BatchItemsOutcome(
-        batch=batch, accepted=len(new), deduplicated=len(items) - len(new), sealed=sealed, stored=len(seen)
+        batch=batch, accepted=accepted, deduplicated=len(items) - accepted, sealed=sealed, stored=len(seen)
     )
 
 

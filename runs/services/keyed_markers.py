@@ -46,6 +46,7 @@ class KeyedMarkerNeeded(Exception):
         super().__init__(f"keyed marker needed for environment {environment.pk}")
         self.environment = environment
         self.refused = refused
+        self.stored_before: set[int] | None = None  # the batch's items before the attempt (batches.py)
 
 
 def _lock(cursor, environment_id: int, *, shared: bool) -> None:

@@ -217,9 +217,8 @@ def _admit_and_write(
         if admission.repeated_run:
             if (first := _find(environment, admission.repeated_run)) is not None:
                 return _cached(first, batch=batch, batch_index=batch_index, request_key=run.request_key)
-            if replaced:
-                raise ServiceUnavailable("This request's first attempt is still being written; retry")
-            # The run the key named was never written (its attempt failed after the gate): this one is.
+            # The run the key named was never written (its attempt failed after the gate): this one
+            # is. Every later call replaces too, so no repeated run comes back: the loop ends.
             replaced = True
             admission = admit(replace_request=True)
             continue

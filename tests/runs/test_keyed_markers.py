@@ -5,9 +5,8 @@ run, and the drain deletes it once nothing waits there."""
 
 import threading
 
-import psycopg
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 
 from mollifier import buffer, keys
 from mollifier.client import get as redis_client
@@ -15,10 +14,9 @@ from mollifier.clock import now_ms
 from mollifier.drainer import Drainer
 from mollifier.sweep import sweep
 from runs.models import KeyedBufferMarker, TaskRun
-from runs.services.keyed_markers import keyed_marker_make_sure, keyed_markers_clear
+from runs.services.keyed_markers import keyed_buffer_may_hold, keyed_marker_make_sure, keyed_markers_clear
 from tests.conftest import client_for
 from tests.helpers import send_items, trigger
-from tests.server import database_url
 
 pytestmark = pytest.mark.django_db
 
@@ -80,7 +78,8 @@ def test_a_marker_stays_while_runs_of_its_environment_wait(api, enrolled):
     trigger(api, payload=1, idempotencyKey="a")
     generation = marker_of(enrolled)
     org, env = str(enrolled.organization_id), str(enrolled.pk)
-    buffer.pop(org_id=org, env_id=env, limit=100, lease_ms=60_000, now_ms=0)  # being written: still there
+    popped = buffer.pop(org_id=org, env_id=env, limit=100, lease_ms=60_000, now_ms=now_ms())
+    assert len(popped.entries) == 1  # leased (being written): still there
 
     assert keyed_markers_clear() == 0
     assert marker_of(enrolled) == generation
@@ -89,8 +88,10 @@ def test_a_marker_stays_while_runs_of_its_environment_wait(api, enrolled):
 def test_a_batch_s_keyed_items_make_the_marker_outside_its_transaction_and_none_is_triggered_twice(api, enrolled):
     trip(api)
     batch = api.post("/api/v3/batches", {"runCount": 3}, format="json").json()["id"]
+    # Item 0 has no key: it is buffered before item 1 asks for the marker, and is kept when the
+    # batch's transaction rolls back (its batch slot), not triggered again.
     items = [
-        {"index": i, "task": "t", "payload": f'{{"json":{i}}}', "options": {"idempotencyKey": f"k{i}"}}
+        {"index": i, "task": "t", "payload": f'{{"json":{i}}}', "options": {"idempotencyKey": f"k{i}"} if i else {}}
         for i in range(3)
     ]
 
@@ -103,23 +104,39 @@ def test_a_batch_s_keyed_items_make_the_marker_outside_its_transaction_and_none_
     runs = api.get(f"/api/v2/batches/{batch}").json()["runs"]
     assert len(set(runs)) == 3
     Drainer().run(once=True)
-    assert sorted(TaskRun.objects.filter(task_identifier="t").values_list("idempotency_key", flat=True)) == [
-        "k0",
-        "k1",
-        "k2",
-    ]
+    keys_written = TaskRun.objects.filter(task_identifier="t").values_list("idempotency_key", flat=True)
+    assert sorted(map(str, keys_written)) == ["None", "k1", "k2"]  # three runs, each once
 
 
 @pytest.mark.django_db(transaction=True)
 def test_a_row_written_without_the_buffer_s_word_is_found_by_the_trigger_that_makes_the_marker(enrolled):
-    """A keyed trigger that could not reach Redis writes its row inside a transaction that holds
-    the marker's lock; a same-key trigger that is about to be buffered (its first look at the rows
-    came before that commit) makes the marker after it, looks again, and answers that row."""
+    """A keyed trigger that could not reach Redis checks the marker and writes its row in one
+    transaction (keyed_buffer_may_hold holds a lock till its end); a same-key trigger about to be
+    buffered, whose first look at the rows came before that commit, makes the marker only after it,
+    looks again, and answers that row."""
     api = client_for(enrolled)
     trip(api)
-    writer = psycopg.connect(database_url())
-    writer.execute("SELECT pg_advisory_xact_lock_shared(hashtextextended(%s, 0))", [f"mollifier-keyed:{enrolled.pk}"])
+    checked, go = threading.Event(), threading.Event()
     answers = []
+
+    def write_without_the_buffer():
+        try:
+            with transaction.atomic():
+                assert not keyed_buffer_may_hold(enrolled)
+                answers.append(
+                    TaskRun.objects.create(
+                        id="c0mxkeyedmarkerrace000000001",
+                        environment=enrolled,
+                        organization_id=enrolled.organization_id,
+                        project_id=enrolled.project_id,
+                        task_identifier="hello-world",
+                        idempotency_key="k",
+                    )
+                )
+                checked.set()
+                go.wait(30)
+        finally:
+            connection.close()
 
     def buffered_trigger():
         try:
@@ -127,24 +144,19 @@ def test_a_row_written_without_the_buffer_s_word_is_found_by_the_trigger_that_ma
         finally:
             connection.close()
 
+    writer = threading.Thread(target=write_without_the_buffer)
+    writer.start()
+    assert checked.wait(30)
     racing = threading.Thread(target=buffered_trigger)
     racing.start()
     racing.join(timeout=1)
     assert racing.is_alive()  # making the marker waits for the row's transaction
-    row = TaskRun.objects.create(
-        id="c0mxkeyedmarkerrace000000001",
-        environment=enrolled,
-        organization_id=enrolled.organization_id,
-        project_id=enrolled.project_id,
-        task_identifier="hello-world",
-        idempotency_key="k",
-    )
-    writer.commit()  # the lock is let go after the row is committed, as that trigger's transaction does
-    writer.close()
+    go.set()
+    writer.join(timeout=30)
     racing.join(timeout=30)
 
-    assert answers and answers[0].status_code == 200
-    assert answers[0].json() == {"id": row.friendly_id, "isCached": True}
+    row, answer = answers
+    assert answer.status_code == 200 and answer.json() == {"id": row.friendly_id, "isCached": True}
     assert buffer.buffered_count(str(enrolled.organization_id)) == 0
 
 

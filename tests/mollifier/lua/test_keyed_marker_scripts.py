@@ -81,3 +81,11 @@ def test_a_parked_keyed_run_keeps_the_marker(store):
 
     assert clear(3) is False  # it still holds its key, and may be retried
     assert marker(store) == {"marker": 3}
+
+
+def test_with_no_marker_in_redis_an_empty_environment_lets_postgres_s_go(store):
+    """Postgres's marker was made, and the buffer never took a run under it (or lost its mirror):
+    it may go, and its generation is not taken again."""
+    assert clear(4) is True
+    assert marker(store) == {"cleared": 4}
+    assert accept("run_a", marker_gen=4).status == "needs_marker"
