@@ -379,7 +379,9 @@ def _insert_or_find_existing(
     """Insert the run's row, or find the run that holds its key. When the gate made the request's
     key name this run and the database fails before the commit was sent (the row cannot have been
     written), the key is released (``_forget_request``); a failure of the commit itself leaves the
-    outcome unknown, and the key as it is. ``unchecked_key``: see _admit_and_write."""
+    outcome unknown, and the key as it is. ``unchecked_key``: Redis did not answer this keyed
+    trigger's claim; the row is written only if no buffered run can hold keys of the environment
+    (keyed_buffer_may_hold, in the row's own transaction), else ServiceUnavailable."""
     # Two passes at most: a concurrent trigger may take the key between our read and our insert.
     for attempt in range(2):
         if key is not None and attempt:
