@@ -35,6 +35,13 @@ def metadata_cas_attempts() -> int:
     return int(_get("METADATA_CAS_ATTEMPTS"))
 
 
+def keyed_marker_keep_seconds() -> int:
+    """A keyed marker is kept at least this long after it was made, also once its environment's
+    buffer is empty: an environment that stays tripped while the drain keeps up would otherwise
+    make one (a Postgres write, a Redis round trip) for most of its keyed triggers."""
+    return int(_get("KEYED_MARKER_KEEP_SECONDS"))
+
+
 def _packets(name: str) -> Any:
     return getattr(settings, "PACKETS")[name]  # noqa: B009  (getattr: its value types are the settings', not object)
 

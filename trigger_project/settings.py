@@ -204,6 +204,8 @@ TRIGGER: dict[str, Any] = {
     "MID_DRAIN_POLL_SECONDS": 0.02,
     # ~50-way contention on one buffered run's metadata (the original's figure).
     "METADATA_CAS_ATTEMPTS": env_int("TRIGGER_METADATA_CAS_ATTEMPTS", 12),
+    # A keyed marker is kept at least this long after it was made (runs/services/keyed_markers.py).
+    "KEYED_MARKER_KEEP_SECONDS": env_int("TRIGGER_KEYED_MARKER_KEEP_SECONDS", 60),
     # How long a web process trusts a key's environment (and its organisation's flags); 0 disables.
     "AUTH_CACHE_SECONDS": float(env("TRIGGER_AUTH_CACHE_SECONDS", "2")),
 }

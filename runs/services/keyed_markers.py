@@ -19,15 +19,19 @@ keeps its keyed triggers through a Redis outage.
   after it, so any trigger the buffer takes looked for its key's holder after that row was
   committed (it read the marker's generation, or made it, before looking), and finds it.
 - ``keyed_markers_clear`` deletes the markers of environments with nothing left in the buffer
-  (after the drain empties it: TaskRunSink.idle).
+  (after the drain empties it: TaskRunSink.idle, and at each sweep), once they are
+  TRIGGER_KEYED_MARKER_KEEP_SECONDS old.
 """
 
 import logging
+from datetime import timedelta
 
 from django.db import DatabaseError, InterfaceError, connection, transaction
+from django.utils import timezone
 
 from mollifier import buffer
 from mollifier.exceptions import BufferUnavailable
+from runs import conf
 from runs.models import KeyedBufferMarker, RuntimeEnvironment
 
 logger = logging.getLogger(__name__)
@@ -86,13 +90,17 @@ def keyed_buffer_may_hold(environment: RuntimeEnvironment) -> bool:
 
 
 def keyed_markers_clear() -> int:
-    """Delete the markers of environments with nothing waiting in the buffer; returns how many.
+    """Delete the markers, made at least TRIGGER_KEYED_MARKER_KEEP_SECONDS ago, of environments
+    with nothing waiting in the buffer; returns how many.
     A marker the buffer will not let go of (runs still wait, or a newer one was made meanwhile)
     stays. Redis or Postgres not answering leaves the markers for the next time."""
     cleared = 0
     try:
+        kept_since = timezone.now() - timedelta(seconds=conf.keyed_marker_keep_seconds())
         markers = list(
-            KeyedBufferMarker.objects.values_list("environment_id", "environment__organization_id", "generation")
+            KeyedBufferMarker.objects.filter(set_at__lte=kept_since).values_list(
+                "environment_id", "environment__organization_id", "generation"
+            )
         )
         for env_id, org_id, generation in markers:
             if buffer.clear_keyed_marker(org_id=str(org_id), env_id=str(env_id), generation=generation):

@@ -90,7 +90,9 @@ def test_redis_down_mid_burst_fails_open_and_buffered_runs_survive_a_restart(own
         assert after[0] == 200 and after[2].get("x-mollifier") == "buffered"  # the gate resumed by itself
         assert call("GET", f"{base_url}/api/v3/runs/{buffered[0]}", key)[1]["status"] == "QUEUED"
 
-        drainer = start_manage("mollifier_drain", "--once", REDIS_URL=own_redis.url)
+        drainer = start_manage(
+            "mollifier_drain", "--once", REDIS_URL=own_redis.url, TRIGGER_KEYED_MARKER_KEEP_SECONDS="0"
+        )
         assert drainer.wait(60) == 0
         # Nothing waits in the buffer now: the drain deleted the marker, and with Redis down again
         # a keyed trigger can only collide with rows, which Postgres checks. It is written.

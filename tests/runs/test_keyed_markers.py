@@ -30,6 +30,13 @@ def redis_marker(environment) -> dict:
     return {k.decode(): int(v) for k, v in raw.items()}
 
 
+@pytest.fixture
+def keep_none(settings):
+    """Markers may go as soon as their environment's buffer is empty (by default they are kept a
+    minute: test_a_marker_is_kept_a_while_after_its_buffer_emptied)."""
+    settings.TRIGGER = {**settings.TRIGGER, "KEYED_MARKER_KEEP_SECONDS": 0}
+
+
 def trip(api) -> None:
     for i in range(5):  # the test gate trips after 5 triggers
         assert trigger(api, task="warm-up", payload=i).headers.get("x-mollifier") is None
@@ -55,7 +62,7 @@ def test_with_keyed_runs_in_the_buffer_a_keyed_trigger_answers_503_while_redis_i
     assert trigger(api, payload=2).status_code == 200  # a trigger without a key is written, as before
 
 
-def test_the_first_keyed_run_buffered_makes_the_marker_and_the_drain_deletes_it(api, enrolled):
+def test_the_first_keyed_run_buffered_makes_the_marker_and_the_drain_deletes_it(api, enrolled, keep_none):
     trip(api)
     first = trigger(api, payload=1, idempotencyKey="a")
     second = trigger(api, payload=2, idempotencyKey="b")
@@ -73,7 +80,7 @@ def test_the_first_keyed_run_buffered_makes_the_marker_and_the_drain_deletes_it(
     assert marker_of(enrolled) > generation
 
 
-def test_a_marker_stays_while_runs_of_its_environment_wait(api, enrolled):
+def test_a_marker_stays_while_runs_of_its_environment_wait(api, enrolled, keep_none):
     trip(api)
     trigger(api, payload=1, idempotencyKey="a")
     generation = marker_of(enrolled)
@@ -160,7 +167,7 @@ def test_a_row_written_without_the_buffer_s_word_is_found_by_the_trigger_that_ma
     assert buffer.buffered_count(str(enrolled.organization_id)) == 0
 
 
-def test_the_sweep_deletes_a_marker_no_run_was_buffered_under(enrolled):
+def test_the_sweep_deletes_a_marker_no_run_was_buffered_under(enrolled, keep_none):
     """Made, and then the buffer did not take the run (it was full, say): nothing drains, so the
     drain never goes idle for it; the sweep lets it go."""
     keyed_marker_make_sure(enrolled)
@@ -192,3 +199,18 @@ def test_a_retried_request_whose_first_run_was_never_written_is_buffered_for_rea
     assert api.get(f"/api/v3/runs/{run_id}").json()["idempotencyKey"] == "k"
     again = trigger(api, payload=1, idempotencyKey="k", headers={"x-trigger-request-idempotency-key": "req-1"})
     assert again.json() == {"id": run_id, "isCached": False}  # the retry gets its run, as first answered
+
+
+def test_a_marker_is_kept_a_while_after_its_buffer_emptied(api, enrolled):
+    """An environment that stays tripped while the drain keeps up keeps its marker: each keyed run
+    buffered meanwhile is taken at once, without a Postgres write or a second round trip."""
+    trip(api)
+    trigger(api, payload=1, idempotencyKey="a")
+    generation = marker_of(enrolled)
+
+    Drainer().run(once=True)
+    sweep(now_ms=now_ms())
+    later = trigger(api, payload=2, idempotencyKey="b")
+
+    assert marker_of(enrolled) == generation  # kept (TRIGGER_KEYED_MARKER_KEEP_SECONDS, a minute)
+    assert later.headers.get("x-mollifier") == "buffered" and redis_marker(enrolled) == {"marker": generation}
