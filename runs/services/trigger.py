@@ -121,18 +121,19 @@ def _trigger(
         return _admit_and_write(
             run=run, options=options, now=now, batch=batch, batch_index=batch_index, enrolled=enrolled, held=None
         )
-    uses_buffer = conf.enabled() and enrolled
-    # Read before the rows are searched for the key: the buffer takes the run only while its
-    # marker has this generation (runs/services/keyed_markers.py).
-    known_marker = keyed_marker_generation(environment) if uses_buffer else None
-    if (holder := _holder_of_key(run=run, key=key, now=now, uses_buffer=False)) is not None:
-        return _cached(holder, batch=batch, batch_index=batch_index, request_key=run.request_key)
-    if not uses_buffer:
+    if not (conf.enabled() and enrolled):
+        if (holder := _holder_of_key(run=run, key=key, now=now, uses_buffer=False)) is not None:
+            return _cached(holder, batch=batch, batch_index=batch_index, request_key=run.request_key)
         return _admit_and_write(
             run=run, options=options, now=now, batch=batch, batch_index=batch_index, enrolled=enrolled, held=None
         )
+    # Read before the rows are searched for the key: the buffer takes the run only while its
+    # marker has this generation (runs/services/keyed_markers.py).
+    known_marker = keyed_marker_generation(environment)
     # The claim serialises same-key triggers across both stores (bypassed triggers claim too, so
-    # that no path races a buffered holder); its script reads the buffered holder.
+    # that no path races a buffered holder); its script reads the buffered holder. The rows are
+    # searched after it: a run the drain writes meanwhile is committed before it leaves the buffer,
+    # so one of the two reads sees it (rows first could miss it in both).
     try:
         with claims.held(
             org_id=str(run.organization_id),
@@ -142,6 +143,12 @@ def _trigger(
             key_expires_ms=to_ms(run.idempotency_key_expires_at),
             now_ms=to_ms(now),
         ) as held:
+            if held.outcome.kind != claims.ClaimKind.UNAVAILABLE and (
+                holder := _claimed_holder(run=run, key=key, now=now, outcome=held.outcome)
+            ):
+                return _cached(holder, batch=batch, batch_index=batch_index, request_key=run.request_key)
+            if (holder := _holder_of_key(run=run, key=key, now=now, uses_buffer=False)) is not None:
+                return _cached(holder, batch=batch, batch_index=batch_index, request_key=run.request_key)
             if held.outcome.kind == claims.ClaimKind.UNAVAILABLE:
                 # Redis did not answer: the key is checked against rows only, and a buffered run can
                 # hold it only if the environment's keyed marker exists. The row's transaction checks
@@ -150,8 +157,6 @@ def _trigger(
                 return _insert_or_find_existing(
                     run=run, key=key, now=now, batch=batch, batch_index=batch_index, unchecked_key=True
                 )
-            if (holder := _claimed_holder(run=run, key=key, now=now, outcome=held.outcome)) is not None:
-                return _cached(holder, batch=batch, batch_index=batch_index, request_key=run.request_key)
             return _admit_and_write(
                 run=run,
                 options=options,
@@ -176,6 +181,10 @@ def _cached(
     return TriggerOutcome(run=holder, is_cached=not repeated)
 
 
+KEY_NOT_CHECKABLE = (
+    "The run buffer is not answering, so this idempotency key cannot be checked against the runs waiting "
+    "there; retry shortly"
+)
 MARKER_ATTEMPTS = 3  # the buffer asks for the keyed marker at most this often before a 503
 
 
@@ -306,13 +315,11 @@ def _find(environment: RuntimeEnvironment, run_id: str) -> TaskRun | None:
 
 
 def _holder_of_key(*, run: TaskRun, key: str, now: datetime, uses_buffer: bool) -> TaskRun | None:
-    """The run holding the idempotency key now: Postgres first, then the buffer."""
-    existing = idempotency.idempotent_run_find(
-        environment_id=run.environment_id, task_identifier=run.task_identifier, key=key, now=now
-    )
-    if existing is not None or not uses_buffer:
-        return existing
-    try:
+    """The run holding the idempotency key now (a stale holder loses it first). With
+    ``uses_buffer``: the buffer first, then the rows, so that a run the drain writes meanwhile
+    (committed before it leaves the buffer) is seen by one of the two reads; BufferUnavailable
+    when the buffer does not answer."""
+    if uses_buffer:
         entry = buffer.lookup_idempotency(
             org_id=str(run.organization_id),
             env_id=str(run.environment_id),
@@ -320,21 +327,30 @@ def _holder_of_key(*, run: TaskRun, key: str, now: datetime, uses_buffer: bool) 
             key=key,
             now_ms=to_ms(now),
         )
-    except BufferUnavailable:
-        logger.warning("runs.trigger.buffer_lookup_failed env=%s", run.environment_id, exc_info=True)
-        return None  # fail open: the Postgres constraint still holds
-    return entry_to_run(entry, environment=run.environment, now=now) if entry is not None else None
+        if entry is not None:
+            return entry_to_run(entry, environment=run.environment, now=now)
+    return idempotency.idempotent_run_find(
+        environment_id=run.environment_id, task_identifier=run.task_identifier, key=key, now=now
+    )
 
 
 def _claimed_holder(*, run: TaskRun, key: str, now: datetime, outcome: claims.ClaimOutcome) -> TaskRun | None:
     """The run the claim says holds the key (a buffered run, or a published winner), or None when
-    the claim is ours, Redis did not answer, or the winner is gone (Postgres's constraint decides)."""
-    if outcome.kind == claims.ClaimKind.BUFFERED:
-        holder = _holder_of_key(run=run, key=key, now=now, uses_buffer=True)  # checks expiry
-    elif outcome.kind == claims.ClaimKind.RESOLVED:
-        holder = _find(run.environment, outcome.run_id)
-    else:
-        return None
+    the claim is ours or the winner is gone (the rows are searched next; Postgres's constraint
+    decides). A holder the claim names that cannot be read because Redis stopped answering is a
+    503 (the SDK retries): writing a row now could make a second run for the key."""
+    try:
+        if outcome.kind == claims.ClaimKind.BUFFERED:
+            holder = _holder_of_key(run=run, key=key, now=now, uses_buffer=True)  # checks expiry
+        elif outcome.kind == claims.ClaimKind.RESOLVED:
+            holder = TaskRun.objects.get_with_fallback(environment=run.environment, run_id=outcome.run_id)
+        else:
+            return None
+    except TaskRun.DoesNotExist:
+        holder = None
+    except BufferUnavailable:
+        logger.warning("runs.trigger.buffer_lookup_failed env=%s", run.environment_id)
+        raise ServiceUnavailable(KEY_NOT_CHECKABLE) from None
     if holder is not None and holder.idempotency_key == key:
         return holder
     logger.info("runs.trigger.claim_winner_gone env=%s run=%s", run.environment_id, outcome.run_id)
@@ -395,10 +411,7 @@ def _insert_or_find_existing(
         try:
             with transaction.atomic():
                 if unchecked_key and keyed_buffer_may_hold(run.environment):
-                    raise ServiceUnavailable(
-                        "The run buffer is not answering, so this idempotency key cannot be checked "
-                        "against the runs waiting there; retry shortly"
-                    )
+                    raise ServiceUnavailable(KEY_NOT_CHECKABLE)
                 run.save(force_insert=True)
                 _link_batch_item(batch=batch, index=batch_index, run=run)
                 committing = True

@@ -135,3 +135,37 @@ def test_same_key_triggers_on_a_bypass_path_and_through_the_buffer_make_one_run(
         winners = sorted({outcome.run.friendly_id for outcome in outcomes})
         in_buffer = sum(1 for entry in buffer.get_many(org_id=org, run_ids=winners) if entry.idempotency_key)
         assert in_postgres + in_buffer == 1
+
+
+def test_same_key_triggers_racing_the_drain_of_their_key_s_run_make_one_run(mollifier_on):
+    """A key's buffered run is written by a drainer while same-key triggers arrive: the drain commits
+    the row, then releases the buffer's key. A trigger that searched the rows before that commit
+    and the buffer after it found no holder in either, and made a second run (seen by an acceptance
+    run: 2 rounds in 8). The buffer is searched first now. Rounds of a fresh key each, spread
+    over a few milliseconds so that some meet the drain mid-write."""
+    environment = enroll(EnvironmentFactory())
+    redis_client().set(keys.tripped(str(environment.organization_id), str(environment.pk)), "1", px=600_000)
+    drainer = start_manage("mollifier_drain", MOLLIFIER_DRAIN_BACKOFF_BASE_MS="5", MOLLIFIER_DRAIN_BACKOFF_MAX_MS="20")
+    now = timezone.now()
+
+    def fire(options, delay_s):
+        time.sleep(delay_s)
+        return task_run_trigger(environment=environment, task_identifier="t", options=options)
+
+    try:
+        answered = {}
+        for round_number in range(16):
+            options = trigger_options_from({"options": {"idempotencyKey": f"key-{round_number}"}}, now=now)
+            outcomes, errors = run_concurrently(fire, [(options, i * 0.002) for i in range(24)])
+            assert errors == []
+            answered[f"key-{round_number}"] = {outcome.run.id for outcome in outcomes}
+        deadline = time.monotonic() + 60
+        while buffer.buffered_count(str(environment.organization_id)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        drainer.terminate()
+        drainer.wait(30)
+
+    assert {key: len(ids) for key, ids in answered.items() if len(ids) != 1} == {}
+    rows = TaskRun.objects.filter(environment=environment, task_identifier="t")
+    assert rows.count() == 16 and not rows.filter(status=RunStatus.SYSTEM_FAILURE).exists()

@@ -7,14 +7,18 @@ import threading
 
 import pytest
 from django.db import connection, transaction
+from django.utils import timezone
 
-from mollifier import buffer, keys
+from mollifier import buffer, claims, keys
 from mollifier.client import get as redis_client
 from mollifier.clock import now_ms
 from mollifier.drainer import Drainer
 from mollifier.sweep import sweep
+from runs.api.serializers import trigger_options_from
+from runs.exceptions import ServiceUnavailable
 from runs.models import KeyedBufferMarker, TaskRun
 from runs.services.keyed_markers import keyed_buffer_may_hold, keyed_marker_make_sure, keyed_markers_clear
+from runs.services.trigger import _claimed_holder, task_run_prepare
 from tests.conftest import client_for
 from tests.helpers import send_items, trigger
 
@@ -214,3 +218,18 @@ def test_a_marker_is_kept_a_while_after_its_buffer_emptied(api, enrolled):
 
     assert marker_of(enrolled) == generation  # kept (TRIGGER_KEYED_MARKER_KEEP_SECONDS, a minute)
     assert later.headers.get("x-mollifier") == "buffered" and redis_marker(enrolled) == {"marker": generation}
+
+
+@pytest.mark.parametrize("kind", [claims.ClaimKind.BUFFERED, claims.ClaimKind.RESOLVED])
+def test_a_holder_the_claim_names_that_redis_will_not_show_is_a_503_not_a_second_run(enrolled, silent_redis, kind):
+    """The claim answered (a buffered run holds the key, or another trigger published its run), and
+    then Redis stopped answering: the holder cannot be read, and a row written now could be a
+    second run for the key (an acceptance run saw it: the buffered holder later failed its drain).
+    Answered 503 (the SDK retries); it was taken for a winner that was gone."""
+    now = timezone.now()
+    options = trigger_options_from({"options": {"idempotencyKey": "k"}}, now=now)
+    run = task_run_prepare(environment=enrolled, task_identifier="hello-world", options=options, now=now)
+    outcome = claims.ClaimOutcome(kind, run_id="run_c0mxheldbyabufferedrun0001")
+
+    with pytest.raises(ServiceUnavailable, match="idempotency key cannot be checked"):
+        _claimed_holder(run=run, key="k", now=now, outcome=outcome)
