@@ -94,7 +94,7 @@ def acquire(*, org_id: str, env_id: str, task: str, key: str, key_expires_ms: in
         if isinstance(error, BreakerOpen):  # known already, and once per trigger: no traceback
             logger.debug("mollifier.claim.breaker_open org=%s env=%s", org_id, env_id)
         else:
-            logger.warning("mollifier.claim.redis_unavailable org=%s env=%s", org_id, env_id, exc_info=True)
+            logger.warning("mollifier.claim.redis_unavailable org=%s env=%s error=%s", org_id, env_id, error)
             _lost(claim)  # a hung Redis may still run the claim once it reads again, for nobody
         metrics.CLAIM_OUTCOMES.labels(outcome=ClaimKind.UNAVAILABLE).inc()
         return ClaimOutcome(ClaimKind.UNAVAILABLE)
@@ -114,7 +114,7 @@ def publish(claim: Claim, run_id: str) -> bool:
             )
         )
     except BufferUnavailable as error:
-        logger.warning("mollifier.claim.publish_failed org=%s", claim.org_id, exc_info=True)
+        logger.warning("mollifier.claim.publish_failed org=%s error=%s", claim.org_id, error)
         if not isinstance(error, BreakerOpen):
             _lost(claim)  # a publish that landed late is left alone: the release compares the token
         return False
@@ -127,8 +127,8 @@ def release(claim: Claim) -> bool:
     """Let the next trigger claim (after ours failed). Never deletes another owner's claim."""
     try:
         return bool(scripts.RELEASE(keys=[claim.redis_key], args=[claim.marker], client=redis_client.get()))
-    except BufferUnavailable:
-        logger.warning("mollifier.claim.release_failed org=%s", claim.org_id, exc_info=True)
+    except BufferUnavailable as error:
+        logger.warning("mollifier.claim.release_failed org=%s error=%s", claim.org_id, error)
         _lost(claim)  # the claim is still ours to release, and nobody else will
         return False
 

@@ -198,8 +198,8 @@ def _decide(
     except BreakerOpen:
         logger.debug("mollifier.gate.breaker_open org=%s env=%s", org_id, env_id)  # one line per trigger: debug
         return Admission(Decision.PASS_THROUGH, "breaker_open")
-    except BufferUnavailable:
-        logger.warning("mollifier.gate.redis_unavailable org=%s env=%s", org_id, env_id, exc_info=True)
+    except BufferUnavailable as error:
+        logger.warning("mollifier.gate.redis_unavailable org=%s env=%s error=%s", org_id, env_id, error)
         if accepting:
             lost_answers.index_org(org_id)
         return Admission(Decision.PASS_THROUGH, "redis_error")

@@ -308,10 +308,10 @@ class MergedRuns:
         position = before if before is not None else after
         try:
             streams = self._streams(newest_first=newest_first, position=position)
-        except BufferUnavailable:
+        except BufferUnavailable as error:
             if self.must_read_buffer:
                 raise
-            logger.warning("runs.list.buffer_unavailable", exc_info=True)
+            logger.warning("runs.list.buffer_unavailable error=%s", error)
             self.buffer_unavailable, streams = True, []
         scanned = 0
         while True:
@@ -342,8 +342,8 @@ class MergedRuns:
                 continue
             try:
                 scanned += stream.read(self)
-            except BufferUnavailable:
-                logger.warning("runs.list.buffer_unavailable env=%s", stream.environment.pk, exc_info=True)
+            except BufferUnavailable as error:
+                logger.warning("runs.list.buffer_unavailable env=%s error=%s", stream.environment.pk, error)
                 self.buffer_unavailable = stream.exhausted = True
         return scanned
 
@@ -400,8 +400,8 @@ class MergedRuns:
                 buffered.append(run)
                 if len(buffered) >= stop:
                     break
-        except BufferUnavailable:
-            logger.warning("runs.admin.buffer_unavailable", exc_info=True)
+        except BufferUnavailable as error:
+            logger.warning("runs.admin.buffer_unavailable error=%s", error)
             self.buffer_unavailable = True
         # Each store gives at most `stop` runs in order, so the top `stop` of their union are right.
         found: dict[str, tuple[tuple, TaskRun | None]] = {run.id: (sort_key(run), run) for run in buffered}

@@ -38,8 +38,8 @@ def task_run_buffered_estimate(*, run: TaskRun) -> Estimate | None:
             delay_until_ms=to_ms(run.delay_until) if run.delay_until else None,
             now_ms=now_ms(),
         )
-    except BufferUnavailable:
-        logger.warning("mollifier.estimate.unavailable run=%s", run.friendly_id, exc_info=True)
+    except BufferUnavailable as error:
+        logger.warning("mollifier.estimate.unavailable run=%s error=%s", run.friendly_id, error)
         return None
 
 

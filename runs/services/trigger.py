@@ -274,8 +274,8 @@ def _admit_and_write(
                 run_id=outcome.run.friendly_id,
                 ttl_ms=int(settings.TRIGGER["REQUEST_IDEMPOTENCY_TTL_SECONDS"]) * 1000,
             )
-        except BufferUnavailable:
-            logger.warning("runs.trigger.request_key_not_corrected env=%s", environment.pk, exc_info=True)
+        except BufferUnavailable as error:
+            logger.warning("runs.trigger.request_key_not_corrected env=%s error=%s", environment.pk, error)
     return outcome
 
 
@@ -291,8 +291,8 @@ def _forget_request(run: TaskRun) -> None:
             request_key=run.request_key or "",
             run_id=run.friendly_id,
         )
-    except BufferUnavailable:  # the key names a run that is nowhere: the retry answers 503 until Postgres does
-        logger.warning("runs.trigger.request_key_not_forgotten env=%s", run.environment_id, exc_info=True)
+    except BufferUnavailable as error:  # the key names a run that is nowhere: the retry answers 503 until Postgres does
+        logger.warning("runs.trigger.request_key_not_forgotten env=%s error=%s", run.environment_id, error)
 
 
 def _bypass(options: TriggerOptions) -> str | None:
@@ -309,8 +309,8 @@ def _find(environment: RuntimeEnvironment, run_id: str) -> TaskRun | None:
         return TaskRun.objects.get_with_fallback(environment=environment, run_id=run_id)
     except TaskRun.DoesNotExist:
         return None
-    except BufferUnavailable:
-        logger.warning("runs.trigger.buffer_unreadable env=%s", environment.pk, exc_info=True)
+    except BufferUnavailable as error:
+        logger.warning("runs.trigger.buffer_unreadable env=%s error=%s", environment.pk, error)
         return None
 
 

@@ -26,6 +26,10 @@ def test_a_keyed_trigger_that_cannot_be_checked_is_one_warning_line(api, enrolle
     assert record.getMessage().startswith("runs.api.unavailable POST /api/v1/tasks/")
     assert "The run buffer is not answering" in record.getMessage() and record.exc_info is None
     assert not [r for r in caplog.records if r.name == "django.request"]
+    # The claim's own line names the error, without a traceback either.
+    (claim,) = [r for r in unavailable_records(caplog) if r.name == "mollifier.claims"]
+    assert "mollifier.claim.redis_unavailable" in claim.getMessage() and "error=" in claim.getMessage()
+    assert all(r.exc_info is None for r in unavailable_records(caplog))
 
 
 def test_a_read_the_buffer_cannot_answer_is_one_warning_line(api, enrolled, dead_redis, caplog):
