@@ -94,7 +94,7 @@ class DashboardAdmin(admin.ModelAdmin):
                 messages.error(request, f"Drained {done}, then Postgres could not be reached. Try again shortly.")
             elif drained.still_ready is None:
                 messages.error(request, f"Drained {done}, then the buffer's Redis did not answer. Try again shortly.")
-            elif drained.still_ready and not drained.acked:
+            elif drained.rate_held and not drained.acked:
                 messages.warning(
                     request,
                     f"Nothing drained: the drain's rate cap granted no round within {drainer.DRAIN_NOW_SECONDS:g} s "

@@ -39,7 +39,7 @@ class AcceptStatus(enum.StrEnum):
     DUPLICATE_IDEMPOTENCY = "duplicate_idempotency"  # another buffered run holds the key
     OVER_CAP = "over_cap"  # the organisation's buffer is full (``limit``: runs or bytes)
     MEMORY_FULL = "memory_full"  # Redis is near its maxmemory: nothing written
-    NEEDS_MARKER = "needs_marker"  # a keyed run, and Postgres may not know such runs wait here: nothing written
+    NEEDS_MARKER = "needs_marker"  # a keyed run, and the keyed marker is not the caller's generation: nothing written
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,8 @@ def accept_args(
     """The arguments after now_ms of accept.lua, then the fields; gate_accept.lua also takes
     ``request`` (its request-key arguments) before the row and the fields. ``memory_full``: Redis is near its
     maxmemory (mollifier/memory.py), refuse the entry. ``marker_gen``: the generation of the
-    environment's keyed marker the caller made sure Postgres holds (lib/accept.lua)."""
+    environment's keyed marker in Postgres, as the caller read (or made) it before it searched the
+    rows for the entry's key (lib/accept.lua)."""
     snapshot, row = pack_stored(entry)
     return [
         entry.run_id,

@@ -79,9 +79,10 @@ def admit_or_buffer(
     ``replace_request``: the run the key named is gone; let this trigger's run take the key.
     ``postgres_out``: Postgres is known not to answer right now: an enrolled organisation's trigger
     is buffered as if its environment were tripped (the drainer writes it once Postgres is back).
-    A keyed run is buffered only while the environment's keyed marker is set; otherwise the answer
-    is ``accepted.status`` NEEDS_MARKER, nothing is written or counted, and the caller comes back
-    with ``marker_gen``, the generation of the Postgres marker it made sure of (lib/accept.lua).
+    A keyed run is buffered only while the environment's keyed marker has the generation
+    ``marker_gen`` (the caller read it before it searched the rows for the key); otherwise the
+    answer is ``accepted.status`` NEEDS_MARKER, nothing is written or counted, and the caller makes
+    sure of the marker and comes back (lib/accept.lua).
 
     Counts every decision past the master switch and enrolment, bypasses included
     (mollifier_gate_decisions_total{decision, reason}). See ``_decide``."""

@@ -57,9 +57,9 @@ def holders(org_id: str, env_id: str) -> str:
 def keyed(org_id: str, env_id: str) -> str:
     """HASH: whether runs with an idempotency key may wait in the environment's buffer, mirrored
     from Postgres (runs.models.KeyedBufferMarker): ``marker``, the generation of the Postgres marker
-    the web tier made sure of before it could buffer such runs (a keyed entry is accepted only while
-    it is set), and ``cleared``, the highest generation taken away since (a marker no newer is not
-    set again). See lib/accept.lua and clear_keyed_marker.lua."""
+    (a keyed entry is accepted only with that very generation), and ``cleared``, the highest
+    generation taken away since (a marker no newer is not set again). See lib/accept.lua and
+    clear_keyed_marker.lua."""
     return f"{_org(org_id)}:env:{_b64(env_id)}:keyed"
 
 

@@ -117,12 +117,8 @@ def _trigger(
     environment = run.environment
     enrolled = mollifier_enrolled(environment.organization)
     key = options.idempotency_key
-    if key is None:
-        return _admit_and_write(
-            run=run, options=options, now=now, batch=batch, batch_index=batch_index, enrolled=enrolled, held=None
-        )
-    if not (conf.enabled() and enrolled):
-        if (holder := _holder_of_key(run=run, key=key, now=now, uses_buffer=False)) is not None:
+    if key is None or not (conf.enabled() and enrolled):
+        if key is not None and (holder := _holder_of_key(run=run, key=key, now=now, uses_buffer=False)):
             return _cached(holder, batch=batch, batch_index=batch_index, request_key=run.request_key)
         return _admit_and_write(
             run=run, options=options, now=now, batch=batch, batch_index=batch_index, enrolled=enrolled, held=None

@@ -28,7 +28,7 @@ Replies:
   {'duplicate_run', run}        an entry with this run id exists (any state, also in grace)
   {'duplicate_idempotency', owner}  the idempotency key already belongs to a buffered run
   {'memory_full'}               Redis is near its maxmemory: nothing written (the trigger passes through)
-  {'needs_marker'}              a keyed run, and the environment's keyed marker is not set: nothing written
+  {'needs_marker'}              a keyed run, and the environment's keyed marker does not have a.marker_gen: nothing written
   {'over_cap', count, bytes, 'count'|'bytes'}  the organisation's buffer is full (runs, or bytes)
 ]]
 local function accept_entry(k, a)
